@@ -1,0 +1,34 @@
+// stasis dump: freeze one task with ptrace, collect it through the kinds,
+// write the image, then kill it or let it go on.
+//
+// A dump that fails leaves the task running exactly as it was: the image
+// is written to a temporary name and renamed only once complete, and the
+// task is killed only after that.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "sys/result.h"
+
+namespace stasis::checkpoint {
+
+struct DumpOptions {
+  pid_t pid = 0;
+  std::string dir;
+  bool leave_running = false;
+};
+
+struct DumpStats {
+  double frozen_ms = 0;   // from seize until the task was killed or released
+  double total_ms = 0;
+  uint64_t image_bytes = 0;
+  uint64_t resident_bytes = 0;  // present private pages found
+  uint64_t pages_written = 0;
+  uint64_t zero_pages = 0;
+};
+
+Result<DumpStats> Dump(const DumpOptions& options);
+
+}  // namespace stasis::checkpoint

@@ -1,0 +1,201 @@
+#include "checkpoint/task_dump.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "kinds/creds.h"
+#include "kinds/fs_context.h"
+#include "kinds/limits.h"
+#include "kinds/mm.h"
+#include "kinds/registry.h"
+#include "kinds/signals.h"
+#include "kinds/thread.h"
+#include "kinds/vdso.h"
+#include "sys/pidfds.h"
+
+namespace stasis::checkpoint {
+namespace {
+
+constexpr size_t kScratchSize = 64 * 1024;
+constexpr uint64_t kPfKthread = 0x00200000;  // include/linux/sched.h
+
+Result<sys::proc::ProcStatus> ReadStatus(pid_t pid) {
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/status", pid)));
+  return sys::proc::ParseStatus(text);
+}
+
+Result<sys::proc::ProcStat> ReadStat(pid_t pid) {
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/stat", pid)));
+  return sys::proc::ParseStat(text);
+}
+
+Result<uint64_t> FindVdsoSyscall(pid_t pid) {
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/maps", pid)));
+  for (const sys::proc::MapsEntry& m : STASIS_TRY(sys::proc::ParseMaps(text))) {
+    if (m.path == "[vdso]") return sys::FindSyscallInsn(pid, m.start, m.end);
+  }
+  return Error::Unsupported(fmt::format("pid {}: no [vdso] to run system calls from", pid));
+}
+
+// An anonymous mapping in the task for syscall arguments; unmapped again
+// before the address space is read, so it never shows in the image.
+class Scratch {
+ public:
+  static Result<Scratch> Map(sys::Injector& inj) {
+    long addr = STASIS_TRY(inj.Call("mmap(scratch)", SYS_mmap, 0, kScratchSize,
+                                    PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    return Scratch(inj, static_cast<uint64_t>(addr));
+  }
+  Scratch(Scratch&& o) noexcept : inj_(o.inj_), addr_(std::exchange(o.addr_, 0)) {}
+  ~Scratch() { (void)Unmap(); }
+  Status Unmap() {
+    if (addr_ == 0) return Ok();
+    uint64_t addr = std::exchange(addr_, 0);
+    STASIS_TRY(inj_.Call("munmap(scratch)", SYS_munmap, addr, kScratchSize));
+    return Ok();
+  }
+  uint64_t addr() const { return addr_; }
+
+ private:
+  Scratch(sys::Injector& inj, uint64_t addr) : inj_(inj), addr_(addr) {}
+  sys::Injector& inj_;
+  uint64_t addr_;
+};
+
+// What only the task can tell, asked with injected system calls.
+Status CollectInjected(pid_t pid, sys::Tracee& tracee, const sys::proc::ProcStatus& status,
+                       const sys::proc::ProcStat& stat, image::Process* proc) {
+  uint64_t syscall_ip = STASIS_TRY(FindVdsoSyscall(pid));
+  sys::Injector inj = STASIS_TRY(sys::Injector::Create(tracee, syscall_ip));
+  Scratch scratch = STASIS_TRY(Scratch::Map(inj));
+  kinds::RemoteTask task(pid, inj, scratch.addr(), kScratchSize);
+  image::Thread* thread = proc->add_threads();
+  thread->set_tid(proc->pid());
+  STASIS_TRY(kinds::thread::Dump(tracee, task, inj.saved_regs(), inj.saved_sigmask(), pid, thread));
+  STASIS_TRY(kinds::signals::Dump(task, tracee, proc));
+  STASIS_TRY(kinds::creds::Dump(task, status, proc->mutable_creds()));
+  STASIS_TRY(kinds::limits::Dump(task, proc));
+  STASIS_TRY(kinds::mm::Dump(task, stat, proc));
+  STASIS_TRY(scratch.Unmap());
+  return inj.Finish();
+}
+
+struct FdEntry {
+  kinds::FdDumpInput in;
+  uint64_t file_id = 0;
+};
+
+Result<std::vector<FdEntry>> OpenFds(pid_t pid) {
+  sys::UniqueFd pidfd = STASIS_TRY(sys::PidfdOpen(pid));
+  std::vector<FdEntry> out;
+  for (int fd : STASIS_TRY(sys::proc::ListFds(pid))) {
+    FdEntry e;
+    e.in.pid = pid;
+    e.in.fd = fd;
+    e.in.link = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/fd/{}", pid, fd)));
+    std::string info = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/fdinfo/{}", pid, fd)));
+    e.in.info = STASIS_TRY_CTX(sys::proc::ParseFdInfo(info), fmt::format("pid {} fd {}", pid, fd));
+    e.in.local = STASIS_TRY(sys::PidfdGetfd(pidfd.get(), pid, fd));
+    if (fstat(e.in.local.get(), &e.in.st) < 0) {
+      return Error::Errno(kinds::DescribeFd(pid, fd, e.in.link) + ": fstat");
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+// One File per open file description: fds that kcmp says are the same
+// description (dup, fork) share it.
+Status CollectFiles(pid_t pid, std::vector<FdEntry>& fds, CollectedTask* out) {
+  kinds::DumpContext ctx;
+  for (const FdEntry& e : fds) ctx.fd_index.push_back({pid, e.in.fd, e.in.link, e.in.info.flags});
+  for (size_t i = 0; i < fds.size(); ++i) {
+    FdEntry& e = fds[i];
+    for (size_t j = 0; j < i && e.file_id == 0; ++j) {
+      if (fds[j].in.st.st_ino != e.in.st.st_ino || fds[j].in.st.st_dev != e.in.st.st_dev) continue;
+      if (STASIS_TRY(sys::SameFile(pid, fds[j].in.fd, pid, e.in.fd))) e.file_id = fds[j].file_id;
+    }
+    if (e.file_id == 0) {
+      const kinds::FdKind* kind = nullptr;
+      for (const kinds::FdKind& k : kinds::FdKinds()) {
+        if (k.matches(e.in)) {
+          kind = &k;
+          break;
+        }
+      }
+      if (kind == nullptr) return kinds::UnsupportedFd(e.in);
+      image::File file;
+      file.set_id(out->files.size() + 1);
+      file.set_kind(kind->name);
+      STASIS_TRY(kind->dump(ctx, e.in, &file));
+      e.file_id = file.id();
+      out->files.push_back(std::move(file));
+    }
+    image::Fd* fd = out->proc.add_fds();
+    fd->set_fd(e.in.fd);
+    fd->set_file_id(e.file_id);
+    fd->set_cloexec((e.in.info.flags & O_CLOEXEC) != 0);
+  }
+  return Ok();
+}
+
+}  // namespace
+
+Status PrecheckTask(pid_t pid) {
+  if (pid == getpid()) return Error::Invalid("stasis cannot dump itself");
+  Result<sys::proc::ProcStatus> status = ReadStatus(pid);
+  if (!status.ok()) return Error::NotFound(fmt::format("no process {}", pid));
+  sys::proc::ProcStat stat = STASIS_TRY(ReadStat(pid));
+  if (stat.flags & kPfKthread) return Error::Unsupported(fmt::format("pid {} is a kernel thread", pid));
+  if (status->tracer_pid != 0) {
+    return Error::Unsupported(
+        fmt::format("pid {} is being traced by pid {}", pid, status->tracer_pid));
+  }
+  if (status->threads != 1) {
+    return Error::Unsupported(fmt::format(
+        "pid {} has {} threads; multi-threaded processes are not supported yet", pid,
+        status->threads));
+  }
+  std::vector<int> children = STASIS_TRY(sys::proc::ListChildren(pid));
+  if (!children.empty()) {
+    return Error::Unsupported(fmt::format(
+        "pid {} has child processes ({}...); process trees are not supported yet", pid,
+        children[0]));
+  }
+  if (status->seccomp != 0) {
+    return Error::Unsupported(fmt::format("pid {}: seccomp filters are not supported yet", pid));
+  }
+  std::string timers = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/timers", pid)));
+  if (!timers.empty()) {
+    return Error::Unsupported(fmt::format("pid {}: POSIX timers are not supported yet", pid));
+  }
+  if (status->ns_pid.size() > 1) {
+    return Error::Unsupported(fmt::format(
+        "pid {} lives in a nested PID namespace; that is not supported yet", pid));
+  }
+  return Ok();
+}
+
+Result<CollectedTask> CollectTask(pid_t pid, sys::Tracee& tracee, image::Manifest* manifest) {
+  CollectedTask out;
+  image::Process& proc = out.proc;
+  sys::proc::ProcStatus status = STASIS_TRY(ReadStatus(pid));
+  sys::proc::ProcStat stat = STASIS_TRY(ReadStat(pid));
+  proc.set_pid(status.ns_pid.empty() ? pid : status.ns_pid.back());
+  proc.set_ppid(stat.ppid);
+  proc.set_pgid(stat.pgrp);
+  proc.set_sid(stat.session);
+  STASIS_TRY(CollectInjected(pid, tracee, status, stat, &proc));
+  STASIS_TRY(kinds::fs_context::Dump(pid, status, &proc));
+  STASIS_TRY(kinds::memory::DumpVmas(pid, &proc));
+  STASIS_TRY(kinds::vdso::Dump(pid, proc, manifest));
+  out.pages = STASIS_TRY(kinds::memory::PlanPages(pid, &proc));
+  std::vector<FdEntry> fds = STASIS_TRY(OpenFds(pid));
+  STASIS_TRY(CollectFiles(pid, fds, &out));
+  return out;
+}
+
+}  // namespace stasis::checkpoint

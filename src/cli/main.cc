@@ -1,0 +1,107 @@
+// stasis: checkpoint and restore running Linux processes.
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "checkpoint/dump.h"
+#include "image/inspect.h"
+#include "image/stream.h"
+#include "restore/restore.h"
+#include "sys/features.h"
+
+namespace {
+
+using stasis::Error;
+
+int Fail(const Error& error) {
+  fmt::print(stderr, "stasis: error: {}\n", error.ToString());
+  return 1;
+}
+
+int RunDump(const stasis::checkpoint::DumpOptions& options) {
+  auto stats = stasis::checkpoint::Dump(options);
+  if (!stats.ok()) return Fail(stats.error());
+  fmt::print(stderr,
+             "stasis: dumped pid {} to {}: {:.1f} MiB resident, image {:.1f} MiB, "
+             "{:.1f} ms total, frozen {:.1f} ms{}\n",
+             options.pid, options.dir, stats->resident_bytes / 1048576.0,
+             stats->image_bytes / 1048576.0, stats->total_ms, stats->frozen_ms,
+             options.leave_running ? " (left running)" : "");
+  return 0;
+}
+
+int RunRestore(const stasis::restore::RestoreOptions& options) {
+  auto result = stasis::restore::Restore(options);
+  if (!result.ok()) return Fail(result.error());
+  fmt::print(stderr, "stasis: restored pid {} (host pid {}) from {} in {:.1f} ms\n", result->pid,
+             result->host_pid, options.dir, result->total_ms);
+  fmt::print("{}\n", result->host_pid);
+  return 0;
+}
+
+int RunInspect(const std::string& dir, bool pages) {
+  auto source = stasis::image::FdSource::OpenFile(stasis::image::ImagePath(dir));
+  if (!source.ok()) return Fail(source.error());
+  auto json = stasis::image::InspectImage(*source.value(), pages);
+  if (!json.ok()) return Fail(json.error());
+  fmt::print("{}\n", json->dump(2));
+  return 0;
+}
+
+int RunCheck() {
+  stasis::sys::KernelFeatures features = stasis::sys::KernelFeatures::Probe();
+  for (const stasis::sys::Feature& f : features.all()) {
+    fmt::print("{:<24} {:<8} {}{}\n", f.name, f.present ? "yes" : "NO", f.detail,
+               f.required ? "" : " (optional)");
+  }
+  bool ok = features.AllRequiredPresent();
+  fmt::print("{}\n", ok ? "Looks good." : "Some required features are missing.");
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"stasis: checkpoint, restore and migrate running Linux processes"};
+  app.require_subcommand(1);
+
+  stasis::checkpoint::DumpOptions dump;
+  CLI::App* dump_cmd = app.add_subcommand("dump", "Freeze a process and write its image");
+  dump_cmd->add_option("-t,--tree", dump.pid, "PID of the process to dump")->required();
+  dump_cmd->add_option("-D,--images-dir", dump.dir, "Directory for the image (created)")
+      ->required();
+  dump_cmd->add_flag("-R,--leave-running", dump.leave_running,
+                     "Let the process go on after the dump instead of killing it");
+
+  stasis::restore::RestoreOptions restore;
+  std::string pid_ns = "new";
+  CLI::App* restore_cmd = app.add_subcommand(
+      "restore", "Bring a process back from its image; prints its host PID once it runs");
+  restore_cmd->add_option("-D,--images-dir", restore.dir, "Directory holding the image")
+      ->required();
+  restore_cmd
+      ->add_option("--pid-ns", pid_ns,
+                   "new: a fresh PID namespace where the task keeps its PID (default); "
+                   "host: this namespace, if the PID is free")
+      ->check(CLI::IsMember({"new", "host"}));
+
+  std::string inspect_dir;
+  bool inspect_pages = false;
+  CLI::App* inspect_cmd = app.add_subcommand("inspect", "Print an image as JSON");
+  inspect_cmd->add_option("dir", inspect_dir, "Image directory")->required();
+  inspect_cmd->add_flag("--pages", inspect_pages, "List every page record");
+
+  CLI::App* check_cmd =
+      app.add_subcommand("check", "List the kernel features Stasis needs and whether they exist");
+
+  CLI11_PARSE(app, argc, argv);
+  if (*dump_cmd) return RunDump(dump);
+  if (*restore_cmd) {
+    restore.new_pid_ns = pid_ns == "new";
+    return RunRestore(restore);
+  }
+  if (*inspect_cmd) return RunInspect(inspect_dir, inspect_pages);
+  if (*check_cmd) return RunCheck();
+  return 2;
+}

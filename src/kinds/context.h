@@ -1,0 +1,111 @@
+// What a kind sees while it dumps or restores.
+//
+// Dump side: the task is held in a ptrace stop; fds arrive stolen with
+// pidfd_getfd (so they share the task's open file description), plus what
+// /proc says of them. Restore side: the object is created here, in the
+// restorer, and later pulled into the puppet with pidfd_getfd; kinds never
+// know how it gets there or where the image goes.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "process.pb.h"
+#include "sys/proc.h"
+#include "sys/tracee.h"
+#include "sys/result.h"
+#include "sys/unique_fd.h"
+
+namespace stasis::kinds {
+
+// A stopped task that runs our system calls, with a scratch area in its
+// address space for their in/out arguments.
+class RemoteTask {
+ public:
+  RemoteTask(pid_t pid, sys::Injector& injector, uint64_t scratch, size_t scratch_size)
+      : pid_(pid), injector_(injector), scratch_(scratch), scratch_size_(scratch_size) {}
+
+  pid_t pid() const { return pid_; }
+  sys::Injector& injector() { return injector_; }
+  uint64_t scratch() const { return scratch_; }
+  size_t scratch_size() const { return scratch_size_; }
+
+  // Copies len bytes to scratch + offset and returns that remote address.
+  Result<uint64_t> Put(const void* data, size_t len, size_t offset = 0);
+  Status Get(uint64_t remote, void* out, size_t len);
+
+  // Pulls the restorer's fd `local_fd` into the task (pidfd_getfd through
+  // the restorer's pidfd the task holds) and returns its number there.
+  void set_restorer_pidfd(int fd_in_task) { restorer_pidfd_ = fd_in_task; }
+  Result<int> PullFd(int local_fd);
+  // Pulls local_fd in, calls fn(remote_fd), closes the remote fd.
+  template <typename Fn>
+  Status WithPulledFd(int local_fd, Fn fn) {
+    int remote = STASIS_TRY(PullFd(local_fd));
+    Status status = fn(remote);
+    Result<long> closed = Call("close", 3 /* SYS_close */, remote);
+    if (!status.ok()) return status;
+    if (!closed.ok()) return std::move(closed).error();
+    return Ok();
+  }
+
+  template <typename... Args>
+  Result<long> Call(const char* name, long nr, Args... args) {
+    return injector_.Call(name, nr, static_cast<uint64_t>(args)...);
+  }
+
+ private:
+  pid_t pid_;
+  sys::Injector& injector_;
+  uint64_t scratch_;
+  size_t scratch_size_;
+  int restorer_pidfd_ = -1;
+};
+
+// One fd of the dumped task, as the checkpoint layer found it.
+struct FdDumpInput {
+  pid_t pid = 0;          // host pid
+  int fd = -1;
+  sys::UniqueFd local;    // the same open file description, in the dumper
+  struct stat st = {};    // fstat of local
+  std::string link;       // readlink /proc/PID/fd/N
+  sys::proc::FdInfo info; // /proc/PID/fdinfo/N
+};
+
+// The fds of every task being dumped, for kinds whose object has several
+// ends (a pipe must find its other end inside the tree).
+struct FdIndexEntry {
+  pid_t pid;
+  int fd;
+  std::string link;
+  uint32_t flags;
+};
+
+struct DumpContext {
+  std::vector<FdIndexEntry> fd_index;
+  // Objects whose shared state (a pipe's buffered data) is already in the
+  // image: "kind:inode".
+  std::set<std::string> dumped_objects;
+};
+
+// A pipe recreated by the restorer. The first description asked of each end
+// is the one pipe2() made; later ones are new descriptions of the same end.
+struct RestoredPipe {
+  sys::UniqueFd ends[2];  // [0] read, [1] write
+  bool taken[2] = {false, false};
+};
+
+struct RestoreContext {
+  std::map<uint64_t, RestoredPipe> pipes;  // by pipe inode at dump time
+};
+
+// Describes an fd for error messages: "pid 42 fd 7 (pipe:[1234])".
+std::string DescribeFd(pid_t pid, int fd, const std::string& link);
+
+}  // namespace stasis::kinds

@@ -1,0 +1,153 @@
+// Page contents of the address space (see memory.h): which pages to carry,
+// reading them out of the task, and writing them into the puppet.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kinds/memory.h"
+
+namespace stasis::kinds::memory {
+namespace {
+
+using image::Vma;
+
+constexpr uint64_t kPage = image::kPageSize;
+constexpr uint64_t kPmPresent = 1ull << 63;
+constexpr uint64_t kPmSwapped = 1ull << 62;
+constexpr uint64_t kPmFile = 1ull << 61;  // file page or shared anon
+constexpr uint64_t kPagemapBatch = 65536;  // entries per pread: 256 MiB of address space
+constexpr uint64_t kChunkPages = 1024;     // 4 MiB per read and per page record
+
+bool CarriesPages(const Vma& vma) {
+  return !vma.shared() && (vma.kind() == Vma::ANON || vma.kind() == Vma::FILE);
+}
+
+bool Wanted(const Vma& vma, uint64_t entry) {
+  if (entry & kPmSwapped) return true;
+  if (!(entry & kPmPresent)) return false;
+  // A private file page is the file's own until the task writes it.
+  return vma.kind() == Vma::ANON || !(entry & kPmFile);
+}
+
+bool IsZeroPage(const uint8_t* page) {
+  const uint64_t* words = reinterpret_cast<const uint64_t*>(page);
+  uint64_t acc = 0;
+  for (size_t i = 0; i < kPage / sizeof(uint64_t); ++i) acc |= words[i];
+  return acc == 0;
+}
+
+// Appends the wanted pages of one VMA to the plan; returns how many.
+Result<uint64_t> PlanVma(int pagemap, Vma* vma, PagePlan* plan) {
+  uint64_t npages = (vma->end() - vma->start()) / kPage;
+  std::vector<uint64_t> entries(std::min(npages, kPagemapBatch));
+  uint64_t wanted = 0;
+  for (uint64_t first = 0; first < npages; first += entries.size()) {
+    uint64_t count = std::min<uint64_t>(entries.size(), npages - first);
+    off_t off = static_cast<off_t>((vma->start() / kPage + first) * sizeof(uint64_t));
+    ssize_t n = pread(pagemap, entries.data(), count * sizeof(uint64_t), off);
+    if (n != static_cast<ssize_t>(count * sizeof(uint64_t))) {
+      return Error::Errno(fmt::format("pagemap of {:#x}-{:#x}", vma->start(), vma->end()));
+    }
+    for (uint64_t i = 0; i < count; ++i) {
+      if (!Wanted(*vma, entries[i])) continue;
+      uint64_t addr = vma->start() + (first + i) * kPage;
+      PagePlan::Run* last = plan->runs.empty() ? nullptr : &plan->runs.back();
+      if (last && wanted > 0 && last->addr + last->npages * kPage == addr) {
+        ++last->npages;
+      } else {
+        plan->runs.push_back({addr, 1, vma->kind() == Vma::ANON, (vma->prot() & PROT_READ) != 0});
+      }
+      ++wanted;
+    }
+  }
+  return wanted;
+}
+
+// process_vm_readv cannot read pages the task may not read; /proc/PID/mem
+// can (FOLL_FORCE), at about half the speed.
+Status ReadRange(pid_t pid, int mem_fd, bool readable, uint64_t addr, uint8_t* buf, size_t len) {
+  if (readable) return sys::ReadMemory(pid, addr, buf, len);
+  ssize_t n = pread(mem_fd, buf, len, static_cast<off_t>(addr));
+  if (n != static_cast<ssize_t>(len)) {
+    return Error::Errno(fmt::format("pid {}: read /proc/PID/mem at {:#x}", pid, addr));
+  }
+  return Ok();
+}
+
+// Writes the non-zero pages of buf (or all, for file-backed runs).
+Status EmitChunk(uint32_t image_pid, const PagePlan::Run& run, uint64_t addr, const uint8_t* buf,
+                 uint64_t npages, image::Writer& writer, PageStats* stats) {
+  uint64_t i = 0;
+  while (i < npages) {
+    if (run.anon && IsZeroPage(buf + i * kPage)) {
+      ++stats->zero_pages;
+      ++i;
+      continue;
+    }
+    uint64_t j = i + 1;
+    while (j < npages && !(run.anon && IsZeroPage(buf + j * kPage))) ++j;
+    STASIS_TRY(writer.WritePages(image_pid, addr + i * kPage, buf + i * kPage,
+                                 static_cast<uint32_t>(j - i)));
+    stats->pages_written += j - i;
+    i = j;
+  }
+  return Ok();
+}
+
+const Vma* FindVma(const image::Process& proc, uint64_t addr) {
+  auto it = std::upper_bound(proc.vmas().begin(), proc.vmas().end(), addr,
+                             [](uint64_t a, const Vma& v) { return a < v.end(); });
+  if (it == proc.vmas().end() || it->start() > addr) return nullptr;
+  return &*it;
+}
+
+}  // namespace
+
+Result<PagePlan> PlanPages(pid_t pid, image::Process* proc) {
+  std::string path = fmt::format("/proc/{}/pagemap", pid);
+  sys::UniqueFd pagemap(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pagemap.valid()) return Error::Errno("open " + path);
+  PagePlan plan;
+  for (Vma& vma : *proc->mutable_vmas()) {
+    if (!CarriesPages(vma)) continue;
+    uint64_t wanted = STASIS_TRY(PlanVma(pagemap.get(), &vma, &plan));
+    vma.set_has_pages(wanted > 0);
+  }
+  return plan;
+}
+
+Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan,
+                  image::Writer& writer, PageStats* stats) {
+  std::string mem_path = fmt::format("/proc/{}/mem", host_pid);
+  sys::UniqueFd mem(open(mem_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!mem.valid()) return Error::Errno("open " + mem_path);
+  std::vector<uint8_t> buf(kChunkPages * kPage);
+  for (const PagePlan::Run& run : plan.runs) {
+    stats->pages_present += run.npages;
+    for (uint64_t done = 0; done < run.npages; done += kChunkPages) {
+      uint64_t n = std::min(kChunkPages, run.npages - done);
+      uint64_t addr = run.addr + done * kPage;
+      STASIS_TRY(ReadRange(host_pid, mem.get(), run.readable, addr, buf.data(), n * kPage));
+      STASIS_TRY(EmitChunk(image_pid, run, addr, buf.data(), n, writer, stats));
+    }
+  }
+  return Ok();
+}
+
+Status RestorePageRun(pid_t host_pid, const image::Process& proc, const image::PageRun& run) {
+  uint64_t len = uint64_t{run.npages} * kPage;
+  const Vma* vma = FindVma(proc, run.addr);
+  if (vma == nullptr || !vma->has_pages() || run.addr + len > vma->end()) {
+    return Error::Corrupt(fmt::format("pid {}: page record {:#x}+{} pages is outside any VMA "
+                                      "that carries pages",
+                                      proc.pid(), run.addr, run.npages));
+  }
+  return sys::WriteMemory(host_pid, run.addr, run.data, len);
+}
+
+}  // namespace stasis::kinds::memory

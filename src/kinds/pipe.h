@@ -1,0 +1,15 @@
+// Pipes (pipe:[ino]) whose ends are all inside the dumped tree: each end's
+// flags, the pipe's size and its unread data, read with tee() so the task
+// keeps it. Refused: a pipe with an end outside the tree, packet-mode pipes.
+#pragma once
+
+#include "kinds/context.h"
+
+namespace stasis::kinds::pipe {
+
+inline constexpr const char* kName = "pipe";
+bool Matches(const FdDumpInput& in);
+Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
+Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+
+}  // namespace stasis::kinds::pipe

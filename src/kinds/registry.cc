@@ -1,0 +1,47 @@
+#include "kinds/registry.h"
+
+#include <fmt/format.h>
+#include <sys/sysmacros.h>
+
+#include "kinds/chardev.h"
+#include "kinds/pipe.h"
+#include "kinds/regular_file.h"
+
+namespace stasis::kinds {
+
+const std::vector<FdKind>& FdKinds() {
+  static const std::vector<FdKind> kinds = {
+      {regular_file::kName, regular_file::Matches, regular_file::Dump, regular_file::Restore},
+      {chardev::kName, chardev::Matches, chardev::Dump, chardev::Restore},
+      {pipe::kName, pipe::Matches, pipe::Dump, pipe::Restore},
+  };
+  return kinds;
+}
+
+const FdKind* FindFdKind(std::string_view name) {
+  for (const FdKind& kind : FdKinds()) {
+    if (name == kind.name) return &kind;
+  }
+  return nullptr;
+}
+
+Error UnsupportedFd(const FdDumpInput& in) {
+  std::string what;
+  if (in.link.starts_with("socket:")) {
+    what = "socket";
+  } else if (in.link.starts_with("anon_inode:")) {
+    what = in.link.substr(11);  // "[eventfd]", "[eventpoll]", "[io_uring]", ...
+  } else if (S_ISCHR(in.st.st_mode)) {
+    what = fmt::format("character device {}:{}", major(in.st.st_rdev), minor(in.st.st_rdev));
+  } else if (S_ISFIFO(in.st.st_mode)) {
+    what = "named FIFO";
+  } else if (S_ISBLK(in.st.st_mode)) {
+    what = "block device";
+  } else {
+    what = "this kind of file";
+  }
+  return Error::Unsupported(DescribeFd(in.pid, in.fd, in.link) + ": " + what +
+                            " is not supported yet");
+}
+
+}  // namespace stasis::kinds

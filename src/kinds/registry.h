@@ -1,0 +1,28 @@
+// The table of fd kinds. Adding a kind is writing src/kinds/X.{h,cc}, its
+// proto, its test program, and one line in registry.cc.
+#pragma once
+
+#include <string_view>
+#include <vector>
+
+#include "kinds/context.h"
+
+namespace stasis::kinds {
+
+struct FdKind {
+  const char* name;
+  // True when this kind handles the fd. Called in table order.
+  bool (*matches)(const FdDumpInput& in);
+  // Fills file->state. May refuse with ErrorCode::kUnsupported.
+  Status (*dump)(DumpContext& ctx, const FdDumpInput& in, image::File* file);
+  // Creates a new open file description in the restorer from the image.
+  Result<sys::UniqueFd> (*restore)(RestoreContext& ctx, const image::File& file);
+};
+
+const std::vector<FdKind>& FdKinds();
+const FdKind* FindFdKind(std::string_view name);
+
+// The error for an fd no kind handles, naming what the object is.
+Error UnsupportedFd(const FdDumpInput& in);
+
+}  // namespace stasis::kinds

@@ -1,0 +1,244 @@
+#include "restore/spawn.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <utility>
+
+#include "sys/kernel_abi.h"
+#include "sys/pidfds.h"
+#include "sys/proc.h"
+
+namespace stasis::restore {
+namespace {
+
+enum class Op : uint32_t { kCreate = 1, kCommit = 2 };
+struct Request {
+  Op op;
+  int32_t pid;
+  int32_t slot;
+};
+struct Reply {
+  int32_t err;  // 0 or an errno
+};
+
+long Clone3(sys::abi::CloneArgs* args) {
+  return syscall(sys::abi::kNrClone3, args, sizeof(*args));
+}
+
+// Runs in the new puppet. Only async-signal-safe calls from here on.
+[[noreturn]] void PuppetMain(int restorer_pidfd, int slot) {
+  if (restorer_pidfd != slot && dup2(restorer_pidfd, slot) < 0) _exit(127);
+  // Closing the rest (the ready pipe among them) tells the creator we are set.
+  if (slot > 0) syscall(sys::abi::kNrCloseRange, 0, slot - 1, 0);
+  syscall(sys::abi::kNrCloseRange, slot + 1, ~0u, 0);
+  for (;;) pause();
+}
+
+// Creates a puppet as a child of the calling process; returns its pidfd or
+// -errno.
+int SpawnPuppet(pid_t pid, int slot, int restorer_pidfd) {
+  int ready[2];
+  if (pipe2(ready, O_CLOEXEC) < 0) return -errno;
+  // Keep the ready pipe above the slot so dup2 onto the slot cannot close it.
+  int ready_w = fcntl(ready[1], F_DUPFD_CLOEXEC, slot + 1);
+  close(ready[1]);
+  if (ready_w < 0) {
+    close(ready[0]);
+    return -errno;
+  }
+  int pidfd = -1;
+  sys::abi::CloneArgs args = {};
+  args.flags = CLONE_PIDFD;
+  args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+  args.exit_signal = SIGCHLD;
+  args.set_tid = reinterpret_cast<uint64_t>(&pid);
+  args.set_tid_size = 1;
+  long r = Clone3(&args);
+  if (r == 0) PuppetMain(restorer_pidfd, slot);
+  int err = r < 0 ? errno : 0;
+  close(ready_w);
+  char byte;
+  while (r > 0 && read(ready[0], &byte, 1) < 0 && errno == EINTR) {
+  }
+  close(ready[0]);
+  return r < 0 ? -err : pidfd;
+}
+
+Status SendFd(int sock, const void* data, size_t len, int fd) {
+  struct iovec iov = {const_cast<void*>(data), len};
+  char control[CMSG_SPACE(sizeof(int))] = {};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (fd >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  }
+  if (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) return Error::Errno("sendmsg to init");
+  return Ok();
+}
+
+Result<int> RecvFd(int sock, void* data, size_t len) {
+  struct iovec iov = {data, len};
+  char control[CMSG_SPACE(sizeof(int))] = {};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  if (n < 0) return Error::Errno("recvmsg from init");
+  if (static_cast<size_t>(n) != len) return Error(ErrorCode::kFailed, "the restore init went away");
+  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  if (c == nullptr || c->cmsg_type != SCM_RIGHTS) return -1;
+  int fd;
+  memcpy(&fd, CMSG_DATA(c), sizeof(int));
+  return fd;
+}
+
+// After Commit: reap everything, pass termination signals to the root, and
+// exit with the root's status once the namespace is empty.
+[[noreturn]] void ReaperLoop(pid_t root) {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGHUP}) sigaddset(&set, sig);
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+  int exit_code = 0;
+  for (;;) {
+    for (;;) {
+      int status;
+      pid_t p = waitpid(-1, &status, WNOHANG | __WALL);
+      if (p < 0 && errno == ECHILD) _exit(exit_code);
+      if (p <= 0) break;
+      if (p == root) exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    siginfo_t info;
+    int sig = sigwaitinfo(&set, &info);
+    if (sig > 0 && sig != SIGCHLD) kill(root, sig);
+  }
+}
+
+[[noreturn]] void InitMain(int control, int restorer_pidfd) {
+  // Until Commit, live no longer than the restorer: when PID 1 dies the
+  // kernel kills every process of the namespace.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  int devnull = open("/dev/null", O_RDWR);
+  for (int fd = 0; fd < 3; ++fd) dup2(devnull, fd);
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) < 0) _exit(126);
+  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0) _exit(125);
+  for (;;) {
+    Request req;
+    if (recv(control, &req, sizeof(req), 0) != sizeof(req)) _exit(1);
+    if (req.op == Op::kCommit) {
+      prctl(PR_SET_PDEATHSIG, 0);
+      close(control);
+      close(restorer_pidfd);
+      ReaperLoop(req.pid);
+    }
+    int pidfd = SpawnPuppet(req.pid, req.slot, restorer_pidfd);
+    Reply reply = {pidfd < 0 ? -pidfd : 0};
+    if (!SendFd(control, &reply, sizeof(reply), pidfd).ok()) _exit(1);
+    if (pidfd >= 0) close(pidfd);
+  }
+}
+
+Result<pid_t> PidOfPidfd(int pidfd) {
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/self/fdinfo/{}", pidfd)));
+  sys::proc::FdInfo info = STASIS_TRY(sys::proc::ParseFdInfo(text));
+  for (const auto& [key, value] : info.extra) {
+    if (key == "Pid") return static_cast<pid_t>(std::atoi(value.c_str()));
+  }
+  return Error(ErrorCode::kFailed, "pidfd fdinfo has no Pid line");
+}
+
+}  // namespace
+
+Result<Spawner> Spawner::Start(bool new_pid_ns) {
+  Spawner s;
+  s.new_pid_ns_ = new_pid_ns;
+  s.restorer_pidfd_ = STASIS_TRY(sys::PidfdOpen(getpid()));
+  if (!new_pid_ns) return s;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+    return Error::Errno("socketpair for the restore init");
+  }
+  sys::abi::CloneArgs args = {};
+  args.flags = CLONE_NEWPID | CLONE_NEWNS;
+  args.exit_signal = SIGCHLD;
+  long r = Clone3(&args);
+  if (r == 0) {
+    close(sv[0]);
+    InitMain(sv[1], s.restorer_pidfd_.get());
+  }
+  close(sv[1]);
+  if (r < 0) {
+    close(sv[0]);
+    return Error::Errno("clone3(CLONE_NEWPID|CLONE_NEWNS) for the restore init");
+  }
+  s.init_pid_ = static_cast<pid_t>(r);
+  s.control_.reset(sv[0]);
+  return s;
+}
+
+Spawner::Spawner(Spawner&& o) noexcept
+    : new_pid_ns_(o.new_pid_ns_),
+      init_pid_(std::exchange(o.init_pid_, 0)),
+      control_(std::move(o.control_)),
+      restorer_pidfd_(std::move(o.restorer_pidfd_)),
+      committed_(std::exchange(o.committed_, true)) {}
+
+Spawner::~Spawner() {
+  if (committed_ || init_pid_ == 0) return;
+  kill(init_pid_, SIGKILL);
+  waitpid(init_pid_, nullptr, 0);
+}
+
+Result<Puppet> Spawner::CreatePuppet(pid_t pid, int pidfd_slot) {
+  Puppet puppet;
+  if (!new_pid_ns_) {
+    int fd = SpawnPuppet(pid, pidfd_slot, restorer_pidfd_.get());
+    if (fd < 0) return Error::FromErrno(fmt::format("clone3 with PID {}", pid), -fd);
+    puppet.pidfd.reset(fd);
+  } else {
+    Request req = {Op::kCreate, pid, pidfd_slot};
+    if (send(control_.get(), &req, sizeof(req), MSG_NOSIGNAL) != sizeof(req)) {
+      return Error::Errno("send to the restore init");
+    }
+    Reply reply;
+    int fd = STASIS_TRY(RecvFd(control_.get(), &reply, sizeof(reply)));
+    if (reply.err != 0) {
+      return Error::FromErrno(fmt::format("clone3 with PID {} in the new namespace", pid),
+                              reply.err);
+    }
+    puppet.pidfd.reset(fd);
+  }
+  puppet.host_pid = STASIS_TRY(PidOfPidfd(puppet.pidfd.get()));
+  return puppet;
+}
+
+Status Spawner::Commit(pid_t root_pid) {
+  committed_ = true;
+  if (!new_pid_ns_) return Ok();
+  Request req = {Op::kCommit, root_pid, 0};
+  if (send(control_.get(), &req, sizeof(req), MSG_NOSIGNAL) != sizeof(req)) {
+    return Error::Errno("commit to the restore init");
+  }
+  return Ok();
+}
+
+}  // namespace stasis::restore

@@ -1,0 +1,80 @@
+/* refuse_socket: holds a UDP socket, which the engine does not support.
+ *
+ * The dump must fail, naming pid, fd 7 and "socket", and leave the process
+ * untouched: after the trigger the socket still works, no tracer is left,
+ * and the memory layout, fds and signal mask are what they were.
+ */
+#include "common.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#define SOCK_FD 7 /* fixed, so the runner can look for it in the error */
+
+static char raw[256 << 10], maps_before[64 << 10], maps_after[64 << 10];
+
+static int fd_count(void) {
+  int n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  if (!d)
+    return -1;
+  while (readdir(d))
+    n++;
+  closedir(d);
+  return n;
+}
+
+int main(void) {
+  install_trigger(SA_RESTART);
+  int s = socket(AF_INET, SOCK_DGRAM, 0);
+  SETUP(s >= 0, "socket");
+  SETUP(dup2(s, SOCK_FD) == SOCK_FD, "dup2");
+  if (s != SOCK_FD)
+    close(s);
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  SETUP(bind(SOCK_FD, (struct sockaddr *)&addr, sizeof addr) == 0, "bind");
+  socklen_t len = sizeof addr;
+  SETUP(getsockname(SOCK_FD, (struct sockaddr *)&addr, &len) == 0, "getsockname");
+  struct timeval tv = {2, 0};
+  setsockopt(SOCK_FD, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
+  int nfds = fd_count();
+  sigset_t mask_before, mask_after;
+  sigprocmask(SIG_BLOCK, NULL, &mask_before);
+  grow_stack(256 << 10);
+  SETUP(read_text("/proc/self/maps", raw, sizeof raw) > 0, "read maps");
+  normalize_maps(raw, maps_before, sizeof maps_before);
+
+  READY();
+  wait_for_trigger();
+
+  /* Nothing injected was left behind (parasite code, fds, tracer). */
+  CHECK(read_text("/proc/self/maps", raw, sizeof raw) > 0, "read maps");
+  normalize_maps(raw, maps_after, sizeof maps_after);
+  if (strcmp(maps_before, maps_after) != 0) {
+    char diff[400];
+    first_diff_line(maps_before, maps_after, diff, sizeof diff);
+    CHECK(0, "/proc/self/maps changed by the failed dump: %s", diff);
+  }
+  CHECK(fd_count() == nfds, "%d fds open, %d before the dump", fd_count(), nfds);
+  sigprocmask(SIG_BLOCK, NULL, &mask_after);
+  for (int sig = 1; sig <= 64; sig++)
+    CHECK(sigismember(&mask_before, sig) == sigismember(&mask_after, sig), "signal %d blocked state changed", sig);
+  static char status[16 << 10];
+  read_text("/proc/self/status", status, sizeof status);
+  const char *tracer = status_field(status, "TracerPid");
+  CHECK(tracer && atoi(tracer) == 0, "still traced: TracerPid %d", tracer ? atoi(tracer) : -1);
+
+  /* The socket still works: same address, datagram to itself. */
+  struct sockaddr_in now;
+  len = sizeof now;
+  CHECK(getsockname(SOCK_FD, (struct sockaddr *)&now, &len) == 0 && now.sin_port == addr.sin_port,
+        "socket address changed");
+  CHECK(sendto(SOCK_FD, "hello", 5, 0, (struct sockaddr *)&addr, sizeof addr) == 5, "sendto: %s", strerror(errno));
+  char buf[16];
+  ssize_t r = recv(SOCK_FD, buf, sizeof buf, 0);
+  CHECK(r == 5 && memcmp(buf, "hello", 5) == 0, "recv: %zd (%s)", r, r < 0 ? strerror(errno) : "");
+  return FINISH();
+}

@@ -1,0 +1,546 @@
+#!/usr/bin/python3
+"""Runs one end-to-end case: start a test program, dump it with stasis,
+restore it (N times), trigger it and expect it to print PASS.
+
+    run_case.py --stasis BUILD/stasis --program PATH [ARGS...]
+                [--interpreter /usr/bin/python3] [--cycles N] [--leave-running]
+                [--trigger sigusr2|none] [--expect-syscall NR[,NR...]]
+                [--expect-dump-failure REGEX] [--xfail-dump-refusal REGEX]
+                [--corrupt flip-page|truncate] [--change-file-size RELPATH]
+                [--inspect] [--no-dump] [--timeout 60]
+
+The program runs in a fresh temp dir (its cwd and $TMPDIR) with stdin from
+/dev/null and stdout+stderr appended to temp/log. In REGEX, "{pid}" stands
+for the pid given to `stasis dump`. --xfail-dump-refusal: if the dump fails
+with stderr matching REGEX (a known unsupported feature), check the original
+was left untouched and exit 77 (ctest SKIP_RETURN_CODE). --no-dump runs the
+program alone (start, READY, trigger, PASS): a check of the program itself.
+
+Exit status: 0 pass, 1 fail, 77 expected dump refusal.
+"""
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+READY_TIMEOUT = 20.0
+SYSCALL_TIMEOUT = 10.0
+GONE_TIMEOUT = 10.0
+PAGE_RECORD = 4
+STREAM_HEADER = 24
+FRAME_HEADER = struct.Struct("<HHIQ")  # type, flags, payload_length, checksum
+
+
+class CaseFailure(Exception):
+    pass
+
+
+class ExpectedRefusal(Exception):
+    pass
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# --- /proc ---------------------------------------------------------------------
+
+def read_proc(pid, name):
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def proc_state(pid):
+    """State letter from /proc/PID/stat, or None if there is no such process."""
+    stat = read_proc(pid, "stat")
+    if not stat:
+        return None
+    return stat[stat.rindex(b")") + 2:].split()[0].decode()
+
+
+def proc_ppid(pid):
+    stat = read_proc(pid, "stat")
+    if not stat:
+        return None
+    return int(stat[stat.rindex(b")") + 2:].split()[1])
+
+
+def tracer_pid(pid):
+    status = read_proc(pid, "status") or b""
+    m = re.search(rb"^TracerPid:\s*(\d+)", status, re.M)
+    return int(m.group(1)) if m else None
+
+
+def describe(pid):
+    cmd = (read_proc(pid, "cmdline") or b"").replace(b"\0", b" ").decode(errors="replace").strip()
+    return f"pid {pid} [{proc_state(pid)}] {cmd}"
+
+
+def all_pids():
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def descends_from(pid, ancestor):
+    for _ in range(64):
+        if pid == ancestor:
+            return True
+        if pid is None or pid <= 1:
+            return False
+        pid = proc_ppid(pid)
+    return False
+
+
+def wait_status_text(status):
+    if os.WIFEXITED(status):
+        return f"exit status {os.WEXITSTATUS(status)}"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return f"killed by signal {sig} ({signal.Signals(sig).name})"
+    return f"wait status {status:#x}"
+
+
+def set_child_subreaper():
+    """Orphans of our descendants (restored processes, once `stasis restore`
+    returns) get reparented to us: we can reap them, read their exit status
+    and find leftovers."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except OSError:
+        pass
+
+
+# --- the case ---------------------------------------------------------------------
+
+class Case:
+    def __init__(self, args):
+        self.args = args
+        self.program = os.path.realpath(args.program[0])
+        self.tmp = os.path.realpath(tempfile.mkdtemp(prefix="stasis-case-", dir="/tmp"))
+        self.logpath = os.path.join(self.tmp, "log")
+        self.proc = None            # the original, our child
+        self.exit_status = {}       # pid -> wait status, for processes we reaped
+        self.timings = []
+
+    # -- processes --
+
+    def start(self):
+        argv = [self.program] + self.args.program[1:]
+        if self.args.interpreter:
+            argv = [self.args.interpreter] + argv
+        env = dict(os.environ, TMPDIR=self.tmp, STASIS_CASE=self.tmp)
+        with open(self.logpath, "ab") as logf:
+            self.proc = subprocess.Popen(argv, cwd=self.tmp, stdin=subprocess.DEVNULL, stdout=logf,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log(f"started {' '.join(argv)} as pid {self.proc.pid} in {self.tmp}")
+
+    def log_text(self):
+        try:
+            with open(self.logpath, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_ready(self):
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if "READY\n" in self.log_text():
+                return
+            if self.proc.poll() is not None:
+                raise CaseFailure(f"program exited before READY ({wait_status_text_rc(self.proc.returncode)})")
+            time.sleep(0.02)
+        raise CaseFailure(f"no READY within {READY_TIMEOUT:.0f} s")
+
+    def wait_syscall(self, pid):
+        if not self.args.expect_syscall:
+            return
+        want = {s.strip() for s in self.args.expect_syscall.split(",")}
+        deadline = time.monotonic() + SYSCALL_TIMEOUT
+        last = None
+        while time.monotonic() < deadline:
+            raw = read_proc(pid, "syscall")
+            if raw is None:
+                raise CaseFailure(f"pid {pid} vanished while waiting for it to block in syscall {sorted(want)}")
+            last = raw.decode().split()[0] if raw.split() else ""
+            if last in want:
+                return
+            time.sleep(0.02)
+        raise CaseFailure(f"pid {pid} not blocked in syscall {'/'.join(sorted(want))} within "
+                          f"{SYSCALL_TIMEOUT:.0f} s (last /proc/{pid}/syscall: {last})")
+
+    def reap(self, pid):
+        """Reaps pid if it is our (possibly adopted) child and has exited."""
+        if self.proc is not None and pid == self.proc.pid:
+            if self.proc.poll() is not None:
+                self.exit_status[pid] = status_from_rc(self.proc.returncode)
+            return
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got == pid:
+                self.exit_status[pid] = status
+        except ChildProcessError:
+            pass
+
+    def gone(self, pid):
+        self.reap(pid)
+        return proc_state(pid) in (None, "Z", "X")
+
+    def wait_gone(self, pid, timeout, what):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.gone(pid):
+                return
+            time.sleep(0.02)
+        raise CaseFailure(f"{what}: pid {pid} still there after {timeout:.0f} s: {describe(pid)}")
+
+    def check_untouched(self, pid):
+        """After a failed or --leave-running dump: alive, not stopped, not traced."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            state, tracer = proc_state(pid), tracer_pid(pid)
+            if state in (None, "Z", "X"):
+                raise CaseFailure(f"pid {pid} is dead after the dump (state {state})")
+            if state not in ("T", "t") and tracer == 0:
+                return
+            if time.monotonic() > deadline:
+                raise CaseFailure(f"pid {pid} left stopped or traced after the dump (state {state}, "
+                                  f"TracerPid {tracer})")
+            time.sleep(0.05)
+
+    def case_processes(self):
+        """Processes belonging to this case, the runner and its stasis commands
+        aside: our descendants, the program with our marker in its environment,
+        anything naming our temp dir."""
+        me = os.getpid()
+        found = []
+        marker = f"STASIS_CASE={self.tmp}".encode()
+        for pid in all_pids():
+            if pid == me:
+                continue
+            if self.proc is not None and pid == self.proc.pid and self.proc.poll() is not None:
+                continue
+            state = proc_state(pid)
+            if state in (None, "Z", "X"):
+                self.reap(pid)
+                continue
+            argv = (read_proc(pid, "cmdline") or b"").split(b"\0")
+            env = read_proc(pid, "environ") or b""
+            mine = descends_from(pid, me)
+            mine = mine or (self.program.encode() in argv and marker in env.split(b"\0"))
+            mine = mine or any(self.tmp.encode() in a for a in argv)
+            if mine:
+                found.append(pid)
+        return found
+
+    def check_no_leftovers(self, what, grace=3.0):
+        deadline = time.monotonic() + grace
+        while True:
+            left = self.case_processes()
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                desc = "; ".join(describe(p) for p in left)
+                self.kill_all()
+                raise CaseFailure(f"{what}: processes left running: {desc}")
+            time.sleep(0.05)
+
+    def kill_all(self):
+        for pid in self.case_processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        time.sleep(0.1)
+        for pid in self.case_processes():
+            self.reap(pid)
+
+    # -- stasis --
+
+    def stasis(self, *argv):
+        cmd = [self.args.stasis] + list(argv)
+        t0 = time.monotonic()
+        try:
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=self.args.timeout)
+        except subprocess.TimeoutExpired as e:
+            raise CaseFailure(f"`{' '.join(cmd)}` did not finish within {self.args.timeout} s; stderr:\n"
+                              f"{(e.stderr or b'').decode(errors='replace')}")
+        elapsed = time.monotonic() - t0
+        out, err = r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+        log(f"$ {' '.join(cmd)}  -> exit {r.returncode} in {elapsed:.3f} s")
+        if err.strip():
+            log("  stderr: " + err.strip()[-3000:].replace("\n", "\n  stderr: "))
+        return r.returncode, out, err, elapsed
+
+    def restore(self, img):
+        rc, out, err, elapsed = self.stasis("restore", "-D", img)
+        if rc != 0:
+            raise CaseFailure(f"restore failed (exit {rc}):\n{err.strip()}")
+        lines = out.strip().splitlines()
+        if not lines or not lines[-1].strip().isdigit():
+            raise CaseFailure(f"restore did not print the host pid on its last stdout line; stdout: {out!r}")
+        pid = int(lines[-1].strip())
+        if proc_state(pid) is None:
+            raise CaseFailure(f"restore printed pid {pid}, but there is no /proc/{pid}")
+        return pid, elapsed
+
+    def expect_failed_restore(self, img, words, what):
+        """A restore that must fail, mention `words` and leave nothing behind."""
+        rc, out, err, _ = self.stasis("restore", "-D", img)
+        if rc == 0:
+            lines = out.strip().splitlines()
+            if lines and lines[-1].strip().isdigit():
+                try:
+                    os.kill(int(lines[-1].strip()), signal.SIGKILL)
+                except OSError:
+                    pass
+            raise CaseFailure(f"{what}: restore succeeded, expected a failure")
+        for w in words:
+            if w.lower() not in err.lower():
+                raise CaseFailure(f"{what}: restore failed (exit {rc}) but its stderr does not mention "
+                                  f"{w!r}:\n{err.strip()}")
+        self.check_no_leftovers(f"{what}: after the failed restore")
+        log(f"{what}: restore refused as expected")
+
+    # -- image manipulation --
+
+    def corrupt(self, imgfile, mode):
+        with open(imgfile, "rb") as f:
+            data = bytearray(f.read())
+        if mode == "truncate":
+            with open(imgfile, "wb") as f:
+                f.write(data[: len(data) // 2])
+            log(f"truncated {imgfile} from {len(data)} to {len(data) // 2} bytes")
+            return
+        if data[:8] != b"STASISIM":
+            raise CaseFailure(f"{imgfile} does not start with the STASISIM magic: {bytes(data[:8])!r}")
+        pos = STREAM_HEADER
+        while pos + FRAME_HEADER.size <= len(data):
+            rtype, _flags, plen, _sum = FRAME_HEADER.unpack_from(data, pos)
+            payload = pos + FRAME_HEADER.size
+            if payload + plen > len(data):
+                raise CaseFailure(f"record at offset {pos} (type {rtype}) runs past the end of the image")
+            if rtype == PAGE_RECORD and plen > 16:
+                # In the page data (after addr, pid, npages), or mid-payload
+                # if the payload is shorter (e.g. compressed).
+                target = payload + (16 + 100 if plen > 16 + 100 else plen // 2)
+                data[target] ^= 0x5A
+                with open(imgfile, "wb") as f:
+                    f.write(data)
+                log(f"flipped the byte at offset {target} (page record at {pos}, payload {plen} bytes)")
+                return
+            pos = payload + plen
+        raise CaseFailure(f"no page record (type {PAGE_RECORD}) found in {imgfile}")
+
+    # -- the steps --
+
+    def trigger(self, pid):
+        if self.args.trigger == "sigusr2":
+            os.kill(pid, signal.SIGUSR2)
+
+    def finish(self, pid):
+        """Trigger, wait for the end, judge the log."""
+        self.trigger(pid)
+        if self.proc is not None and pid == self.proc.pid:
+            try:
+                self.proc.wait(timeout=self.args.timeout)
+            except subprocess.TimeoutExpired:
+                raise CaseFailure(f"program did not finish within {self.args.timeout} s after the trigger")
+            self.exit_status[pid] = status_from_rc(self.proc.returncode)
+        else:
+            self.wait_gone(pid, self.args.timeout, "after the trigger")
+        text = self.log_text()
+        lines = text.splitlines()
+        status = self.exit_status.get(pid)
+        how = f" ({wait_status_text(status)})" if status is not None else ""
+        if any(l.startswith("FAIL") for l in lines):
+            raise CaseFailure(f"program reported failure{how}")
+        if "PASS" not in lines:
+            raise CaseFailure(f"program ended without PASS{how}")
+        if lines.count("READY") != 1:
+            raise CaseFailure(f"READY printed {lines.count('READY')} times")
+        if status is not None and status != 0:
+            raise CaseFailure(f"program printed PASS but ended with {wait_status_text(status)}")
+
+    def dump_refused(self, pid, rc, err, why):
+        """The dump failed as expected: the original must be intact and PASS."""
+        if rc == 0:
+            raise CaseFailure("dump succeeded, expected it to fail")
+        log(f"dump refused as expected ({why})")
+        self.check_untouched(pid)
+        self.finish(pid)
+
+    def run(self):
+        a = self.args
+        self.start()
+        self.wait_ready()
+        pid = self.proc.pid
+        if a.no_dump:
+            self.wait_syscall(pid)
+            self.finish(pid)
+            return
+        for cycle in range(a.cycles):
+            self.wait_syscall(pid)
+            img = os.path.join(self.tmp, f"img{cycle}")
+            os.mkdir(img)
+            argv = ["dump", "-t", str(pid), "-D", img] + (["--leave-running"] if a.leave_running else [])
+            rc, _out, err, t_dump = self.stasis(*argv)
+            if a.expect_dump_failure:
+                regex = a.expect_dump_failure.replace("{pid}", str(pid))
+                if rc != 0 and not re.search(regex, err):
+                    raise CaseFailure(f"dump failed (exit {rc}) but stderr does not match /{regex}/:\n{err.strip()}")
+                self.dump_refused(pid, rc, err, f"stderr matches /{regex}/")
+                return
+            if rc != 0 and a.xfail_dump_refusal:
+                regex = a.xfail_dump_refusal.replace("{pid}", str(pid))
+                if re.search(regex, err):
+                    self.dump_refused(pid, rc, err, f"known unsupported: /{regex}/")
+                    raise ExpectedRefusal(f"dump refused (stderr matches /{regex}/); original left intact and PASSed")
+            if rc != 0:
+                raise CaseFailure(f"dump of pid {pid} failed (exit {rc}):\n{err.strip()}")
+            imgfile = os.path.join(img, "stasis.img")
+            if not os.path.isfile(imgfile):
+                raise CaseFailure(f"dump exited 0 but wrote no {imgfile}")
+            size = os.path.getsize(imgfile)
+
+            if a.leave_running:
+                self.check_untouched(pid)
+                log(f"cycle {cycle}: dump {t_dump:.3f} s ({size} bytes), original left running")
+                self.finish(pid)
+                return
+            self.wait_gone(pid, GONE_TIMEOUT, "after the dump")
+            if self.proc is not None and pid == self.proc.pid:
+                self.proc.wait()
+                self.proc = None  # reaped: its pid may now be reused
+
+            if cycle == 0 and a.inspect:
+                rc, out, err, _ = self.stasis("inspect", img)
+                if rc != 0:
+                    raise CaseFailure(f"inspect failed (exit {rc}):\n{err.strip()}")
+                try:
+                    json.loads(out)
+                except ValueError as e:
+                    raise CaseFailure(f"inspect did not print JSON ({e}): {out[:500]!r}")
+
+            if cycle == 0 and a.corrupt:
+                pristine = os.path.join(self.tmp, "pristine.img")
+                shutil.copyfile(imgfile, pristine)
+                self.corrupt(imgfile, a.corrupt)
+                words = ["checksum"] if a.corrupt == "flip-page" else ["truncated"]
+                self.expect_failed_restore(img, words, f"corrupt {a.corrupt}")
+                os.replace(pristine, imgfile)  # then the intact image must still restore
+
+            if cycle == 0 and a.change_file_size:
+                path = os.path.realpath(os.path.join(self.tmp, a.change_file_size))
+                st = os.stat(path)
+                with open(path, "ab") as f:
+                    f.write(b"grown while dumped\n")
+                self.expect_failed_restore(img, [path], f"size of {path} changed")
+                os.truncate(path, st.st_size)  # back as it was: the restore must now work
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+            pid, t_restore = self.restore(img)
+            self.timings.append((cycle, t_dump, t_restore, size))
+            log(f"cycle {cycle}: dump {t_dump:.3f} s, restore {t_restore:.3f} s, image {size} bytes, "
+                f"restored as host pid {pid}")
+            if a.trigger != "none":
+                st, tracer = proc_state(pid), tracer_pid(pid)
+                if st in ("Z", "X", None):
+                    self.reap(pid)
+                    status = self.exit_status.get(pid)
+                    how = wait_status_text(status) if status is not None else f"state {st}"
+                    raise CaseFailure(f"restored pid {pid} died before the trigger ({how})")
+                if st in ("T", "t"):
+                    raise CaseFailure(f"restored pid {pid} is stopped (state {st}, TracerPid {tracer})")
+        self.finish(pid)
+        self.check_no_leftovers("after the program ended")
+
+
+def status_from_rc(rc):
+    """Popen.returncode back to a wait status."""
+    return (rc & 0xFF) << 8 if rc >= 0 else -rc
+
+
+def wait_status_text_rc(rc):
+    return wait_status_text(status_from_rc(rc))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stasis", help="path of the stasis binary")
+    p.add_argument("--program", nargs="+", required=True, metavar="PATH [ARGS]", help="program and its arguments")
+    p.add_argument("--interpreter", help="run the program with this interpreter")
+    p.add_argument("--cycles", type=int, default=1)
+    p.add_argument("--leave-running", action="store_true")
+    p.add_argument("--trigger", choices=["sigusr2", "none"], default="sigusr2")
+    p.add_argument("--expect-syscall", metavar="NR[,NR]")
+    p.add_argument("--expect-dump-failure", metavar="REGEX")
+    p.add_argument("--xfail-dump-refusal", metavar="REGEX")
+    p.add_argument("--corrupt", choices=["flip-page", "truncate"])
+    p.add_argument("--change-file-size", metavar="RELPATH", help="file (relative to the temp dir) to grow after dump")
+    p.add_argument("--inspect", action="store_true", help="check `stasis inspect` prints JSON after the first dump")
+    p.add_argument("--no-dump", action="store_true", help="run the program alone (checks the program itself)")
+    p.add_argument("--timeout", type=float, default=60.0)
+    a = p.parse_args(argv)
+    if not a.no_dump and not a.stasis:
+        p.error("--stasis is required unless --no-dump")
+    if a.cycles < 1:
+        p.error("--cycles must be >= 1")
+    return a
+
+
+def main(argv):
+    args = parse_args(argv)
+    set_child_subreaper()
+    case = Case(args)
+    result, message = 1, ""
+    try:
+        case.run()
+        result = 0
+    except ExpectedRefusal as e:
+        result, message = 77, str(e)
+    except CaseFailure as e:
+        message = str(e)
+    except Exception as e:  # a bug here must still clean up and say why
+        message = f"runner error: {type(e).__name__}: {e}"
+    finally:
+        try:
+            leftovers = case.case_processes()
+            if leftovers:
+                log("killing leftover processes: " + "; ".join(describe(p) for p in leftovers))
+            case.kill_all()
+        except Exception as e:
+            log(f"cleanup error: {e}")
+    if case.timings:
+        total_d = sum(t[1] for t in case.timings)
+        total_r = sum(t[2] for t in case.timings)
+        log(f"timings: {len(case.timings)} cycles, dump total {total_d:.3f} s, restore total {total_r:.3f} s")
+    if result == 0:
+        shutil.rmtree(case.tmp, ignore_errors=True)
+        log("PASS")
+    elif result == 77:
+        shutil.rmtree(case.tmp, ignore_errors=True)
+        log(f"XFAIL: {message}")
+    else:
+        text = case.log_text()
+        log(f"FAIL: {message}")
+        log(f"--- program log ({case.logpath}) ---\n{text.rstrip()}\n--- end of log ---")
+        log(f"temp dir kept: {case.tmp}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
