@@ -109,20 +109,22 @@ Status FeedPages(image::Reader& reader, pid_t host_pid, const image::Process& pr
   }
 }
 
-// Kills the puppet unless the restore completed.
+// Kills the puppet unless the restore completed. As its tracer we must
+// also reap it: the namespace init, when killed next, waits for every task
+// of the namespace to be reaped, and a traced zombie waits for its tracer.
 class PuppetGuard {
  public:
-  PuppetGuard(pid_t pid, bool our_child) : pid_(pid), our_child_(our_child) {}
+  explicit PuppetGuard(pid_t pid) : pid_(pid) {}
   ~PuppetGuard() {
     if (pid_ == 0) return;
     kill(pid_, SIGKILL);
-    if (our_child_) waitpid(pid_, nullptr, __WALL);
+    while (waitpid(pid_, nullptr, __WALL) < 0 && errno == EINTR) {
+    }
   }
   void Release() { pid_ = 0; }
 
  private:
   pid_t pid_;
-  bool our_child_;
 };
 
 }  // namespace
@@ -143,7 +145,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   Puppet puppet = STASIS_TRY(spawner.CreatePuppet(head.proc.pid(), slot));
   result.host_pid = puppet.host_pid;
   sys::Tracee tracee = STASIS_TRY(sys::Tracee::Seize(puppet.host_pid, /*kill_on_exit=*/true));
-  PuppetGuard guard(puppet.host_pid, !options.new_pid_ns);
+  PuppetGuard guard(puppet.host_pid);
 
   PuppetPlan plan = {&head.manifest, &head.proc, &files, slot};
   auto feed = [&](const image::Process& proc) {

@@ -146,6 +146,9 @@ Result<int> RecvFd(int sock, void* data, size_t len) {
     if (recv(control, &req, sizeof(req), 0) != sizeof(req)) _exit(1);
     if (req.op == Op::kCommit) {
       prctl(PR_SET_PDEATHSIG, 0);
+      // The restorer may exit as soon as it reads this: PDEATHSIG is off now.
+      Reply ack = {0};
+      if (send(control, &ack, sizeof(ack), MSG_NOSIGNAL) != sizeof(ack)) _exit(1);
       close(control);
       close(restorer_pidfd);
       ReaperLoop(req.pid);
@@ -237,6 +240,10 @@ Status Spawner::Commit(pid_t root_pid) {
   Request req = {Op::kCommit, root_pid, 0};
   if (send(control_.get(), &req, sizeof(req), MSG_NOSIGNAL) != sizeof(req)) {
     return Error::Errno("commit to the restore init");
+  }
+  Reply ack;
+  if (recv(control_.get(), &ack, sizeof(ack), 0) != sizeof(ack)) {
+    return Error(ErrorCode::kFailed, "the restore init did not acknowledge the commit");
   }
   return Ok();
 }

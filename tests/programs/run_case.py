@@ -132,6 +132,7 @@ class Case:
         self.proc = None            # the original, our child
         self.exit_status = {}       # pid -> wait status, for processes we reaped
         self.timings = []
+        self.ncmd = 0               # stasis commands run, to name their output files
 
     # -- processes --
 
@@ -191,6 +192,24 @@ class Case:
                 self.exit_status[pid] = status
         except ChildProcessError:
             pass
+
+    def reap_adopted(self):
+        """Reaps whatever children we have (once the original is reaped, they
+        are the processes the subreaper adopted: restored processes, restore
+        helpers) and describes their ends, to tell how a restored process died."""
+        if self.proc is not None:
+            return ""  # waitpid(-1) could take the original's status from Popen
+        ends = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG | 0x40000000)  # __WALL
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            self.exit_status[pid] = status
+            ends.append(f"pid {pid}: {wait_status_text(status)}")
+        return "; ".join(ends)
 
     def gone(self, pid):
         self.reap(pid)
@@ -271,19 +290,33 @@ class Case:
     # -- stasis --
 
     def stasis(self, *argv):
+        """Runs a stasis command; returns (exit code, stdout, stderr, seconds).
+        Output goes to files, not pipes: a helper the engine leaves behind
+        holding them must not make us wait."""
         cmd = [self.args.stasis] + list(argv)
+        self.ncmd += 1
+        out_path = os.path.join(self.tmp, f"stasis{self.ncmd}.{argv[0]}.out")
+        err_path = os.path.join(self.tmp, f"stasis{self.ncmd}.{argv[0]}.err")
         t0 = time.monotonic()
+        with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
+            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f)
         try:
-            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=self.args.timeout)
-        except subprocess.TimeoutExpired as e:
-            raise CaseFailure(f"`{' '.join(cmd)}` did not finish within {self.args.timeout} s; stderr:\n"
-                              f"{(e.stderr or b'').decode(errors='replace')}")
+            rc = p.wait(timeout=self.args.timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            rc = None
         elapsed = time.monotonic() - t0
-        out, err = r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
-        log(f"$ {' '.join(cmd)}  -> exit {r.returncode} in {elapsed:.3f} s")
+        with open(out_path, "rb") as f:
+            out = f.read().decode(errors="replace")
+        with open(err_path, "rb") as f:
+            err = f.read().decode(errors="replace")
+        if rc is None:
+            raise CaseFailure(f"`{' '.join(cmd)}` did not finish within {self.args.timeout:.0f} s; stderr:\n{err}")
+        log(f"$ {' '.join(cmd)}  -> exit {rc} in {elapsed:.3f} s")
         if err.strip():
             log("  stderr: " + err.strip()[-3000:].replace("\n", "\n  stderr: "))
-        return r.returncode, out, err, elapsed
+        return rc, out, err, elapsed
 
     def restore(self, img):
         rc, out, err, elapsed = self.stasis("restore", "-D", img)
@@ -294,7 +327,12 @@ class Case:
             raise CaseFailure(f"restore did not print the host pid on its last stdout line; stdout: {out!r}")
         pid = int(lines[-1].strip())
         if proc_state(pid) is None:
-            raise CaseFailure(f"restore printed pid {pid}, but there is no /proc/{pid}")
+            time.sleep(0.2)
+            ends = self.reap_adopted()
+            raise CaseFailure(f"restore printed host pid {pid}, but it is already gone (no /proc/{pid}): "
+                              f"the restored process died right after the restore"
+                              + (f"; adopted processes that ended (e.g. its PID-namespace init, whose exit "
+                                 f"status is 128+signal if it was killed): {ends}" if ends else ""))
         return pid, elapsed
 
     def expect_failed_restore(self, img, words, what):
@@ -366,6 +404,10 @@ class Case:
         lines = text.splitlines()
         status = self.exit_status.get(pid)
         how = f" ({wait_status_text(status)})" if status is not None else ""
+        if status is None and self.proc is None:
+            time.sleep(0.1)
+            ends = self.reap_adopted()
+            how = f" (adopted processes that ended: {ends})" if ends else ""
         if any(l.startswith("FAIL") for l in lines):
             raise CaseFailure(f"program reported failure{how}")
         if "PASS" not in lines:
