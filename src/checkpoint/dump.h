@@ -21,7 +21,7 @@ struct DumpOptions {
 };
 
 struct DumpStats {
-  double frozen_ms = 0;   // from seize until the task was killed or released
+  double frozen_ms = 0;  // from seize until the task was killed or released
   double total_ms = 0;
   uint64_t image_bytes = 0;
   uint64_t resident_bytes = 0;  // present private pages found

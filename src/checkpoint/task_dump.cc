@@ -149,21 +149,22 @@ Status PrecheckTask(pid_t pid) {
   Result<sys::proc::ProcStatus> status = ReadStatus(pid);
   if (!status.ok()) return Error::NotFound(fmt::format("no process {}", pid));
   sys::proc::ProcStat stat = STASIS_TRY(ReadStat(pid));
-  if (stat.flags & kPfKthread) return Error::Unsupported(fmt::format("pid {} is a kernel thread", pid));
+  if (stat.flags & kPfKthread)
+    return Error::Unsupported(fmt::format("pid {} is a kernel thread", pid));
   if (status->tracer_pid != 0) {
     return Error::Unsupported(
         fmt::format("pid {} is being traced by pid {}", pid, status->tracer_pid));
   }
   if (status->threads != 1) {
-    return Error::Unsupported(fmt::format(
-        "pid {} has {} threads; multi-threaded processes are not supported yet", pid,
-        status->threads));
+    return Error::Unsupported(
+        fmt::format("pid {} has {} threads; multi-threaded processes are not supported yet", pid,
+                    status->threads));
   }
   std::vector<int> children = STASIS_TRY(sys::proc::ListChildren(pid));
   if (!children.empty()) {
-    return Error::Unsupported(fmt::format(
-        "pid {} has child processes ({}...); process trees are not supported yet", pid,
-        children[0]));
+    return Error::Unsupported(
+        fmt::format("pid {} has child processes ({}...); process trees are not supported yet", pid,
+                    children[0]));
   }
   if (status->seccomp != 0) {
     return Error::Unsupported(fmt::format("pid {}: seccomp filters are not supported yet", pid));
@@ -173,8 +174,8 @@ Status PrecheckTask(pid_t pid) {
     return Error::Unsupported(fmt::format("pid {}: POSIX timers are not supported yet", pid));
   }
   if (status->ns_pid.size() > 1) {
-    return Error::Unsupported(fmt::format(
-        "pid {} lives in a nested PID namespace; that is not supported yet", pid));
+    return Error::Unsupported(
+        fmt::format("pid {} lives in a nested PID namespace; that is not supported yet", pid));
   }
   return Ok();
 }

@@ -4,8 +4,8 @@
 
 #include "kinds/memory.h"
 #include "process.pb.h"
-#include "sys/tracee.h"
 #include "sys/result.h"
+#include "sys/tracee.h"
 
 namespace stasis::checkpoint {
 

@@ -16,7 +16,7 @@ struct Device {
 
 // Memory devices of major 1 (drivers/char/mem.c) hold no per-open state.
 constexpr Device kDevices[] = {
-    {1, 3, "/dev/null"}, {1, 5, "/dev/zero"},    {1, 7, "/dev/full"},
+    {1, 3, "/dev/null"},   {1, 5, "/dev/zero"},    {1, 7, "/dev/full"},
     {1, 8, "/dev/random"}, {1, 9, "/dev/urandom"},
 };
 
@@ -49,8 +49,8 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   if (!file.state().UnpackTo(&state)) return Error::Corrupt("chardev state does not parse");
   const Device* dev = FindDevice(state.major(), state.minor());
   if (dev == nullptr) {
-    return Error::Invalid(fmt::format("chardev {}:{} is not one Stasis restores", state.major(),
-                                      state.minor()));
+    return Error::Invalid(
+        fmt::format("chardev {}:{} is not one Stasis restores", state.major(), state.minor()));
   }
   int flags = static_cast<int>(state.flags() & ~(O_CREAT | O_EXCL | O_TRUNC)) | O_CLOEXEC;
   sys::UniqueFd fd(open(dev->path, flags));
@@ -58,8 +58,8 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   struct stat st;
   if (fstat(fd.get(), &st) < 0) return Error::Errno(fmt::format("fstat {}", dev->path));
   if (!S_ISCHR(st.st_mode) || major(st.st_rdev) != dev->major || minor(st.st_rdev) != dev->minor) {
-    return Error::Invalid(fmt::format("{} on this host is not device {}:{}", dev->path, dev->major,
-                                      dev->minor));
+    return Error::Invalid(
+        fmt::format("{} on this host is not device {}:{}", dev->path, dev->major, dev->minor));
   }
   return fd;
 }

@@ -18,8 +18,8 @@
 
 #include "process.pb.h"
 #include "sys/proc.h"
-#include "sys/tracee.h"
 #include "sys/result.h"
+#include "sys/tracee.h"
 #include "sys/unique_fd.h"
 
 namespace stasis::kinds {
@@ -70,12 +70,12 @@ class RemoteTask {
 
 // One fd of the dumped task, as the checkpoint layer found it.
 struct FdDumpInput {
-  pid_t pid = 0;          // host pid
+  pid_t pid = 0;  // host pid
   int fd = -1;
-  sys::UniqueFd local;    // the same open file description, in the dumper
-  struct stat st = {};    // fstat of local
-  std::string link;       // readlink /proc/PID/fd/N
-  sys::proc::FdInfo info; // /proc/PID/fdinfo/N
+  sys::UniqueFd local;     // the same open file description, in the dumper
+  struct stat st = {};     // fstat of local
+  std::string link;        // readlink /proc/PID/fd/N
+  sys::proc::FdInfo info;  // /proc/PID/fdinfo/N
 };
 
 // The fds of every task being dumped, for kinds whose object has several

@@ -96,8 +96,8 @@ Status Restore(RemoteTask& task, const image::Creds& creds) {
     STASIS_TRY(task.Call("prctl(PR_CAP_AMBIENT_RAISE)", SYS_prctl, PR_CAP_AMBIENT,
                          PR_CAP_AMBIENT_RAISE, cap, 0, 0));
   }
-  STASIS_TRY(task.Call("prctl(PR_SET_SECUREBITS)", SYS_prctl, PR_SET_SECUREBITS,
-                       creds.securebits()));
+  STASIS_TRY(
+      task.Call("prctl(PR_SET_SECUREBITS)", SYS_prctl, PR_SET_SECUREBITS, creds.securebits()));
   STASIS_TRY(Capset(task, {creds.cap_eff(), creds.cap_prm(), creds.cap_inh()}));
   if (creds.no_new_privs()) {
     STASIS_TRY(task.Call("prctl(PR_SET_NO_NEW_PRIVS)", SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));

@@ -51,7 +51,8 @@ Result<Vma::Kind> KindOf(pid_t pid, const sys::proc::SmapsEntry& entry) {
   }
   bool anon_name = m.path.starts_with("[anon:");
   if (m.inode == 0 && (m.path.empty() || m.path == "[heap]" || m.path == "[stack]" || anon_name)) {
-    if (m.shared) return Error::Unsupported(what + ": shared anonymous memory is not supported yet");
+    if (m.shared)
+      return Error::Unsupported(what + ": shared anonymous memory is not supported yet");
     return Vma::ANON;
   }
   if (m.path.ends_with(" (deleted)") || m.path.starts_with("/memfd:")) {
@@ -67,8 +68,8 @@ Result<uint64_t> FileSize(pid_t pid, const sys::proc::MapsEntry& m) {
   struct stat st;
   if (stat(path.c_str(), &st) < 0) return Error::Errno("stat " + path);
   if (st.st_ino != m.inode) {
-    return Error::Unsupported(fmt::format("pid {}: {} was replaced on disk while mapped", pid,
-                                          m.path));
+    return Error::Unsupported(
+        fmt::format("pid {}: {} was replaced on disk while mapped", pid, m.path));
   }
   return static_cast<uint64_t>(st.st_size);
 }
@@ -102,8 +103,9 @@ class RemoteFiles {
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return Error::Errno("fstat " + vma.name());
     if (static_cast<uint64_t>(st.st_size) != vma.file_size()) {
-      return Error::Invalid(fmt::format("mapped file {} changed size since the dump (was {}, now {})",
-                                        vma.name(), vma.file_size(), st.st_size));
+      return Error::Invalid(
+          fmt::format("mapped file {} changed size since the dump (was {}, now {})", vma.name(),
+                      vma.file_size(), st.st_size));
     }
     int remote = STASIS_TRY(task_.PullFd(fd.get()));
     fds_[key] = remote;

@@ -42,8 +42,8 @@ struct PagePlan {
 };
 Result<PagePlan> PlanPages(pid_t pid, image::Process* proc);
 // Reads the planned pages and writes them as page records.
-Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan,
-                  image::Writer& writer, PageStats* stats);
+Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan, image::Writer& writer,
+                  PageStats* stats);
 
 // Restore side. Maps every VMA except the vdso block and [vsyscall], with
 // write access added where pages must be written.

@@ -19,7 +19,7 @@ using image::Vma;
 constexpr uint64_t kPage = image::kPageSize;
 constexpr uint64_t kPmPresent = 1ull << 63;
 constexpr uint64_t kPmSwapped = 1ull << 62;
-constexpr uint64_t kPmFile = 1ull << 61;  // file page or shared anon
+constexpr uint64_t kPmFile = 1ull << 61;   // file page or shared anon
 constexpr uint64_t kPagemapBatch = 65536;  // entries per pread: 256 MiB of address space
 constexpr uint64_t kChunkPages = 1024;     // 4 MiB per read and per page record
 
@@ -121,8 +121,8 @@ Result<PagePlan> PlanPages(pid_t pid, image::Process* proc) {
   return plan;
 }
 
-Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan,
-                  image::Writer& writer, PageStats* stats) {
+Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan, image::Writer& writer,
+                  PageStats* stats) {
   std::string mem_path = fmt::format("/proc/{}/mem", host_pid);
   sys::UniqueFd mem(open(mem_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!mem.valid()) return Error::Errno("open " + mem_path);
@@ -143,9 +143,10 @@ Status RestorePageRun(pid_t host_pid, const image::Process& proc, const image::P
   uint64_t len = uint64_t{run.npages} * kPage;
   const Vma* vma = FindVma(proc, run.addr);
   if (vma == nullptr || !vma->has_pages() || run.addr + len > vma->end()) {
-    return Error::Corrupt(fmt::format("pid {}: page record {:#x}+{} pages is outside any VMA "
-                                      "that carries pages",
-                                      proc.pid(), run.addr, run.npages));
+    return Error::Corrupt(
+        fmt::format("pid {}: page record {:#x}+{} pages is outside any VMA "
+                    "that carries pages",
+                    proc.pid(), run.addr, run.npages));
   }
   return sys::WriteMemory(host_pid, run.addr, run.data, len);
 }

@@ -66,8 +66,8 @@ Status Restore(RemoteTask& task, const image::Process& proc) {
     map.auxv_size = static_cast<uint32_t>(mm.auxv().size());
     map.exe_fd = static_cast<uint32_t>(exe_fd);
     uint64_t addr = STASIS_TRY(task.Put(&map, sizeof(map)));
-    STASIS_TRY_CTX(task.Call("prctl(PR_SET_MM_MAP)", SYS_prctl, sys::abi::kPrSetMm, sys::abi::kPrSetMmMap,
-                             addr, sizeof(map), 0),
+    STASIS_TRY_CTX(task.Call("prctl(PR_SET_MM_MAP)", SYS_prctl, sys::abi::kPrSetMm,
+                             sys::abi::kPrSetMmMap, addr, sizeof(map), 0),
                    "exe " + mm.exe());
     return Ok();
   });

@@ -65,8 +65,7 @@ Result<RestoredPipe*> CreatePipe(RestoreContext& ctx, const image::PipeEndState&
   RestoredPipe& pipe = ctx.pipes[state.pipe_ino()];
   pipe.ends[0].reset(fds[0]);
   pipe.ends[1].reset(fds[1]);
-  if (state.pipe_size() != kDefaultPipeSize &&
-      fcntl(fds[1], F_SETPIPE_SZ, state.pipe_size()) < 0) {
+  if (state.pipe_size() != kDefaultPipeSize && fcntl(fds[1], F_SETPIPE_SZ, state.pipe_size()) < 0) {
     return Error::Errno(fmt::format("{}: F_SETPIPE_SZ {}", what, state.pipe_size()));
   }
   return &pipe;

@@ -16,9 +16,7 @@ constexpr uint32_t kOpenOnlyFlags = O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY;
 
 }  // namespace
 
-bool Matches(const FdDumpInput& in) {
-  return S_ISREG(in.st.st_mode) || S_ISDIR(in.st.st_mode);
-}
+bool Matches(const FdDumpInput& in) { return S_ISREG(in.st.st_mode) || S_ISDIR(in.st.st_mode); }
 
 Status Dump(DumpContext&, const FdDumpInput& in, image::File* file) {
   std::string what = DescribeFd(in.pid, in.fd, in.link);
@@ -29,7 +27,8 @@ Status Dump(DumpContext&, const FdDumpInput& in, image::File* file) {
     return Error::Unsupported(what + ": file is not reachable by path");
   }
   if (!in.info.locks.empty()) {
-    return Error::Unsupported(what + ": file locks are not supported yet (" + in.info.locks[0] + ")");
+    return Error::Unsupported(what + ": file locks are not supported yet (" + in.info.locks[0] +
+                              ")");
   }
   image::RegularFileState state;
   state.set_path(in.link);
@@ -54,8 +53,8 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
     return Error::Invalid(what + ": is no longer the same type of file as at dump time");
   }
   if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) != state.size()) {
-    return Error::Invalid(fmt::format("{} changed size since the dump (was {} bytes, now {})",
-                                      what, state.size(), st.st_size));
+    return Error::Invalid(fmt::format("{} changed size since the dump (was {} bytes, now {})", what,
+                                      state.size(), st.st_size));
   }
   if (!(state.flags() & O_PATH) && lseek(fd.get(), static_cast<off_t>(state.pos()), SEEK_SET) < 0) {
     return Error::Errno(fmt::format("lseek {} to {}", what, state.pos()));

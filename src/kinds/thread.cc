@@ -142,8 +142,8 @@ Status Dump(const sys::Tracee& tracee, RemoteTask& task, const sys::Regs& regs, 
   uint64_t tid_address = 0;
   STASIS_TRY(task.Get(task.scratch(), &tid_address, sizeof(tid_address)));
   out->set_clear_child_tid(tid_address);
-  std::string comm = STASIS_TRY(
-      sys::proc::ReadFile(fmt::format("/proc/{}/task/{}/comm", task.pid(), host_tid)));
+  std::string comm =
+      STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/task/{}/comm", task.pid(), host_tid)));
   while (!comm.empty() && comm.back() == '\n') comm.pop_back();
   out->set_comm(comm);
   return Ok();

@@ -70,9 +70,10 @@ Status Dump(pid_t pid, const image::Process& proc, image::Manifest* manifest) {
 Status CheckCompatible(const image::Manifest& manifest, const image::Process& proc) {
   Block image_block = FindBlock(proc.vmas());
   if (image_block.vdso == nullptr) {
-    return Error::Unsupported(fmt::format("pid {}: image has no [vdso]; restoring a task without "
-                                          "one is not supported",
-                                          proc.pid()));
+    return Error::Unsupported(
+        fmt::format("pid {}: image has no [vdso]; restoring a task without "
+                    "one is not supported",
+                    proc.pid()));
   }
   image::Process self = STASIS_TRY(OwnLayout());
   Block own = FindBlock(self.vmas());
@@ -82,10 +83,11 @@ Status CheckCompatible(const image::Manifest& manifest, const image::Process& pr
                                           Shape(image_block), Shape(own)));
   }
   if (HashBytes(STASIS_TRY(HashVdso(getpid(), *own.vdso))) != manifest.vdso_sha()) {
-    return Error::Unsupported(fmt::format("the [vdso] of this kernel differs from the one in the "
-                                          "image (dumped on {}); restoring across kernels is not "
-                                          "supported yet",
-                                          manifest.kernel_release()));
+    return Error::Unsupported(
+        fmt::format("the [vdso] of this kernel differs from the one in the "
+                    "image (dumped on {}); restoring across kernels is not "
+                    "supported yet",
+                    manifest.kernel_release()));
   }
   return Ok();
 }
@@ -93,12 +95,11 @@ Status CheckCompatible(const image::Manifest& manifest, const image::Process& pr
 Status Restore(RemoteTask& task, const image::Process& proc) {
   Block b = FindBlock(proc.vmas());
   uint64_t base = b.vvar ? b.vvar->start() : b.vdso->start();
-  STASIS_TRY_CTX(task.Call("arch_prctl(ARCH_MAP_VDSO_64)", SYS_arch_prctl, sys::abi::kArchMapVdso64,
-                           base),
-                 fmt::format("vdso block at {:#x}", base));
+  STASIS_TRY_CTX(
+      task.Call("arch_prctl(ARCH_MAP_VDSO_64)", SYS_arch_prctl, sys::abi::kArchMapVdso64, base),
+      fmt::format("vdso block at {:#x}", base));
   // The kernel chose the block's inner layout; check it is the dumped one.
-  std::string text =
-      STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/smaps", task.pid())));
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/smaps", task.pid())));
   image::Process now;
   for (const sys::proc::SmapsEntry& e : STASIS_TRY(sys::proc::ParseSmaps(text))) {
     Result<Vma> vma = memory::ClassifyVma(task.pid(), e);
@@ -106,8 +107,8 @@ Status Restore(RemoteTask& task, const image::Process& proc) {
   }
   Block got = FindBlock(now.vmas());
   if (!got.vdso || got.vdso->start() != b.vdso->start() || Shape(got) != Shape(b)) {
-    return Error(ErrorCode::kFailed, fmt::format("vdso block mapped as {} instead of {}",
-                                                 Shape(got), Shape(b)));
+    return Error(ErrorCode::kFailed,
+                 fmt::format("vdso block mapped as {} instead of {}", Shape(got), Shape(b)));
   }
   return Ok();
 }

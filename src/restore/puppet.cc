@@ -41,9 +41,9 @@ Result<uint64_t> MapScratch(sys::Injector& inj, const image::Process& proc) {
   for (size_t i = 0; i <= static_cast<size_t>(proc.vmas_size()); ++i) {
     uint64_t limit = i < static_cast<size_t>(proc.vmas_size()) ? proc.vmas(i).start() : kUserTop;
     if (candidate + kScratchSize <= limit) {
-      long r = STASIS_TRY(inj.Raw(SYS_mmap, candidate, kScratchSize,
-                                  PROT_READ | PROT_WRITE | PROT_EXEC,
-                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
+      long r =
+          STASIS_TRY(inj.Raw(SYS_mmap, candidate, kScratchSize, PROT_READ | PROT_WRITE | PROT_EXEC,
+                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
       if (r == static_cast<long>(candidate)) return candidate;
     }
     if (i < static_cast<size_t>(proc.vmas_size())) {
@@ -74,8 +74,8 @@ Status InstallFds(kinds::RemoteTask& task, const image::Process& proc, const Loc
   for (const image::Fd& fd : proc.fds()) {
     auto it = files.find(fd.file_id());
     if (it == files.end()) {
-      return Error::Corrupt(fmt::format("pid {} fd {}: no file {} in image", proc.pid(), fd.fd(),
-                                        fd.file_id()));
+      return Error::Corrupt(
+          fmt::format("pid {} fd {}: no file {} in image", proc.pid(), fd.fd(), fd.file_id()));
     }
     int remote = STASIS_TRY(task.PullFd(it->second.get()));
     std::string what = fmt::format("pid {} fd {}", proc.pid(), fd.fd());
@@ -84,7 +84,8 @@ Status InstallFds(kinds::RemoteTask& task, const image::Process& proc, const Loc
       if (!fd.cloexec()) STASIS_TRY_CTX(task.Call("fcntl", SYS_fcntl, remote, F_SETFD, 0), what);
       continue;
     }
-    STASIS_TRY_CTX(task.Call("dup3", SYS_dup3, remote, fd.fd(), fd.cloexec() ? O_CLOEXEC : 0), what);
+    STASIS_TRY_CTX(task.Call("dup3", SYS_dup3, remote, fd.fd(), fd.cloexec() ? O_CLOEXEC : 0),
+                   what);
     STASIS_TRY(task.Call("close", SYS_close, remote));
   }
   return Ok();

@@ -35,7 +35,8 @@ Result<image::Record> NextRecord(image::Reader& reader) {
 Result<ImageHead> ReadHead(image::Reader& reader) {
   ImageHead head;
   image::Record rec = STASIS_TRY(NextRecord(reader));
-  if (rec.type != image::RecordType::kManifest) return Error::Corrupt("image does not start with a manifest");
+  if (rec.type != image::RecordType::kManifest)
+    return Error::Corrupt("image does not start with a manifest");
   STASIS_TRY(image::ParseMessage(rec, &head.manifest));
   for (;;) {
     rec = STASIS_TRY(NextRecord(reader));
@@ -86,22 +87,22 @@ Status FeedPages(image::Reader& reader, pid_t host_pid, const image::Process& pr
     if (rec.type == image::RecordType::kPages) {
       image::PageRun run = STASIS_TRY(image::ParsePageRun(rec));
       if (static_cast<int>(run.pid) != proc.pid()) {
-        return Error::Corrupt(fmt::format("page record for pid {} in an image of pid {}", run.pid,
-                                          proc.pid()));
+        return Error::Corrupt(
+            fmt::format("page record for pid {} in an image of pid {}", run.pid, proc.pid()));
       }
       STASIS_TRY(kinds::memory::RestorePageRun(host_pid, proc, run));
       *pages += run.npages;
       continue;
     }
     if (rec.type != image::RecordType::kTrailer) {
-      return Error::Corrupt(fmt::format("unexpected {} record among page records",
-                                        image::RecordTypeName(rec.type)));
+      return Error::Corrupt(
+          fmt::format("unexpected {} record among page records", image::RecordTypeName(rec.type)));
     }
     image::Trailer trailer;
     STASIS_TRY(image::ParseMessage(rec, &trailer));
     if (trailer.pages() != *pages) {
-      return Error::Corrupt(fmt::format("trailer counts {} pages, image holds {}", trailer.pages(),
-                                        *pages));
+      return Error::Corrupt(
+          fmt::format("trailer counts {} pages, image holds {}", trailer.pages(), *pages));
     }
     image::Record extra;
     if (STASIS_TRY(reader.Next(&extra))) return Error::Corrupt("records after the trailer");

@@ -31,9 +31,7 @@ struct Reply {
   int32_t err;  // 0 or an errno
 };
 
-long Clone3(sys::abi::CloneArgs* args) {
-  return syscall(sys::abi::kNrClone3, args, sizeof(*args));
-}
+long Clone3(sys::abi::CloneArgs* args) { return syscall(sys::abi::kNrClone3, args, sizeof(*args)); }
 
 // Runs in the new puppet. Only async-signal-safe calls from here on.
 [[noreturn]] void PuppetMain(int restorer_pidfd, int slot) {

@@ -43,8 +43,8 @@ class Spawner {
  private:
   Spawner() = default;
   bool new_pid_ns_ = false;
-  pid_t init_pid_ = 0;          // host pid of the namespace init, 0 without one
-  sys::UniqueFd control_;       // socket to the init
+  pid_t init_pid_ = 0;     // host pid of the namespace init, 0 without one
+  sys::UniqueFd control_;  // socket to the init
   sys::UniqueFd restorer_pidfd_;
   bool committed_ = false;
 };

@@ -83,9 +83,9 @@ KernelFeatures KernelFeatures::Probe() {
       "find shared open files");
   add("process_vm_readv", ProcessVmReadvWorks(), true, "page copy");
   add("rseq", SyscallExists(abi::kNrRseq, 0, 0, 0), false, "4.18+");
-  add("PR_SET_MM_MAP", prctl(abi::kPrSetMm, 15 /* PR_SET_MM_MAP_SIZE */, 0, 0, 0) == 0 ||
-                           errno != EINVAL,
-      true, "CONFIG_CHECKPOINT_RESTORE");
+  add("PR_SET_MM_MAP",
+      prctl(abi::kPrSetMm, 15 /* PR_SET_MM_MAP_SIZE */, 0, 0, 0) == 0 || errno != EINVAL, true,
+      "CONFIG_CHECKPOINT_RESTORE");
   struct stat st;
   add("/proc/PID/map_files", stat("/proc/self/map_files", &st) == 0, true,
       "CONFIG_CHECKPOINT_RESTORE");
@@ -95,8 +95,9 @@ KernelFeatures KernelFeatures::Probe() {
   bool has_uffd = UserfaultfdFeatures(&uffd);
   add("userfaultfd", has_uffd, false, fmt::format("features {:#x} (lazy restore)", uffd));
   add("uffd WP_ASYNC", has_uffd && (uffd & (1 << 15)), false, "dirty tracking for live migration");
-  add("cgroup v2", stat("/sys/fs/cgroup/unified/cgroup.controllers", &st) == 0 ||
-                       stat("/sys/fs/cgroup/cgroup.controllers", &st) == 0,
+  add("cgroup v2",
+      stat("/sys/fs/cgroup/unified/cgroup.controllers", &st) == 0 ||
+          stat("/sys/fs/cgroup/cgroup.controllers", &st) == 0,
       false, "cgroup.freeze for sessions");
   add("pid_max", true, false, ReadTrimmed("/proc/sys/kernel/pid_max"));
   std::string yama = ReadTrimmed("/proc/sys/kernel/yama/ptrace_scope");

@@ -63,7 +63,7 @@ class Error {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}      // NOLINT: implicit by design
   Result(Error error) : v_(std::move(error)) {}  // NOLINT: implicit by design
 
   bool ok() const { return v_.index() == 0; }
@@ -106,18 +106,17 @@ const char* ErrnoName(int errnum);
 
 // Evaluates a Result; on error returns it from the enclosing function,
 // otherwise yields the value. Uses a GNU statement expression (GCC/Clang).
-#define STASIS_TRY(expr)                                                     \
-  ({                                                                         \
-    auto&& stasis_try_result_ = (expr);                                      \
+#define STASIS_TRY(expr)                                                        \
+  ({                                                                            \
+    auto&& stasis_try_result_ = (expr);                                         \
     if (!stasis_try_result_.ok()) return std::move(stasis_try_result_).error(); \
-    std::move(stasis_try_result_).value();                                   \
+    std::move(stasis_try_result_).value();                                      \
   })
 
 // Like STASIS_TRY, but adds context to the error on the way up.
-#define STASIS_TRY_CTX(expr, context)                                        \
-  ({                                                                         \
-    auto&& stasis_try_result_ = (expr);                                      \
-    if (!stasis_try_result_.ok())                                            \
-      return std::move(stasis_try_result_).error().Context(context);         \
-    std::move(stasis_try_result_).value();                                   \
+#define STASIS_TRY_CTX(expr, context)                                                            \
+  ({                                                                                             \
+    auto&& stasis_try_result_ = (expr);                                                          \
+    if (!stasis_try_result_.ok()) return std::move(stasis_try_result_).error().Context(context); \
+    std::move(stasis_try_result_).value();                                                       \
   })

@@ -163,8 +163,9 @@ Status Tracee::SingleStep() const {
   }
   int status = STASIS_TRY(WaitStop(tid_));
   if (!WIFSTOPPED(status) || WSTOPSIG(status) != SIGTRAP || IsEventStop(status)) {
-    return Error(ErrorCode::kFailed,
-                 fmt::format("task {}: unexpected stop 0x{:x} while single-stepping", tid_, status));
+    return Error(
+        ErrorCode::kFailed,
+        fmt::format("task {}: unexpected stop 0x{:x} while single-stepping", tid_, status));
   }
   return Ok();
 }
@@ -192,8 +193,8 @@ Status Injector::Finish() {
   return tracee_->SetSigmask(saved_mask_);
 }
 
-Result<long> Injector::Raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4,
-                           uint64_t a5, uint64_t a6) {
+Result<long> Injector::Raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5,
+                           uint64_t a6) {
   Regs regs = saved_;
   regs.rax = nr;
   regs.rdi = a1;
@@ -226,17 +227,19 @@ Result<uint64_t> FindSyscallInsn(pid_t pid, uint64_t start, uint64_t end) {
   for (size_t i = 0; i + 1 < code.size(); ++i) {
     if (code[i] == 0x0f && code[i + 1] == 0x05) return start + i;
   }
-  return Error::NotFound(fmt::format("pid {}: no syscall instruction in {:#x}-{:#x}", pid, start, end));
+  return Error::NotFound(
+      fmt::format("pid {}: no syscall instruction in {:#x}-{:#x}", pid, start, end));
 }
 
 Status ReadMemory(pid_t pid, uint64_t addr, void* buf, size_t len) {
   struct iovec local = {buf, len};
   struct iovec remote = {reinterpret_cast<void*>(addr), len};
   ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
-  if (n < 0) return Error::Errno(fmt::format("pid {}: process_vm_readv({:#x}, {})", pid, addr, len));
+  if (n < 0)
+    return Error::Errno(fmt::format("pid {}: process_vm_readv({:#x}, {})", pid, addr, len));
   if (static_cast<size_t>(n) != len) {
-    return Error(ErrorCode::kFailed,
-                 fmt::format("pid {}: process_vm_readv({:#x}, {}) read only {}", pid, addr, len, n));
+    return Error(ErrorCode::kFailed, fmt::format("pid {}: process_vm_readv({:#x}, {}) read only {}",
+                                                 pid, addr, len, n));
   }
   return Ok();
 }
@@ -249,8 +252,9 @@ Status WriteMemory(pid_t pid, uint64_t addr, const void* buf, size_t len) {
     return Error::Errno(fmt::format("pid {}: process_vm_writev({:#x}, {})", pid, addr, len));
   }
   if (static_cast<size_t>(n) != len) {
-    return Error(ErrorCode::kFailed,
-                 fmt::format("pid {}: process_vm_writev({:#x}, {}) wrote only {}", pid, addr, len, n));
+    return Error(
+        ErrorCode::kFailed,
+        fmt::format("pid {}: process_vm_writev({:#x}, {}) wrote only {}", pid, addr, len, n));
   }
   return Ok();
 }

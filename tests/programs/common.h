@@ -29,20 +29,21 @@
 
 /* --- result reporting ---------------------------------------------------- */
 
-static char check_msg_[512] __attribute__((unused));
-static int check_line_ __attribute__((unused));
+#define CHECK_KEEP 6 /* failures kept for the report; the first one decides */
+static char check_msg_[CHECK_KEEP][400] __attribute__((unused));
+static int check_lines_[CHECK_KEEP] __attribute__((unused));
 static int check_count_ __attribute__((unused));
+#define check_line_ check_lines_[0] /* non-zero once something failed */
 
-/* Keeps only the first failure: later ones are usually consequences. */
 __attribute__((format(printf, 2, 3))) static inline void check_failed_(int line, const char *fmt, ...) {
+  if (check_count_ < CHECK_KEEP) {
+    check_lines_[check_count_] = line;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(check_msg_[check_count_], sizeof check_msg_[0], fmt, ap);
+    va_end(ap);
+  }
   check_count_++;
-  if (check_line_)
-    return;
-  check_line_ = line;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(check_msg_, sizeof check_msg_, fmt, ap);
-  va_end(ap);
 }
 
 #define CHECK(cond, ...)                    \
@@ -81,13 +82,16 @@ __attribute__((format(printf, 2, 3))) static inline void check_failed_(int line,
       FAIL(__VA_ARGS__);   \
   } while (0)
 
-/* Prints the verdict; returns the exit status for main(). */
+/* Prints the verdict (the first failure on the FAIL line, a few more after
+ * it, for whoever debugs the engine); returns the exit status for main(). */
 static inline int finish(void) {
-  if (check_line_) {
-    printf("FAIL: line %d: %s", check_line_, check_msg_);
+  if (check_count_) {
+    printf("FAIL: line %d: %s", check_lines_[0], check_msg_[0]);
     if (check_count_ > 1)
       printf(" (and %d more failed checks)", check_count_ - 1);
     printf("\n");
+    for (int i = 1; i < check_count_ && i < CHECK_KEEP; i++)
+      printf("  also line %d: %s\n", check_lines_[i], check_msg_[i]);
     fflush(stdout);
     return 1;
   }
