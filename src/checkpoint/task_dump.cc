@@ -173,10 +173,6 @@ Status PrecheckTask(pid_t pid) {
   if (!timers.empty()) {
     return Error::Unsupported(fmt::format("pid {}: POSIX timers are not supported yet", pid));
   }
-  if (status->ns_pid.size() > 1) {
-    return Error::Unsupported(
-        fmt::format("pid {} lives in a nested PID namespace; that is not supported yet", pid));
-  }
   return Ok();
 }
 

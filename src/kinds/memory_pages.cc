@@ -7,7 +7,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
 #include "kinds/memory.h"
 
@@ -79,25 +82,122 @@ Status ReadRange(pid_t pid, int mem_fd, bool readable, uint64_t addr, uint8_t* b
   return Ok();
 }
 
-// Writes the non-zero pages of buf (or all, for file-backed runs).
-Status EmitChunk(uint32_t image_pid, const PagePlan::Run& run, uint64_t addr, const uint8_t* buf,
-                 uint64_t npages, image::Writer& writer, PageStats* stats) {
+// A chunk of pages read out of the task, with its all-zero pages marked.
+struct Chunk {
+  const PagePlan::Run* run = nullptr;
+  uint64_t addr = 0;
+  uint64_t npages = 0;
+  std::vector<uint8_t> data;
+  std::vector<bool> zero;
+};
+
+// Writes the non-zero pages of a chunk (all of them, for file-backed runs)
+// as page records of consecutive pages.
+Status EmitChunk(uint32_t image_pid, const Chunk& c, image::Writer& writer, PageStats* stats) {
   uint64_t i = 0;
-  while (i < npages) {
-    if (run.anon && IsZeroPage(buf + i * kPage)) {
+  while (i < c.npages) {
+    if (c.zero[i]) {
       ++stats->zero_pages;
       ++i;
       continue;
     }
     uint64_t j = i + 1;
-    while (j < npages && !(run.anon && IsZeroPage(buf + j * kPage))) ++j;
-    STASIS_TRY(writer.WritePages(image_pid, addr + i * kPage, buf + i * kPage,
+    while (j < c.npages && !c.zero[j]) ++j;
+    STASIS_TRY(writer.WritePages(image_pid, c.addr + i * kPage, c.data.data() + i * kPage,
                                  static_cast<uint32_t>(j - i)));
     stats->pages_written += j - i;
     i = j;
   }
   return Ok();
 }
+
+// Reads chunks on a thread of its own while the caller checksums and writes
+// the previous ones: copying out of the task and writing the image each run
+// at about the same speed, so overlapping them nearly doubles throughput.
+class ChunkReader {
+ public:
+  ChunkReader(pid_t pid, int mem_fd, const PagePlan& plan) : pid_(pid), mem_fd_(mem_fd) {
+    for (const PagePlan::Run& run : plan.runs) {
+      for (uint64_t done = 0; done < run.npages; done += kChunkPages) {
+        todo_.push_back({&run, run.addr + done * kPage, std::min(kChunkPages, run.npages - done)});
+      }
+    }
+    for (Chunk& c : pool_) c.data.resize(kChunkPages * kPage);
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~ChunkReader() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  // The next chunk, in plan order; nullptr after the last one.
+  Result<Chunk*> Next() {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (consumed_ > 0) {
+      ++freed_;  // the caller is done with the previous chunk
+      cv_.notify_all();
+    }
+    if (consumed_ == todo_.size()) return nullptr;
+    cv_.wait(lock, [this] { return filled_ > consumed_ || !status_.ok(); });
+    if (!status_.ok()) return status_.error();
+    return &pool_[consumed_++ % kDepth];
+  }
+
+ private:
+  static constexpr size_t kDepth = 3;
+  struct Todo {
+    const PagePlan::Run* run;
+    uint64_t addr;
+    uint64_t npages;
+  };
+
+  void Run() {
+    for (size_t i = 0; i < todo_.size(); ++i) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || i < freed_ + kDepth; });
+        if (stop_) return;
+      }
+      Chunk& c = pool_[i % kDepth];
+      Status st = Fill(todo_[i], &c);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!st.ok()) {
+        status_ = std::move(st);
+        cv_.notify_all();
+        return;
+      }
+      ++filled_;
+      cv_.notify_all();
+    }
+  }
+
+  Status Fill(const Todo& t, Chunk* c) {
+    c->run = t.run;
+    c->addr = t.addr;
+    c->npages = t.npages;
+    STASIS_TRY(ReadRange(pid_, mem_fd_, t.run->readable, t.addr, c->data.data(), t.npages * kPage));
+    c->zero.assign(t.npages, false);
+    if (t.run->anon) {
+      for (uint64_t i = 0; i < t.npages; ++i) c->zero[i] = IsZeroPage(c->data.data() + i * kPage);
+    }
+    return Ok();
+  }
+
+  pid_t pid_;
+  int mem_fd_;
+  std::vector<Todo> todo_;
+  Chunk pool_[kDepth];
+  std::mutex mu_;
+  std::condition_variable cv_;
+  size_t filled_ = 0, consumed_ = 0, freed_ = 0;
+  bool stop_ = false;
+  Status status_;
+  std::thread thread_;
+};
 
 const Vma* FindVma(const image::Process& proc, uint64_t addr) {
   auto it = std::upper_bound(proc.vmas().begin(), proc.vmas().end(), addr,
@@ -126,15 +226,10 @@ Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan, imag
   std::string mem_path = fmt::format("/proc/{}/mem", host_pid);
   sys::UniqueFd mem(open(mem_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!mem.valid()) return Error::Errno("open " + mem_path);
-  std::vector<uint8_t> buf(kChunkPages * kPage);
-  for (const PagePlan::Run& run : plan.runs) {
-    stats->pages_present += run.npages;
-    for (uint64_t done = 0; done < run.npages; done += kChunkPages) {
-      uint64_t n = std::min(kChunkPages, run.npages - done);
-      uint64_t addr = run.addr + done * kPage;
-      STASIS_TRY(ReadRange(host_pid, mem.get(), run.readable, addr, buf.data(), n * kPage));
-      STASIS_TRY(EmitChunk(image_pid, run, addr, buf.data(), n, writer, stats));
-    }
+  for (const PagePlan::Run& run : plan.runs) stats->pages_present += run.npages;
+  ChunkReader reader(host_pid, mem.get(), plan);
+  while (Chunk* chunk = STASIS_TRY(reader.Next())) {
+    STASIS_TRY(EmitChunk(image_pid, *chunk, writer, stats));
   }
   return Ok();
 }
