@@ -107,31 +107,44 @@ Result<std::vector<FdEntry>> OpenFds(pid_t pid) {
   return out;
 }
 
-// One File per open file description: fds that kcmp says are the same
-// description (dup, fork) share it.
-Status CollectFiles(pid_t pid, std::vector<FdEntry>& fds, CollectedTask* out) {
-  kinds::DumpContext ctx;
-  for (const FdEntry& e : fds) ctx.fd_index.push_back({pid, e.in.fd, e.in.link, e.in.info.flags});
+// Gives each open file description an id: fds that kcmp says are the same
+// description (dup, fork) share one.
+Status AssignFileIds(pid_t pid, std::vector<FdEntry>& fds, uint64_t* next_id) {
   for (size_t i = 0; i < fds.size(); ++i) {
     FdEntry& e = fds[i];
     for (size_t j = 0; j < i && e.file_id == 0; ++j) {
       if (fds[j].in.st.st_ino != e.in.st.st_ino || fds[j].in.st.st_dev != e.in.st.st_dev) continue;
       if (STASIS_TRY(sys::SameFile(pid, fds[j].in.fd, pid, e.in.fd))) e.file_id = fds[j].file_id;
     }
-    if (e.file_id == 0) {
-      const kinds::FdKind* kind = nullptr;
-      for (const kinds::FdKind& k : kinds::FdKinds()) {
-        if (k.matches(e.in)) {
-          kind = &k;
-          break;
-        }
-      }
-      if (kind == nullptr) return kinds::UnsupportedFd(e.in);
+    if (e.file_id == 0) e.file_id = ++*next_id;
+  }
+  return Ok();
+}
+
+Result<const kinds::FdKind*> KindOf(const kinds::FdDumpInput& in) {
+  for (const kinds::FdKind& k : kinds::FdKinds()) {
+    if (k.matches(in)) return &k;
+  }
+  return kinds::UnsupportedFd(in);
+}
+
+// One File record per open file description, then the fd table.
+Status CollectFiles(pid_t pid, std::vector<FdEntry>& fds, CollectedTask* out) {
+  uint64_t next_id = 0;
+  STASIS_TRY(AssignFileIds(pid, fds, &next_id));
+  kinds::DumpContext ctx;
+  for (const FdEntry& e : fds) {
+    ctx.fd_index.push_back({pid, e.in.fd, e.in.link, e.in.info.flags});
+    ctx.file_of_fd[e.in.fd] = e.file_id;
+  }
+  for (FdEntry& e : fds) {
+    bool first = out->files.size() < e.file_id;
+    if (first) {
+      const kinds::FdKind* kind = STASIS_TRY(KindOf(e.in));
       image::File file;
-      file.set_id(out->files.size() + 1);
+      file.set_id(e.file_id);
       file.set_kind(kind->name);
       STASIS_TRY(kind->dump(ctx, e.in, &file));
-      e.file_id = file.id();
       out->files.push_back(std::move(file));
     }
     image::Fd* fd = out->proc.add_fds();

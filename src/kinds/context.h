@@ -89,6 +89,9 @@ struct FdIndexEntry {
 
 struct DumpContext {
   std::vector<FdIndexEntry> fd_index;
+  // File id of each fd of the task being dumped, assigned before any kind
+  // dumps, so a kind can refer to other files (epoll targets).
+  std::map<int, uint64_t> file_of_fd;
   // Objects whose shared state (a pipe's buffered data) is already in the
   // image: "kind:inode".
   std::set<std::string> dumped_objects;
@@ -103,6 +106,9 @@ struct RestoredPipe {
 
 struct RestoreContext {
   std::map<uint64_t, RestoredPipe> pipes;  // by pipe inode at dump time
+  // Files restored so far: image file id -> fd in the restorer. Kinds that
+  // restore after the others (FdKind::restore_last) find their targets here.
+  std::map<uint64_t, int> local_fds;
 };
 
 // Describes an fd for error messages: "pid 42 fd 7 (pipe:[1234])".

@@ -17,6 +17,9 @@ struct FdKind {
   Status (*dump)(DumpContext& ctx, const FdDumpInput& in, image::File* file);
   // Creates a new open file description in the restorer from the image.
   Result<sys::UniqueFd> (*restore)(RestoreContext& ctx, const image::File& file);
+  // Restore after every kind without this flag, in image order: for kinds
+  // whose state refers to other files (an epoll's targets).
+  bool restore_last = false;
 };
 
 const std::vector<FdKind>& FdKinds();

@@ -70,10 +70,16 @@ Status CheckHost(const ImageHead& head) {
 Result<LocalFiles> CreateFiles(const std::vector<image::File>& files) {
   kinds::RestoreContext ctx;
   LocalFiles out;
-  for (const image::File& file : files) {
-    const kinds::FdKind* kind = kinds::FindFdKind(file.kind());
-    if (kind == nullptr) return Error::Corrupt("unknown file kind '" + file.kind() + "' in image");
-    out[file.id()] = STASIS_TRY_CTX(kind->restore(ctx, file), "restore " + file.kind());
+  for (bool last_pass : {false, true}) {
+    for (const image::File& file : files) {
+      const kinds::FdKind* kind = kinds::FindFdKind(file.kind());
+      if (kind == nullptr)
+        return Error::Corrupt("unknown file kind '" + file.kind() + "' in image");
+      if (kind->restore_last != last_pass) continue;
+      sys::UniqueFd fd = STASIS_TRY_CTX(kind->restore(ctx, file), "restore " + file.kind());
+      ctx.local_fds[file.id()] = fd.get();
+      out[file.id()] = std::move(fd);
+    }
   }
   return out;
 }
