@@ -320,7 +320,7 @@ class Case:
         return rc, out, err, elapsed
 
     def restore(self, img):
-        rc, out, err, elapsed = self.stasis("restore", "-D", img)
+        rc, out, err, elapsed = self.stasis("restore", "-D", img, *self.args.restore_arg)
         if rc != 0:
             raise CaseFailure(f"restore failed (exit {rc}):\n{err.strip()}")
         lines = out.strip().splitlines()
@@ -538,6 +538,7 @@ def parse_args(argv):
     p.add_argument("--change-file-size", metavar="RELPATH", help="file (relative to the temp dir) to grow after dump")
     p.add_argument("--inspect", action="store_true", help="check `stasis inspect` prints JSON after the first dump")
     p.add_argument("--no-dump", action="store_true", help="run the program alone (checks the program itself)")
+    p.add_argument("--restore-arg", action="append", default=[], help="extra argument for stasis restore")
     p.add_argument("--timeout", type=float, default=60.0)
     a = p.parse_args(argv)
     if not a.no_dump and not a.stasis:
