@@ -113,9 +113,9 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   auto sink = STASIS_TRY(image::FdSink::CreateFile(pending.temp()));
 
   Clock::time_point frozen = Clock::now();
-  sys::Tracee tracee = STASIS_TRY(sys::Tracee::Seize(pid));
+  std::vector<sys::Tracee> threads = STASIS_TRY(SeizeThreads(pid));
   image::Manifest manifest;
-  CollectedTask task = STASIS_TRY_CTX(CollectTask(pid, tracee, &manifest), "dump");
+  CollectedTask task = STASIS_TRY_CTX(CollectTask(pid, threads, &manifest), "dump");
   FillManifest(task.proc, &manifest);
   image::Writer writer(*sink);
   STASIS_TRY_CTX(WriteImage(pid, task, manifest, writer, &stats), "write image");
@@ -124,7 +124,7 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   if (!options.leave_running && kill(pid, SIGKILL) < 0) {
     return Error::Errno(fmt::format("kill pid {} after dump", pid));
   }
-  STASIS_TRY(tracee.Detach());
+  for (sys::Tracee& t : threads) STASIS_TRY(t.Detach());
   stats.frozen_ms = MsSince(frozen);
   struct stat st;
   if (stat(image::ImagePath(options.dir).c_str(), &st) == 0) stats.image_bytes = st.st_size;

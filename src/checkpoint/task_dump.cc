@@ -6,6 +6,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "kinds/creds.h"
 #include "kinds/fs_context.h"
 #include "kinds/limits.h"
@@ -65,17 +67,56 @@ class Scratch {
   uint64_t addr_;
 };
 
-// What only the task can tell, asked with injected system calls.
-Status CollectInjected(pid_t pid, sys::Tracee& tracee, const sys::proc::ProcStatus& status,
-                       const sys::proc::ProcStat& stat, image::Process* proc) {
-  uint64_t syscall_ip = STASIS_TRY(FindVdsoSyscall(pid));
+// The task's id in its own PID namespace: the last NSpid entry.
+Result<pid_t> OwnTid(pid_t pid, pid_t host_tid, const sys::proc::ProcStatus** leader,
+                     sys::proc::ProcStatus* out) {
+  std::string text =
+      STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/task/{}/status", pid, host_tid)));
+  *out = STASIS_TRY(sys::proc::ParseStatus(text));
+  if (*leader != nullptr) {
+    const sys::proc::ProcStatus& l = **leader;
+    bool same = std::equal(l.uid, l.uid + 4, out->uid) && std::equal(l.gid, l.gid + 4, out->gid) &&
+                l.groups == out->groups && l.cap_eff == out->cap_eff &&
+                l.cap_prm == out->cap_prm && l.cap_inh == out->cap_inh;
+    if (!same) {
+      return Error::Unsupported(fmt::format(
+          "pid {} thread {}: threads with different credentials are not supported yet", pid,
+          host_tid));
+    }
+  }
+  return out->ns_pid.empty() ? host_tid : out->ns_pid.back();
+}
+
+// Per-thread state of one non-leader thread, by injection into it.
+Status CollectThread(pid_t pid, sys::Tracee& tracee, uint64_t syscall_ip, uint64_t scratch,
+                     pid_t own_tid, image::Thread* out) {
   sys::Injector inj = STASIS_TRY(sys::Injector::Create(tracee, syscall_ip));
+  kinds::RemoteTask task(pid, inj, scratch, kScratchSize);
+  out->set_tid(own_tid);
+  STASIS_TRY(kinds::thread::Dump(tracee, task, inj.saved_regs(), inj.saved_sigmask(),
+                                 tracee.tid(), out));
+  return inj.Finish();
+}
+
+// What only the task can tell, asked with injected system calls.
+Status CollectInjected(pid_t pid, std::vector<sys::Tracee>& threads,
+                       const sys::proc::ProcStatus& status, const sys::proc::ProcStat& stat,
+                       image::Process* proc) {
+  uint64_t syscall_ip = STASIS_TRY(FindVdsoSyscall(pid));
+  sys::Injector inj = STASIS_TRY(sys::Injector::Create(threads[0], syscall_ip));
   Scratch scratch = STASIS_TRY(Scratch::Map(inj));
   kinds::RemoteTask task(pid, inj, scratch.addr(), kScratchSize);
-  image::Thread* thread = proc->add_threads();
-  thread->set_tid(proc->pid());
-  STASIS_TRY(kinds::thread::Dump(tracee, task, inj.saved_regs(), inj.saved_sigmask(), pid, thread));
-  STASIS_TRY(kinds::signals::Dump(task, tracee, proc));
+  image::Thread* leader = proc->add_threads();
+  leader->set_tid(proc->pid());
+  STASIS_TRY(kinds::thread::Dump(threads[0], task, inj.saved_regs(), inj.saved_sigmask(), pid,
+                                 leader));
+  const sys::proc::ProcStatus* leader_status = &status;
+  for (size_t i = 1; i < threads.size(); ++i) {
+    sys::proc::ProcStatus thread_status;
+    pid_t own = STASIS_TRY(OwnTid(pid, threads[i].tid(), &leader_status, &thread_status));
+    STASIS_TRY(CollectThread(pid, threads[i], syscall_ip, scratch.addr(), own, proc->add_threads()));
+  }
+  STASIS_TRY(kinds::signals::Dump(task, threads[0], proc));
   STASIS_TRY(kinds::creds::Dump(task, status, proc->mutable_creds()));
   STASIS_TRY(kinds::limits::Dump(task, proc));
   STASIS_TRY(kinds::mm::Dump(task, stat, proc));
@@ -168,10 +209,8 @@ Status PrecheckTask(pid_t pid) {
     return Error::Unsupported(
         fmt::format("pid {} is being traced by pid {}", pid, status->tracer_pid));
   }
-  if (status->threads != 1) {
-    return Error::Unsupported(
-        fmt::format("pid {} has {} threads; multi-threaded processes are not supported yet", pid,
-                    status->threads));
+  if (status->state == 'Z' || stat.state == 'Z') {
+    return Error::Unsupported(fmt::format("pid {} is a zombie", pid));
   }
   std::vector<int> children = STASIS_TRY(sys::proc::ListChildren(pid));
   if (!children.empty()) {
@@ -189,7 +228,27 @@ Status PrecheckTask(pid_t pid) {
   return Ok();
 }
 
-Result<CollectedTask> CollectTask(pid_t pid, sys::Tracee& tracee, image::Manifest* manifest) {
+Result<std::vector<sys::Tracee>> SeizeThreads(pid_t pid) {
+  std::vector<sys::Tracee> out;
+  out.push_back(STASIS_TRY(sys::Tracee::Seize(pid)));
+  for (bool found = true; found;) {
+    found = false;
+    for (int tid : STASIS_TRY(sys::proc::ListTasks(pid))) {
+      bool known = std::any_of(out.begin(), out.end(),
+                               [tid](const sys::Tracee& t) { return t.tid() == tid; });
+      if (known) continue;
+      Result<sys::Tracee> t = sys::Tracee::Seize(tid);
+      // A thread may exit between the listing and the seize.
+      if (!t.ok() && t.error().errnum() == ESRCH) continue;
+      out.push_back(STASIS_TRY(std::move(t)));
+      found = true;
+    }
+  }
+  return out;
+}
+
+Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
+                                  image::Manifest* manifest) {
   CollectedTask out;
   image::Process& proc = out.proc;
   sys::proc::ProcStatus status = STASIS_TRY(ReadStatus(pid));
@@ -198,7 +257,7 @@ Result<CollectedTask> CollectTask(pid_t pid, sys::Tracee& tracee, image::Manifes
   proc.set_ppid(stat.ppid);
   proc.set_pgid(stat.pgrp);
   proc.set_sid(stat.session);
-  STASIS_TRY(CollectInjected(pid, tracee, status, stat, &proc));
+  STASIS_TRY(CollectInjected(pid, threads, status, stat, &proc));
   STASIS_TRY(kinds::fs_context::Dump(pid, status, &proc));
   STASIS_TRY(kinds::memory::DumpVmas(pid, &proc));
   STASIS_TRY(kinds::vdso::Dump(pid, proc, manifest));

@@ -15,8 +15,13 @@ struct CollectedTask {
   kinds::memory::PagePlan pages;
 };
 
-// The task must already be seized; it stays stopped.
-Result<CollectedTask> CollectTask(pid_t pid, sys::Tracee& tracee, image::Manifest* manifest);
+// Seizes every thread of pid, re-scanning until no new thread appears.
+// The leader comes first.
+Result<std::vector<sys::Tracee>> SeizeThreads(pid_t pid);
+
+// Every thread must already be seized; they stay stopped.
+Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
+                                  image::Manifest* manifest);
 
 // Refuses what cannot be dumped before the task is touched.
 Status PrecheckTask(pid_t pid);

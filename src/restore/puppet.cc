@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/sched.h>
 #include <sys/mman.h>
+#include <sys/ptrace.h>
 #include <sys/syscall.h>
 
 #include <algorithm>
@@ -91,6 +93,43 @@ Status InstallFds(kinds::RemoteTask& task, const image::Process& proc, const Loc
   return Ok();
 }
 
+// Per-thread state of a thread made by CreateThreads, by injection into it.
+Status RestoreThread(sys::Tracee& tracee, pid_t host_pid, uint64_t scratch,
+                     const image::Process& proc, const image::Thread& thread) {
+  sys::Injector inj = STASIS_TRY(sys::Injector::Create(tracee, scratch));
+  kinds::RemoteTask task(host_pid, inj, scratch + kScratchArgs, kScratchSize - kScratchArgs);
+  STASIS_TRY(kinds::thread::Restore(task, proc.pid(), thread));
+  // Raw setresuid and capset change one thread only.
+  STASIS_TRY(kinds::creds::Restore(task, proc.creds()));
+  inj.Abandon();
+  return kinds::thread::RestoreRegisters(tracee, thread);
+}
+
+// The leader makes each other thread with its TID (clone3 set_tid); the
+// kernel attaches it to us (PTRACE_O_TRACECLONE) stopped, before it runs.
+Status CreateThreads(sys::Tracee& leader, kinds::RemoteTask& task, uint64_t scratch,
+                     const image::Process& proc, std::vector<sys::Tracee>* threads) {
+  STASIS_TRY(leader.SetOptions(PTRACE_O_EXITKILL | PTRACE_O_TRACECLONE));
+  for (int i = 1; i < proc.threads_size(); ++i) {
+    const image::Thread& thread = proc.threads(i);
+    pid_t tid = thread.tid();
+    uint64_t tid_addr = STASIS_TRY(task.Put(&tid, sizeof(tid), 2048));
+    sys::abi::CloneArgs args = {};
+    args.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+    args.set_tid = tid_addr;
+    args.set_tid_size = 1;
+    uint64_t args_addr = STASIS_TRY(task.Put(&args, sizeof(args), 2304));
+    STASIS_TRY_CTX(task.Call("clone3(thread)", sys::abi::kNrClone3, args_addr, sizeof(args)),
+                   fmt::format("pid {} thread {}", proc.pid(), tid));
+    pid_t host_tid = task.injector().last_child();
+    if (host_tid <= 0) return Error(ErrorCode::kFailed, "clone3 made no thread we could see");
+    threads->push_back(STASIS_TRY(sys::Tracee::Adopt(host_tid)));
+    STASIS_TRY_CTX(RestoreThread(threads->back(), task.pid(), scratch, proc, thread),
+                   fmt::format("thread {}", tid));
+  }
+  return Ok();
+}
+
 }  // namespace
 
 int FreeFdSlot(const image::Process& proc) {
@@ -106,9 +145,9 @@ int FreeFdSlot(const image::Process& proc) {
 }
 
 Status BuildTask(sys::Tracee& tracee, pid_t host_pid, const PuppetPlan& plan,
-                 const PageFeeder& feed_pages) {
+                 const PageFeeder& feed_pages, std::vector<sys::Tracee>* threads) {
   const image::Process& proc = *plan.proc;
-  if (proc.threads_size() != 1) return Error::Corrupt("image task without exactly one thread");
+  if (proc.threads_size() < 1) return Error::Corrupt("image task without threads");
   sys::Injector inj = STASIS_TRY(sys::Injector::Create(tracee, STASIS_TRY(VdsoSyscall(host_pid))));
   STASIS_TRY(UnregisterOwnRseq(tracee, inj));
 
@@ -132,6 +171,8 @@ Status BuildTask(sys::Tracee& tracee, pid_t host_pid, const PuppetPlan& plan,
   STASIS_TRY(kinds::fs_context::Restore(task, proc));
   STASIS_TRY(kinds::limits::Restore(task, proc));
   STASIS_TRY(kinds::signals::Restore(task, proc));
+  // Threads after everything they share is in place, before credentials.
+  STASIS_TRY(CreateThreads(tracee, task, scratch, proc, threads));
   STASIS_TRY(kinds::thread::Restore(task, proc.pid(), proc.threads(0)));
   // 4. Credentials last: they may drop what every step above needed.
   STASIS_TRY(kinds::creds::Restore(task, proc.creds()));

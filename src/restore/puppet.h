@@ -25,10 +25,12 @@ struct PuppetPlan {
   int pidfd_slot;  // where the puppet holds the restorer's pidfd
 };
 
-// Builds the task in `tracee` (the seized puppet). On success, the puppet
-// has its final registers and is still stopped; detaching releases it.
-Status BuildTask(sys::Tracee& tracee, pid_t host_pid, const PuppetPlan& plan,
-                 const PageFeeder& feed_pages);
+// Builds the task in `leader` (the seized puppet) and creates its other
+// threads, appended to *threads as they are made (so a caller can reap them
+// on failure). On success every thread has its final registers and is still
+// stopped; detaching them releases the task.
+Status BuildTask(sys::Tracee& leader, pid_t host_pid, const PuppetPlan& plan,
+                 const PageFeeder& feed_pages, std::vector<sys::Tracee>* threads);
 
 // The lowest fd number the image leaves free: where the puppet keeps the
 // restorer's pidfd while it pulls its fds in.

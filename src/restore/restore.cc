@@ -121,17 +121,22 @@ Status FeedPages(image::Reader& reader, pid_t host_pid, const image::Process& pr
 // of the namespace to be reaped, and a traced zombie waits for its tracer.
 class PuppetGuard {
  public:
-  explicit PuppetGuard(pid_t pid) : pid_(pid) {}
+  PuppetGuard(pid_t pid, const std::vector<sys::Tracee>* threads) : pid_(pid), threads_(threads) {}
   ~PuppetGuard() {
     if (pid_ == 0) return;
     kill(pid_, SIGKILL);
-    while (waitpid(pid_, nullptr, __WALL) < 0 && errno == EINTR) {
-    }
+    for (const sys::Tracee& t : *threads_) Reap(t.tid());
+    Reap(pid_);
   }
   void Release() { pid_ = 0; }
 
  private:
+  static void Reap(pid_t tid) {
+    while (waitpid(tid, nullptr, __WALL) < 0 && errno == EINTR) {
+    }
+  }
   pid_t pid_;
+  const std::vector<sys::Tracee>* threads_;
 };
 
 }  // namespace
@@ -152,17 +157,19 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   Puppet puppet = STASIS_TRY(spawner.CreatePuppet(head.proc.pid(), slot));
   result.host_pid = puppet.host_pid;
   sys::Tracee tracee = STASIS_TRY(sys::Tracee::Seize(puppet.host_pid, /*kill_on_exit=*/true));
-  PuppetGuard guard(puppet.host_pid);
+  std::vector<sys::Tracee> threads;
+  PuppetGuard guard(puppet.host_pid, &threads);
 
   PuppetPlan plan = {&head.manifest, &head.proc, &files, slot};
   auto feed = [&](const image::Process& proc) {
     return FeedPages(reader, puppet.host_pid, proc, &result.pages);
   };
-  STASIS_TRY_CTX(BuildTask(tracee, puppet.host_pid, plan, feed),
+  STASIS_TRY_CTX(BuildTask(tracee, puppet.host_pid, plan, feed, &threads),
                  fmt::format("restore pid {}", head.proc.pid()));
   // The restorer's references must be gone before the task runs: a reader
   // waits for EOF until every write end of its pipe is closed.
   files.clear();
+  for (sys::Tracee& t : threads) STASIS_TRY(t.Detach());
   STASIS_TRY(tracee.Detach());
   guard.Release();
   STASIS_TRY(spawner.Commit(head.proc.pid()));

@@ -157,15 +157,45 @@ Result<abi::PtraceRseqConfiguration> Tracee::GetRseq() const {
   return conf;
 }
 
-Status Tracee::SingleStep() const {
-  if (ptrace(PTRACE_SINGLESTEP, tid_, nullptr, nullptr) < 0) {
-    return Error::Errno(fmt::format("ptrace(SINGLESTEP, {})", tid_));
+Result<pid_t> Tracee::SingleStep() const {
+  pid_t child = 0;
+  for (;;) {
+    if (ptrace(PTRACE_SINGLESTEP, tid_, nullptr, nullptr) < 0) {
+      return Error::Errno(fmt::format("ptrace(SINGLESTEP, {})", tid_));
+    }
+    int status = STASIS_TRY(WaitStop(tid_));
+    int event = status >> 16;
+    bool trap = WIFSTOPPED(status) && WSTOPSIG(status) == SIGTRAP;
+    if (trap && (event == PTRACE_EVENT_CLONE || event == PTRACE_EVENT_FORK ||
+                 event == PTRACE_EVENT_VFORK)) {
+      unsigned long msg = 0;
+      if (ptrace(PTRACE_GETEVENTMSG, tid_, nullptr, &msg) < 0) {
+        return Error::Errno(fmt::format("ptrace(GETEVENTMSG, {})", tid_));
+      }
+      child = static_cast<pid_t>(msg);
+      continue;  // the syscall is not finished yet: step on to its end
+    }
+    if (!trap || event != 0) {
+      return Error(
+          ErrorCode::kFailed,
+          fmt::format("task {}: unexpected stop 0x{:x} while single-stepping", tid_, status));
+    }
+    return child;
   }
-  int status = STASIS_TRY(WaitStop(tid_));
-  if (!WIFSTOPPED(status) || WSTOPSIG(status) != SIGTRAP || IsEventStop(status)) {
-    return Error(
-        ErrorCode::kFailed,
-        fmt::format("task {}: unexpected stop 0x{:x} while single-stepping", tid_, status));
+}
+
+Result<Tracee> Tracee::Adopt(pid_t tid) {
+  Tracee tracee(tid);
+  int status = STASIS_TRY(WaitStop(tid));
+  if (!WIFSTOPPED(status)) {
+    return Error(ErrorCode::kFailed, fmt::format("task {}: no initial stop", tid));
+  }
+  return tracee;
+}
+
+Status Tracee::SetOptions(long options) const {
+  if (ptrace(PTRACE_SETOPTIONS, tid_, nullptr, options) < 0) {
+    return Error::Errno(fmt::format("ptrace(SETOPTIONS, {})", tid_));
   }
   return Ok();
 }
@@ -182,7 +212,8 @@ Injector::Injector(Injector&& other) noexcept
       syscall_ip_(other.syscall_ip_),
       saved_(other.saved_),
       saved_mask_(other.saved_mask_),
-      finished_(std::exchange(other.finished_, true)) {}
+      finished_(std::exchange(other.finished_, true)),
+      last_child_(other.last_child_) {}
 
 Injector::~Injector() { (void)Finish(); }
 
@@ -207,7 +238,7 @@ Result<long> Injector::Raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint6
   regs.orig_rax = ~0ull;
   regs.rip = syscall_ip_;
   STASIS_TRY(tracee_->SetRegs(regs));
-  STASIS_TRY(tracee_->SingleStep());
+  last_child_ = STASIS_TRY(tracee_->SingleStep());
   Regs after = STASIS_TRY(tracee_->GetRegs());
   return static_cast<long>(after.rax);
 }

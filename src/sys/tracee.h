@@ -47,8 +47,15 @@ class Tracee {
   Result<std::vector<std::string>> PeekSiginfo(bool shared) const;
   Result<abi::PtraceRseqConfiguration> GetRseq() const;
 
-  // Steps one instruction and waits for the trap. Other stops are errors.
-  Status SingleStep() const;
+  // Steps one instruction and waits for the trap. A clone/fork event on the
+  // way (an injected clone3) is passed through; its new task's id (as this
+  // host sees it) is returned, else 0. Other stops are errors.
+  Result<pid_t> SingleStep() const;
+  // Takes over a task already attached to us: one auto-attached by
+  // PTRACE_O_TRACECLONE. Waits for its first stop.
+  static Result<Tracee> Adopt(pid_t tid);
+  // PTRACE_SETOPTIONS, e.g. PTRACE_O_EXITKILL | PTRACE_O_TRACECLONE.
+  Status SetOptions(long options) const;
   // Lets the task run again. Registers are whatever they are now.
   Status Detach();
 
@@ -65,6 +72,8 @@ class Injector {
  public:
   // syscall_ip must point at a `syscall` (0f 05) instruction in the tracee.
   static Result<Injector> Create(Tracee& tracee, uint64_t syscall_ip);
+  // The task created by the last injected call, if it was a clone.
+  pid_t last_child() const { return last_child_; }
 
   Injector(Injector&&) noexcept;
   Injector& operator=(Injector&&) = delete;
@@ -94,6 +103,7 @@ class Injector {
   Regs saved_;
   uint64_t saved_mask_;
   bool finished_ = false;
+  pid_t last_child_ = 0;
 };
 
 // Finds a `syscall` instruction inside [start, end) of pid's memory.
