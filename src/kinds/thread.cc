@@ -86,19 +86,20 @@ sys::Regs ReturnEintr(sys::Regs regs) {
 // restart_block lives in the kernel and cannot be dumped.
 sys::Regs ResumeRestartBlock(sys::Regs regs) {
   long nr = static_cast<long>(regs.orig_rax);
-  if (nr == SYS_clock_nanosleep && regs.r10 != 0) {
-    // Relative sleep: the kernel wrote the time left to *rem (r10) when it
-    // was interrupted; sleep that long, from the same buffer.
-    regs.rdx = regs.r10;
-    return Reexecute(regs);
-  }
-  if (nr == SYS_nanosleep && regs.rsi != 0) {
-    regs.rdi = regs.rsi;
+  if (nr == SYS_clock_nanosleep || nr == SYS_nanosleep) {
+    // A relative sleep: the kernel wrote the time left to *rem, if the
+    // caller gave one (r10 / rsi); sleep that long, from the same buffer.
+    // Without rem, sleep the full request again: nanosleep may sleep longer
+    // than asked, never shorter, and usleep() callers rarely expect EINTR.
+    uint64_t rem = nr == SYS_clock_nanosleep ? regs.r10 : regs.rsi;
+    if (rem != 0) (nr == SYS_clock_nanosleep ? regs.rdx : regs.rdi) = rem;
     return Reexecute(regs);
   }
   if (nr == SYS_futex && (regs.rsi & FUTEX_CMD_MASK) == FUTEX_WAIT_BITSET) {
     return Reexecute(regs);  // its timeout is absolute: same arguments, same deadline
   }
+  // poll, select, relative futex waits: they report EINTR, as after a
+  // signal handler, and their callers retry.
   return ReturnEintr(regs);
 }
 

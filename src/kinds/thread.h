@@ -3,10 +3,11 @@
 // registration, robust futex list, clear_child_tid and comm.
 //
 // A thread stopped inside a blocking syscall is restored so that the call
-// goes on: restartable calls are re-executed; restart_block calls (relative
-// nanosleep, futex with relative timeout, poll) cannot carry their kernel
-// state, so relative sleeps restart with the remaining time the kernel wrote
-// to *rem, and the rest see EINTR, as they would after a signal handler.
+// goes on: restartable calls are re-executed. restart_block calls cannot
+// carry their kernel state: a relative sleep restarts with the time left
+// that the kernel wrote to *rem (or, without rem, its full request), a
+// futex wait with an absolute deadline restarts as it was, and the rest
+// (poll, select, relative futex waits) see EINTR, as after a signal handler.
 #pragma once
 
 #include "kinds/context.h"
