@@ -10,8 +10,11 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <map>
 
+#include "checkpoint/files_dump.h"
 #include "checkpoint/task_dump.h"
+#include "checkpoint/tree.h"
 #include "image/stream.h"
 #include "sys/kernel_abi.h"
 
@@ -52,16 +55,29 @@ void FillManifest(const image::Process& proc, image::Manifest* m) {
   }
 }
 
-Status WriteImage(pid_t pid, CollectedTask& task, const image::Manifest& manifest,
-                  image::Writer& writer, DumpStats* stats) {
+struct TreeImage {
+  std::vector<image::File> files;
+  std::vector<CollectedTask> tasks;  // parents before children
+  std::vector<pid_t> host_pids;      // of tasks[i]
+};
+
+Status WriteImage(TreeImage& tree, const image::Manifest& manifest, image::Writer& writer,
+                  DumpStats* stats) {
   STASIS_TRY(writer.Begin());
   STASIS_TRY(writer.WriteMessage(image::RecordType::kManifest, manifest));
-  for (const image::File& file : task.files) {
+  for (const image::File& file : tree.files) {
     STASIS_TRY(writer.WriteMessage(image::RecordType::kFile, file));
   }
-  STASIS_TRY(writer.WriteMessage(image::RecordType::kProcess, task.proc));
+  for (const CollectedTask& task : tree.tasks) {
+    STASIS_TRY(writer.WriteMessage(image::RecordType::kProcess, task.proc));
+  }
   kinds::memory::PageStats pages;
-  STASIS_TRY(kinds::memory::WritePages(pid, task.proc.pid(), task.pages, writer, &pages));
+  for (size_t i = 0; i < tree.tasks.size(); ++i) {
+    const CollectedTask& task = tree.tasks[i];
+    if (task.proc.zombie()) continue;
+    STASIS_TRY(kinds::memory::WritePages(tree.host_pids[i], task.proc.pid(), task.pages, writer,
+                                         &pages));
+  }
   image::Trailer trailer;
   trailer.set_records(writer.records());
   trailer.set_page_bytes(pages.pages_written * image::kPageSize);
@@ -72,6 +88,46 @@ Status WriteImage(pid_t pid, CollectedTask& task, const image::Manifest& manifes
   stats->pages_written = pages.pages_written;
   stats->zero_pages = pages.zero_pages;
   return Ok();
+}
+
+// Ids as the tree's own PID namespace sees them: the last NSpid/NSpgid/NSsid.
+Status SetIds(pid_t host_pid, image::Process* proc) {
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/status", host_pid)));
+  sys::proc::ProcStatus st = STASIS_TRY(sys::proc::ParseStatus(text));
+  auto last = [host_pid](const std::vector<int>& v, int host) { return v.empty() ? host : v.back(); };
+  proc->set_pid(last(st.ns_pid, host_pid));
+  proc->set_pgid(last(st.ns_pgid, 0));
+  proc->set_sid(last(st.ns_sid, 0));
+  return Ok();
+}
+
+Result<CollectedTask> CollectZombie(pid_t host_pid) {
+  CollectedTask task;
+  task.proc.set_zombie(true);
+  task.proc.set_exit_status(STASIS_TRY(ZombieExitStatus(host_pid)));
+  return task;
+}
+
+Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* manifest) {
+  TreeImage tree;
+  std::map<pid_t, pid_t> own_pid;  // host pid -> pid in the tree's namespace
+  std::vector<TreeFdsInput> fd_tasks;
+  for (TreeTask& t : frozen) {
+    CollectedTask task = t.zombie ? STASIS_TRY(CollectZombie(t.host_pid))
+                                  : STASIS_TRY(CollectTask(t.host_pid, t.threads, manifest));
+    STASIS_TRY(SetIds(t.host_pid, &task.proc));
+    std::string stat = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/stat", t.host_pid)));
+    task.proc.set_exit_signal(STASIS_TRY(sys::proc::ParseStat(stat)).exit_signal);
+    own_pid[t.host_pid] = task.proc.pid();
+    task.proc.set_ppid(t.parent_host_pid == 0 ? 0 : own_pid.at(t.parent_host_pid));
+    tree.tasks.push_back(std::move(task));
+    tree.host_pids.push_back(t.host_pid);
+  }
+  for (size_t i = 0; i < frozen.size(); ++i) {
+    if (!frozen[i].zombie) fd_tasks.push_back({frozen[i].host_pid, &tree.tasks[i].proc});
+  }
+  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files));
+  return tree;
 }
 
 // The image file under a temporary name until it is complete.
@@ -107,28 +163,36 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   Clock::time_point start = Clock::now();
   DumpStats stats;
   pid_t pid = options.pid;
-  STASIS_TRY(PrecheckTask(pid));
+  if (pid == getpid()) return Error::Invalid("stasis cannot dump itself");
+  STASIS_TRY(PrecheckTree(pid));
   STASIS_TRY(MakeDir(options.dir));
   PendingImage pending(options.dir);
   auto sink = STASIS_TRY(image::FdSink::CreateFile(pending.temp()));
 
-  Clock::time_point frozen = Clock::now();
-  std::vector<sys::Tracee> threads = STASIS_TRY(SeizeThreads(pid));
+  Clock::time_point frozen_at = Clock::now();
+  std::vector<TreeTask> frozen = STASIS_TRY(FreezeTree(pid));
   image::Manifest manifest;
-  CollectedTask task = STASIS_TRY_CTX(CollectTask(pid, threads, &manifest), "dump");
-  FillManifest(task.proc, &manifest);
+  TreeImage tree = STASIS_TRY_CTX(CollectTree(frozen, &manifest), "dump");
+  FillManifest(tree.tasks[0].proc, &manifest);
   image::Writer writer(*sink);
-  STASIS_TRY_CTX(WriteImage(pid, task, manifest, writer, &stats), "write image");
+  STASIS_TRY_CTX(WriteImage(tree, manifest, writer, &stats), "write image");
   STASIS_TRY(sink->Sync());
   STASIS_TRY(pending.Commit());
-  if (!options.leave_running && kill(pid, SIGKILL) < 0) {
-    return Error::Errno(fmt::format("kill pid {} after dump", pid));
+  if (!options.leave_running) {
+    for (const TreeTask& t : frozen) {
+      if (!t.zombie && kill(t.host_pid, SIGKILL) < 0 && errno != ESRCH) {
+        return Error::Errno(fmt::format("kill pid {} after dump", t.host_pid));
+      }
+    }
   }
-  for (sys::Tracee& t : threads) STASIS_TRY(t.Detach());
-  stats.frozen_ms = MsSince(frozen);
+  for (TreeTask& t : frozen) {
+    for (sys::Tracee& thread : t.threads) STASIS_TRY(thread.Detach());
+  }
+  stats.frozen_ms = MsSince(frozen_at);
   struct stat st;
   if (stat(image::ImagePath(options.dir).c_str(), &st) == 0) stats.image_bytes = st.st_size;
   stats.total_ms = MsSince(start);
+  stats.processes = tree.tasks.size();
   return stats;
 }
 

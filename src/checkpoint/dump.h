@@ -1,5 +1,6 @@
-// stasis dump: freeze one task with ptrace, collect it through the kinds,
-// write the image, then kill it or let it go on.
+// stasis dump: freeze a process and all its descendants with ptrace,
+// collect them through the kinds, write the image, then kill them or let
+// them go on.
 //
 // A dump that fails leaves the task running exactly as it was: the image
 // is written to a temporary name and renamed only once complete, and the
@@ -27,6 +28,7 @@ struct DumpStats {
   uint64_t resident_bytes = 0;  // present private pages found
   uint64_t pages_written = 0;
   uint64_t zero_pages = 0;
+  size_t processes = 0;
 };
 
 Result<DumpStats> Dump(const DumpOptions& options);

@@ -12,11 +12,9 @@
 #include "kinds/fs_context.h"
 #include "kinds/limits.h"
 #include "kinds/mm.h"
-#include "kinds/registry.h"
 #include "kinds/signals.h"
 #include "kinds/thread.h"
 #include "kinds/vdso.h"
-#include "sys/pidfds.h"
 
 namespace stasis::checkpoint {
 namespace {
@@ -124,78 +122,6 @@ Status CollectInjected(pid_t pid, std::vector<sys::Tracee>& threads,
   return inj.Finish();
 }
 
-struct FdEntry {
-  kinds::FdDumpInput in;
-  uint64_t file_id = 0;
-};
-
-Result<std::vector<FdEntry>> OpenFds(pid_t pid) {
-  sys::UniqueFd pidfd = STASIS_TRY(sys::PidfdOpen(pid));
-  std::vector<FdEntry> out;
-  for (int fd : STASIS_TRY(sys::proc::ListFds(pid))) {
-    FdEntry e;
-    e.in.pid = pid;
-    e.in.fd = fd;
-    e.in.link = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/fd/{}", pid, fd)));
-    std::string info = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/fdinfo/{}", pid, fd)));
-    e.in.info = STASIS_TRY_CTX(sys::proc::ParseFdInfo(info), fmt::format("pid {} fd {}", pid, fd));
-    e.in.local = STASIS_TRY(sys::PidfdGetfd(pidfd.get(), pid, fd));
-    if (fstat(e.in.local.get(), &e.in.st) < 0) {
-      return Error::Errno(kinds::DescribeFd(pid, fd, e.in.link) + ": fstat");
-    }
-    out.push_back(std::move(e));
-  }
-  return out;
-}
-
-// Gives each open file description an id: fds that kcmp says are the same
-// description (dup, fork) share one.
-Status AssignFileIds(pid_t pid, std::vector<FdEntry>& fds, uint64_t* next_id) {
-  for (size_t i = 0; i < fds.size(); ++i) {
-    FdEntry& e = fds[i];
-    for (size_t j = 0; j < i && e.file_id == 0; ++j) {
-      if (fds[j].in.st.st_ino != e.in.st.st_ino || fds[j].in.st.st_dev != e.in.st.st_dev) continue;
-      if (STASIS_TRY(sys::SameFile(pid, fds[j].in.fd, pid, e.in.fd))) e.file_id = fds[j].file_id;
-    }
-    if (e.file_id == 0) e.file_id = ++*next_id;
-  }
-  return Ok();
-}
-
-Result<const kinds::FdKind*> KindOf(const kinds::FdDumpInput& in) {
-  for (const kinds::FdKind& k : kinds::FdKinds()) {
-    if (k.matches(in)) return &k;
-  }
-  return kinds::UnsupportedFd(in);
-}
-
-// One File record per open file description, then the fd table.
-Status CollectFiles(pid_t pid, std::vector<FdEntry>& fds, CollectedTask* out) {
-  uint64_t next_id = 0;
-  STASIS_TRY(AssignFileIds(pid, fds, &next_id));
-  kinds::DumpContext ctx;
-  for (const FdEntry& e : fds) {
-    ctx.fd_index.push_back({pid, e.in.fd, e.in.link, e.in.info.flags});
-    ctx.file_of_fd[e.in.fd] = e.file_id;
-  }
-  for (FdEntry& e : fds) {
-    bool first = out->files.size() < e.file_id;
-    if (first) {
-      const kinds::FdKind* kind = STASIS_TRY(KindOf(e.in));
-      image::File file;
-      file.set_id(e.file_id);
-      file.set_kind(kind->name);
-      STASIS_TRY(kind->dump(ctx, e.in, &file));
-      out->files.push_back(std::move(file));
-    }
-    image::Fd* fd = out->proc.add_fds();
-    fd->set_fd(e.in.fd);
-    fd->set_file_id(e.file_id);
-    fd->set_cloexec((e.in.info.flags & O_CLOEXEC) != 0);
-  }
-  return Ok();
-}
-
 }  // namespace
 
 Status PrecheckTask(pid_t pid) {
@@ -212,11 +138,11 @@ Status PrecheckTask(pid_t pid) {
   if (status->state == 'Z' || stat.state == 'Z') {
     return Error::Unsupported(fmt::format("pid {} is a zombie", pid));
   }
-  std::vector<int> children = STASIS_TRY(sys::proc::ListChildren(pid));
-  if (!children.empty()) {
+  std::string own_userns = STASIS_TRY(sys::proc::ReadLink("/proc/self/ns/user"));
+  std::string userns = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/user", pid)));
+  if (userns != own_userns) {
     return Error::Unsupported(
-        fmt::format("pid {} has child processes ({}...); process trees are not supported yet", pid,
-                    children[0]));
+        fmt::format("pid {} lives in another user namespace ({}); not supported yet", pid, userns));
   }
   if (status->seccomp != 0) {
     return Error::Unsupported(fmt::format("pid {}: seccomp filters are not supported yet", pid));
@@ -262,8 +188,6 @@ Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
   STASIS_TRY(kinds::memory::DumpVmas(pid, &proc));
   STASIS_TRY(kinds::vdso::Dump(pid, proc, manifest));
   out.pages = STASIS_TRY(kinds::memory::PlanPages(pid, &proc));
-  std::vector<FdEntry> fds = STASIS_TRY(OpenFds(pid));
-  STASIS_TRY(CollectFiles(pid, fds, &out));
   return out;
 }
 

@@ -1,5 +1,6 @@
-// Collects one seized task into an image::Process: everything but page
-// contents, which checkpoint/dump.cc streams afterwards.
+// Collects one seized task into an image::Process: everything but its open
+// files (files_dump.h, for the whole tree) and page contents, which
+// checkpoint/dump.cc streams afterwards.
 #pragma once
 
 #include "kinds/memory.h"
@@ -11,7 +12,6 @@ namespace stasis::checkpoint {
 
 struct CollectedTask {
   image::Process proc;
-  std::vector<image::File> files;
   kinds::memory::PagePlan pages;
 };
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "checkpoint/dump.h"
+#include "cli/session_cmds.h"
 #include "image/inspect.h"
 #include "image/stream.h"
 #include "restore/restore.h"
@@ -95,6 +96,8 @@ int main(int argc, char** argv) {
   CLI::App* check_cmd =
       app.add_subcommand("check", "List the kernel features Stasis needs and whether they exist");
 
+  stasis::cli::SessionCommands session_cmds(app);
+
   CLI11_PARSE(app, argc, argv);
   if (*dump_cmd) return RunDump(dump);
   if (*restore_cmd) {
@@ -103,5 +106,6 @@ int main(int argc, char** argv) {
   }
   if (*inspect_cmd) return RunInspect(inspect_dir, inspect_pages);
   if (*check_cmd) return RunCheck();
+  if (auto code = session_cmds.Run()) return *code;
   return 2;
 }

@@ -41,7 +41,8 @@ Result<uint64_t> ExtraNumber(const FdDumpInput& in, std::string_view key, int ba
   const std::string* text = FindExtra(in, key);
   if (text == nullptr) return Error::Invalid(fmt::format("{}: fdinfo has no {} line", what, key));
   std::optional<uint64_t> value = ParseNumber(*text, base);
-  if (!value) return Error::Invalid(fmt::format("{}: fdinfo {} '{}' is not a number", what, key, *text));
+  if (!value)
+    return Error::Invalid(fmt::format("{}: fdinfo {} '{}' is not a number", what, key, *text));
   return *value;
 }
 
@@ -63,8 +64,8 @@ Status Dump(DumpContext&, const FdDumpInput& in, image::File* file) {
   std::string what = DescribeFd(in.pid, in.fd, in.link);
   if (FindExtra(in, "eventfd-semaphore") == nullptr) {
     // Nothing else shows EFD_SEMAPHORE without consuming the counter.
-    return Error::Unsupported(what +
-                              ": this kernel's fdinfo does not show eventfd-semaphore (Linux 6.5+)");
+    return Error::Unsupported(
+        what + ": this kernel's fdinfo does not show eventfd-semaphore (Linux 6.5+)");
   }
   uint64_t counter = STASIS_TRY(ExtraNumber(in, "eventfd-count", 16));
   uint64_t semaphore = STASIS_TRY(ExtraNumber(in, "eventfd-semaphore", 10));
@@ -72,9 +73,10 @@ Status Dump(DumpContext&, const FdDumpInput& in, image::File* file) {
     return Error::Invalid(fmt::format("{}: fdinfo eventfd-semaphore is {}", what, semaphore));
   }
   if (counter > kMaxWritableCount) {
-    return Error::Unsupported(fmt::format(
-        "{}: counter {:#x} is past what a write can recreate (an in-kernel signaller overflowed it)",
-        what, counter));
+    return Error::Unsupported(
+        fmt::format("{}: counter {:#x} is past what a write can recreate (an in-kernel signaller "
+                    "overflowed it)",
+                    what, counter));
   }
   image::EventfdState state;
   state.set_counter(counter);
@@ -93,7 +95,8 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   if (state.counter() > kMaxWritableCount) {
     return Error::Corrupt(fmt::format("eventfd counter {:#x} is out of range", state.counter()));
   }
-  unsigned int initval = state.counter() <= UINT_MAX ? static_cast<unsigned int>(state.counter()) : 0;
+  unsigned int initval =
+      state.counter() <= UINT_MAX ? static_cast<unsigned int>(state.counter()) : 0;
   int flags = EFD_CLOEXEC | (state.semaphore() ? EFD_SEMAPHORE : 0);
   sys::UniqueFd fd(::eventfd(initval, flags));
   if (!fd.valid()) return Error::Errno(fmt::format("eventfd({}, {:#x})", initval, flags));

@@ -4,6 +4,8 @@
 #include <sys/sysmacros.h>
 
 #include "kinds/chardev.h"
+#include "kinds/epoll.h"
+#include "kinds/eventfd.h"
 #include "kinds/pipe.h"
 #include "kinds/regular_file.h"
 
@@ -14,6 +16,8 @@ const std::vector<FdKind>& FdKinds() {
       {regular_file::kName, regular_file::Matches, regular_file::Dump, regular_file::Restore},
       {chardev::kName, chardev::Matches, chardev::Dump, chardev::Restore},
       {pipe::kName, pipe::Matches, pipe::Dump, pipe::Restore},
+      {eventfd::kName, eventfd::Matches, eventfd::Dump, eventfd::Restore},
+      {epoll::kName, epoll::Matches, epoll::Dump, epoll::Restore, /*restore_last=*/true},
   };
   return kinds;
 }

@@ -28,13 +28,17 @@ constexpr uint64_t kLowestScratch = 1 << 20;
 constexpr uint64_t kUserTop = 0x7ffffffff000;  // x86_64 TASK_SIZE with 4-level paging
 constexpr uint8_t kSyscallInsn[] = {0x0f, 0x05};
 
-Result<uint64_t> VdsoSyscall(pid_t host_pid) {
+}  // namespace
+
+Result<uint64_t> PuppetSyscallIp(pid_t host_pid) {
   std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/maps", host_pid)));
   for (const sys::proc::MapsEntry& m : STASIS_TRY(sys::proc::ParseMaps(text))) {
     if (m.path == "[vdso]") return sys::FindSyscallInsn(host_pid, m.start, m.end);
   }
   return Error(ErrorCode::kFailed, fmt::format("puppet {} has no [vdso]", host_pid));
 }
+
+namespace {
 
 // Maps the scratch area in a hole of the image's layout that the puppet's
 // own layout also leaves free.
@@ -148,7 +152,7 @@ Status BuildTask(sys::Tracee& tracee, pid_t host_pid, const PuppetPlan& plan,
                  const PageFeeder& feed_pages, std::vector<sys::Tracee>* threads) {
   const image::Process& proc = *plan.proc;
   if (proc.threads_size() < 1) return Error::Corrupt("image task without threads");
-  sys::Injector inj = STASIS_TRY(sys::Injector::Create(tracee, STASIS_TRY(VdsoSyscall(host_pid))));
+  sys::Injector inj = STASIS_TRY(sys::Injector::Create(tracee, STASIS_TRY(PuppetSyscallIp(host_pid))));
   STASIS_TRY(UnregisterOwnRseq(tracee, inj));
 
   // 1. An empty address space but for a page that holds `syscall`.
@@ -179,7 +183,7 @@ Status BuildTask(sys::Tracee& tracee, pid_t host_pid, const PuppetPlan& plan,
   STASIS_TRY(task.Call("close(restorer pidfd)", SYS_close, plan.pidfd_slot));
 
   // 5. Remove the scratch area, running the last call from the real vdso.
-  inj.set_syscall_ip(STASIS_TRY(VdsoSyscall(host_pid)));
+  inj.set_syscall_ip(STASIS_TRY(PuppetSyscallIp(host_pid)));
   STASIS_TRY(inj.Call("munmap(scratch)", SYS_munmap, scratch, kScratchSize));
   inj.Abandon();
   return kinds::thread::RestoreRegisters(tracee, proc.threads(0));

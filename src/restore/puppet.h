@@ -32,6 +32,9 @@ struct PuppetPlan {
 Status BuildTask(sys::Tracee& leader, pid_t host_pid, const PuppetPlan& plan,
                  const PageFeeder& feed_pages, std::vector<sys::Tracee>* threads);
 
+// Address of a `syscall` instruction in the puppet's current [vdso].
+Result<uint64_t> PuppetSyscallIp(pid_t host_pid);
+
 // The lowest fd number the image leaves free: where the puppet keeps the
 // restorer's pidfd while it pulls its fds in.
 int FreeFdSlot(const image::Process& proc);

@@ -12,6 +12,7 @@
 #include "kinds/vdso.h"
 #include "restore/puppet.h"
 #include "restore/spawn.h"
+#include "restore/tree.h"
 #include "sys/kernel_abi.h"
 
 namespace stasis::restore {
@@ -20,34 +21,57 @@ namespace {
 struct ImageHead {
   image::Manifest manifest;
   std::vector<image::File> files;
-  image::Process proc;
+  std::vector<image::Process> procs;  // parents before children
 };
 
-Result<image::Record> NextRecord(image::Reader& reader) {
-  image::Record rec;
-  if (!STASIS_TRY(reader.Next(&rec))) {
-    return Error::Corrupt(fmt::format("image truncated at offset {}: no trailer", reader.offset()));
+// The reader with one record of lookahead: page records are consumed per
+// process until the next process's first one.
+class Records {
+ public:
+  explicit Records(image::Reader& reader) : reader_(reader) {}
+  Result<image::Record*> Peek() {
+    if (!has_) {
+      if (!STASIS_TRY(reader_.Next(&rec_))) {
+        return Error::Corrupt(
+            fmt::format("image truncated at offset {}: no trailer", reader_.offset()));
+      }
+      has_ = true;
+    }
+    return &rec_;
   }
-  return rec;
-}
+  void Consume() { has_ = false; }
+  Result<bool> AtEnd() {
+    image::Record extra;
+    return !STASIS_TRY(reader_.Next(&extra));
+  }
+
+ private:
+  image::Reader& reader_;
+  image::Record rec_;
+  bool has_ = false;
+};
 
 // Everything before the page records.
-Result<ImageHead> ReadHead(image::Reader& reader) {
+Result<ImageHead> ReadHead(Records& records) {
   ImageHead head;
-  image::Record rec = STASIS_TRY(NextRecord(reader));
-  if (rec.type != image::RecordType::kManifest)
+  image::Record* rec = STASIS_TRY(records.Peek());
+  if (rec->type != image::RecordType::kManifest) {
     return Error::Corrupt("image does not start with a manifest");
-  STASIS_TRY(image::ParseMessage(rec, &head.manifest));
-  for (;;) {
-    rec = STASIS_TRY(NextRecord(reader));
-    if (rec.type == image::RecordType::kProcess) break;
-    if (rec.type != image::RecordType::kFile) {
-      return Error::Corrupt(fmt::format("unexpected {} record before the process record",
-                                        image::RecordTypeName(rec.type)));
-    }
-    STASIS_TRY(image::ParseMessage(rec, &head.files.emplace_back()));
   }
-  STASIS_TRY(image::ParseMessage(rec, &head.proc));
+  STASIS_TRY(image::ParseMessage(*rec, &head.manifest));
+  records.Consume();
+  for (;; records.Consume()) {
+    rec = STASIS_TRY(records.Peek());
+    if (rec->type == image::RecordType::kFile) {
+      if (!head.procs.empty()) return Error::Corrupt("file record after the process records");
+      STASIS_TRY(image::ParseMessage(*rec, &head.files.emplace_back()));
+    } else if (rec->type == image::RecordType::kProcess) {
+      STASIS_TRY(image::ParseMessage(*rec, &head.procs.emplace_back()));
+    } else {
+      break;
+    }
+  }
+  STASIS_TRY(ValidateTree(head.procs));
   return head;
 }
 
@@ -64,7 +88,7 @@ Status CheckHost(const ImageHead& head) {
         "the image's CPU state uses xsave features {:#x} that this CPU lacks (it has {:#x})",
         head.manifest.xfeatures(), own));
   }
-  return kinds::vdso::CheckCompatible(head.manifest, head.proc);
+  return kinds::vdso::CheckCompatible(head.manifest, head.procs[0]);
 }
 
 Result<LocalFiles> CreateFiles(const std::vector<image::File>& files) {
@@ -84,59 +108,65 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files) {
   return out;
 }
 
-// Streams page records into the puppet until the trailer, which must be
-// the last record and agree with what came before it.
-Status FeedPages(image::Reader& reader, pid_t host_pid, const image::Process& proc,
-                 uint64_t* pages) {
-  for (;;) {
-    image::Record rec = STASIS_TRY(NextRecord(reader));
-    if (rec.type == image::RecordType::kPages) {
-      image::PageRun run = STASIS_TRY(image::ParsePageRun(rec));
-      if (static_cast<int>(run.pid) != proc.pid()) {
-        return Error::Corrupt(
-            fmt::format("page record for pid {} in an image of pid {}", run.pid, proc.pid()));
-      }
-      STASIS_TRY(kinds::memory::RestorePageRun(host_pid, proc, run));
-      *pages += run.npages;
-      continue;
-    }
-    if (rec.type != image::RecordType::kTrailer) {
-      return Error::Corrupt(
-          fmt::format("unexpected {} record among page records", image::RecordTypeName(rec.type)));
-    }
-    image::Trailer trailer;
-    STASIS_TRY(image::ParseMessage(rec, &trailer));
-    if (trailer.pages() != *pages) {
-      return Error::Corrupt(
-          fmt::format("trailer counts {} pages, image holds {}", trailer.pages(), *pages));
-    }
-    image::Record extra;
-    if (STASIS_TRY(reader.Next(&extra))) return Error::Corrupt("records after the trailer");
-    return Ok();
+// Writes this process's page records (they are consecutive in the image)
+// into its puppet.
+Status FeedPages(Records& records, pid_t host_pid, const image::Process& proc, uint64_t* pages) {
+  for (;; records.Consume()) {
+    image::Record* rec = STASIS_TRY(records.Peek());
+    if (rec->type != image::RecordType::kPages) return Ok();
+    image::PageRun run = STASIS_TRY(image::ParsePageRun(*rec));
+    if (static_cast<int>(run.pid) != proc.pid()) return Ok();
+    STASIS_TRY(kinds::memory::RestorePageRun(host_pid, proc, run));
+    *pages += run.npages;
   }
 }
 
-// Kills the puppet unless the restore completed. As its tracer we must
-// also reap it: the namespace init, when killed next, waits for every task
-// of the namespace to be reaped, and a traced zombie waits for its tracer.
-class PuppetGuard {
- public:
-  PuppetGuard(pid_t pid, const std::vector<sys::Tracee>* threads) : pid_(pid), threads_(threads) {}
-  ~PuppetGuard() {
-    if (pid_ == 0) return;
-    kill(pid_, SIGKILL);
-    for (const sys::Tracee& t : *threads_) Reap(t.tid());
-    Reap(pid_);
+// The trailer must be the last record and agree with what came before it.
+Status ReadTrailer(Records& records, uint64_t pages) {
+  image::Record* rec = STASIS_TRY(records.Peek());
+  if (rec->type != image::RecordType::kTrailer) {
+    return Error::Corrupt(fmt::format("unexpected {} record (page records of pid {}?) where the "
+                                      "trailer should be",
+                                      image::RecordTypeName(rec->type),
+                                      rec->type == image::RecordType::kPages
+                                          ? STASIS_TRY(image::ParsePageRun(*rec)).pid
+                                          : 0));
   }
-  void Release() { pid_ = 0; }
+  image::Trailer trailer;
+  STASIS_TRY(image::ParseMessage(*rec, &trailer));
+  records.Consume();
+  if (trailer.pages() != pages) {
+    return Error::Corrupt(
+        fmt::format("trailer counts {} pages, image holds {}", trailer.pages(), pages));
+  }
+  if (!STASIS_TRY(records.AtEnd())) return Error::Corrupt("records after the trailer");
+  return Ok();
+}
+
+// Kills the tree unless the restore completed. As their tracer we must
+// also reap every task: the namespace init, when killed next, waits for
+// every task of the namespace to be reaped, and a traced zombie waits for
+// its tracer.
+class TreeGuard {
+ public:
+  explicit TreeGuard(std::vector<TreeProcess>* tree) : tree_(tree) {}
+  ~TreeGuard() {
+    if (tree_ == nullptr) return;
+    for (TreeProcess& t : *tree_) {
+      if (!t.tasks.empty()) kill(t.host_pid, SIGKILL);
+    }
+    for (TreeProcess& t : *tree_) {
+      for (size_t i = t.tasks.size(); i-- > 0;) Reap(t.tasks[i].tid());
+    }
+  }
+  void Release() { tree_ = nullptr; }
 
  private:
   static void Reap(pid_t tid) {
     while (waitpid(tid, nullptr, __WALL) < 0 && errno == EINTR) {
     }
   }
-  pid_t pid_;
-  const std::vector<sys::Tracee>* threads_;
+  std::vector<TreeProcess>* tree_;
 };
 
 }  // namespace
@@ -146,33 +176,39 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   auto source = STASIS_TRY(image::FdSource::OpenFile(image::ImagePath(options.dir)));
   image::Reader reader(*source);
   STASIS_TRY(reader.Begin());
-  ImageHead head = STASIS_TRY(ReadHead(reader));
+  Records records(reader);
+  ImageHead head = STASIS_TRY(ReadHead(records));
   STASIS_TRY(CheckHost(head));
   LocalFiles files = STASIS_TRY(CreateFiles(head.files));
 
   RestoreResult result;
-  result.pid = head.proc.pid();
-  int slot = FreeFdSlot(head.proc);
+  result.pid = head.procs[0].pid();
   Spawner spawner = STASIS_TRY(Spawner::Start(options.new_pid_ns));
-  Puppet puppet = STASIS_TRY(spawner.CreatePuppet(head.proc.pid(), slot));
-  result.host_pid = puppet.host_pid;
-  sys::Tracee tracee = STASIS_TRY(sys::Tracee::Seize(puppet.host_pid, /*kill_on_exit=*/true));
-  std::vector<sys::Tracee> threads;
-  PuppetGuard guard(puppet.host_pid, &threads);
-
-  PuppetPlan plan = {&head.manifest, &head.proc, &files, slot};
-  auto feed = [&](const image::Process& proc) {
-    return FeedPages(reader, puppet.host_pid, proc, &result.pages);
-  };
-  STASIS_TRY_CTX(BuildTask(tracee, puppet.host_pid, plan, feed, &threads),
-                 fmt::format("restore pid {}", head.proc.pid()));
-  // The restorer's references must be gone before the task runs: a reader
+  std::vector<TreeProcess> tree;
+  TreeGuard guard(&tree);
+  STASIS_TRY_CTX(CreateTree(spawner, head.procs, &tree), "restore tree");
+  result.host_pid = tree[0].host_pid;
+  for (TreeProcess& t : tree) {
+    if (t.proc->zombie()) continue;
+    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot};
+    auto feed = [&](const image::Process& proc) {
+      return FeedPages(records, t.host_pid, proc, &result.pages);
+    };
+    std::vector<sys::Tracee> threads;
+    Status built = BuildTask(t.tasks[0], t.host_pid, plan, feed, &threads);
+    for (sys::Tracee& thread : threads) t.tasks.push_back(std::move(thread));
+    STASIS_TRY_CTX(std::move(built), fmt::format("restore pid {}", t.proc->pid()));
+  }
+  STASIS_TRY(ReadTrailer(records, result.pages));
+  // The restorer's references must be gone before the tree runs: a reader
   // waits for EOF until every write end of its pipe is closed.
   files.clear();
-  for (sys::Tracee& t : threads) STASIS_TRY(t.Detach());
-  STASIS_TRY(tracee.Detach());
+  for (TreeProcess& t : tree) {
+    for (sys::Tracee& task : t.tasks) STASIS_TRY(task.Detach());
+  }
   guard.Release();
-  STASIS_TRY(spawner.Commit(head.proc.pid()));
+  STASIS_TRY(spawner.Commit(result.pid));
+  result.processes = tree.size();
   result.total_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   return result;

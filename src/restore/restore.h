@@ -21,6 +21,7 @@ struct RestoreResult {
   pid_t pid = 0;       // as the task sees itself
   double total_ms = 0;
   uint64_t pages = 0;
+  size_t processes = 0;
 };
 
 Result<RestoreResult> Restore(const RestoreOptions& options);

@@ -1,0 +1,103 @@
+#include "checkpoint/files_dump.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+
+#include <map>
+
+#include "kinds/registry.h"
+#include "sys/pidfds.h"
+
+namespace stasis::checkpoint {
+namespace {
+
+struct FdEntry {
+  kinds::FdDumpInput in;
+  image::Process* proc = nullptr;
+  uint64_t file_id = 0;
+};
+
+Status OpenFds(pid_t pid, image::Process* proc, std::vector<FdEntry>* out) {
+  sys::UniqueFd pidfd = STASIS_TRY(sys::PidfdOpen(pid));
+  for (int fd : STASIS_TRY(sys::proc::ListFds(pid))) {
+    FdEntry e;
+    e.proc = proc;
+    e.in.pid = pid;
+    e.in.fd = fd;
+    e.in.link = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/fd/{}", pid, fd)));
+    std::string info = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/fdinfo/{}", pid, fd)));
+    e.in.info = STASIS_TRY_CTX(sys::proc::ParseFdInfo(info), fmt::format("pid {} fd {}", pid, fd));
+    e.in.local = STASIS_TRY(sys::PidfdGetfd(pidfd.get(), pid, fd));
+    if (fstat(e.in.local.get(), &e.in.st) < 0) {
+      return Error::Errno(kinds::DescribeFd(pid, fd, e.in.link) + ": fstat");
+    }
+    out->push_back(std::move(e));
+  }
+  return Ok();
+}
+
+// Gives each open file description an id: fds that kcmp says are one
+// description (dup, fork, SCM_RIGHTS) share it. Only fds on the same inode
+// can be one description, so kcmp runs within those groups.
+Status AssignFileIds(std::vector<FdEntry>& fds) {
+  std::map<std::pair<dev_t, ino_t>, std::vector<size_t>> by_inode;
+  uint64_t next_id = 0;
+  for (size_t i = 0; i < fds.size(); ++i) {
+    FdEntry& e = fds[i];
+    std::vector<size_t>& same_inode = by_inode[{e.in.st.st_dev, e.in.st.st_ino}];
+    for (size_t j : same_inode) {
+      const FdEntry& o = fds[j];
+      if (STASIS_TRY(sys::SameFile(o.in.pid, o.in.fd, e.in.pid, e.in.fd))) {
+        e.file_id = o.file_id;
+        break;
+      }
+    }
+    if (e.file_id == 0) {
+      e.file_id = ++next_id;
+      same_inode.push_back(i);
+    }
+  }
+  return Ok();
+}
+
+Result<const kinds::FdKind*> KindOf(const kinds::FdDumpInput& in) {
+  for (const kinds::FdKind& k : kinds::FdKinds()) {
+    if (k.matches(in)) return &k;
+  }
+  return kinds::UnsupportedFd(in);
+}
+
+}  // namespace
+
+Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files) {
+  std::vector<FdEntry> fds;
+  for (const TreeFdsInput& t : tasks) STASIS_TRY(OpenFds(t.host_pid, t.proc, &fds));
+  STASIS_TRY(AssignFileIds(fds));
+  kinds::DumpContext ctx;
+  for (const FdEntry& e : fds) {
+    ctx.fd_index.push_back({e.in.pid, e.in.fd, e.in.link, e.in.info.flags});
+    // file_of_fd is per process: kinds that use it (epoll) look at their own task.
+  }
+  for (FdEntry& e : fds) {
+    if (files->size() < e.file_id) {  // the first fd of this description
+      ctx.file_of_fd.clear();
+      for (const FdEntry& o : fds) {
+        if (o.in.pid == e.in.pid) ctx.file_of_fd[o.in.fd] = o.file_id;
+      }
+      const kinds::FdKind* kind = STASIS_TRY(KindOf(e.in));
+      image::File file;
+      file.set_id(e.file_id);
+      file.set_kind(kind->name);
+      STASIS_TRY(kind->dump(ctx, e.in, &file));
+      files->push_back(std::move(file));
+    }
+    image::Fd* fd = e.proc->add_fds();
+    fd->set_fd(e.in.fd);
+    fd->set_file_id(e.file_id);
+    fd->set_cloexec((e.in.info.flags & O_CLOEXEC) != 0);
+  }
+  return Ok();
+}
+
+}  // namespace stasis::checkpoint

@@ -1,0 +1,20 @@
+// The open files of a whole tree: one File record per open file
+// description, however many fds in however many processes share it
+// (kcmp KCMP_FILE decides), and each process's fd table pointing at them.
+#pragma once
+
+#include <vector>
+
+#include "process.pb.h"
+#include "sys/result.h"
+
+namespace stasis::checkpoint {
+
+struct TreeFdsInput {
+  pid_t host_pid;
+  image::Process* proc;  // its fds are appended here
+};
+
+Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files);
+
+}  // namespace stasis::checkpoint

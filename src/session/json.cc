@@ -1,0 +1,96 @@
+#include "session/json.h"
+
+#include <fmt/format.h>
+
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+namespace stasis::session {
+namespace {
+
+using nlohmann::json;
+
+Error Bad(const std::string& path, const std::string& what) {
+  return Error::Corrupt(fmt::format("session file {}: {}", path, what));
+}
+
+template <typename T>
+Status GetInt(const json& j, const char* key, const std::string& path, T* out) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number_integer()) {
+    return Bad(path, fmt::format("'{}' is missing or not an integer", key));
+  }
+  *out = it->get<T>();
+  return Ok();
+}
+
+Status GetString(const json& j, const char* key, const std::string& path, std::string* out) {
+  auto it = j.find(key);
+  if (it == j.end()) return Ok();  // optional: keeps the default
+  if (!it->is_string()) return Bad(path, fmt::format("'{}' is not a string", key));
+  *out = it->get<std::string>();
+  return Ok();
+}
+
+}  // namespace
+
+std::string FormatUtc(int64_t unix_seconds) {
+  time_t t = static_cast<time_t>(unix_seconds);
+  struct tm tm = {};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string SessionToJson(const SessionInfo& info) {
+  json j = {
+      {"version", kMetadataVersion},
+      {"name", info.name},
+      {"state", "running"},
+      {"init_pid", info.init_pid},
+      {"init_start_time", info.init_start_time},
+      {"root_pid", info.root_pid},
+      {"cgroup", info.cgroup},
+      {"command", info.command},
+      {"created", FormatUtc(info.created_unix)},
+      {"created_unix", info.created_unix},
+      {"origin", info.origin},
+      {"image", info.image},
+  };
+  // Replace, not throw, on invalid UTF-8 in a command line.
+  return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+Result<SessionInfo> SessionFromJson(std::string_view text, const std::string& path) {
+  json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return Bad(path, "not a JSON object");
+  int version = 0;
+  STASIS_TRY(GetInt(j, "version", path, &version));
+  if (version != kMetadataVersion) {
+    return Bad(path, fmt::format("version {} (this stasis reads {})", version, kMetadataVersion));
+  }
+  SessionInfo info;
+  STASIS_TRY(GetString(j, "name", path, &info.name));
+  if (info.name.empty()) return Bad(path, "no 'name'");
+  STASIS_TRY(GetInt(j, "init_pid", path, &info.init_pid));
+  STASIS_TRY(GetInt(j, "root_pid", path, &info.root_pid));
+  if (j.contains("init_start_time")) {
+    STASIS_TRY(GetInt(j, "init_start_time", path, &info.init_start_time));
+  }
+  if (j.contains("created_unix")) STASIS_TRY(GetInt(j, "created_unix", path, &info.created_unix));
+  STASIS_TRY(GetString(j, "cgroup", path, &info.cgroup));
+  STASIS_TRY(GetString(j, "origin", path, &info.origin));
+  STASIS_TRY(GetString(j, "image", path, &info.image));
+  auto command = j.find("command");
+  if (command != j.end()) {
+    if (!command->is_array()) return Bad(path, "'command' is not an array");
+    for (const json& arg : *command) {
+      if (!arg.is_string()) return Bad(path, "'command' holds a non-string");
+      info.command.push_back(arg.get<std::string>());
+    }
+  }
+  return info;
+}
+
+}  // namespace stasis::session
