@@ -16,6 +16,7 @@
 #include "checkpoint/task_dump.h"
 #include "checkpoint/tree.h"
 #include "image/stream.h"
+#include "kinds/shmem.h"
 #include "sys/kernel_abi.h"
 
 namespace stasis::checkpoint {
@@ -57,6 +58,7 @@ void FillManifest(const image::Process& proc, image::Manifest* m) {
 
 struct TreeImage {
   std::vector<image::File> files;
+  std::vector<kinds::shmem::ObjectSource> shmem;
   std::vector<CollectedTask> tasks;  // parents before children
   std::vector<pid_t> host_pids;      // of tasks[i]
 };
@@ -68,6 +70,7 @@ Status WriteImage(TreeImage& tree, const image::Manifest& manifest, image::Write
   for (const image::File& file : tree.files) {
     STASIS_TRY(writer.WriteMessage(image::RecordType::kFile, file));
   }
+  STASIS_TRY(kinds::shmem::WriteContents(tree.shmem, writer));
   for (const CollectedTask& task : tree.tasks) {
     STASIS_TRY(writer.WriteMessage(image::RecordType::kProcess, task.proc));
   }
@@ -127,6 +130,10 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
     if (!frozen[i].zombie) fd_tasks.push_back({frozen[i].host_pid, &tree.tasks[i].proc});
   }
   STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files));
+  std::vector<kinds::shmem::TaskVmas> vma_tasks;
+  for (const TreeFdsInput& t : fd_tasks) vma_tasks.push_back({t.host_pid, t.proc});
+  uint64_t next_id = tree.files.size();
+  STASIS_TRY(kinds::shmem::CollectObjects(vma_tasks, &next_id, &tree.files, &tree.shmem));
   return tree;
 }
 

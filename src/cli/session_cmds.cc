@@ -186,7 +186,7 @@ SessionCommands::SessionCommands(CLI::App& app) {
       "stderr are inherited. In the foreground, stasis run passes those signals on too and\n"
       "exits with CMD's status (128+N if CMD was killed by signal N); if stasis run itself is\n"
       "killed, so is the session. A name that a running session holds is refused.\n"
-      "Example: stasis run --name job -- python3 train.py --epochs 10");
+      "Example: stasis run --name job -- python3 train.py --epochs 10\n");
 
   ps_cmd_ = app.add_subcommand("ps", "List sessions with their processes and memory");
   ps_cmd_->add_option("--state-dir", state_dir_, kStateDirHelp);
@@ -195,7 +195,7 @@ SessionCommands::SessionCommands(CLI::App& app) {
       "PROCS counts the processes in the session's cgroup, its init included. MEMORY is the\n"
       "cgroup's memory.current when the memory controller is enabled for it, else the sum\n"
       "of the processes' VmRSS. A session whose init has died is listed once as 'gone',\n"
-      "then what it left (cgroup, state file) is removed.");
+      "then what it left (cgroup, state file) is removed.\n");
 
   freeze_cmd_ = app.add_subcommand(
       "freeze", "Freeze a session (cgroup v2 freezer), then thaw it after --seconds or on a signal");

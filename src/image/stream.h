@@ -165,6 +165,9 @@ struct PageRunHeader {
 static_assert(sizeof(PageRunHeader) == 16);
 
 inline constexpr size_t kPageRunHeaderSize = sizeof(PageRunHeader);
+// A page record whose pid has this bit set carries the contents of the
+// shared-memory object File (pid & ~kShmemPageOwner); addr is the offset.
+inline constexpr uint32_t kShmemPageOwner = 0x80000000u;
 inline constexpr uint32_t kMaxPagesPerRecord = (kMaxRecordPayload - kPageRunHeaderSize) / kPageSize;
 
 // "manifest", "file", ...; "unknown" for a type this build does not know.

@@ -288,7 +288,8 @@ Status AddArmedItems(RestoreContext& ctx, int ep, const image::EpollState& state
 }
 
 // The kernel can drop bits without failing (EPOLLWAKEUP without
-// CAP_BLOCK_SUSPEND), so the interest list is checked in our own fdinfo.
+// CAP_BLOCK_SUSPEND or CONFIG_PM_SLEEP), so the interest list is checked in
+// our own fdinfo.
 Status VerifyInterestList(int ep, std::vector<Item> want) {
   std::string path = fmt::format("/proc/self/fdinfo/{}", ep);
   sys::proc::FdInfo info =

@@ -8,8 +8,8 @@
 // Refused: an item whose file no fd of the task holds; a one-shot item that
 // fired and is not re-armed while its target (not an eventfd or epoll) is
 // not ready, as an ADD would arm it for EPOLLERR/EPOLLHUP again.
-// Not carried: which edge-triggered events were already reported (a ready
-// target reports once more after restore), and the wakeup source name.
+// Not carried: which edge-triggered events were already reported (an
+// EPOLLET item on a ready target reports once more after restore).
 #pragma once
 
 #include "kinds/context.h"

@@ -5,9 +5,14 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <linux/magic.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/vfs.h>
 
 #include <algorithm>
+
+#include "kinds/shmem.h"
 
 namespace stasis::kinds::memory {
 namespace {
@@ -49,14 +54,15 @@ Result<Vma::Kind> KindOf(pid_t pid, const sys::proc::SmapsEntry& entry) {
   if (sys::proc::HasVmFlag(entry, "pf") || sys::proc::HasVmFlag(entry, "io")) {
     return Error::Unsupported(what + ": device memory (VM_PFNMAP/VM_IO)");
   }
+  if (m.shared && shmem::IsShmemPath(m.path)) return Vma::SHMEM;
   bool anon_name = m.path.starts_with("[anon:");
   if (m.inode == 0 && (m.path.empty() || m.path == "[heap]" || m.path == "[stack]" || anon_name)) {
-    if (m.shared)
-      return Error::Unsupported(what + ": shared anonymous memory is not supported yet");
+    if (m.shared) return Error::Unsupported(what + ": this shared anonymous memory is not supported");
     return Vma::ANON;
   }
+  if (m.path.starts_with("/SYSV")) return Error::Unsupported(what + ": SysV shared memory is not supported yet");
   if (m.path.ends_with(" (deleted)") || m.path.starts_with("/memfd:")) {
-    return Error::Unsupported(what + ": mapping of a deleted file or memfd is not supported yet");
+    return Error::Unsupported(what + ": private mapping of a deleted file or memfd is not supported yet");
   }
   if (m.path.starts_with("/") && m.inode != 0) return Vma::FILE;
   return Error::Unsupported(what + ": this kind of mapping is not supported");
@@ -72,6 +78,26 @@ Result<uint64_t> FileSize(pid_t pid, const sys::proc::MapsEntry& m) {
         fmt::format("pid {}: {} was replaced on disk while mapped", pid, m.path));
   }
   return static_cast<uint64_t>(st.st_size);
+}
+
+// The object behind a shared mapping, through map_files: it must live on
+// tmpfs/shmem, where Stasis can carry its contents.
+Status IdentifyShmem(pid_t pid, Vma* vma) {
+  std::string path = fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, vma->start(), vma->end());
+  struct stat st;
+  if (stat(path.c_str(), &st) < 0) return Error::Errno("stat " + path);
+  struct statfs fs;
+  if (statfs(path.c_str(), &fs) < 0) return Error::Errno("statfs " + path);
+  if (fs.f_type != TMPFS_MAGIC) {
+    return Error::Unsupported(fmt::format(
+        "pid {} mapping {:#x}-{:#x} ({}): shared mapping of a deleted file outside tmpfs", pid,
+        vma->start(), vma->end(), vma->name()));
+  }
+  vma->set_file_dev_major(major(st.st_dev));
+  vma->set_file_dev_minor(minor(st.st_dev));
+  vma->set_file_ino(st.st_ino);
+  vma->set_file_size(static_cast<uint64_t>(st.st_size));
+  return Ok();
 }
 
 // Kernel-side flags the restore must pass to mmap.
@@ -108,6 +134,14 @@ class RemoteFiles {
                       vma.file_size(), st.st_size));
     }
     int remote = STASIS_TRY(task_.PullFd(fd.get()));
+    fds_[key] = remote;
+    return remote;
+  }
+  Result<int> GetShmem(const Vma& vma, int local_fd) {
+    std::string key = fmt::format("shmem:{}", vma.shmem_file_id());
+    auto it = fds_.find(key);
+    if (it != fds_.end()) return it->second;
+    int remote = STASIS_TRY(task_.PullFd(local_fd));
     fds_[key] = remote;
     return remote;
   }
@@ -164,12 +198,13 @@ Status DumpVmas(pid_t pid, image::Process* proc) {
   for (const sys::proc::SmapsEntry& entry : entries) {
     Vma vma = STASIS_TRY(ClassifyVma(pid, entry));
     if (vma.kind() == Vma::FILE) vma.set_file_size(STASIS_TRY(FileSize(pid, entry.map)));
+    if (vma.kind() == Vma::SHMEM) STASIS_TRY(IdentifyShmem(pid, &vma));
     *proc->add_vmas() = std::move(vma);
   }
   return Ok();
 }
 
-Status MapVmas(RemoteTask& task, const image::Process& proc) {
+Status MapVmas(RemoteTask& task, const image::Process& proc, const LocalFdLookup& local_fd) {
   RemoteFiles files(task);
   for (const Vma& vma : proc.vmas()) {
     if (IsVdsoBlock(vma) || vma.kind() == Vma::VSYSCALL) continue;
@@ -178,11 +213,13 @@ Status MapVmas(RemoteTask& task, const image::Process& proc) {
     int fd = -1;
     if (vma.kind() == Vma::FILE) {
       fd = STASIS_TRY(files.Get(vma));
+    } else if (vma.kind() == Vma::SHMEM) {
+      fd = STASIS_TRY(files.GetShmem(vma, STASIS_TRY(local_fd(vma.shmem_file_id()))));
     } else {
       flags |= MAP_ANONYMOUS;
     }
     STASIS_TRY_CTX(task.Call("mmap", SYS_mmap, vma.start(), len, RestoreProt(vma), flags, fd,
-                             vma.kind() == Vma::FILE ? vma.pgoff() : 0),
+                             vma.kind() == Vma::ANON ? 0 : vma.pgoff()),
                    fmt::format("mapping {:#x}-{:#x} ({})", vma.start(), vma.end(), vma.name()));
     // Before the pages arrive, so they land in huge pages.
     if (HasFlag(vma, "hg")) STASIS_TRY(Madvise(task, vma, MADV_HUGEPAGE));

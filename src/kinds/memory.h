@@ -4,9 +4,10 @@
 // zero pages are elided; private file pages are carried only when the task
 // wrote them (pagemap says anonymous), like relocated .data.rel.ro.
 //
-// Refused at dump: shared anonymous memory, deleted or memfd mappings,
-// hugetlbfs, device (VM_PFNMAP/VM_IO) mappings, userfaultfd-registered,
-// sealed and shadow-stack VMAs, memfd_secret.
+// Shared memory objects (shared anonymous, unlinked tmpfs files, memfds)
+// are carried once per tree by shmem.h. Refused at dump: private mappings
+// of deleted files or memfds, SysV shm, hugetlbfs, device (VM_PFNMAP/VM_IO)
+// mappings, userfaultfd-registered, sealed and shadow-stack VMAs.
 #pragma once
 
 #include <functional>
@@ -46,8 +47,10 @@ Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan, imag
                   PageStats* stats);
 
 // Restore side. Maps every VMA except the vdso block and [vsyscall], with
-// write access added where pages must be written.
-Status MapVmas(RemoteTask& task, const image::Process& proc);
+// write access added where pages must be written. local_fd gives the
+// restorer's fd for a File id (the shmem objects SHMEM VMAs map).
+using LocalFdLookup = std::function<Result<int>(uint64_t file_id)>;
+Status MapVmas(RemoteTask& task, const image::Process& proc, const LocalFdLookup& local_fd);
 // Writes one page record into the task.
 Status RestorePageRun(pid_t host_pid, const image::Process& proc, const image::PageRun& run);
 // Final protections, madvise flags, mlock, anon names: after all pages.

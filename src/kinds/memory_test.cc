@@ -32,6 +32,10 @@ TEST(MemoryClassify, Kinds) {
   EXPECT_EQ(file.kind(), image::Vma::FILE);
   EXPECT_EQ(file.prot(), static_cast<uint32_t>(PROT_READ | PROT_WRITE));
   EXPECT_EQ(file.file_ino(), 1234u);
+  EXPECT_EQ(ClassifyVma(1, Entry("/dev/zero (deleted)", true, 7)).value().kind(), image::Vma::SHMEM);
+  EXPECT_EQ(ClassifyVma(1, Entry("/dev/shm/sem.x (deleted)", true, 7)).value().kind(),
+            image::Vma::SHMEM);
+  EXPECT_EQ(ClassifyVma(1, Entry("/memfd:x (deleted)", true, 7)).value().kind(), image::Vma::SHMEM);
 }
 
 void ExpectRefused(const sys::proc::SmapsEntry& e, const std::string& why) {
@@ -43,10 +47,10 @@ void ExpectRefused(const sys::proc::SmapsEntry& e, const std::string& why) {
 }
 
 TEST(MemoryClassify, RefusesWhatItCannotCarry) {
-  ExpectRefused(Entry("/dev/zero (deleted)", true, 77), "deleted");
   ExpectRefused(Entry("", true), "shared anonymous");
-  ExpectRefused(Entry("/memfd:x (deleted)", true, 5), "memfd");
+  ExpectRefused(Entry("/memfd:x (deleted)", false, 5), "memfd");
   ExpectRefused(Entry("/tmp/f (deleted)", false, 9), "deleted");
+  ExpectRefused(Entry("/SYSV00000000 (deleted)", true, 9), "SysV");
   ExpectRefused(Entry("", false, 0, {"rd", "wr", "ht"}), "hugetlbfs");
   ExpectRefused(Entry("", false, 0, {"rd", "wr", "um"}), "userfaultfd");
   ExpectRefused(Entry("", false, 0, {"rd", "sl"}), "sealed");

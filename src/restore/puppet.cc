@@ -165,7 +165,12 @@ Status BuildTask(sys::Tracee& tracee, pid_t host_pid, const PuppetPlan& plan,
 
   // 2. Memory: vdso block, every VMA, pages, then final protections.
   STASIS_TRY(kinds::vdso::Restore(task, proc));
-  STASIS_TRY(kinds::memory::MapVmas(task, proc));
+  auto local_fd = [&plan](uint64_t id) -> Result<int> {
+    auto it = plan.files->find(id);
+    if (it == plan.files->end()) return Error::Corrupt(fmt::format("no file {} in image", id));
+    return it->second.get();
+  };
+  STASIS_TRY(kinds::memory::MapVmas(task, proc, local_fd));
   STASIS_TRY(feed_pages(proc));
   STASIS_TRY(kinds::memory::FinishVmas(task, proc));
   STASIS_TRY(kinds::mm::Restore(task, proc));

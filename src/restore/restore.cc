@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -9,6 +10,7 @@
 
 #include "kinds/memory.h"
 #include "kinds/registry.h"
+#include "kinds/shmem.h"
 #include "kinds/vdso.h"
 #include "restore/puppet.h"
 #include "restore/spawn.h"
@@ -51,8 +53,8 @@ class Records {
   bool has_ = false;
 };
 
-// Everything before the page records.
-Result<ImageHead> ReadHead(Records& records) {
+// The manifest and the File records.
+Result<ImageHead> ReadFiles(Records& records) {
   ImageHead head;
   image::Record* rec = STASIS_TRY(records.Peek());
   if (rec->type != image::RecordType::kManifest) {
@@ -62,17 +64,34 @@ Result<ImageHead> ReadHead(Records& records) {
   records.Consume();
   for (;; records.Consume()) {
     rec = STASIS_TRY(records.Peek());
-    if (rec->type == image::RecordType::kFile) {
-      if (!head.procs.empty()) return Error::Corrupt("file record after the process records");
-      STASIS_TRY(image::ParseMessage(*rec, &head.files.emplace_back()));
-    } else if (rec->type == image::RecordType::kProcess) {
-      STASIS_TRY(image::ParseMessage(*rec, &head.procs.emplace_back()));
-    } else {
-      break;
-    }
+    if (rec->type != image::RecordType::kFile) break;
+    STASIS_TRY(image::ParseMessage(*rec, &head.files.emplace_back()));
   }
-  STASIS_TRY(ValidateTree(head.procs));
   return head;
+}
+
+// Contents of the shared-memory objects, written into the new objects.
+Status FillShmem(Records& records, const LocalFiles& files) {
+  for (;; records.Consume()) {
+    image::Record* rec = STASIS_TRY(records.Peek());
+    if (rec->type != image::RecordType::kPages) return Ok();
+    image::PageRun run = STASIS_TRY(image::ParsePageRun(*rec));
+    if (!(run.pid & image::kShmemPageOwner)) return Ok();
+    auto it = files.find(run.pid & ~image::kShmemPageOwner);
+    if (it == files.end()) return Error::Corrupt("shared memory pages for an unknown object");
+    struct stat st;
+    if (fstat(it->second.get(), &st) < 0) return Error::Errno("fstat shared memory object");
+    STASIS_TRY(kinds::shmem::FillPages(it->second.get(), run, static_cast<uint64_t>(st.st_size)));
+  }
+}
+
+Status ReadProcesses(Records& records, ImageHead* head) {
+  for (;; records.Consume()) {
+    image::Record* rec = STASIS_TRY(records.Peek());
+    if (rec->type != image::RecordType::kProcess) break;
+    STASIS_TRY(image::ParseMessage(*rec, &head->procs.emplace_back()));
+  }
+  return ValidateTree(head->procs);
 }
 
 uint64_t OwnXfeatures() {
@@ -177,9 +196,11 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   image::Reader reader(*source);
   STASIS_TRY(reader.Begin());
   Records records(reader);
-  ImageHead head = STASIS_TRY(ReadHead(records));
-  STASIS_TRY(CheckHost(head));
+  ImageHead head = STASIS_TRY(ReadFiles(records));
   LocalFiles files = STASIS_TRY(CreateFiles(head.files));
+  STASIS_TRY(FillShmem(records, files));
+  STASIS_TRY(ReadProcesses(records, &head));
+  STASIS_TRY(CheckHost(head));
 
   RestoreResult result;
   result.pid = head.procs[0].pid();
