@@ -58,7 +58,7 @@ void FillManifest(const image::Process& proc, image::Manifest* m) {
 
 struct TreeImage {
   std::vector<image::File> files;
-  std::vector<kinds::shmem::ObjectSource> shmem;
+  std::vector<kinds::ContentSource> shmem;
   std::vector<CollectedTask> tasks;  // parents before children
   std::vector<pid_t> host_pids;      // of tasks[i]
 };
@@ -129,7 +129,7 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
   for (size_t i = 0; i < frozen.size(); ++i) {
     if (!frozen[i].zombie) fd_tasks.push_back({frozen[i].host_pid, &tree.tasks[i].proc});
   }
-  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files));
+  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem));
   std::vector<kinds::shmem::TaskVmas> vma_tasks;
   for (const TreeFdsInput& t : fd_tasks) vma_tasks.push_back({t.host_pid, t.proc});
   uint64_t next_id = tree.files.size();

@@ -70,7 +70,8 @@ Result<const kinds::FdKind*> KindOf(const kinds::FdDumpInput& in) {
 
 }  // namespace
 
-Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files) {
+Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files,
+                        std::vector<kinds::ContentSource>* contents) {
   std::vector<FdEntry> fds;
   for (const TreeFdsInput& t : tasks) STASIS_TRY(OpenFds(t.host_pid, t.proc, &fds));
   STASIS_TRY(AssignFileIds(fds));
@@ -97,6 +98,7 @@ Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<imag
     fd->set_file_id(e.file_id);
     fd->set_cloexec((e.in.info.flags & O_CLOEXEC) != 0);
   }
+  *contents = std::move(ctx.content_sources);
   return Ok();
 }
 

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "kinds/context.h"
 #include "process.pb.h"
 #include "sys/result.h"
 
@@ -15,6 +16,9 @@ struct TreeFdsInput {
   image::Process* proc;  // its fds are appended here
 };
 
-Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files);
+// Also lists, once per object, where to read the contents of the
+// shared-memory objects found through fds (kinds/shmem.h).
+Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files,
+                        std::vector<kinds::ContentSource>* contents);
 
 }  // namespace stasis::checkpoint

@@ -87,8 +87,18 @@ struct FdIndexEntry {
   uint32_t flags;
 };
 
+// Where the dump reads an object's contents from, once per object.
+struct ContentSource {
+  uint64_t file_id;   // the File whose id owns the content records
+  uint64_t dev, ino;  // the object
+  std::string path;   // /proc/PID/fd/N or /proc/PID/map_files/<range>
+  uint64_t size;
+};
+
 struct DumpContext {
   std::vector<FdIndexEntry> fd_index;
+  // Shared-memory objects found through fds so far (shmem.h).
+  std::vector<ContentSource> content_sources;
   // File id of each fd of the task being dumped, assigned before any kind
   // dumps, so a kind can refer to other files (epoll targets).
   std::map<int, uint64_t> file_of_fd;
@@ -109,6 +119,12 @@ struct RestoreContext {
   // Files restored so far: image file id -> fd in the restorer. Kinds that
   // restore after the others (FdKind::restore_last) find their targets here.
   std::map<uint64_t, int> local_fds;
+  // Shared-memory objects created so far, by (dev, ino) at dump time: the
+  // file id of their first File.
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> shmem_objects;
+  // Descriptions the restorer keeps until the end (an object's read-write
+  // handle when the task only had a read-only one).
+  std::vector<sys::UniqueFd> keep_alive;
 };
 
 // Describes an fd for error messages: "pid 42 fd 7 (pipe:[1234])".

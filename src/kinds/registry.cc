@@ -12,23 +12,13 @@
 
 namespace stasis::kinds {
 
-namespace {
-
-// Shared-memory objects are found through mappings, not fds (shmem.h):
-// this entry only restores them.
-bool NeverAnFd(const FdDumpInput&) { return false; }
-Status NotFromAnFd(DumpContext&, const FdDumpInput& in, image::File*) {
-  return Error::Invalid(DescribeFd(in.pid, in.fd, in.link) + ": shmem objects are not fds");
-}
-
-}  // namespace
-
 const std::vector<FdKind>& FdKinds() {
   static const std::vector<FdKind> kinds = {
+      // Before regular_file: an unlinked tmpfs file is a shared-memory object.
+      {shmem::kName, shmem::Matches, shmem::Dump, shmem::Restore},
       {regular_file::kName, regular_file::Matches, regular_file::Dump, regular_file::Restore},
       {chardev::kName, chardev::Matches, chardev::Dump, chardev::Restore},
       {pipe::kName, pipe::Matches, pipe::Dump, pipe::Restore},
-      {shmem::kName, NeverAnFd, NotFromAnFd, shmem::Restore},
       {eventfd::kName, eventfd::Matches, eventfd::Dump, eventfd::Restore},
       {epoll::kName, epoll::Matches, epoll::Dump, epoll::Restore, /*restore_last=*/true},
   };

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -22,14 +23,6 @@ constexpr uint64_t kChunk = 4 << 20;
 
 std::string MapFilesPath(pid_t pid, uint64_t start, uint64_t end) {
   return fmt::format("/proc/{}/map_files/{:x}-{:x}", pid, start, end);
-}
-
-image::ShmemState::Origin OriginOf(const std::string& path) {
-  if (path == "/dev/zero (deleted)" || path.starts_with("[anon_shmem:")) {
-    return image::ShmemState::ANON;
-  }
-  if (path.starts_with("/memfd:")) return image::ShmemState::MEMFD;
-  return image::ShmemState::TMPFS_DELETED;
 }
 
 bool IsZero(const uint8_t* p) {
@@ -91,13 +84,27 @@ Result<sys::UniqueFd> CreateDeletedTmpfsFile(const std::string& maps_path) {
   return fd;
 }
 
-Result<sys::UniqueFd> CreateMemfd(const std::string& maps_path) {
+Result<sys::UniqueFd> CreateMemfd(const std::string& maps_path, bool allow_sealing) {
   // "/memfd:NAME (deleted)" -> NAME
   std::string name = maps_path.substr(7);
   if (name.ends_with(kDeleted)) name.resize(name.size() - kDeleted.size());
-  sys::UniqueFd fd(memfd_create(name.c_str(), MFD_CLOEXEC));
+  sys::UniqueFd fd(memfd_create(name.c_str(), MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0)));
   if (!fd.valid()) return Error::Errno("memfd_create " + name);
   return fd;
+}
+
+using ShmemOrigin = image::ShmemState::Origin;
+
+}  // namespace
+
+namespace {
+
+ShmemOrigin OriginOf(const std::string& path) {
+  if (path == "/dev/zero (deleted)" || path.starts_with("[anon_shmem:")) {
+    return image::ShmemState::ANON;
+  }
+  if (path.starts_with("/memfd:")) return image::ShmemState::MEMFD;
+  return image::ShmemState::TMPFS_DELETED;
 }
 
 }  // namespace
@@ -108,47 +115,89 @@ bool IsShmemPath(const std::string& path) {
          path.starts_with("/memfd:") || path.ends_with(kDeleted);
 }
 
+bool Matches(const FdDumpInput& in) {
+  if (!S_ISREG(in.st.st_mode) || in.st.st_nlink != 0) return false;
+  struct statfs fs;
+  return fstatfs(in.local.get(), &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+}
+
+Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
+  image::ShmemState state;
+  state.set_origin(OriginOf(in.link));
+  state.set_size(static_cast<uint64_t>(in.st.st_size));
+  state.set_name(in.link);
+  state.set_dev(in.st.st_dev);
+  state.set_ino(in.st.st_ino);
+  state.set_is_fd(true);
+  state.set_flags(in.info.flags & ~O_CLOEXEC);
+  state.set_pos(in.info.pos);
+  if (state.origin() == image::ShmemState::MEMFD) {
+    int seals = fcntl(in.local.get(), F_GET_SEALS);
+    if (seals < 0) return Error::Errno(DescribeFd(in.pid, in.fd, in.link) + ": F_GET_SEALS");
+    if (seals & ~F_SEAL_SEAL) {
+      return Error::Unsupported(DescribeFd(in.pid, in.fd, in.link) +
+                                fmt::format(": memfd seals {:#x} are not supported yet", seals));
+    }
+    state.set_allow_sealing(!(seals & F_SEAL_SEAL));
+  }
+  file->mutable_state()->PackFrom(state);
+  bool known = false;
+  for (const ContentSource& c : ctx.content_sources) {
+    known = known || (c.dev == in.st.st_dev && c.ino == in.st.st_ino);
+  }
+  if (!known) {
+    ctx.content_sources.push_back({file->id(), in.st.st_dev, in.st.st_ino,
+                                   fmt::format("/proc/{}/fd/{}", in.pid, in.fd),
+                                   static_cast<uint64_t>(in.st.st_size)});
+  }
+  return Ok();
+}
+
 Status CollectObjects(const std::vector<TaskVmas>& tasks, uint64_t* next_id,
-                      std::vector<image::File>* files, std::vector<ObjectSource>* sources) {
-  std::map<std::pair<uint64_t, uint64_t>, uint64_t> ids;  // (dev, ino) -> file id
+                      std::vector<image::File>* files, std::vector<ContentSource>* sources) {
   for (const TaskVmas& t : tasks) {
     for (image::Vma& vma : *t.proc->mutable_vmas()) {
       if (vma.kind() != image::Vma::SHMEM) continue;
-      uint64_t dev = (uint64_t{vma.file_dev_major()} << 32) | vma.file_dev_minor();
-      auto [it, fresh] = ids.try_emplace({dev, vma.file_ino()}, 0);
-      if (fresh) {
-        it->second = ++*next_id;
+      uint64_t dev = makedev(vma.file_dev_major(), vma.file_dev_minor());
+      const ContentSource* found = nullptr;
+      for (const ContentSource& c : *sources) {
+        if (c.dev == dev && c.ino == vma.file_ino()) found = &c;
+      }
+      if (found == nullptr) {
         image::ShmemState state;
         state.set_origin(OriginOf(vma.name()));
         state.set_size(vma.file_size());
         state.set_name(vma.name());
+        state.set_dev(dev);
+        state.set_ino(vma.file_ino());
         image::File file;
-        file.set_id(it->second);
+        file.set_id(++*next_id);
         file.set_kind(kName);
         file.mutable_state()->PackFrom(state);
         files->push_back(std::move(file));
-        sources->push_back({it->second, t.host_pid, vma.start(), vma.end(), vma.file_size()});
+        sources->push_back({*next_id, dev, vma.file_ino(), MapFilesPath(t.host_pid, vma.start(), vma.end()),
+                            vma.file_size()});
+        found = &sources->back();
       }
-      vma.set_shmem_file_id(it->second);
+      vma.set_shmem_file_id(found->file_id);
     }
   }
   return Ok();
 }
 
-Status WriteContents(const std::vector<ObjectSource>& sources, image::Writer& writer) {
+Status WriteContents(const std::vector<ContentSource>& sources, image::Writer& writer) {
   std::vector<uint8_t> buf(kChunk);
-  for (const ObjectSource& s : sources) {
-    std::string path = MapFilesPath(s.host_pid, s.start, s.end);
-    sys::UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd.valid()) return Error::Errno("open " + path);
+  for (const ContentSource& s : sources) {
+    sys::UniqueFd fd(open(s.path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return Error::Errno("open " + s.path);
     // Only the object's allocated extents hold data; holes read as zeros.
     off_t off = 0;
     while (static_cast<uint64_t>(off) < s.size) {
       off_t data = lseek(fd.get(), off, SEEK_DATA);
       if (data < 0 && errno == ENXIO) break;
-      if (data < 0) return Error::Errno("SEEK_DATA in " + path);
+      if (data < 0) return Error::Errno("SEEK_DATA in " + s.path);
       off_t hole = lseek(fd.get(), data, SEEK_HOLE);
-      if (hole < 0) return Error::Errno("SEEK_HOLE in " + path);
+      if (hole < 0) return Error::Errno("SEEK_HOLE in " + s.path);
       uint64_t begin = static_cast<uint64_t>(data) & ~(kPage - 1);
       uint64_t end = std::min<uint64_t>((static_cast<uint64_t>(hole) + kPage - 1) & ~(kPage - 1),
                                         (s.size + kPage - 1) & ~(kPage - 1));
@@ -159,15 +208,15 @@ Status WriteContents(const std::vector<ObjectSource>& sources, image::Writer& wr
   return Ok();
 }
 
-Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
-  image::ShmemState state;
-  if (!file.state().UnpackTo(&state)) return Error::Corrupt("shmem state does not parse");
+namespace {
+
+Result<sys::UniqueFd> CreateObject(const image::ShmemState& state) {
   sys::UniqueFd fd;
   switch (state.origin()) {
     case image::ShmemState::ANON:
       return CreateAnon(state.size());
     case image::ShmemState::MEMFD:
-      fd = STASIS_TRY(CreateMemfd(state.name()));
+      fd = STASIS_TRY(CreateMemfd(state.name(), state.allow_sealing()));
       break;
     default:
       fd = STASIS_TRY(CreateDeletedTmpfsFile(state.name()));
@@ -179,8 +228,43 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   return fd;
 }
 
-Status FillPages(int fd, const image::PageRun& run, uint64_t object_size) {
-  if (run.addr >= object_size) return Error::Corrupt("shared memory pages beyond the object");
+Result<sys::UniqueFd> Reopen(int fd, int flags) {
+  std::string self = fmt::format("/proc/self/fd/{}", fd);
+  sys::UniqueFd out(open(self.c_str(), flags | O_CLOEXEC));
+  if (!out.valid()) return Error::Errno("reopen shared memory object");
+  return out;
+}
+
+}  // namespace
+
+Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
+  image::ShmemState state;
+  if (!file.state().UnpackTo(&state)) return Error::Corrupt("shmem state does not parse");
+  int accmode = state.is_fd() ? static_cast<int>(state.flags() & O_ACCMODE) : O_RDWR;
+  sys::UniqueFd fd;
+  auto known = ctx.shmem_objects.find({state.dev(), state.ino()});
+  if (known != ctx.shmem_objects.end()) {
+    fd = STASIS_TRY(Reopen(ctx.local_fds.at(known->second), accmode));
+  } else {
+    fd = STASIS_TRY(CreateObject(state));
+    ctx.shmem_objects[{state.dev(), state.ino()}] = file.id();
+    if (accmode != O_RDWR) {
+      // Keep the object alive in ctx through a read-write description, so
+      // its contents can still be written; hand out the original mode.
+      sys::UniqueFd same_mode = STASIS_TRY(Reopen(fd.get(), accmode));
+      ctx.keep_alive.push_back(std::move(fd));
+      fd = std::move(same_mode);
+    }
+  }
+  if (state.is_fd()) {
+    constexpr uint32_t kSettable = O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME | O_NONBLOCK;
+    if (fcntl(fd.get(), F_SETFL, state.flags() & kSettable) < 0) return Error::Errno("F_SETFL");
+    if (lseek(fd.get(), static_cast<off_t>(state.pos()), SEEK_SET) < 0) return Error::Errno("lseek");
+  }
+  return fd;
+}
+
+Status FillPages(int fd, const image::PageRun& run, uint64_t object_size) {  if (run.addr >= object_size) return Error::Corrupt("shared memory pages beyond the object");
   // Keep the object's size: its last page may hold only its first bytes.
   uint64_t len = std::min<uint64_t>(uint64_t{run.npages} * kPage, object_size - run.addr);
   size_t done = 0;

@@ -1,15 +1,19 @@
-// Shared-memory objects mapped MAP_SHARED by the tree: shared anonymous
-// memory ("/dev/zero (deleted)"), unlinked tmpfs files (POSIX semaphores
-// "/dev/shm/sem.* (deleted)") and memfds. Each object is one File of kind
-// "shmem", however many processes map it; its contents are carried once, as
-// page records owned by the File (image::kShmemPageOwner).
+// Shared-memory objects: shared anonymous memory ("/dev/zero (deleted)"),
+// unlinked tmpfs files (POSIX semaphores and shm, multiprocessing arenas,
+// tempfile.TemporaryFile in /dev/shm) and memfds, whether the tree holds
+// them as fds, maps them MAP_SHARED, or both. One object has one identity
+// (dev, ino) however many open file descriptions (File records) and
+// mappings refer to it; its contents are carried once, as page records
+// owned by its first File (image::kShmemPageOwner).
 //
-// Dump reads an object through /proc/PID/map_files/<range> (CAP_SYS_ADMIN),
-// skipping holes. Restore recreates it in the restorer — a real shared
-// anonymous mapping, a tmpfs file of the same name unlinked again, or a
-// memfd of the same name — fills it, and the puppets map it.
-// Named tmpfs files that still exist are mapped by path (memory.cc): their
-// contents stay in the file. SysV shm and objects on hugetlbfs are refused.
+// Dump reads contents through /proc/PID/fd/N or /proc/PID/map_files/<range>
+// (CAP_SYS_ADMIN), skipping holes and zero pages. Restore recreates the
+// object in the restorer — a real shared anonymous mapping, a tmpfs file of
+// the same name unlinked again, or a memfd of the same name — and every
+// further description reopens it through /proc/self/fd.
+// Refused: memfds with seals, objects outside tmpfs (deleted files on disk,
+// hugetlbfs), SysV shm. Named tmpfs files that still exist are ordinary
+// files (regular_file.h, memory.h): their contents stay in the file.
 #pragma once
 
 #include <vector>
@@ -21,31 +25,27 @@ namespace stasis::kinds::shmem {
 
 inline constexpr const char* kName = "shmem";
 
-// True for a shared mapping whose object is carried here (by its maps path).
-bool IsShmemPath(const std::string& path);
+// fd side (an FdKind).
+bool Matches(const FdDumpInput& in);
+Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
+Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
 
-// Where to read an object from: one mapping of it.
-struct ObjectSource {
-  uint64_t file_id;
-  pid_t host_pid;
-  uint64_t start, end;
-  uint64_t size;
-};
+// Mapping side: true for a shared mapping whose object is carried here.
+bool IsShmemPath(const std::string& path);
 
 struct TaskVmas {
   pid_t host_pid;
   image::Process* proc;
 };
 
-// One File per object across the tree (ids from *next_id on); sets
-// shmem_file_id on every SHMEM VMA.
+// Gives every SHMEM VMA of the tree its object's File (one found through an
+// fd, or a new mapping-only File with an id from *next_id on), and lists
+// each object's content source once in *sources.
 Status CollectObjects(const std::vector<TaskVmas>& tasks, uint64_t* next_id,
-                      std::vector<image::File>* files, std::vector<ObjectSource>* sources);
-Status WriteContents(const std::vector<ObjectSource>& sources, image::Writer& writer);
+                      std::vector<image::File>* files, std::vector<ContentSource>* sources);
+Status WriteContents(const std::vector<ContentSource>& sources, image::Writer& writer);
 
-// FdKind-style restore: a new object, sized, still empty.
-Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
-// Writes one page record of contents into the object.
+// Writes one page record of contents into the object behind fd.
 Status FillPages(int fd, const image::PageRun& run, uint64_t object_size);
 
 }  // namespace stasis::kinds::shmem

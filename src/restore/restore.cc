@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -70,18 +71,26 @@ Result<ImageHead> ReadFiles(Records& records) {
   return head;
 }
 
-// Contents of the shared-memory objects, written into the new objects.
+// Contents of the shared-memory objects, written into the new objects
+// through a read-write description of each (the task's may be read-only).
 Status FillShmem(Records& records, const LocalFiles& files) {
+  std::map<uint64_t, sys::UniqueFd> writable;
   for (;; records.Consume()) {
     image::Record* rec = STASIS_TRY(records.Peek());
     if (rec->type != image::RecordType::kPages) return Ok();
     image::PageRun run = STASIS_TRY(image::ParsePageRun(*rec));
     if (!(run.pid & image::kShmemPageOwner)) return Ok();
-    auto it = files.find(run.pid & ~image::kShmemPageOwner);
+    uint64_t id = run.pid & ~image::kShmemPageOwner;
+    auto it = files.find(id);
     if (it == files.end()) return Error::Corrupt("shared memory pages for an unknown object");
+    sys::UniqueFd& fd = writable[id];
+    if (!fd.valid()) {
+      fd.reset(open(fmt::format("/proc/self/fd/{}", it->second.get()).c_str(), O_RDWR | O_CLOEXEC));
+      if (!fd.valid()) return Error::Errno("reopen shared memory object for writing");
+    }
     struct stat st;
-    if (fstat(it->second.get(), &st) < 0) return Error::Errno("fstat shared memory object");
-    STASIS_TRY(kinds::shmem::FillPages(it->second.get(), run, static_cast<uint64_t>(st.st_size)));
+    if (fstat(fd.get(), &st) < 0) return Error::Errno("fstat shared memory object");
+    STASIS_TRY(kinds::shmem::FillPages(fd.get(), run, static_cast<uint64_t>(st.st_size)));
   }
 }
 

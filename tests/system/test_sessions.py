@@ -305,8 +305,10 @@ def case_freeze(env):
         args += ["--seconds", "3"] if mode == "--seconds" else []
         freezer = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = freezer.stdout.readline()
-        check(first.startswith("frozen " + name), f"freeze said {first!r} {freezer.stderr.read()}")
-        check("frozen 1" in read(info["cgroup"] + "/cgroup.events"), "cgroup.events frozen 1")
+        if not first.startswith("frozen " + name):
+            raise CaseFailure(f"freeze said {first!r} {freezer.stderr.read()}")
+        events = read(info["cgroup"] + "/cgroup.events")
+        check("frozen 1" in events, f"cgroup.events says {events!r} ({mode})")
         state = status_field(info["root_pid"], "State")
         check(state and state[0] == "S", f"a v2-frozen task sleeps (S), got {state}")
         check(advances(0.5) == 0, f"the counter advanced while frozen ({mode})")
@@ -323,10 +325,14 @@ def case_freeze(env):
 def case_env_state_dir(env):
     # STASIS_STATE_DIR instead of --state-dir.
     name = env.name("envdir")
-    r = subprocess.run([env.stasis, "run", "-d", "--name", name, "--", "sleep", "1000"],
-                       env=dict(os.environ, STASIS_STATE_DIR=env.state_dir),
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT)
-    check(r.returncode == 0 and r.stdout.strip() == name, f"run -d: {r.returncode} {r.stderr}")
+    # CMD inherits stdout: a file, not a pipe that would stay open.
+    with open(env.log(name), "w") as out:
+        r = subprocess.run([env.stasis, "run", "-d", "--name", name, "--", "sleep", "1000"],
+                           env=dict(os.environ, STASIS_STATE_DIR=env.state_dir),
+                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                           timeout=TIMEOUT)
+    check(r.returncode == 0 and read(env.log(name)).strip() == name,
+          f"run -d: {r.returncode} {read(env.log(name))}")
     info = env.session(name)
     check(name in env.ps(), "listed from the same directory")
     os.kill(info["init_pid"], signal.SIGTERM)
