@@ -141,9 +141,18 @@ class Case:
         if self.args.interpreter:
             argv = [self.args.interpreter] + argv
         env = dict(os.environ, TMPDIR=self.tmp, STASIS_CASE=self.tmp)
+        creds = {}
+        if self.args.user:
+            # The program runs as that user, as JupyterHub runs a user's server.
+            import pwd
+            pw = pwd.getpwnam(self.args.user)
+            os.chown(self.tmp, pw.pw_uid, pw.pw_gid)
+            creds = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+            env["HOME"] = self.tmp
         with open(self.logpath, "ab") as logf:
             self.proc = subprocess.Popen(argv, cwd=self.tmp, stdin=subprocess.DEVNULL, stdout=logf,
-                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                         **creds)
         log(f"started {' '.join(argv)} as pid {self.proc.pid} in {self.tmp}")
 
     def log_text(self):
@@ -538,6 +547,7 @@ def parse_args(argv):
     p.add_argument("--change-file-size", metavar="RELPATH", help="file (relative to the temp dir) to grow after dump")
     p.add_argument("--inspect", action="store_true", help="check `stasis inspect` prints JSON after the first dump")
     p.add_argument("--no-dump", action="store_true", help="run the program alone (checks the program itself)")
+    p.add_argument("--user", help="run the program as this user (e.g. nobody)")
     p.add_argument("--restore-arg", action="append", default=[], help="extra argument for stasis restore")
     p.add_argument("--timeout", type=float, default=60.0)
     a = p.parse_args(argv)
