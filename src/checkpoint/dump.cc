@@ -78,8 +78,8 @@ Status WriteImage(TreeImage& tree, const image::Manifest& manifest, image::Write
   for (size_t i = 0; i < tree.tasks.size(); ++i) {
     const CollectedTask& task = tree.tasks[i];
     if (task.proc.zombie()) continue;
-    STASIS_TRY(kinds::memory::WritePages(tree.host_pids[i], task.proc.pid(), task.pages, writer,
-                                         &pages));
+    STASIS_TRY(
+        kinds::memory::WritePages(tree.host_pids[i], task.proc.pid(), task.pages, writer, &pages));
   }
   image::Trailer trailer;
   trailer.set_records(writer.records());
@@ -97,7 +97,9 @@ Status WriteImage(TreeImage& tree, const image::Manifest& manifest, image::Write
 Status SetIds(pid_t host_pid, image::Process* proc) {
   std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/status", host_pid)));
   sys::proc::ProcStatus st = STASIS_TRY(sys::proc::ParseStatus(text));
-  auto last = [host_pid](const std::vector<int>& v, int host) { return v.empty() ? host : v.back(); };
+  auto last = [host_pid](const std::vector<int>& v, int host) {
+    return v.empty() ? host : v.back();
+  };
   proc->set_pid(last(st.ns_pid, host_pid));
   proc->set_pgid(last(st.ns_pgid, 0));
   proc->set_sid(last(st.ns_sid, 0));
@@ -111,23 +113,52 @@ Result<CollectedTask> CollectZombie(pid_t host_pid) {
   return task;
 }
 
+// Depth-first preorder: the order restore builds the tree in (a child is
+// forked from its parent in the middle of the parent's restore).
+std::vector<TreeTask*> DepthFirst(std::vector<TreeTask>& frozen) {
+  std::vector<TreeTask*> out;
+  std::vector<TreeTask*> stack = {&frozen[0]};
+  while (!stack.empty()) {
+    TreeTask* t = stack.back();
+    stack.pop_back();
+    out.push_back(t);
+    for (auto it = frozen.rbegin(); it != frozen.rend(); ++it) {
+      if (it->parent_host_pid == t->host_pid) stack.push_back(&*it);
+    }
+  }
+  return out;
+}
+
 Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* manifest) {
   TreeImage tree;
   std::map<pid_t, pid_t> own_pid;  // host pid -> pid in the tree's namespace
+  std::map<pid_t, size_t> index;   // host pid -> tree.tasks index
   std::vector<TreeFdsInput> fd_tasks;
-  for (TreeTask& t : frozen) {
-    CollectedTask task = t.zombie ? STASIS_TRY(CollectZombie(t.host_pid))
-                                  : STASIS_TRY(CollectTask(t.host_pid, t.threads, manifest));
+  std::vector<TreeTask*> order = DepthFirst(frozen);
+  tree.tasks.reserve(order.size());
+  for (TreeTask* tp : order) {
+    TreeTask& t = *tp;
+    kinds::memory::ParentView parent_view;
+    const kinds::memory::ParentView* parent = nullptr;
+    auto p = index.find(t.parent_host_pid);
+    if (p != index.end() && !tree.tasks[p->second].proc.zombie()) {
+      parent_view = {t.parent_host_pid, &tree.tasks[p->second].proc};
+      parent = &parent_view;
+    }
+    CollectedTask task = t.zombie
+                             ? STASIS_TRY(CollectZombie(t.host_pid))
+                             : STASIS_TRY(CollectTask(t.host_pid, t.threads, manifest, parent));
     STASIS_TRY(SetIds(t.host_pid, &task.proc));
     std::string stat = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/stat", t.host_pid)));
     task.proc.set_exit_signal(STASIS_TRY(sys::proc::ParseStat(stat)).exit_signal);
     own_pid[t.host_pid] = task.proc.pid();
     task.proc.set_ppid(t.parent_host_pid == 0 ? 0 : own_pid.at(t.parent_host_pid));
+    index[t.host_pid] = tree.tasks.size();
     tree.tasks.push_back(std::move(task));
     tree.host_pids.push_back(t.host_pid);
   }
-  for (size_t i = 0; i < frozen.size(); ++i) {
-    if (!frozen[i].zombie) fd_tasks.push_back({frozen[i].host_pid, &tree.tasks[i].proc});
+  for (size_t i = 0; i < order.size(); ++i) {
+    if (!order[i]->zombie) fd_tasks.push_back({order[i]->host_pid, &tree.tasks[i].proc});
   }
   STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem));
   std::vector<kinds::shmem::TaskVmas> vma_tasks;

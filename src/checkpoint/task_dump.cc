@@ -74,12 +74,12 @@ Result<pid_t> OwnTid(pid_t pid, pid_t host_tid, const sys::proc::ProcStatus** le
   if (*leader != nullptr) {
     const sys::proc::ProcStatus& l = **leader;
     bool same = std::equal(l.uid, l.uid + 4, out->uid) && std::equal(l.gid, l.gid + 4, out->gid) &&
-                l.groups == out->groups && l.cap_eff == out->cap_eff &&
-                l.cap_prm == out->cap_prm && l.cap_inh == out->cap_inh;
+                l.groups == out->groups && l.cap_eff == out->cap_eff && l.cap_prm == out->cap_prm &&
+                l.cap_inh == out->cap_inh;
     if (!same) {
-      return Error::Unsupported(fmt::format(
-          "pid {} thread {}: threads with different credentials are not supported yet", pid,
-          host_tid));
+      return Error::Unsupported(
+          fmt::format("pid {} thread {}: threads with different credentials are not supported yet",
+                      pid, host_tid));
     }
   }
   return out->ns_pid.empty() ? host_tid : out->ns_pid.back();
@@ -91,8 +91,8 @@ Status CollectThread(pid_t pid, sys::Tracee& tracee, uint64_t syscall_ip, uint64
   sys::Injector inj = STASIS_TRY(sys::Injector::Create(tracee, syscall_ip));
   kinds::RemoteTask task(pid, inj, scratch, kScratchSize);
   out->set_tid(own_tid);
-  STASIS_TRY(kinds::thread::Dump(tracee, task, inj.saved_regs(), inj.saved_sigmask(),
-                                 tracee.tid(), out));
+  STASIS_TRY(
+      kinds::thread::Dump(tracee, task, inj.saved_regs(), inj.saved_sigmask(), tracee.tid(), out));
   return inj.Finish();
 }
 
@@ -106,13 +106,14 @@ Status CollectInjected(pid_t pid, std::vector<sys::Tracee>& threads,
   kinds::RemoteTask task(pid, inj, scratch.addr(), kScratchSize);
   image::Thread* leader = proc->add_threads();
   leader->set_tid(proc->pid());
-  STASIS_TRY(kinds::thread::Dump(threads[0], task, inj.saved_regs(), inj.saved_sigmask(), pid,
-                                 leader));
+  STASIS_TRY(
+      kinds::thread::Dump(threads[0], task, inj.saved_regs(), inj.saved_sigmask(), pid, leader));
   const sys::proc::ProcStatus* leader_status = &status;
   for (size_t i = 1; i < threads.size(); ++i) {
     sys::proc::ProcStatus thread_status;
     pid_t own = STASIS_TRY(OwnTid(pid, threads[i].tid(), &leader_status, &thread_status));
-    STASIS_TRY(CollectThread(pid, threads[i], syscall_ip, scratch.addr(), own, proc->add_threads()));
+    STASIS_TRY(
+        CollectThread(pid, threads[i], syscall_ip, scratch.addr(), own, proc->add_threads()));
   }
   STASIS_TRY(kinds::signals::Dump(task, threads[0], proc));
   STASIS_TRY(kinds::creds::Dump(task, status, proc->mutable_creds()));
@@ -174,7 +175,8 @@ Result<std::vector<sys::Tracee>> SeizeThreads(pid_t pid) {
 }
 
 Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
-                                  image::Manifest* manifest) {
+                                  image::Manifest* manifest,
+                                  const kinds::memory::ParentView* parent) {
   CollectedTask out;
   image::Process& proc = out.proc;
   sys::proc::ProcStatus status = STASIS_TRY(ReadStatus(pid));
@@ -187,7 +189,7 @@ Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
   STASIS_TRY(kinds::fs_context::Dump(pid, status, &proc));
   STASIS_TRY(kinds::memory::DumpVmas(pid, &proc));
   STASIS_TRY(kinds::vdso::Dump(pid, proc, manifest));
-  out.pages = STASIS_TRY(kinds::memory::PlanPages(pid, &proc));
+  out.pages = STASIS_TRY(kinds::memory::PlanPages(pid, &proc, parent));
   return out;
 }
 

@@ -20,8 +20,11 @@ struct CollectedTask {
 Result<std::vector<sys::Tracee>> SeizeThreads(pid_t pid);
 
 // Every thread must already be seized; they stay stopped.
+// With `parent` (a forked child's parent, already collected), pages still
+// shared copy-on-write with it are left out (kinds/memory.h).
 Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
-                                  image::Manifest* manifest);
+                                  image::Manifest* manifest,
+                                  const kinds::memory::ParentView* parent = nullptr);
 
 // Refuses what cannot be dumped before the task is touched.
 Status PrecheckTask(pid_t pid);

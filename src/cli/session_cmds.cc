@@ -107,9 +107,10 @@ void CleanGone(const std::string& state_dir, const std::vector<SessionInfo>& ses
     if (listed.state != SessionState::kGone) continue;
     if (!lock.ok()) lock = session::StateDirLock::Acquire(state_dir);
     Result<SessionInfo> now = session::FindSession(state_dir, listed.name);
-    Status cleaned = !lock.ok()                            ? Status(lock.error())
-                     : !now.ok() || now->state != SessionState::kGone ? Ok()
-                                                           : CleanupSession(state_dir, *now);
+    Status cleaned = !lock.ok() ? Status(lock.error())
+                     : !now.ok() || now->state != SessionState::kGone
+                         ? Ok()
+                         : CleanupSession(state_dir, *now);
     if (!cleaned.ok()) {
       fmt::print(stderr, "stasis: warning: clean up session {}: {}\n", listed.name,
                  cleaned.error().ToString());
@@ -177,8 +178,7 @@ SessionCommands::SessionCommands(CLI::App& app) {
   run_cmd_->add_option("-n,--name", name_, "Session name (default: s-<host PID of its init>)");
   run_cmd_->add_option("--state-dir", state_dir_, kStateDirHelp);
   run_cmd_->add_flag("-d,--detach", detach_, "Print the session name and return at once");
-  run_cmd_->add_option("command", command_, "The command and its arguments, after --")
-      ->required();
+  run_cmd_->add_option("command", command_, "The command and its arguments, after --")->required();
   run_cmd_->footer(
       "CMD runs as PID 2 under a small stasis init (PID 1) that reaps every process, passes\n"
       "SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to CMD, and when CMD exits kills\n"
@@ -198,9 +198,11 @@ SessionCommands::SessionCommands(CLI::App& app) {
       "then what it left (cgroup, state file) is removed.\n");
 
   freeze_cmd_ = app.add_subcommand(
-      "freeze", "Freeze a session (cgroup v2 freezer), then thaw it after --seconds or on a signal");
+      "freeze",
+      "Freeze a session (cgroup v2 freezer), then thaw it after --seconds or on a signal");
   freeze_cmd_->add_option("name", name_, "Session name")->required();
-  freeze_cmd_->add_option("--seconds", seconds_, "Thaw after this long (default: wait for a signal)")
+  freeze_cmd_
+      ->add_option("--seconds", seconds_, "Thaw after this long (default: wait for a signal)")
       ->check(CLI::NonNegativeNumber);
   freeze_cmd_->add_option("--state-dir", state_dir_, kStateDirHelp);
 }

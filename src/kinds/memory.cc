@@ -2,10 +2,10 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
-#include <linux/magic.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/vfs.h>
@@ -57,12 +57,15 @@ Result<Vma::Kind> KindOf(pid_t pid, const sys::proc::SmapsEntry& entry) {
   if (m.shared && shmem::IsShmemPath(m.path)) return Vma::SHMEM;
   bool anon_name = m.path.starts_with("[anon:");
   if (m.inode == 0 && (m.path.empty() || m.path == "[heap]" || m.path == "[stack]" || anon_name)) {
-    if (m.shared) return Error::Unsupported(what + ": this shared anonymous memory is not supported");
+    if (m.shared)
+      return Error::Unsupported(what + ": this shared anonymous memory is not supported");
     return Vma::ANON;
   }
-  if (m.path.starts_with("/SYSV")) return Error::Unsupported(what + ": SysV shared memory is not supported yet");
+  if (m.path.starts_with("/SYSV"))
+    return Error::Unsupported(what + ": SysV shared memory is not supported yet");
   if (m.path.ends_with(" (deleted)") || m.path.starts_with("/memfd:")) {
-    return Error::Unsupported(what + ": private mapping of a deleted file or memfd is not supported yet");
+    return Error::Unsupported(what +
+                              ": private mapping of a deleted file or memfd is not supported yet");
   }
   if (m.path.starts_with("/") && m.inode != 0) return Vma::FILE;
   return Error::Unsupported(what + ": this kind of mapping is not supported");
@@ -167,6 +170,20 @@ Status SetAnonName(RemoteTask& task, const Vma& vma) {
   return Ok();
 }
 
+// A VMA the task got from its restored parent at fork, with the pages it
+// still shared: drop the pages it had dropped, and let its own be written.
+Status PrepareInherited(RemoteTask& task, const Vma& vma) {
+  for (int i = 0; i + 1 < vma.zap_size(); i += 2) {
+    STASIS_TRY(task.Call("madvise(DONTNEED)", SYS_madvise, vma.zap(i), vma.zap(i + 1) - vma.zap(i),
+                         MADV_DONTNEED));
+  }
+  if (vma.has_pages()) {
+    STASIS_TRY(task.Call("mprotect", SYS_mprotect, vma.start(), vma.end() - vma.start(),
+                         RestoreProt(vma)));
+  }
+  return Ok();
+}
+
 }  // namespace
 
 bool IsVdsoBlock(const Vma& vma) {
@@ -208,6 +225,10 @@ Status MapVmas(RemoteTask& task, const image::Process& proc, const LocalFdLookup
   RemoteFiles files(task);
   for (const Vma& vma : proc.vmas()) {
     if (IsVdsoBlock(vma) || vma.kind() == Vma::VSYSCALL) continue;
+    if (vma.inherited()) {
+      STASIS_TRY(PrepareInherited(task, vma));
+      continue;
+    }
     uint64_t len = vma.end() - vma.start();
     int flags = MAP_FIXED | (vma.shared() ? MAP_SHARED : MAP_PRIVATE) | ExtraMapFlags(vma);
     int fd = -1;
@@ -232,7 +253,8 @@ Status FinishVmas(RemoteTask& task, const image::Process& proc) {
   for (const Vma& vma : proc.vmas()) {
     if (IsVdsoBlock(vma) || vma.kind() == Vma::VSYSCALL) continue;
     uint64_t len = vma.end() - vma.start();
-    if (RestoreProt(vma) != vma.prot()) {
+    // An inherited VMA has its parent's protection until now.
+    if (RestoreProt(vma) != vma.prot() || vma.inherited()) {
       STASIS_TRY(task.Call("mprotect", SYS_mprotect, vma.start(), len, vma.prot()));
     }
     if (HasFlag(vma, "dc")) STASIS_TRY(Madvise(task, vma, MADV_DONTFORK));

@@ -41,7 +41,15 @@ struct PagePlan {
   };
   std::vector<Run> runs;
 };
-Result<PagePlan> PlanPages(pid_t pid, image::Process* proc);
+// A forked child may still share private pages with its parent: with the
+// parent given, pages of a VMA both have (same range, private anonymous,
+// neither DONTFORK nor WIPEONFORK) whose pagemap PFN is the parent's are left
+// out, and the VMA is marked inherited (with what the child dropped to zap).
+struct ParentView {
+  pid_t host_pid;
+  const image::Process* proc;
+};
+Result<PagePlan> PlanPages(pid_t pid, image::Process* proc, const ParentView* parent = nullptr);
 // Reads the planned pages and writes them as page records.
 Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan, image::Writer& writer,
                   PageStats* stats);

@@ -22,9 +22,10 @@ using image::Vma;
 constexpr uint64_t kPage = image::kPageSize;
 constexpr uint64_t kPmPresent = 1ull << 63;
 constexpr uint64_t kPmSwapped = 1ull << 62;
-constexpr uint64_t kPmFile = 1ull << 61;   // file page or shared anon
-constexpr uint64_t kPagemapBatch = 65536;  // entries per pread: 256 MiB of address space
-constexpr uint64_t kChunkPages = 1024;     // 4 MiB per read and per page record
+constexpr uint64_t kPmFile = 1ull << 61;           // file page or shared anon
+constexpr uint64_t kPmPfnMask = (1ull << 55) - 1;  // PFN, visible with CAP_SYS_ADMIN
+constexpr uint64_t kPagemapBatch = 65536;          // entries per pread: 256 MiB of address space
+constexpr uint64_t kChunkPages = 1024;             // 4 MiB per read and per page record
 
 bool CarriesPages(const Vma& vma) {
   return !vma.shared() && (vma.kind() == Vma::ANON || vma.kind() == Vma::FILE);
@@ -68,6 +69,81 @@ Result<uint64_t> PlanVma(int pagemap, Vma* vma, PagePlan* plan) {
       ++wanted;
     }
   }
+  return wanted;
+}
+
+Result<sys::UniqueFd> OpenPagemap(pid_t pid) {
+  std::string path = fmt::format("/proc/{}/pagemap", pid);
+  sys::UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return Error::Errno("open " + path);
+  return fd;
+}
+
+bool ForkCopies(const Vma& vma) {
+  auto has = [&vma](const char* f) {
+    return std::find(vma.vm_flags().begin(), vma.vm_flags().end(), f) != vma.vm_flags().end();
+  };
+  return vma.kind() == Vma::ANON && !vma.shared() && !has("dc") && !has("wf");
+}
+
+// The parent's VMA a child's VMA may have been copied from at fork.
+const Vma* SharableParentVma(const image::Process& parent, const Vma& mine) {
+  if (!ForkCopies(mine)) return nullptr;
+  for (const Vma& v : parent.vmas()) {
+    if (v.start() == mine.start() && v.end() == mine.end() && ForkCopies(v)) return &v;
+  }
+  return nullptr;
+}
+
+Status ReadPagemap(int fd, uint64_t first_page, uint64_t count, uint64_t* out) {
+  off_t off = static_cast<off_t>(first_page * sizeof(uint64_t));
+  ssize_t n = pread(fd, out, count * sizeof(uint64_t), off);
+  if (n != static_cast<ssize_t>(count * sizeof(uint64_t))) return Error::Errno("read pagemap");
+  return Ok();
+}
+
+void AddPage(PagePlan* plan, const Vma& vma, uint64_t addr, bool first_of_vma) {
+  PagePlan::Run* last = plan->runs.empty() ? nullptr : &plan->runs.back();
+  if (last && !first_of_vma && last->addr + last->npages * kPage == addr) {
+    ++last->npages;
+  } else {
+    plan->runs.push_back({addr, 1, vma.kind() == Vma::ANON, (vma.prot() & PROT_READ) != 0});
+  }
+}
+
+// Like PlanVma, for a VMA the child shares with its parent: only pages that
+// differ from the parent's are carried; pages the child no longer has while
+// the parent does are recorded to zap after the restored fork.
+Result<uint64_t> PlanInheritedVma(int mine, int parents, Vma* vma, PagePlan* plan) {
+  uint64_t npages = (vma->end() - vma->start()) / kPage;
+  std::vector<uint64_t> c(std::min(npages, kPagemapBatch)), p(c.size());
+  uint64_t wanted = 0;
+  uint64_t zap_start = 0;
+  bool zapping = false;
+  for (uint64_t first = 0; first < npages; first += c.size()) {
+    uint64_t count = std::min<uint64_t>(c.size(), npages - first);
+    STASIS_TRY(ReadPagemap(mine, vma->start() / kPage + first, count, c.data()));
+    STASIS_TRY(ReadPagemap(parents, vma->start() / kPage + first, count, p.data()));
+    for (uint64_t i = 0; i < count; ++i) {
+      uint64_t addr = vma->start() + (first + i) * kPage;
+      bool c_has = c[i] & (kPmPresent | kPmSwapped), p_has = p[i] & (kPmPresent | kPmSwapped);
+      bool shared =
+          (c[i] & kPmPresent) && (p[i] & kPmPresent) && (c[i] & kPmPfnMask) == (p[i] & kPmPfnMask);
+      bool zap = !c_has && p_has;
+      if (zap && !zapping) zap_start = addr;
+      if (!zap && zapping) {
+        vma->add_zap(zap_start);
+        vma->add_zap(addr);
+      }
+      zapping = zap;
+      if (c_has && !shared) AddPage(plan, *vma, addr, wanted++ == 0);
+    }
+  }
+  if (zapping) {
+    vma->add_zap(zap_start);
+    vma->add_zap(vma->end());
+  }
+  vma->set_inherited(true);
   return wanted;
 }
 
@@ -208,14 +284,17 @@ const Vma* FindVma(const image::Process& proc, uint64_t addr) {
 
 }  // namespace
 
-Result<PagePlan> PlanPages(pid_t pid, image::Process* proc) {
-  std::string path = fmt::format("/proc/{}/pagemap", pid);
-  sys::UniqueFd pagemap(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!pagemap.valid()) return Error::Errno("open " + path);
+Result<PagePlan> PlanPages(pid_t pid, image::Process* proc, const ParentView* parent) {
+  sys::UniqueFd pagemap = STASIS_TRY(OpenPagemap(pid));
+  sys::UniqueFd parent_pagemap;
+  if (parent != nullptr) parent_pagemap = STASIS_TRY(OpenPagemap(parent->host_pid));
   PagePlan plan;
   for (Vma& vma : *proc->mutable_vmas()) {
     if (!CarriesPages(vma)) continue;
-    uint64_t wanted = STASIS_TRY(PlanVma(pagemap.get(), &vma, &plan));
+    const Vma* theirs = parent ? SharableParentVma(*parent->proc, vma) : nullptr;
+    uint64_t wanted =
+        theirs ? STASIS_TRY(PlanInheritedVma(pagemap.get(), parent_pagemap.get(), &vma, &plan))
+               : STASIS_TRY(PlanVma(pagemap.get(), &vma, &plan));
     vma.set_has_pages(wanted > 0);
   }
   return plan;

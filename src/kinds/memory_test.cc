@@ -32,7 +32,8 @@ TEST(MemoryClassify, Kinds) {
   EXPECT_EQ(file.kind(), image::Vma::FILE);
   EXPECT_EQ(file.prot(), static_cast<uint32_t>(PROT_READ | PROT_WRITE));
   EXPECT_EQ(file.file_ino(), 1234u);
-  EXPECT_EQ(ClassifyVma(1, Entry("/dev/zero (deleted)", true, 7)).value().kind(), image::Vma::SHMEM);
+  EXPECT_EQ(ClassifyVma(1, Entry("/dev/zero (deleted)", true, 7)).value().kind(),
+            image::Vma::SHMEM);
   EXPECT_EQ(ClassifyVma(1, Entry("/dev/shm/sem.x (deleted)", true, 7)).value().kind(),
             image::Vma::SHMEM);
   EXPECT_EQ(ClassifyVma(1, Entry("/memfd:x (deleted)", true, 7)).value().kind(), image::Vma::SHMEM);

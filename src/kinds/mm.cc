@@ -49,6 +49,8 @@ Status Restore(RemoteTask& task, const image::Process& proc) {
   sys::UniqueFd exe(open(mm.exe().c_str(), O_RDONLY | O_CLOEXEC));
   if (!exe.valid()) return Error::Errno("open executable " + mm.exe());
   uint64_t auxv = STASIS_TRY(task.Put(mm.auxv().data(), mm.auxv().size(), 1024));
+  Result<std::string> current = sys::proc::ReadLink(fmt::format("/proc/{}/exe", task.pid()));
+  bool same_exe = current.ok() && current.value() == mm.exe();
   return task.WithPulledFd(exe.get(), [&](int exe_fd) -> Status {
     sys::abi::PrctlMmMap map = {};
     map.start_code = mm.start_code();
@@ -64,7 +66,9 @@ Status Restore(RemoteTask& task, const image::Process& proc) {
     map.env_end = mm.env_end();
     map.auxv = auxv;
     map.auxv_size = static_cast<uint32_t>(mm.auxv().size());
-    map.exe_fd = static_cast<uint32_t>(exe_fd);
+    // The kernel refuses a new exe while the old one is still mapped; a
+    // forked child already has its parent's, normally the same file.
+    map.exe_fd = same_exe ? ~0u : static_cast<uint32_t>(exe_fd);
     uint64_t addr = STASIS_TRY(task.Put(&map, sizeof(map)));
     STASIS_TRY_CTX(task.Call("prctl(PR_SET_MM_MAP)", SYS_prctl, sys::abi::kPrSetMm,
                              sys::abi::kPrSetMmMap, addr, sizeof(map), 0),

@@ -4,8 +4,8 @@
 #include <fmt/format.h>
 #include <linux/magic.h>
 #include <sys/mman.h>
-#include <sys/sysmacros.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -61,7 +61,8 @@ Result<sys::UniqueFd> CreateAnon(uint64_t size) {
   // A shared anonymous mapping made here is the same kind of object the
   // task had; map_files gives a file for it, which outlives the mapping.
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return Error::Errno(fmt::format("shared anonymous memory of {} bytes", size));
+  if (p == MAP_FAILED)
+    return Error::Errno(fmt::format("shared anonymous memory of {} bytes", size));
   uint64_t start = reinterpret_cast<uint64_t>(p);
   sys::UniqueFd fd(open(MapFilesPath(getpid(), start, start + size).c_str(), O_RDWR | O_CLOEXEC));
   int saved = errno;
@@ -88,7 +89,8 @@ Result<sys::UniqueFd> CreateMemfd(const std::string& maps_path, bool allow_seali
   // "/memfd:NAME (deleted)" -> NAME
   std::string name = maps_path.substr(7);
   if (name.ends_with(kDeleted)) name.resize(name.size() - kDeleted.size());
-  sys::UniqueFd fd(memfd_create(name.c_str(), MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0)));
+  sys::UniqueFd fd(
+      memfd_create(name.c_str(), MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0)));
   if (!fd.valid()) return Error::Errno("memfd_create " + name);
   return fd;
 }
@@ -175,8 +177,8 @@ Status CollectObjects(const std::vector<TaskVmas>& tasks, uint64_t* next_id,
         file.set_kind(kName);
         file.mutable_state()->PackFrom(state);
         files->push_back(std::move(file));
-        sources->push_back({*next_id, dev, vma.file_ino(), MapFilesPath(t.host_pid, vma.start(), vma.end()),
-                            vma.file_size()});
+        sources->push_back({*next_id, dev, vma.file_ino(),
+                            MapFilesPath(t.host_pid, vma.start(), vma.end()), vma.file_size()});
         found = &sources->back();
       }
       vma.set_shmem_file_id(found->file_id);
@@ -259,12 +261,14 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   if (state.is_fd()) {
     constexpr uint32_t kSettable = O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME | O_NONBLOCK;
     if (fcntl(fd.get(), F_SETFL, state.flags() & kSettable) < 0) return Error::Errno("F_SETFL");
-    if (lseek(fd.get(), static_cast<off_t>(state.pos()), SEEK_SET) < 0) return Error::Errno("lseek");
+    if (lseek(fd.get(), static_cast<off_t>(state.pos()), SEEK_SET) < 0)
+      return Error::Errno("lseek");
   }
   return fd;
 }
 
-Status FillPages(int fd, const image::PageRun& run, uint64_t object_size) {  if (run.addr >= object_size) return Error::Corrupt("shared memory pages beyond the object");
+Status FillPages(int fd, const image::PageRun& run, uint64_t object_size) {
+  if (run.addr >= object_size) return Error::Corrupt("shared memory pages beyond the object");
   // Keep the object's size: its last page may hold only its first bytes.
   uint64_t len = std::min<uint64_t>(uint64_t{run.npages} * kPage, object_size - run.addr);
   size_t done = 0;

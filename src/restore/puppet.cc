@@ -28,33 +28,25 @@ constexpr uint64_t kLowestScratch = 1 << 20;
 constexpr uint64_t kUserTop = 0x7ffffffff000;  // x86_64 TASK_SIZE with 4-level paging
 constexpr uint8_t kSyscallInsn[] = {0x0f, 0x05};
 
-}  // namespace
-
-Result<uint64_t> PuppetSyscallIp(pid_t host_pid) {
-  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/maps", host_pid)));
-  for (const sys::proc::MapsEntry& m : STASIS_TRY(sys::proc::ParseMaps(text))) {
-    if (m.path == "[vdso]") return sys::FindSyscallInsn(host_pid, m.start, m.end);
-  }
-  return Error(ErrorCode::kFailed, fmt::format("puppet {} has no [vdso]", host_pid));
-}
-
-namespace {
+using Range = std::pair<uint64_t, uint64_t>;
 
 // Maps the scratch area in a hole of the image's layout that the puppet's
-// own layout also leaves free.
-Result<uint64_t> MapScratch(sys::Injector& inj, const image::Process& proc) {
+// current layout also leaves free, and puts a `syscall` at its start.
+Result<uint64_t> MapScratch(sys::Injector& inj, pid_t host_pid, const image::Process& proc) {
   uint64_t candidate = kLowestScratch;
-  for (size_t i = 0; i <= static_cast<size_t>(proc.vmas_size()); ++i) {
-    uint64_t limit = i < static_cast<size_t>(proc.vmas_size()) ? proc.vmas(i).start() : kUserTop;
+  for (int i = 0; i <= proc.vmas_size(); ++i) {
+    uint64_t limit = i < proc.vmas_size() ? proc.vmas(i).start() : kUserTop;
     if (candidate + kScratchSize <= limit) {
       long r =
           STASIS_TRY(inj.Raw(SYS_mmap, candidate, kScratchSize, PROT_READ | PROT_WRITE | PROT_EXEC,
                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
-      if (r == static_cast<long>(candidate)) return candidate;
+      if (r == static_cast<long>(candidate)) {
+        STASIS_TRY(sys::WriteMemory(host_pid, candidate, kSyscallInsn, sizeof(kSyscallInsn)));
+        inj.set_syscall_ip(candidate);
+        return candidate;
+      }
     }
-    if (i < static_cast<size_t>(proc.vmas_size())) {
-      candidate = std::max(candidate, proc.vmas(i).end() + 4096);
-    }
+    if (i < proc.vmas_size()) candidate = std::max(candidate, proc.vmas(i).end() + 4096);
   }
   return Error(ErrorCode::kFailed, "no room for the restore scratch area");
 }
@@ -69,11 +61,24 @@ Status UnregisterOwnRseq(const sys::Tracee& tracee, sys::Injector& inj) {
   return Ok();
 }
 
-Status UnmapAllBut(sys::Injector& inj, uint64_t keep) {
-  STASIS_TRY(inj.Call("munmap(below scratch)", SYS_munmap, 0, keep));
-  uint64_t above = keep + kScratchSize;
-  STASIS_TRY(inj.Call("munmap(above scratch)", SYS_munmap, above, kUserTop - above));
+// Unmaps every part of the user address space outside `keep`.
+Status UnmapAllExcept(sys::Injector& inj, std::vector<Range> keep) {
+  std::sort(keep.begin(), keep.end());
+  uint64_t from = 0;
+  for (const Range& r : keep) {
+    if (r.first > from) STASIS_TRY(inj.Call("munmap", SYS_munmap, from, r.first - from));
+    from = std::max(from, r.second);
+  }
+  if (from < kUserTop) STASIS_TRY(inj.Call("munmap", SYS_munmap, from, kUserTop - from));
   return Ok();
+}
+
+std::vector<Range> VdsoBlock(const image::Process& proc) {
+  std::vector<Range> out;
+  for (const image::Vma& v : proc.vmas()) {
+    if (kinds::memory::IsVdsoBlock(v)) out.push_back({v.start(), v.end()});
+  }
+  return out;
 }
 
 Status InstallFds(kinds::RemoteTask& task, const image::Process& proc, const LocalFiles& files) {
@@ -109,11 +114,32 @@ Status RestoreThread(sys::Tracee& tracee, pid_t host_pid, uint64_t scratch,
   return kinds::thread::RestoreRegisters(tracee, thread);
 }
 
+}  // namespace
+
+Result<uint64_t> PuppetSyscallIp(pid_t host_pid) {
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/maps", host_pid)));
+  for (const sys::proc::MapsEntry& m : STASIS_TRY(sys::proc::ParseMaps(text))) {
+    if (m.path == "[vdso]") return sys::FindSyscallInsn(host_pid, m.start, m.end);
+  }
+  return Error(ErrorCode::kFailed, fmt::format("puppet {} has no [vdso]", host_pid));
+}
+
+int FreeFdSlot(const image::Process& proc) {
+  std::vector<int> used;
+  for (const image::Fd& fd : proc.fds()) used.push_back(fd.fd());
+  std::sort(used.begin(), used.end());
+  int slot = 0;
+  for (int fd : used) {
+    if (fd == slot) ++slot;
+    if (fd > slot) break;
+  }
+  return slot;
+}
+
 // The leader makes each other thread with its TID (clone3 set_tid); the
 // kernel attaches it to us (PTRACE_O_TRACECLONE) stopped, before it runs.
 Status CreateThreads(sys::Tracee& leader, kinds::RemoteTask& task, uint64_t scratch,
                      const image::Process& proc, std::vector<sys::Tracee>* threads) {
-  STASIS_TRY(leader.SetOptions(PTRACE_O_EXITKILL | PTRACE_O_TRACECLONE));
   for (int i = 1; i < proc.threads_size(); ++i) {
     const image::Thread& thread = proc.threads(i);
     pid_t tid = thread.tid();
@@ -131,67 +157,122 @@ Status CreateThreads(sys::Tracee& leader, kinds::RemoteTask& task, uint64_t scra
     STASIS_TRY_CTX(RestoreThread(threads->back(), task.pid(), scratch, proc, thread),
                    fmt::format("thread {}", tid));
   }
+  (void)leader;
   return Ok();
 }
 
-}  // namespace
+TaskBuild::TaskBuild(sys::Tracee& leader, pid_t host_pid, const PuppetPlan& plan, sys::Injector inj)
+    : leader_(leader), host_pid_(host_pid), plan_(plan), inj_(std::move(inj)) {}
 
-int FreeFdSlot(const image::Process& proc) {
-  std::vector<int> used;
-  for (const image::Fd& fd : proc.fds()) used.push_back(fd.fd());
-  std::sort(used.begin(), used.end());
-  int slot = 0;
-  for (int fd : used) {
-    if (fd == slot) ++slot;
-    if (fd > slot) break;
-  }
-  return slot;
+TaskBuild::~TaskBuild() = default;
+
+Result<std::unique_ptr<TaskBuild>> TaskBuild::StartFresh(sys::Tracee& leader, pid_t host_pid,
+                                                         const PuppetPlan& plan,
+                                                         const PageFeeder& feed_pages) {
+  sys::Injector inj =
+      STASIS_TRY(sys::Injector::Create(leader, STASIS_TRY(PuppetSyscallIp(host_pid))));
+  STASIS_TRY(UnregisterOwnRseq(leader, inj));
+  std::unique_ptr<TaskBuild> b(new TaskBuild(leader, host_pid, plan, std::move(inj)));
+  // An empty address space but for the scratch page that holds `syscall`.
+  b->scratch_ = STASIS_TRY(MapScratch(b->inj_, host_pid, *plan.proc));
+  STASIS_TRY(UnmapAllExcept(b->inj_, {{b->scratch_, b->scratch_ + kScratchSize}}));
+  STASIS_TRY(b->RestoreMemory(feed_pages, /*vdso_in_place=*/false));
+  return b;
 }
 
-Status BuildTask(sys::Tracee& tracee, pid_t host_pid, const PuppetPlan& plan,
-                 const PageFeeder& feed_pages, std::vector<sys::Tracee>* threads) {
-  const image::Process& proc = *plan.proc;
-  if (proc.threads_size() < 1) return Error::Corrupt("image task without threads");
-  sys::Injector inj = STASIS_TRY(sys::Injector::Create(tracee, STASIS_TRY(PuppetSyscallIp(host_pid))));
-  STASIS_TRY(UnregisterOwnRseq(tracee, inj));
+Result<std::unique_ptr<TaskBuild>> TaskBuild::StartForked(sys::Tracee& leader, pid_t host_pid,
+                                                          const PuppetPlan& plan,
+                                                          const ForkOrigin& origin,
+                                                          const PageFeeder& feed_pages) {
+  // The child is a copy of its parent: run from the parent's scratch page.
+  sys::Injector inj = STASIS_TRY(sys::Injector::Create(leader, origin.parent_scratch));
+  std::unique_ptr<TaskBuild> b(new TaskBuild(leader, host_pid, plan, std::move(inj)));
+  b->scratch_ = STASIS_TRY(MapScratch(b->inj_, host_pid, *plan.proc));
+  // Keep what it shares with its parent copy-on-write, and the vdso block
+  // when it sits where the child's was.
+  std::vector<Range> keep = {{b->scratch_, b->scratch_ + kScratchSize}};
+  for (const image::Vma& v : plan.proc->vmas()) {
+    if (v.inherited()) keep.push_back({v.start(), v.end()});
+  }
+  bool vdso_in_place = VdsoBlock(*plan.proc) == VdsoBlock(*origin.parent);
+  if (vdso_in_place) {
+    for (const Range& r : VdsoBlock(*plan.proc)) keep.push_back(r);
+  }
+  STASIS_TRY(UnmapAllExcept(b->inj_, keep));
+  STASIS_TRY(b->RestoreMemory(feed_pages, vdso_in_place));
+  return b;
+}
 
-  // 1. An empty address space but for a page that holds `syscall`.
-  uint64_t scratch = STASIS_TRY(MapScratch(inj, proc));
-  STASIS_TRY(sys::WriteMemory(host_pid, scratch, kSyscallInsn, sizeof(kSyscallInsn)));
-  inj.set_syscall_ip(scratch);
-  STASIS_TRY(UnmapAllBut(inj, scratch));
-  kinds::RemoteTask task(host_pid, inj, scratch + kScratchArgs, kScratchSize - kScratchArgs);
-  task.set_restorer_pidfd(plan.pidfd_slot);
-
-  // 2. Memory: vdso block, every VMA, pages, then final protections.
-  STASIS_TRY(kinds::vdso::Restore(task, proc));
-  auto local_fd = [&plan](uint64_t id) -> Result<int> {
-    auto it = plan.files->find(id);
-    if (it == plan.files->end()) return Error::Corrupt(fmt::format("no file {} in image", id));
+Status TaskBuild::RestoreMemory(const PageFeeder& feed_pages, bool vdso_in_place) {
+  const image::Process& proc = *plan_.proc;
+  task_ = std::make_unique<kinds::RemoteTask>(host_pid_, inj_, scratch_ + kScratchArgs,
+                                              kScratchSize - kScratchArgs);
+  task_->set_restorer_pidfd(plan_.pidfd_slot);
+  if (!vdso_in_place) STASIS_TRY(kinds::vdso::Restore(*task_, proc));
+  auto local_fd = [this](uint64_t id) -> Result<int> {
+    auto it = plan_.files->find(id);
+    if (it == plan_.files->end()) return Error::Corrupt(fmt::format("no file {} in image", id));
     return it->second.get();
   };
-  STASIS_TRY(kinds::memory::MapVmas(task, proc, local_fd));
+  STASIS_TRY(kinds::memory::MapVmas(*task_, proc, local_fd));
   STASIS_TRY(feed_pages(proc));
-  STASIS_TRY(kinds::memory::FinishVmas(task, proc));
-  STASIS_TRY(kinds::mm::Restore(task, proc));
+  STASIS_TRY(kinds::memory::FinishVmas(*task_, proc));
+  return kinds::mm::Restore(*task_, proc);
+}
 
-  // 3. Files and process attributes, while the puppet is still privileged.
-  STASIS_TRY(InstallFds(task, proc, *plan.files));
-  STASIS_TRY(kinds::fs_context::Restore(task, proc));
-  STASIS_TRY(kinds::limits::Restore(task, proc));
-  STASIS_TRY(kinds::signals::Restore(task, proc));
+Result<pid_t> TaskBuild::ForkChild(int pid, int exit_signal) {
+  uint64_t tid_addr = STASIS_TRY(task_->Put(&pid, sizeof(pid), 2048));
+  sys::abi::CloneArgs args = {};
+  args.exit_signal = static_cast<uint64_t>(exit_signal);
+  args.set_tid = tid_addr;
+  args.set_tid_size = 1;
+  uint64_t args_addr = STASIS_TRY(task_->Put(&args, sizeof(args), 2304));
+  STASIS_TRY_CTX(task_->Call("clone3", sys::abi::kNrClone3, args_addr, sizeof(args)),
+                 fmt::format("fork pid {} from pid {}", pid, plan_.proc->pid()));
+  if (inj_.last_child() <= 0) return Error(ErrorCode::kFailed, "clone3 made no child we saw");
+  return inj_.last_child();
+}
+
+Result<long> TaskBuild::Call(const char* name, long nr, uint64_t a1, uint64_t a2, uint64_t a3,
+                             uint64_t a4) {
+  return inj_.Call(name, nr, a1, a2, a3, a4);
+}
+
+Status TaskBuild::RestoreAttributes(std::vector<sys::Tracee>* threads) {
+  const image::Process& proc = *plan_.proc;
+  STASIS_TRY(InstallFds(*task_, proc, *plan_.files));
+  STASIS_TRY(kinds::fs_context::Restore(*task_, proc));
+  STASIS_TRY(kinds::limits::Restore(*task_, proc));
+  STASIS_TRY(kinds::signals::Restore(*task_, proc));
   // Threads after everything they share is in place, before credentials.
-  STASIS_TRY(CreateThreads(tracee, task, scratch, proc, threads));
-  STASIS_TRY(kinds::thread::Restore(task, proc.pid(), proc.threads(0)));
-  // 4. Credentials last: they may drop what every step above needed.
-  STASIS_TRY(kinds::creds::Restore(task, proc.creds()));
-  STASIS_TRY(task.Call("close(restorer pidfd)", SYS_close, plan.pidfd_slot));
+  STASIS_TRY(CreateThreads(leader_, *task_, scratch_, proc, threads));
+  return kinds::thread::Restore(*task_, proc.pid(), proc.threads(0));
+}
 
-  // 5. Remove the scratch area, running the last call from the real vdso.
-  inj.set_syscall_ip(STASIS_TRY(PuppetSyscallIp(host_pid)));
-  STASIS_TRY(inj.Call("munmap(scratch)", SYS_munmap, scratch, kScratchSize));
-  inj.Abandon();
-  return kinds::thread::RestoreRegisters(tracee, proc.threads(0));
+Status TaskBuild::Finish() {
+  const image::Process& proc = *plan_.proc;
+  STASIS_TRY(kinds::creds::Restore(*task_, proc.creds()));
+  STASIS_TRY(task_->Call("close(restorer pidfd)", SYS_close, plan_.pidfd_slot));
+  // Remove the scratch area, running the last call from the real vdso.
+  inj_.set_syscall_ip(STASIS_TRY(PuppetSyscallIp(host_pid_)));
+  STASIS_TRY(inj_.Call("munmap(scratch)", SYS_munmap, scratch_, kScratchSize));
+  inj_.Abandon();
+  return kinds::thread::RestoreRegisters(leader_, proc.threads(0));
+}
+
+ForkedPuppet::ForkedPuppet(sys::Injector inj, pid_t pid, uint64_t scratch)
+    : inj_(std::move(inj)), task_(pid, inj_, scratch + kScratchArgs, kScratchSize - kScratchArgs) {}
+
+Result<std::unique_ptr<ForkedPuppet>> ForkedPuppet::Enter(sys::Tracee& tracee,
+                                                          const ForkOrigin& origin) {
+  sys::Injector inj = STASIS_TRY(sys::Injector::Create(tracee, origin.parent_scratch));
+  return std::unique_ptr<ForkedPuppet>(
+      new ForkedPuppet(std::move(inj), tracee.tid(), origin.parent_scratch));
+}
+
+Result<long> ForkedPuppet::Call(const char* name, long nr, uint64_t a1, uint64_t a2, uint64_t a3,
+                                uint64_t a4) {
+  return inj_.Call(name, nr, a1, a2, a3, a4);
 }
 
 }  // namespace stasis::restore

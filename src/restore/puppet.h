@@ -1,10 +1,18 @@
-// Turns a seized puppet into the dumped task, step by step, with injected
-// system calls. The order matters and is explained where it is chosen in
-// puppet.cc.
+// Turns a seized puppet into a dumped task, step by step, with injected
+// system calls, in three phases so a tree can be built around them:
+//   1. memory: the address space, pages, final protections, the mm fields;
+//      then the task's children are forked from it (they inherit the pages
+//      they still shared copy-on-write at dump time);
+//   2. attributes: fds, cwd/root/umask, limits, signals, threads;
+//   3. finish: credentials (last: they may drop what every other step
+//      needs), then the final registers. The task stays stopped; detaching
+//      releases it.
 #pragma once
 
 #include <functional>
 #include <map>
+#include <memory>
+#include <optional>
 
 #include "image/stream.h"
 #include "kinds/context.h"
@@ -15,7 +23,7 @@ namespace stasis::restore {
 // The files of the image, created in the restorer, by file id.
 using LocalFiles = std::map<uint64_t, sys::UniqueFd>;
 
-// Feeds the page records to the puppet; returns once the trailer is read.
+// Feeds the task's page records to it; returns at the next task's first.
 using PageFeeder = std::function<Status(const image::Process& proc)>;
 
 struct PuppetPlan {
@@ -25,12 +33,69 @@ struct PuppetPlan {
   int pidfd_slot;  // where the puppet holds the restorer's pidfd
 };
 
-// Builds the task in `leader` (the seized puppet) and creates its other
-// threads, appended to *threads as they are made (so a caller can reap them
-// on failure). On success every thread has its final registers and is still
-// stopped; detaching them releases the task.
-Status BuildTask(sys::Tracee& leader, pid_t host_pid, const PuppetPlan& plan,
-                 const PageFeeder& feed_pages, std::vector<sys::Tracee>* threads);
+// Where a forked child starts from: its parent's image and the parent's
+// scratch page (with a `syscall` in it), inherited at fork.
+struct ForkOrigin {
+  const image::Process* parent;
+  uint64_t parent_scratch;
+};
+
+class TaskBuild {
+ public:
+  // Phase 1 for a pristine puppet (the root).
+  static Result<std::unique_ptr<TaskBuild>> StartFresh(sys::Tracee& leader, pid_t host_pid,
+                                                       const PuppetPlan& plan,
+                                                       const PageFeeder& feed_pages);
+  // Phase 1 for a task forked from a TaskBuild in phase 1 or later.
+  static Result<std::unique_ptr<TaskBuild>> StartForked(sys::Tracee& leader, pid_t host_pid,
+                                                        const PuppetPlan& plan,
+                                                        const ForkOrigin& origin,
+                                                        const PageFeeder& feed_pages);
+  ~TaskBuild();
+
+  // Forks a child with this PID; it stops, auto-attached (PTRACE_O_TRACEFORK).
+  Result<pid_t> ForkChild(int pid, int exit_signal);
+  ForkOrigin origin_for_children() const { return {plan_.proc, scratch_}; }
+  // Runs one system call in the task (setpgid and the like).
+  Result<long> Call(const char* name, long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0,
+                    uint64_t a4 = 0);
+  kinds::RemoteTask& task() { return *task_; }
+
+  // Phase 2. Threads made here are appended to *threads.
+  Status RestoreAttributes(std::vector<sys::Tracee>* threads);
+  // Phase 3.
+  Status Finish();
+
+ private:
+  TaskBuild(sys::Tracee& leader, pid_t host_pid, const PuppetPlan& plan, sys::Injector inj);
+  Status RestoreMemory(const PageFeeder& feed_pages, bool vdso_in_place);
+
+  sys::Tracee& leader_;
+  pid_t host_pid_;
+  PuppetPlan plan_;
+  sys::Injector inj_;
+  uint64_t scratch_ = 0;
+  std::unique_ptr<kinds::RemoteTask> task_;
+  std::vector<sys::Tracee*> thread_tracees_;
+};
+
+// Runs system calls in a puppet forked from a TaskBuild that has no build
+// of its own (a zombie, a group helper): through the inherited scratch page.
+class ForkedPuppet {
+ public:
+  static Result<std::unique_ptr<ForkedPuppet>> Enter(sys::Tracee& tracee, const ForkOrigin& origin);
+  ForkedPuppet(const ForkedPuppet&) = delete;
+  ForkedPuppet& operator=(const ForkedPuppet&) = delete;
+  Result<long> Call(const char* name, long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0,
+                    uint64_t a4 = 0);
+  kinds::RemoteTask& task() { return task_; }
+  sys::Injector& injector() { return inj_; }
+
+ private:
+  ForkedPuppet(sys::Injector inj, pid_t pid, uint64_t scratch);
+  sys::Injector inj_;
+  kinds::RemoteTask task_;
+};
 
 // Address of a `syscall` instruction in the puppet's current [vdso].
 Result<uint64_t> PuppetSyscallIp(pid_t host_pid);
@@ -38,5 +103,9 @@ Result<uint64_t> PuppetSyscallIp(pid_t host_pid);
 // The lowest fd number the image leaves free: where the puppet keeps the
 // restorer's pidfd while it pulls its fds in.
 int FreeFdSlot(const image::Process& proc);
+
+// Installs the per-thread state of a new thread made by clone3 (below).
+Status CreateThreads(sys::Tracee& leader, kinds::RemoteTask& task, uint64_t scratch,
+                     const image::Process& proc, std::vector<sys::Tracee>* threads);
 
 }  // namespace stasis::restore

@@ -1,8 +1,8 @@
 #include "restore/restore.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -153,12 +153,11 @@ Status FeedPages(Records& records, pid_t host_pid, const image::Process& proc, u
 Status ReadTrailer(Records& records, uint64_t pages) {
   image::Record* rec = STASIS_TRY(records.Peek());
   if (rec->type != image::RecordType::kTrailer) {
-    return Error::Corrupt(fmt::format("unexpected {} record (page records of pid {}?) where the "
-                                      "trailer should be",
-                                      image::RecordTypeName(rec->type),
-                                      rec->type == image::RecordType::kPages
-                                          ? STASIS_TRY(image::ParsePageRun(*rec)).pid
-                                          : 0));
+    return Error::Corrupt(fmt::format(
+        "unexpected {} record (page records of pid {}?) where the "
+        "trailer should be",
+        image::RecordTypeName(rec->type),
+        rec->type == image::RecordType::kPages ? STASIS_TRY(image::ParsePageRun(*rec)).pid : 0));
   }
   image::Trailer trailer;
   STASIS_TRY(image::ParseMessage(*rec, &trailer));
@@ -181,10 +180,12 @@ class TreeGuard {
   ~TreeGuard() {
     if (tree_ == nullptr) return;
     for (TreeProcess& t : *tree_) {
-      if (!t.tasks.empty()) kill(t.host_pid, SIGKILL);
+      t.build.reset();  // its Injector would touch the task: stop using it first
+      if (t.leader) kill(t.host_pid, SIGKILL);
     }
     for (TreeProcess& t : *tree_) {
-      for (size_t i = t.tasks.size(); i-- > 0;) Reap(t.tasks[i].tid());
+      for (sys::Tracee& thread : t.threads) Reap(thread.tid());
+      if (t.leader) Reap(t.host_pid);
     }
   }
   void Release() { tree_ = nullptr; }
@@ -195,6 +196,34 @@ class TreeGuard {
     }
   }
   std::vector<TreeProcess>* tree_;
+};
+
+struct TreeRestore {
+  const ImageHead& head;
+  const LocalFiles& files;
+  Records& records;
+  std::vector<TreeProcess>& tree;
+  uint64_t pages = 0;
+
+  // Phase 1 of tree[i], then its children (depth first, the image's order:
+  // they consume their page records in turn), then its phase 2.
+  Status BuildSubtree(size_t i) {
+    TreeProcess& t = tree[i];
+    if (t.proc->zombie()) return Ok();
+    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot};
+    auto feed = [&](const image::Process& proc) {
+      return FeedPages(records, t.host_pid, proc, &pages);
+    };
+    t.build = i == 0
+                  ? STASIS_TRY(TaskBuild::StartFresh(*t.leader, t.host_pid, plan, feed))
+                  : STASIS_TRY(TaskBuild::StartForked(*t.leader, t.host_pid, plan, t.origin, feed));
+    for (const image::Process& c : head.procs) {
+      if (&c == head.procs.data() || c.ppid() != t.proc->pid()) continue;
+      size_t j = STASIS_TRY(ForkInto(tree[i], c, &tree));
+      STASIS_TRY_CTX(BuildSubtree(j), fmt::format("restore pid {}", c.pid()));
+    }
+    return tree[i].build->RestoreAttributes(&tree[i].threads);
+  }
 };
 
 }  // namespace
@@ -216,25 +245,24 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   Spawner spawner = STASIS_TRY(Spawner::Start(options.new_pid_ns));
   std::vector<TreeProcess> tree;
   TreeGuard guard(&tree);
-  STASIS_TRY_CTX(CreateTree(spawner, head.procs, &tree), "restore tree");
+  STASIS_TRY_CTX(CreateRoot(spawner, head.procs, &tree), "restore tree");
   result.host_pid = tree[0].host_pid;
+  TreeRestore builder{head, files, records, tree};
+  STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
+  STASIS_TRY(ReadTrailer(records, builder.pages));
+  result.pages = builder.pages;
+  STASIS_TRY_CTX(MakeGroups(head.procs, &tree), "restore process groups");
+  STASIS_TRY_CTX(EndZombies(&tree), "restore zombies");
   for (TreeProcess& t : tree) {
-    if (t.proc->zombie()) continue;
-    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot};
-    auto feed = [&](const image::Process& proc) {
-      return FeedPages(records, t.host_pid, proc, &result.pages);
-    };
-    std::vector<sys::Tracee> threads;
-    Status built = BuildTask(t.tasks[0], t.host_pid, plan, feed, &threads);
-    for (sys::Tracee& thread : threads) t.tasks.push_back(std::move(thread));
-    STASIS_TRY_CTX(std::move(built), fmt::format("restore pid {}", t.proc->pid()));
+    if (t.build) STASIS_TRY_CTX(t.build->Finish(), fmt::format("restore pid {}", t.proc->pid()));
   }
-  STASIS_TRY(ReadTrailer(records, result.pages));
   // The restorer's references must be gone before the tree runs: a reader
   // waits for EOF until every write end of its pipe is closed.
   files.clear();
   for (TreeProcess& t : tree) {
-    for (sys::Tracee& task : t.tasks) STASIS_TRY(task.Detach());
+    t.build.reset();
+    for (sys::Tracee& thread : t.threads) STASIS_TRY(thread.Detach());
+    if (t.leader) STASIS_TRY(t.leader->Detach());
   }
   guard.Release();
   STASIS_TRY(spawner.Commit(result.pid));

@@ -1,8 +1,9 @@
-// Creates the restored tree's processes before any of them is built, so
-// that parentage, sessions and process groups are real:
+// Builds the restored tree so that parentage, sessions, process groups and
+// copy-on-write sharing are real:
 //  - the root is a puppet from the Spawner; every other process is forked
-//    from its parent puppet with an injected clone3 (set_tid = its PID), so
-//    getppid() and wait() work as before;
+//    from its parent (clone3 with set_tid = its PID) once the parent's
+//    memory is restored, so it inherits the pages it still shared with the
+//    parent at dump time, and getppid() and wait() work as before;
 //  - a session leader calls setsid() right after it is made, before its
 //    children, which then inherit the session;
 //  - process groups are joined with setpgid() once everyone exists; a group
@@ -12,9 +13,11 @@
 // its parent's session (the root may be in a session outside the tree).
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "process.pb.h"
+#include "restore/puppet.h"
 #include "restore/spawn.h"
 #include "sys/tracee.h"
 
@@ -23,16 +26,26 @@ namespace stasis::restore {
 struct TreeProcess {
   const image::Process* proc = nullptr;
   pid_t host_pid = 0;
-  int pidfd_slot = -1;  // where this puppet holds the restorer's pidfd
-  std::vector<sys::Tracee> tasks;  // tasks[0] is the leader; threads appended by BuildTask
+  int pidfd_slot = -1;                  // where it holds the restorer's pidfd
+  std::unique_ptr<sys::Tracee> leader;  // null once a zombie has exited
+  std::vector<sys::Tracee> threads;
+  std::unique_ptr<TaskBuild> build;  // live processes, from phase 1 on
+  ForkOrigin origin = {};            // forked ones: the parent's image and scratch
 };
 
-// Checks the image's tree before anything is created.
+// Checks the image's tree before anything is created: parents before
+// children (depth first), a supported session layout.
 Status ValidateTree(const std::vector<image::Process>& procs);
 
-// Creates every process (zombies already dead) and fills `out` as it goes,
-// so a caller can kill and reap whatever exists if this fails.
-Status CreateTree(Spawner& spawner, const std::vector<image::Process>& procs,
+// Creates the root puppet (out must have room for every process: entries
+// are referred to by address).
+Status CreateRoot(Spawner& spawner, const std::vector<image::Process>& procs,
                   std::vector<TreeProcess>* out);
+// Forks `child` from `parent` (in phase 1 or later) and returns its index.
+Result<size_t> ForkInto(TreeProcess& parent, const image::Process& child,
+                        std::vector<TreeProcess>* out);
+// After every process exists and has its attributes: groups, then zombies.
+Status MakeGroups(const std::vector<image::Process>& procs, std::vector<TreeProcess>* tree);
+Status EndZombies(std::vector<TreeProcess>* tree);
 
 }  // namespace stasis::restore

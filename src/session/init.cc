@@ -173,9 +173,9 @@ sigset_t ForwardedSignals() {
 }
 
 std::string EncodeSessionEnd(const SessionEnd& end) {
-  nlohmann::json j = {{"state_dir", end.state_dir},       {"name", end.name},
-                      {"init_pid", end.init_pid},         {"init_start_time", end.init_start_time},
-                      {"cgroup", end.cgroup},             {"cgroup_mount", end.cgroup_mount}};
+  nlohmann::json j = {{"state_dir", end.state_dir}, {"name", end.name},
+                      {"init_pid", end.init_pid},   {"init_start_time", end.init_start_time},
+                      {"cgroup", end.cgroup},       {"cgroup_mount", end.cgroup_mount}};
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
@@ -212,7 +212,11 @@ void EndSession(const SessionEnd& end) {
     if (fd >= 0) close(fd);
     Result<sys::Cgroup> cgroup = sys::Cgroup::Open(end.cgroup);
     Status removed = cgroup.ok() ? cgroup->Remove() : Ok();
-    if (!removed.ok()) Warn("end of session " + end.name, removed.error());
+    if (!removed.ok()) {
+      // Keep the metadata: the session then shows as gone, and `stasis ps`
+      // removes the cgroup once this init has exited.
+      return Warn("end of session " + end.name, removed.error());
+    }
   }
   Result<StateDirLock> lock = StateDirLock::Acquire(end.state_dir);
   if (!lock.ok()) return Warn("end of session " + end.name, lock.error());

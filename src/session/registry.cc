@@ -48,22 +48,26 @@ Status ClaimSessionName(const std::string& state_dir, const std::string& name) {
     return std::move(existing).error().Context("session name " + name);
   }
   if (existing->state == SessionState::kRunning) {
-    return Error::Invalid(fmt::format("session {} is already running (init pid {})", name,
-                                      existing->init_pid));
+    return Error::Invalid(
+        fmt::format("session {} is already running (init pid {})", name, existing->init_pid));
   }
   return CleanupSession(state_dir, *existing);
 }
 
 Result<sys::Cgroup> ClaimSessionCgroup(const std::string& state_dir, const std::string& name) {
   STASIS_TRY(ClaimSessionName(state_dir, name));
-  sys::Cgroup cgroup = STASIS_TRY(sys::Cgroup::Create(std::string(kCgroupParent) + "/" + name));
+  std::string relative = std::string(kCgroupParent) + "/" + name;
+  sys::Cgroup cgroup = STASIS_TRY(sys::Cgroup::Create(relative));
   std::vector<pid_t> pids = STASIS_TRY(cgroup.Processes());
   if (!pids.empty()) {
-    return Error::Invalid(fmt::format("cgroup {} already holds {} process(es) (pid {}), "
-                                      "not started by a session stasis knows",
-                                      cgroup.path(), pids.size(), pids.front()));
+    return Error::Invalid(
+        fmt::format("cgroup {} already holds {} process(es) (pid {}), "
+                    "not started by a session stasis knows",
+                    cgroup.path(), pids.size(), pids.front()));
   }
-  return cgroup;
+  // An empty leftover may still be frozen or limited: start from a new one.
+  STASIS_TRY(cgroup.Remove());
+  return sys::Cgroup::Create(relative);
 }
 
 Status WriteSessionMetadata(const std::string& state_dir, const SessionInfo& info) {

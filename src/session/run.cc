@@ -74,14 +74,28 @@ class InitHandle {
   sys::UniqueFd control_;
 };
 
+// Blocks signals for its lifetime. Those that arrive after the session
+// ended were meant for it: they are dropped rather than let loose on us.
 class ScopedSigmask {
  public:
-  explicit ScopedSigmask(const sigset_t& block) { sigprocmask(SIG_BLOCK, &block, &old_); }
-  ~ScopedSigmask() { sigprocmask(SIG_SETMASK, &old_, nullptr); }
+  explicit ScopedSigmask(const sigset_t& block) {
+    sigprocmask(SIG_BLOCK, &block, &old_);
+    sigemptyset(&added_);
+    for (int sig = 1; sig < NSIG; ++sig) {
+      if (sigismember(&block, sig) == 1 && sigismember(&old_, sig) == 0) sigaddset(&added_, sig);
+    }
+  }
+  ~ScopedSigmask() {
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&added_, nullptr, &zero) > 0) {
+    }
+    sigprocmask(SIG_SETMASK, &old_, nullptr);
+  }
   const sigset_t& old() const { return old_; }
 
  private:
   sigset_t old_;
+  sigset_t added_;
 };
 
 sigset_t WaitedSignals() {
@@ -111,14 +125,13 @@ Status Launch(InitHandle& init, const std::string& state_dir,
   } else {
     STASIS_TRY(ClaimSessionName(state_dir, info->name));
   }
-  SessionEnd end{state_dir,    info->name, info->init_pid, info->init_start_time,
+  SessionEnd end{state_dir,    info->name,        info->init_pid, info->init_start_time,
                  info->cgroup, mount.value_or("")};
   std::string go = EncodeSessionEnd(end);
   STASIS_TRY_CTX(SendMessage(init.control(), go.data(), go.size()), "session init");
   StartedMessage started;
   sys::UniqueFd pidfd;
-  STASIS_TRY_CTX(ReceiveExactly(init.control(), &started, sizeof(started), &pidfd),
-                 "session init");
+  STASIS_TRY_CTX(ReceiveExactly(init.control(), &started, sizeof(started), &pidfd), "session init");
   *exec_errno = started.exec_errno;
   if (pidfd.valid()) info->root_pid = STASIS_TRY(PidOfPidfd(pidfd.get()));
   if (started.exec_errno == 0) STASIS_TRY(WriteSessionMetadata(state_dir, *info));

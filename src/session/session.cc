@@ -56,8 +56,8 @@ std::string ResolveStateDir(const std::string& flag) {
 
 Status ValidateName(std::string_view name) {
   auto allowed = [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '.' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
   };
   if (name.empty() || name.size() > 64 || name[0] == '.' || name[0] == '-' ||
       !std::all_of(name.begin(), name.end(), allowed)) {

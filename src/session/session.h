@@ -59,8 +59,8 @@ struct SessionInfo {
   std::string cgroup;            // absolute cgroup directory; "" without cgroup2
   std::vector<std::string> command;
   int64_t created_unix = 0;
-  std::string origin = "run";  // "run" or "restore"
-  std::string image;           // image a restored session came from, else ""
+  std::string origin = "run";                   // "run" or "restore"
+  std::string image;                            // image a restored session came from, else ""
   SessionState state = SessionState::kRunning;  // computed, never stored
 };
 
@@ -117,11 +117,11 @@ Status RemoveSessionMetadata(const std::string& state_dir, const SessionInfo& in
 
 // A tree the restorer brought back, to be tracked as session `name` again.
 struct RestoredSession {
-  std::string name;         // usually the dumped session's name
-  pid_t init_pid = 0;       // host PID of the restore's namespace init
-  pid_t root_pid = 0;       // host PID of the restored root task
+  std::string name;                  // usually the dumped session's name
+  pid_t init_pid = 0;                // host PID of the restore's namespace init
+  pid_t root_pid = 0;                // host PID of the restored root task
   std::vector<std::string> command;  // the original command line, for ps
-  std::string image_dir;    // informational
+  std::string image_dir;             // informational
 };
 
 // Registers a restored tree as a session: takes the lock, claims the name

@@ -58,9 +58,9 @@ TEST(SessionNameTest, Validates) {
                                   std::string("A.b_c"), longest}) {
     EXPECT_TRUE(ValidateName(good).ok()) << good;
   }
-  for (const std::string& bad : {std::string(""), std::string(".hidden"), std::string("-flag"),
-                                 std::string("a/b"), std::string(".."), std::string("sp ace"),
-                                 std::string("ü"), too_long}) {
+  for (const std::string& bad :
+       {std::string(""), std::string(".hidden"), std::string("-flag"), std::string("a/b"),
+        std::string(".."), std::string("sp ace"), std::string("ü"), too_long}) {
     EXPECT_FALSE(ValidateName(bad).ok()) << bad;
   }
 }
@@ -115,8 +115,8 @@ TEST(SessionJsonTest, RejectsDamage) {
 }
 
 TEST(SessionInitMessageTest, SessionEndRoundTrips) {
-  SessionEnd end{"/run/stasis/sessions", "s-12", 12, 34, "/sys/fs/cgroup/stasis/s-12",
-                 "/sys/fs/cgroup"};
+  SessionEnd end{"/run/stasis/sessions",       "s-12",          12, 34,
+                 "/sys/fs/cgroup/stasis/s-12", "/sys/fs/cgroup"};
   auto back = DecodeSessionEnd(EncodeSessionEnd(end));
   ASSERT_TRUE(back.ok()) << back.error().ToString();
   EXPECT_EQ(back->state_dir, end.state_dir);
@@ -216,8 +216,8 @@ TEST_F(SessionStoreTest, RegistersARestoredTreeInItsCgroup) {
   // The grandchild closed its copy too, but may not be visible yet: wait.
   for (int i = 0; i < 100 && ProcessTree(init).size() < 2; ++i) usleep(10000);
 
-  RestoredSession restored{"restored-" + std::to_string(getpid()), init, init, {"app", "--x"},
-                           "/images/app"};
+  RestoredSession restored{
+      "restored-" + std::to_string(getpid()), init, init, {"app", "--x"}, "/images/app"};
   auto info = RegisterRestoredSession(dir_, restored);
   ASSERT_TRUE(info.ok()) << info.error().ToString();
   EXPECT_EQ(info->origin, "restore");

@@ -261,9 +261,9 @@ Status Cgroup::KillAll(milliseconds timeout) const {
   Clock::time_point deadline = Clock::now() + timeout;
   while (STASIS_TRY(Populated())) {
     if (Clock::now() >= deadline) {
-      return Error(ErrorCode::kFailed,
-                   fmt::format("cgroup {} still has processes {} ms after SIGKILL", path_,
-                               timeout.count()));
+      return Error(
+          ErrorCode::kFailed,
+          fmt::format("cgroup {} still has processes {} ms after SIGKILL", path_, timeout.count()));
     }
     if (!killed.ok()) {
       for (pid_t pid : STASIS_TRY(Processes())) kill(pid, SIGKILL);

@@ -73,8 +73,8 @@ class Cgroup {
 // a thaw, unless someone else had frozen the cgroup first), on every path.
 class FrozenCgroup {
  public:
-  static Result<FrozenCgroup> Freeze(
-      const Cgroup& cgroup, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  static Result<FrozenCgroup> Freeze(const Cgroup& cgroup,
+                                     std::chrono::milliseconds timeout = std::chrono::seconds(10));
   FrozenCgroup(FrozenCgroup&& other) noexcept;
   FrozenCgroup& operator=(FrozenCgroup&&) = delete;
   FrozenCgroup(const FrozenCgroup&) = delete;
@@ -85,7 +85,8 @@ class FrozenCgroup {
   const std::string& path() const { return path_; }
 
  private:
-  FrozenCgroup(std::string path, bool was_frozen) : path_(std::move(path)), was_frozen_(was_frozen) {}
+  FrozenCgroup(std::string path, bool was_frozen)
+      : path_(std::move(path)), was_frozen_(was_frozen) {}
   std::string path_;  // empty once thawed or moved from
   bool was_frozen_ = false;
 };
