@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -102,15 +103,18 @@ void PrintJson(const std::vector<Row>& rows) {
 // Removes what gone sessions left, re-checking under the lock that each is
 // still gone (a new session may have taken the name since the listing).
 void CleanGone(const std::string& state_dir, const std::vector<SessionInfo>& sessions) {
-  Result<session::StateDirLock> lock{Error::NotFound("")};
+  auto gone = [](const SessionInfo& s) { return s.state == SessionState::kGone; };
+  if (std::none_of(sessions.begin(), sessions.end(), gone)) return;
+  Result<session::StateDirLock> lock = session::StateDirLock::Acquire(state_dir);
+  if (!lock.ok()) {
+    fmt::print(stderr, "stasis: warning: {}\n", lock.error().ToString());
+    return;
+  }
   for (const SessionInfo& listed : sessions) {
-    if (listed.state != SessionState::kGone) continue;
-    if (!lock.ok()) lock = session::StateDirLock::Acquire(state_dir);
+    if (!gone(listed)) continue;
     Result<SessionInfo> now = session::FindSession(state_dir, listed.name);
-    Status cleaned = !lock.ok() ? Status(lock.error())
-                     : !now.ok() || now->state != SessionState::kGone
-                         ? Ok()
-                         : CleanupSession(state_dir, *now);
+    if (!now.ok() || !gone(*now)) continue;
+    Status cleaned = CleanupSession(state_dir, *now);
     if (!cleaned.ok()) {
       fmt::print(stderr, "stasis: warning: clean up session {}: {}\n", listed.name,
                  cleaned.error().ToString());
@@ -178,7 +182,10 @@ SessionCommands::SessionCommands(CLI::App& app) {
   run_cmd_->add_option("-n,--name", name_, "Session name (default: s-<host PID of its init>)");
   run_cmd_->add_option("--state-dir", state_dir_, kStateDirHelp);
   run_cmd_->add_flag("-d,--detach", detach_, "Print the session name and return at once");
-  run_cmd_->add_option("command", command_, "The command and its arguments, after --")->required();
+  run_cmd_
+      ->add_option("command", command_,
+                   "CMD and its arguments; put -- before CMD when any of them starts with -")
+      ->required();
   run_cmd_->footer(
       "CMD runs as PID 2 under a small stasis init (PID 1) that reaps every process, passes\n"
       "SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to CMD, and when CMD exits kills\n"

@@ -61,8 +61,10 @@ std::vector<std::string_view> SplitBlanks(std::string_view line) {
 // Fields: id parent dev root mountpoint opts [optional...] - fstype src super.
 std::string Cgroup2MountPoint(std::string_view line) {
   std::vector<std::string_view> f = SplitBlanks(line);
-  auto dash = std::find(f.begin(), f.end(), "-");
-  if (f.size() < 5 || dash == f.end() || dash + 1 == f.end()) return "";
+  if (f.size() < 9) return "";
+  // The separator comes after the six fixed fields (a mount point may be "-").
+  auto dash = std::find(f.begin() + 6, f.end(), "-");
+  if (dash == f.end() || dash + 1 == f.end()) return "";
   if (*(dash + 1) != "cgroup2") return "";
   return UnescapeMountinfo(f[4]);
 }
@@ -135,7 +137,7 @@ Status ValidateRelative(std::string_view relative) {
 }
 
 // Waits until cgroup.events says "frozen <want>". The kernel signals a
-// change of that file with POLLPRI; the poll is also capped at a few ms so a
+// change of that file with POLLPRI; the poll is also capped at 50 ms so a
 // missed notification only costs a re-read.
 Status WaitFrozen(const std::string& dir, bool want, milliseconds timeout) {
   std::string events = dir + "/cgroup.events";

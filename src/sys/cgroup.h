@@ -32,7 +32,7 @@ Result<std::string> FindCgroup2Mount();
 class Cgroup {
  public:
   // Creates MOUNT/relative (and missing parents), or opens it if it exists,
-  // where MOUNT is FindCgroup2Mount(). Each newly made parent gets the memory
+  // where MOUNT is FindCgroup2Mount(). Each parent on the way gets the memory
   // controller enabled for its children when it offers it (best effort), so
   // memory.current exists in the leaf where the host allows it.
   static Result<Cgroup> Create(std::string_view relative);
