@@ -54,12 +54,50 @@ Result<bool> AddNewChildren(std::vector<TreeTask>& tasks) {
   return added;
 }
 
+Result<sys::proc::ProcStatus> StatusOf(pid_t pid) {
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/status", pid)));
+  return sys::proc::ParseStatus(text);
+}
+
+// A tree in a nested PID namespace is dumped by the PIDs it sees, and
+// restored into a fresh namespace whose init is ours. That is faithful only
+// when its namespace's init was ours too (a restored tree, a stasis run
+// session); inside anyone else's namespace (a container) the init and its
+// role would be lost.
+Status CheckPidNamespace(pid_t root) {
+  std::string own = STASIS_TRY(sys::proc::ReadLink("/proc/self/ns/pid"));
+  std::string ns = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/pid", root)));
+  if (ns == own) return Ok();
+  sys::proc::ProcStatus st = STASIS_TRY(StatusOf(root));
+  if (!st.ns_pid.empty() && st.ns_pid.back() == 1) {
+    return Error::Unsupported(fmt::format(
+        "pid {} is the init of its PID namespace; dump its children (or its session) instead",
+        root));
+  }
+  pid_t p = st.ppid;
+  for (int depth = 0; p > 0 && depth < 4096; ++depth) {
+    sys::proc::ProcStatus ps = STASIS_TRY(StatusOf(p));
+    if (!ps.ns_pid.empty() && ps.ns_pid.back() == 1) {
+      std::string exe = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/exe", p)));
+      std::string self = STASIS_TRY(sys::proc::ReadLink("/proc/self/exe"));
+      if (exe == self || exe.ends_with("/stasis")) return Ok();
+      return Error::Unsupported(fmt::format(
+          "pid {} lives in a PID namespace that stasis did not create (its init is pid {}, {}); "
+          "not supported yet",
+          root, p, exe));
+    }
+    p = ps.ppid;
+  }
+  return Error::Unsupported(fmt::format("pid {}: cannot find the init of its PID namespace", root));
+}
+
 }  // namespace
 
 Status PrecheckTree(pid_t root) {
   if (STASIS_TRY(StateOf(root)) == 'Z') {
     return Error::Unsupported(fmt::format("pid {} is a zombie", root));
   }
+  STASIS_TRY(CheckPidNamespace(root));
   return PrecheckTask(root);
 }
 
