@@ -10,6 +10,7 @@
 #include "image/stream.h"
 #include "restore/restore.h"
 #include "sys/features.h"
+#include "sys/proc.h"
 
 namespace {
 
@@ -38,6 +39,23 @@ int RunRestore(const stasis::restore::RestoreOptions& options) {
   fmt::print(stderr, "stasis: restored pid {} (host pid {}) from {} in {:.1f} ms\n", result->pid,
              result->host_pid, options.dir, result->total_ms);
   fmt::print("{}\n", result->host_pid);
+  return 0;
+}
+
+// Decodes every record and re-encodes it: the bytes must come out the same.
+int RunVerify(const std::string& dir) {
+  std::string path = stasis::image::ImagePath(dir);
+  auto source = stasis::image::FdSource::OpenFile(path);
+  if (!source.ok()) return Fail(source.error());
+  stasis::image::StringSink copy;
+  stasis::Status s = stasis::image::ReencodeImage(*source.value(), copy);
+  if (!s.ok()) return Fail(s.error());
+  auto original = stasis::sys::proc::ReadFile(path);
+  if (!original.ok()) return Fail(original.error());
+  if (original.value() != copy.data()) {
+    return Fail(stasis::Error::Corrupt(path + ": re-encoding the image changed its bytes"));
+  }
+  fmt::print("{}: {} bytes decode and re-encode identically\n", path, copy.data().size());
   return 0;
 }
 
@@ -92,6 +110,9 @@ int main(int argc, char** argv) {
   CLI::App* inspect_cmd = app.add_subcommand("inspect", "Print an image as JSON");
   inspect_cmd->add_option("dir", inspect_dir, "Image directory")->required();
   inspect_cmd->add_flag("--pages", inspect_pages, "List every page record");
+  bool inspect_verify = false;
+  inspect_cmd->add_flag("--verify", inspect_verify,
+                        "Decode every record and check it re-encodes to the same bytes");
 
   CLI::App* check_cmd =
       app.add_subcommand("check", "List the kernel features Stasis needs and whether they exist");
@@ -104,7 +125,8 @@ int main(int argc, char** argv) {
     restore.new_pid_ns = pid_ns == "new";
     return RunRestore(restore);
   }
-  if (*inspect_cmd) return RunInspect(inspect_dir, inspect_pages);
+  if (*inspect_cmd)
+    return inspect_verify ? RunVerify(inspect_dir) : RunInspect(inspect_dir, inspect_pages);
   if (*check_cmd) return RunCheck();
   if (auto code = session_cmds.Run()) return *code;
   return 2;

@@ -480,6 +480,12 @@ class Case:
                 self.proc.wait()
                 self.proc = None  # reaped: its pid may now be reused
 
+            # Every image the suite writes must decode and re-encode to the
+            # same bytes (stasis inspect --verify).
+            rc, out, err, _ = self.stasis("inspect", "--verify", img)
+            if rc != 0:
+                raise CaseFailure(f"inspect --verify failed (exit {rc}):\n{err.strip()}")
+
             if cycle == 0 and a.inspect:
                 rc, out, err, _ = self.stasis("inspect", img)
                 if rc != 0:
