@@ -20,6 +20,17 @@ struct FdKind {
   // Restore after every kind without this flag, in image order: for kinds
   // whose state refers to other files (an epoll's targets).
   bool restore_last = false;
+  // Optional, run inside a restored process right after this File was
+  // installed there at fd number `fd` (once per fd): for state that belongs
+  // to the process rather than the file, like POSIX record locks.
+  Status (*after_install)(RemoteTask& task, const image::Process& proc, const image::File& file,
+                          int fd) = nullptr;
+  // Optional, run once per File after the whole tree exists (process groups
+  // included), in the first live process that holds it, at fd number `fd`:
+  // for state that refers to other processes, like a terminal's foreground
+  // process group.
+  Status (*after_tree)(RemoteTask& task, const image::Process& proc, const image::File& file,
+                       int fd) = nullptr;
 };
 
 const std::vector<FdKind>& FdKinds();

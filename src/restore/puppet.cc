@@ -14,6 +14,7 @@
 #include "kinds/limits.h"
 #include "kinds/memory.h"
 #include "kinds/mm.h"
+#include "kinds/registry.h"
 #include "kinds/signals.h"
 #include "kinds/thread.h"
 #include "kinds/vdso.h"
@@ -81,7 +82,17 @@ std::vector<Range> VdsoBlock(const image::Process& proc) {
   return out;
 }
 
-Status InstallFds(kinds::RemoteTask& task, const image::Process& proc, const LocalFiles& files) {
+// The registry entry of File `id`, for its hooks.
+const kinds::FdKind* KindOfFile(const PuppetPlan& plan, uint64_t id, const image::File** file) {
+  auto it = plan.image_files->find(id);
+  if (it == plan.image_files->end()) return nullptr;
+  *file = it->second;
+  return kinds::FindFdKind(it->second->kind());
+}
+
+Status InstallFds(kinds::RemoteTask& task, const PuppetPlan& plan) {
+  const image::Process& proc = *plan.proc;
+  const LocalFiles& files = *plan.files;
   for (const image::Fd& fd : proc.fds()) {
     auto it = files.find(fd.file_id());
     if (it == files.end()) {
@@ -93,11 +104,16 @@ Status InstallFds(kinds::RemoteTask& task, const image::Process& proc, const Loc
     if (remote == fd.fd()) {
       // pidfd_getfd always sets close-on-exec.
       if (!fd.cloexec()) STASIS_TRY_CTX(task.Call("fcntl", SYS_fcntl, remote, F_SETFD, 0), what);
-      continue;
+    } else {
+      STASIS_TRY_CTX(task.Call("dup3", SYS_dup3, remote, fd.fd(), fd.cloexec() ? O_CLOEXEC : 0),
+                     what);
+      STASIS_TRY(task.Call("close", SYS_close, remote));
     }
-    STASIS_TRY_CTX(task.Call("dup3", SYS_dup3, remote, fd.fd(), fd.cloexec() ? O_CLOEXEC : 0),
-                   what);
-    STASIS_TRY(task.Call("close", SYS_close, remote));
+    const image::File* file = nullptr;
+    const kinds::FdKind* kind = KindOfFile(plan, fd.file_id(), &file);
+    if (kind != nullptr && kind->after_install != nullptr) {
+      STASIS_TRY_CTX(kind->after_install(task, proc, *file, fd.fd()), what);
+    }
   }
   return Ok();
 }
@@ -240,13 +256,28 @@ Result<long> TaskBuild::Call(const char* name, long nr, uint64_t a1, uint64_t a2
 
 Status TaskBuild::RestoreAttributes(std::vector<sys::Tracee>* threads) {
   const image::Process& proc = *plan_.proc;
-  STASIS_TRY(InstallFds(*task_, proc, *plan_.files));
+  STASIS_TRY(InstallFds(*task_, plan_));
   STASIS_TRY(kinds::fs_context::Restore(*task_, proc));
   STASIS_TRY(kinds::limits::Restore(*task_, proc));
   STASIS_TRY(kinds::signals::Restore(*task_, proc));
   // Threads after everything they share is in place, before credentials.
   STASIS_TRY(CreateThreads(leader_, *task_, scratch_, proc, threads));
   return kinds::thread::Restore(*task_, proc.pid(), proc.threads(0));
+}
+
+Status TaskBuild::RunAfterTree(const std::vector<uint64_t>& ids) {
+  for (uint64_t id : ids) {
+    const image::File* file = nullptr;
+    const kinds::FdKind* kind = KindOfFile(plan_, id, &file);
+    if (kind == nullptr || kind->after_tree == nullptr) continue;
+    for (const image::Fd& fd : plan_.proc->fds()) {
+      if (fd.file_id() != id) continue;
+      STASIS_TRY_CTX(kind->after_tree(*task_, *plan_.proc, *file, fd.fd()),
+                     fmt::format("pid {} fd {}", plan_.proc->pid(), fd.fd()));
+      break;
+    }
+  }
+  return Ok();
 }
 
 Status TaskBuild::Finish() {

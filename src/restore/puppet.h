@@ -31,6 +31,7 @@ struct PuppetPlan {
   const image::Process* proc;
   const LocalFiles* files;
   int pidfd_slot;  // where the puppet holds the restorer's pidfd
+  const std::map<uint64_t, const image::File*>* image_files;  // by id, for kind hooks
 };
 
 // Where a forked child starts from: its parent's image and the parent's
@@ -63,6 +64,8 @@ class TaskBuild {
 
   // Phase 2. Threads made here are appended to *threads.
   Status RestoreAttributes(std::vector<sys::Tracee>* threads);
+  // After the whole tree exists: FdKind::after_tree for the Files in `ids`.
+  Status RunAfterTree(const std::vector<uint64_t>& ids);
   // Phase 3.
   Status Finish();
 

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <set>
 
 #include "kinds/memory.h"
 #include "kinds/registry.h"
@@ -198,11 +199,26 @@ class TreeGuard {
   std::vector<TreeProcess>* tree_;
 };
 
+// FdKind::after_tree, once per File, in the first live process holding it.
+Status RunAfterTree(std::vector<TreeProcess>& tree) {
+  std::set<uint64_t> done;
+  for (TreeProcess& t : tree) {
+    if (!t.build) continue;
+    std::vector<uint64_t> ids;
+    for (const image::Fd& fd : t.proc->fds()) {
+      if (done.insert(fd.file_id()).second) ids.push_back(fd.file_id());
+    }
+    STASIS_TRY(t.build->RunAfterTree(ids));
+  }
+  return Ok();
+}
+
 struct TreeRestore {
   const ImageHead& head;
   const LocalFiles& files;
   Records& records;
   std::vector<TreeProcess>& tree;
+  std::map<uint64_t, const image::File*> image_files;
   uint64_t pages = 0;
 
   // Phase 1 of tree[i], then its children (depth first, the image's order:
@@ -210,7 +226,7 @@ struct TreeRestore {
   Status BuildSubtree(size_t i) {
     TreeProcess& t = tree[i];
     if (t.proc->zombie()) return Ok();
-    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot};
+    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot, &image_files};
     auto feed = [&](const image::Process& proc) {
       return FeedPages(records, t.host_pid, proc, &pages);
     };
@@ -247,12 +263,14 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   TreeGuard guard(&tree);
   STASIS_TRY_CTX(CreateRoot(spawner, head.procs, &tree), "restore tree");
   result.host_pid = tree[0].host_pid;
-  TreeRestore builder{head, files, records, tree};
+  TreeRestore builder{head, files, records, tree, {}};
+  for (const image::File& f : head.files) builder.image_files[f.id()] = &f;
   STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
   STASIS_TRY(ReadTrailer(records, builder.pages));
   result.pages = builder.pages;
   STASIS_TRY_CTX(MakeGroups(head.procs, &tree), "restore process groups");
   STASIS_TRY_CTX(EndZombies(&tree), "restore zombies");
+  STASIS_TRY(RunAfterTree(tree));
   for (TreeProcess& t : tree) {
     if (t.build) STASIS_TRY_CTX(t.build->Finish(), fmt::format("restore pid {}", t.proc->pid()));
   }

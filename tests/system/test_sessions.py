@@ -141,7 +141,8 @@ class Env:
                     if info.get("init_pid"):
                         try:
                             os.kill(info["init_pid"], signal.SIGKILL)
-                        except OSError:
+                            wait_for(lambda: not pid_alive(info["init_pid"]), "a killed init")
+                        except (OSError, CaseFailure):
                             pass
             self.cli("ps")  # removes what the killed sessions left
 
