@@ -17,6 +17,7 @@
 #include "checkpoint/tree.h"
 #include "image/stream.h"
 #include "kinds/shmem.h"
+#include "sys/cgroup.h"
 #include "sys/kernel_abi.h"
 
 namespace stasis::checkpoint {
@@ -208,10 +209,22 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   auto sink = STASIS_TRY(image::FdSink::CreateFile(pending.temp()));
 
   Clock::time_point frozen_at = Clock::now();
-  std::vector<TreeTask> frozen = STASIS_TRY(FreezeTree(pid));
+  std::vector<TreeTask> frozen;
+  if (options.freeze_cgroup.empty()) {
+    frozen = STASIS_TRY(FreezeTree(pid));
+  } else {
+    // The v2 freezer stops every task at once; ptrace works on frozen tasks
+    // (kernel-notes.md), and once seized they stay stopped after the thaw.
+    sys::Cgroup cgroup = STASIS_TRY(sys::Cgroup::Open(options.freeze_cgroup));
+    sys::FrozenCgroup freeze = STASIS_TRY(sys::FrozenCgroup::Freeze(cgroup));
+    frozen = STASIS_TRY(FreezeTree(pid));
+    STASIS_TRY(freeze.Thaw());
+  }
   image::Manifest manifest;
   TreeImage tree = STASIS_TRY_CTX(CollectTree(frozen, &manifest), "dump");
   FillManifest(tree.tasks[0].proc, &manifest);
+  manifest.set_session_name(options.session_name);
+  for (const std::string& arg : options.session_command) manifest.add_session_command(arg);
   image::Writer writer(*sink);
   STASIS_TRY_CTX(WriteImage(tree, manifest, writer, &stats), "write image");
   STASIS_TRY(sink->Sync());

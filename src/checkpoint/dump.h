@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <vector>
 
 #include "sys/result.h"
 
@@ -19,6 +20,12 @@ struct DumpOptions {
   pid_t pid = 0;
   std::string dir;
   bool leave_running = false;
+  // A cgroup v2 directory holding the whole tree (a session's): frozen while
+  // the tree is seized, so no task runs or forks in between.
+  std::string freeze_cgroup;
+  // Recorded in the manifest so that restore makes the tree a session again.
+  std::string session_name;
+  std::vector<std::string> session_command;
 };
 
 struct DumpStats {

@@ -6,6 +6,7 @@
 
 #include "checkpoint/dump.h"
 #include "cli/session_cmds.h"
+#include "cli/session_link.h"
 #include "image/inspect.h"
 #include "image/stream.h"
 #include "restore/restore.h"
@@ -87,7 +88,13 @@ int main(int argc, char** argv) {
 
   stasis::checkpoint::DumpOptions dump;
   CLI::App* dump_cmd = app.add_subcommand("dump", "Freeze a process and write its image");
-  dump_cmd->add_option("-t,--tree", dump.pid, "PID of the process to dump")->required();
+  std::string dump_session, state_dir;
+  CLI::Option* tree_opt = dump_cmd->add_option("-t,--tree", dump.pid,
+                                               "PID of the process to dump, with its descendants");
+  dump_cmd->add_option("--session", dump_session, "Dump the session started by `stasis run`")
+      ->excludes(tree_opt);
+  dump_cmd->add_option("--state-dir", state_dir,
+                       "Where sessions are recorded (default /run/stasis/sessions)");
   dump_cmd->add_option("-D,--images-dir", dump.dir, "Directory for the image (created)")
       ->required();
   dump_cmd->add_flag("-R,--leave-running", dump.leave_running,
@@ -104,6 +111,11 @@ int main(int argc, char** argv) {
                    "new: a fresh PID namespace where the task keeps its PID (default); "
                    "host: this namespace, if the PID is free")
       ->check(CLI::IsMember({"new", "host"}));
+  std::string restore_name;
+  restore_cmd->add_option("--name", restore_name,
+                          "Make the restored tree a session of this name (default: the dumped "
+                          "session's name, if it was one)");
+  restore_cmd->add_option("--state-dir", state_dir, "Where sessions are recorded");
 
   std::string inspect_dir;
   bool inspect_pages = false;
@@ -120,10 +132,24 @@ int main(int argc, char** argv) {
   stasis::cli::SessionCommands session_cmds(app);
 
   CLI11_PARSE(app, argc, argv);
-  if (*dump_cmd) return RunDump(dump);
+  if (*dump_cmd) {
+    if (!dump_session.empty()) {
+      stasis::Status s = stasis::cli::ResolveSessionDump(state_dir, dump_session, &dump);
+      if (!s.ok()) return Fail(s.error());
+    } else if (dump.pid == 0) {
+      return Fail(stasis::Error::Invalid("dump needs -t PID or --session NAME"));
+    }
+    return RunDump(dump);
+  }
   if (*restore_cmd) {
     restore.new_pid_ns = pid_ns == "new";
-    return RunRestore(restore);
+    std::string registered;
+    restore.before_release =
+        stasis::cli::SessionRegistrar(state_dir, restore_name, restore.dir, &registered);
+    int rc = RunRestore(restore);
+    if (rc == 0 && !registered.empty())
+      fmt::print(stderr, "stasis: restored session {}\n", registered);
+    return rc;
   }
   if (*inspect_cmd)
     return inspect_verify ? RunVerify(inspect_dir) : RunInspect(inspect_dir, inspect_pages);

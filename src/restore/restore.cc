@@ -274,6 +274,11 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   for (TreeProcess& t : tree) {
     if (t.build) STASIS_TRY_CTX(t.build->Finish(), fmt::format("restore pid {}", t.proc->pid()));
   }
+  result.init_host_pid = spawner.init_host_pid();
+  result.session_name = head.manifest.session_name();
+  result.session_command.assign(head.manifest.session_command().begin(),
+                                head.manifest.session_command().end());
+  if (options.before_release) STASIS_TRY(options.before_release(result));
   // The restorer's references must be gone before the tree runs: a reader
   // waits for EOF until every write end of its pipe is closed.
   files.clear();

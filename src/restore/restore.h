@@ -5,23 +5,32 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "sys/result.h"
 
 namespace stasis::restore {
 
-struct RestoreOptions {
-  std::string dir;
-  bool new_pid_ns = true;  // --pid-ns=host restores into the current namespace
-};
-
 struct RestoreResult {
-  pid_t host_pid = 0;  // as this host sees it
-  pid_t pid = 0;       // as the task sees itself
+  pid_t host_pid = 0;       // as this host sees it
+  pid_t pid = 0;            // as the task sees itself
+  pid_t init_host_pid = 0;  // the new PID namespace's init, 0 with --pid-ns=host
   double total_ms = 0;
   uint64_t pages = 0;
   size_t processes = 0;
+  std::string session_name;  // from the manifest
+  std::vector<std::string> session_command;
+};
+
+struct RestoreOptions {
+  std::string dir;
+  bool new_pid_ns = true;  // --pid-ns=host restores into the current namespace
+  // Runs once the tree is built, while every task is still stopped (e.g. to
+  // move it into a session's cgroup before anything can fork); a failure
+  // fails the restore.
+  std::function<Status(const RestoreResult&)> before_release;
 };
 
 Result<RestoreResult> Restore(const RestoreOptions& options);

@@ -1,0 +1,56 @@
+#include "cli/session_link.h"
+
+#include <fmt/format.h>
+
+#include "session/session.h"
+
+namespace stasis::cli {
+
+Status ResolveSessionDump(const std::string& state_dir, const std::string& name,
+                          checkpoint::DumpOptions* options) {
+  std::string dir = session::ResolveStateDir(state_dir);
+  session::SessionInfo info = STASIS_TRY(session::FindSession(dir, name));
+  if (info.state != session::SessionState::kRunning) {
+    return Error::NotFound(fmt::format("session {} is not running", name));
+  }
+  options->pid = info.root_pid;
+  options->freeze_cgroup = info.cgroup;
+  options->session_name = info.name;
+  options->session_command = info.command;
+  return Ok();
+}
+
+std::function<Status(const restore::RestoreResult&)> SessionRegistrar(const std::string& state_dir,
+                                                                      const std::string& name,
+                                                                      const std::string& image_dir,
+                                                                      std::string* registered) {
+  return [=](const restore::RestoreResult& r) -> Status {
+    std::string base = name.empty() ? r.session_name : name;
+    if (base.empty()) return Ok();  // not a session image, and none asked for
+    if (r.init_host_pid == 0) {
+      return Error::Invalid("a session is restored into a new PID namespace; drop --pid-ns=host");
+    }
+    std::string dir = session::ResolveStateDir(state_dir);
+    for (int n = 1; n <= 20; ++n) {
+      session::RestoredSession s;
+      s.name = n == 1 ? base : fmt::format("{}-{}", base, n);
+      s.init_pid = r.init_host_pid;
+      s.root_pid = r.host_pid;
+      s.command = r.session_command;
+      s.image_dir = image_dir;
+      Result<session::SessionInfo> info = session::RegisterRestoredSession(dir, s);
+      if (info.ok()) {
+        *registered = s.name;
+        return Ok();
+      }
+      // Only a name that is taken makes us try the next one.
+      if (info.error().code() != ErrorCode::kInvalid ||
+          info.error().message().find("already running") == std::string::npos) {
+        return std::move(info).error();
+      }
+    }
+    return Error::Invalid(fmt::format("session names {} to {}-20 are all taken", base, base));
+  };
+}
+
+}  // namespace stasis::cli
