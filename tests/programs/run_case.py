@@ -233,13 +233,14 @@ class Case:
         raise CaseFailure(f"{what}: pid {pid} still there after {timeout:.0f} s: {describe(pid)}")
 
     def check_untouched(self, pid):
-        """After a failed or --leave-running dump: alive, not stopped, not traced."""
+        """After a failed or --leave-running dump: alive, not stopped, and
+        traced by nobody but whoever traced it before (refuse_traced)."""
         deadline = time.monotonic() + 2.0
         while True:
             state, tracer = proc_state(pid), tracer_pid(pid)
             if state in (None, "Z", "X"):
                 raise CaseFailure(f"pid {pid} is dead after the dump (state {state})")
-            if state not in ("T", "t") and tracer == 0:
+            if state not in ("T", "t") and tracer == getattr(self, "tracer_before", 0):
                 return
             if time.monotonic() > deadline:
                 raise CaseFailure(f"pid {pid} left stopped or traced after the dump (state {state}, "
@@ -450,6 +451,7 @@ class Case:
             self.wait_syscall(pid)
             img = os.path.join(self.tmp, f"img{cycle}")
             os.mkdir(img)
+            self.tracer_before = tracer_pid(pid)
             argv = ["dump", "-t", str(pid), "-D", img] + (["--leave-running"] if a.leave_running else [])
             rc, _out, err, t_dump = self.stasis(*argv)
             if a.expect_dump_failure:

@@ -1,6 +1,6 @@
-/* Eight threads, each parked differently when the dump comes: in a futex
+/* Nine threads, each parked differently when the dump comes: in a futex
  * (cond wait, with and without an absolute deadline), read(), nanosleep(),
- * poll(), sigwaitinfo(), or computing. Every thread has its own signal mask,
+ * poll(), epoll_wait(), sigwaitinfo(), or computing. Every thread has its own signal mask,
  * TLS value, name and (some) alternate stack. After restore each thread
  * checks its own TID, TLS, mask, name and altstack, then finishes its wait
  * the normal way (woken by main) and reports; main checks the reports.
@@ -8,13 +8,14 @@
 #include "common.h" /* first: it defines _GNU_SOURCE */
 
 #include <poll.h>
+#include <sys/epoll.h>
 #include <pthread.h>
 #include <sys/syscall.h>
 
-#define NTHREADS 7
+#define NTHREADS 8
 
-enum role { COND, COND_DEADLINE, READ, SLEEP, POLL, SIGWAIT, COMPUTE };
-static const char *role_names[] = {"cond", "cond-deadline", "read", "sleep", "poll", "sigwait", "compute"};
+enum role { COND, COND_DEADLINE, READ, SLEEP, POLL, SIGWAIT, COMPUTE, EPOLL };
+static const char *role_names[] = {"cond", "cond-deadline", "read", "sleep", "poll", "sigwait", "compute", "epoll"};
 
 struct worker {
   pthread_t thread;
@@ -32,6 +33,7 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static int go; /* protected by mu: main sets it after the trigger */
 static int pipes[3][2];
+static int epfd;
 static volatile long compute_acc, compute_steps;
 static char altstacks[NTHREADS][65536];
 
@@ -122,6 +124,15 @@ static void park(struct worker *w) {
       if (r != SIGRTMIN + 2 || info.si_value.sival_int != 4242) fail_worker(w, "sigwaitinfo got the wrong signal");
       break;
     }
+    case EPOLL: {
+      /* epoll_wait reports EINTR after any stop; signal(7) says retry. */
+      struct epoll_event ev;
+      int r;
+      while ((r = epoll_wait(epfd, &ev, 1, -1)) < 0 && errno == EINTR) {
+      }
+      if (r != 1 || ev.data.u64 != 0x5eed || read(pipes[2][0], &c, 1) != 1) fail_worker(w, "epoll_wait did not report the pipe");
+      break;
+    }
     case COMPUTE:
       /* acc always equals steps * (steps + 1) / 2 between iterations. */
       for (;;) {
@@ -165,6 +176,9 @@ static void *run(void *arg) {
 int main(void) {
   install_trigger(0);
   for (int i = 0; i < 3; i++) SETUP(pipe(pipes[i]) == 0, "pipe");
+  epfd = epoll_create1(0);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0x5eed};
+  SETUP(epfd >= 0 && epoll_ctl(epfd, EPOLL_CTL_ADD, pipes[2][0], &ev) == 0, "epoll");
   /* The process-wide default: SIGRTMIN+2 blocked everywhere, for sigwait. */
   sigset_t block;
   sigemptyset(&block);
@@ -189,6 +203,7 @@ int main(void) {
   char c = 'x';
   CHECK(write(pipes[0][1], &c, 1) == 1, "write to read pipe");
   CHECK(write(pipes[1][1], &c, 1) == 1, "write to poll pipe");
+  CHECK(write(pipes[2][1], &c, 1) == 1, "write to epoll pipe");
   union sigval v = {.sival_int = 4242};
   CHECK(pthread_sigqueue(workers[SIGWAIT].thread, SIGRTMIN + 2, v) == 0, "pthread_sigqueue");
   pthread_mutex_lock(&mu);
