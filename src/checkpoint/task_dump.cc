@@ -12,6 +12,7 @@
 #include "kinds/fs_context.h"
 #include "kinds/limits.h"
 #include "kinds/mm.h"
+#include "kinds/posix_timers.h"
 #include "kinds/signals.h"
 #include "kinds/thread.h"
 #include "kinds/vdso.h"
@@ -118,6 +119,7 @@ Status CollectInjected(pid_t pid, std::vector<sys::Tracee>& threads,
   STASIS_TRY(kinds::signals::Dump(task, threads[0], proc));
   STASIS_TRY(kinds::creds::Dump(task, status, proc->mutable_creds()));
   STASIS_TRY(kinds::limits::Dump(task, proc));
+  STASIS_TRY(kinds::posix_timers::Dump(task, proc));
   STASIS_TRY(kinds::mm::Dump(task, stat, proc));
   STASIS_TRY(scratch.Unmap());
   return inj.Finish();
@@ -147,10 +149,6 @@ Status PrecheckTask(pid_t pid) {
   }
   if (status->seccomp != 0) {
     return Error::Unsupported(fmt::format("pid {}: seccomp filters are not supported yet", pid));
-  }
-  std::string timers = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/timers", pid)));
-  if (!timers.empty()) {
-    return Error::Unsupported(fmt::format("pid {}: POSIX timers are not supported yet", pid));
   }
   return Ok();
 }

@@ -6,9 +6,13 @@
 #include "kinds/chardev.h"
 #include "kinds/epoll.h"
 #include "kinds/eventfd.h"
+#include "kinds/fifo.h"
+#include "kinds/inotify.h"
 #include "kinds/pipe.h"
 #include "kinds/regular_file.h"
 #include "kinds/shmem.h"
+#include "kinds/signalfd.h"
+#include "kinds/timerfd.h"
 
 namespace stasis::kinds {
 
@@ -16,10 +20,16 @@ const std::vector<FdKind>& FdKinds() {
   static const std::vector<FdKind> kinds = {
       // Before regular_file: an unlinked tmpfs file is a shared-memory object.
       {shmem::kName, shmem::Matches, shmem::Dump, shmem::Restore},
-      {regular_file::kName, regular_file::Matches, regular_file::Dump, regular_file::Restore},
+      // Before chardev and fifo: it takes O_PATH fds of every file type.
+      {regular_file::kName, regular_file::Matches, regular_file::Dump, regular_file::Restore,
+       /*restore_last=*/false, regular_file::AfterInstall},
       {chardev::kName, chardev::Matches, chardev::Dump, chardev::Restore},
       {pipe::kName, pipe::Matches, pipe::Dump, pipe::Restore},
       {eventfd::kName, eventfd::Matches, eventfd::Dump, eventfd::Restore},
+      {fifo::kName, fifo::Matches, fifo::Dump, fifo::Restore},
+      {signalfd::kName, signalfd::Matches, signalfd::Dump, signalfd::Restore},
+      {timerfd::kName, timerfd::Matches, timerfd::Dump, timerfd::Restore},
+      {inotify::kName, inotify::Matches, inotify::Dump, inotify::Restore},
       {epoll::kName, epoll::Matches, epoll::Dump, epoll::Restore, /*restore_last=*/true},
   };
   return kinds;

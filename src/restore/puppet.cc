@@ -14,6 +14,7 @@
 #include "kinds/limits.h"
 #include "kinds/memory.h"
 #include "kinds/mm.h"
+#include "kinds/posix_timers.h"
 #include "kinds/registry.h"
 #include "kinds/signals.h"
 #include "kinds/thread.h"
@@ -262,6 +263,7 @@ Status TaskBuild::RestoreAttributes(std::vector<sys::Tracee>* threads) {
   STASIS_TRY(kinds::signals::Restore(*task_, proc));
   // Threads after everything they share is in place, before credentials.
   STASIS_TRY(CreateThreads(leader_, *task_, scratch_, proc, threads));
+  STASIS_TRY(kinds::posix_timers::Restore(*task_, proc));
   return kinds::thread::Restore(*task_, proc.pid(), proc.threads(0));
 }
 

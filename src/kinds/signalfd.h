@@ -1,0 +1,15 @@
+// signalfds (anon_inode:[signalfd]): the signal mask (fdinfo "sigmask") and
+// the status flags. The signals it reads are the process's pending signals,
+// which kinds/signals carries. Nothing is refused.
+#pragma once
+
+#include "kinds/context.h"
+
+namespace stasis::kinds::signalfd {
+
+inline constexpr const char* kName = "signalfd";
+bool Matches(const FdDumpInput& in);
+Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
+Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+
+}  // namespace stasis::kinds::signalfd
