@@ -14,6 +14,7 @@
 #include <cstring>
 #include <utility>
 
+#include "sys/fd_passing.h"
 #include "sys/kernel_abi.h"
 #include "sys/pidfds.h"
 #include "sys/proc.h"
@@ -72,43 +73,6 @@ int SpawnPuppet(pid_t pid, int slot, int restorer_pidfd) {
   return r < 0 ? -err : pidfd;
 }
 
-Status SendFd(int sock, const void* data, size_t len, int fd) {
-  struct iovec iov = {const_cast<void*>(data), len};
-  char control[CMSG_SPACE(sizeof(int))] = {};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (fd >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof(int));
-  }
-  if (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) return Error::Errno("sendmsg to init");
-  return Ok();
-}
-
-Result<int> RecvFd(int sock, void* data, size_t len) {
-  struct iovec iov = {data, len};
-  char control[CMSG_SPACE(sizeof(int))] = {};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-  if (n < 0) return Error::Errno("recvmsg from init");
-  if (static_cast<size_t>(n) != len) return Error(ErrorCode::kFailed, "the restore init went away");
-  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  if (c == nullptr || c->cmsg_type != SCM_RIGHTS) return -1;
-  int fd;
-  memcpy(&fd, CMSG_DATA(c), sizeof(int));
-  return fd;
-}
-
 // After Commit: reap everything, pass termination signals to the root, and
 // exit with the root's status once the namespace is empty.
 [[noreturn]] void ReaperLoop(pid_t root) {
@@ -153,18 +117,9 @@ Result<int> RecvFd(int sock, void* data, size_t len) {
     }
     int pidfd = SpawnPuppet(req.pid, req.slot, restorer_pidfd);
     Reply reply = {pidfd < 0 ? -pidfd : 0};
-    if (!SendFd(control, &reply, sizeof(reply), pidfd).ok()) _exit(1);
+    if (!sys::SendMessage(control, &reply, sizeof(reply), pidfd).ok()) _exit(1);
     if (pidfd >= 0) close(pidfd);
   }
-}
-
-Result<pid_t> PidOfPidfd(int pidfd) {
-  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/self/fdinfo/{}", pidfd)));
-  sys::proc::FdInfo info = STASIS_TRY(sys::proc::ParseFdInfo(text));
-  for (const auto& [key, value] : info.extra) {
-    if (key == "Pid") return static_cast<pid_t>(std::atoi(value.c_str()));
-  }
-  return Error(ErrorCode::kFailed, "pidfd fdinfo has no Pid line");
 }
 
 }  // namespace
@@ -221,14 +176,16 @@ Result<Puppet> Spawner::CreatePuppet(pid_t pid, int pidfd_slot) {
       return Error::Errno("send to the restore init");
     }
     Reply reply;
-    int fd = STASIS_TRY(RecvFd(control_.get(), &reply, sizeof(reply)));
+    sys::UniqueFd fd;
+    STASIS_TRY_CTX(sys::ReceiveExactly(control_.get(), &reply, sizeof(reply), &fd),
+                   "the restore init");
     if (reply.err != 0) {
       return Error::FromErrno(fmt::format("clone3 with PID {} in the new namespace", pid),
                               reply.err);
     }
-    puppet.pidfd.reset(fd);
+    puppet.pidfd = std::move(fd);
   }
-  puppet.host_pid = STASIS_TRY(PidOfPidfd(puppet.pidfd.get()));
+  puppet.host_pid = STASIS_TRY(sys::PidOfPidfd(puppet.pidfd.get()));
   return puppet;
 }
 

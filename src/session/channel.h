@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "sys/fd_passing.h"
 #include "sys/result.h"
 #include "sys/unique_fd.h"
 
@@ -26,11 +27,9 @@ inline constexpr char kCommit = 'C';
 inline constexpr char kCommitAck = 'A';
 inline constexpr size_t kMaxGoMessage = 16384;
 
-Status SendMessage(int sock, const void* data, size_t len, int fd = -1);
-// Receives one message of at most `max` bytes; kNotFound when the peer has
-// closed its end. A received fd, if any, is stored in *fd (O_CLOEXEC).
-Result<size_t> ReceiveMessage(int sock, void* data, size_t max, sys::UniqueFd* fd = nullptr);
-// ReceiveMessage that insists on exactly `len` bytes.
-Status ReceiveExactly(int sock, void* data, size_t len, sys::UniqueFd* fd = nullptr);
+// The messages travel with sys/fd_passing.h.
+using sys::ReceiveExactly;
+using sys::ReceiveMessage;
+using sys::SendMessage;
 
 }  // namespace stasis::session

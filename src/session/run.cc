@@ -18,6 +18,7 @@
 #include "session/init.h"
 #include "sys/cgroup.h"
 #include "sys/kernel_abi.h"
+#include "sys/pidfds.h"
 #include "sys/proc.h"
 
 namespace stasis::session {
@@ -104,15 +105,6 @@ sigset_t WaitedSignals() {
   return set;
 }
 
-Result<pid_t> PidOfPidfd(int pidfd) {
-  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/self/fdinfo/{}", pidfd)));
-  sys::proc::FdInfo info = STASIS_TRY(sys::proc::ParseFdInfo(text));
-  for (const auto& [key, value] : info.extra) {
-    if (key == "Pid") return static_cast<pid_t>(std::atoi(value.c_str()));
-  }
-  return Error(ErrorCode::kFailed, "pidfd fdinfo has no Pid line");
-}
-
 // Puts the init in the session's cgroup, lets it start CMD, registers the
 // session and commits. *cgroup is set once this session owns one.
 Status Launch(InitHandle& init, const std::string& state_dir,
@@ -133,7 +125,7 @@ Status Launch(InitHandle& init, const std::string& state_dir,
   sys::UniqueFd pidfd;
   STASIS_TRY_CTX(ReceiveExactly(init.control(), &started, sizeof(started), &pidfd), "session init");
   *exec_errno = started.exec_errno;
-  if (pidfd.valid()) info->root_pid = STASIS_TRY(PidOfPidfd(pidfd.get()));
+  if (pidfd.valid()) info->root_pid = STASIS_TRY(sys::PidOfPidfd(pidfd.get()));
   if (started.exec_errno == 0) STASIS_TRY(WriteSessionMetadata(state_dir, *info));
   STASIS_TRY_CTX(SendMessage(init.control(), &kCommit, 1), "commit to the session init");
   char ack = 0;

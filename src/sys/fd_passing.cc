@@ -1,13 +1,12 @@
-#include "session/channel.h"
+#include "sys/fd_passing.h"
 
 #include <fmt/format.h>
 #include <sys/socket.h>
-
 #include <unistd.h>
 
 #include <cstring>
 
-namespace stasis::session {
+namespace stasis::sys {
 
 Status SendMessage(int sock, const void* data, size_t len, int fd) {
   struct iovec iov = {const_cast<void*>(data), len};
@@ -32,7 +31,7 @@ Status SendMessage(int sock, const void* data, size_t len, int fd) {
   return Ok();
 }
 
-Result<size_t> ReceiveMessage(int sock, void* data, size_t max, sys::UniqueFd* fd) {
+Result<size_t> ReceiveMessage(int sock, void* data, size_t max, UniqueFd* fd) {
   struct iovec iov = {data, max};
   char control[CMSG_SPACE(sizeof(int))] = {};
   struct msghdr msg = {};
@@ -60,10 +59,10 @@ Result<size_t> ReceiveMessage(int sock, void* data, size_t max, sys::UniqueFd* f
   return static_cast<size_t>(n);
 }
 
-Status ReceiveExactly(int sock, void* data, size_t len, sys::UniqueFd* fd) {
+Status ReceiveExactly(int sock, void* data, size_t len, UniqueFd* fd) {
   size_t n = STASIS_TRY(ReceiveMessage(sock, data, len, fd));
   if (n != len) return Error::Invalid(fmt::format("message of {} bytes, expected {}", n, len));
   return Ok();
 }
 
-}  // namespace stasis::session
+}  // namespace stasis::sys
