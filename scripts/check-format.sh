@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 files=$(git ls-files 'src/*.cc' 'src/*.h' 2>/dev/null || find src -name '*.cc' -o -name '*.h')
 bad=""
 for f in $files; do
+  [ -f "$f" ] || continue
   clang-format --style=file "$f" | cmp -s - "$f" || bad="$bad $f"
 done
 if [ -n "$bad" ]; then
