@@ -130,7 +130,8 @@ std::vector<TreeTask*> DepthFirst(std::vector<TreeTask>& frozen) {
   return out;
 }
 
-Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* manifest) {
+Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* manifest,
+                              std::vector<std::function<void()>>* undo_if_kept) {
   TreeImage tree;
   std::map<pid_t, pid_t> own_pid;  // host pid -> pid in the tree's namespace
   std::map<pid_t, size_t> index;   // host pid -> tree.tasks index
@@ -161,7 +162,7 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
   for (size_t i = 0; i < order.size(); ++i) {
     if (!order[i]->zombie) fd_tasks.push_back({order[i]->host_pid, &tree.tasks[i].proc});
   }
-  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem));
+  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem, undo_if_kept));
   std::vector<kinds::shmem::TaskVmas> vma_tasks;
   for (const TreeFdsInput& t : fd_tasks) vma_tasks.push_back({t.host_pid, t.proc});
   uint64_t next_id = tree.files.size();
@@ -221,7 +222,19 @@ Result<DumpStats> Dump(const DumpOptions& options) {
     STASIS_TRY(freeze.Thaw());
   }
   image::Manifest manifest;
-  TreeImage tree = STASIS_TRY_CTX(CollectTree(frozen, &manifest), "dump");
+  // What kinds changed in the tree for the dump (a socket put in repair
+  // mode) is put back unless the tree is killed: on every error path, and
+  // with --leave-running.
+  struct UndoIfKept {
+    std::vector<std::function<void()>> steps;
+    bool killed = false;
+    ~UndoIfKept() {
+      if (!killed) {
+        for (auto& step : steps) step();
+      }
+    }
+  } undo;
+  TreeImage tree = STASIS_TRY_CTX(CollectTree(frozen, &manifest, &undo.steps), "dump");
   FillManifest(tree.tasks[0].proc, &manifest);
   manifest.set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest.add_session_command(arg);
@@ -230,6 +243,7 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   STASIS_TRY(sink->Sync());
   STASIS_TRY(pending.Commit());
   if (!options.leave_running) {
+    undo.killed = true;
     for (const TreeTask& t : frozen) {
       if (!t.zombie && kill(t.host_pid, SIGKILL) < 0 && errno != ESRCH) {
         return Error::Errno(fmt::format("kill pid {} after dump", t.host_pid));

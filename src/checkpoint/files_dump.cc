@@ -71,11 +71,19 @@ Result<const kinds::FdKind*> KindOf(const kinds::FdDumpInput& in) {
 }  // namespace
 
 Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files,
-                        std::vector<kinds::ContentSource>* contents) {
+                        std::vector<kinds::ContentSource>* contents,
+                        std::vector<std::function<void()>>* undo) {
   std::vector<FdEntry> fds;
   for (const TreeFdsInput& t : tasks) STASIS_TRY(OpenFds(t.host_pid, t.proc, &fds));
   STASIS_TRY(AssignFileIds(fds));
   kinds::DumpContext ctx;
+  // Whatever happens below, what kinds changed is handed to the caller.
+  struct HandOver {
+    kinds::DumpContext& ctx;
+    std::vector<std::function<void()>>* undo;
+    ~HandOver() { *undo = std::move(ctx.undo_if_kept); }
+  } hand_over{ctx, undo};
+  for (const FdEntry& e : fds) ctx.inputs.push_back(&e.in);
   for (const FdEntry& e : fds) {
     ctx.fd_index.push_back({e.in.pid, e.in.fd, e.in.link, e.in.info.flags});
     // file_of_fd is per process: kinds that use it (epoll) look at their own task.

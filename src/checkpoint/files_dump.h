@@ -3,6 +3,7 @@
 // (kcmp KCMP_FILE decides), and each process's fd table pointing at them.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "kinds/context.h"
@@ -18,7 +19,10 @@ struct TreeFdsInput {
 
 // Also lists, once per object, where to read the contents of the
 // shared-memory objects found through fds (kinds/shmem.h).
+// *undo gets what must run if the tree is to keep running after all
+// (DumpContext::undo_if_kept).
 Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files,
-                        std::vector<kinds::ContentSource>* contents);
+                        std::vector<kinds::ContentSource>* contents,
+                        std::vector<std::function<void()>>* undo);
 
 }  // namespace stasis::checkpoint

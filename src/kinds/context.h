@@ -10,7 +10,9 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <utility>
@@ -99,6 +101,13 @@ struct DumpContext {
   std::vector<FdIndexEntry> fd_index;
   // Shared-memory objects found through fds so far (shmem.h).
   std::vector<ContentSource> content_sources;
+  // Every fd of the tree, with its stolen description: a socket looks for
+  // its peer among them.
+  std::vector<const FdDumpInput*> inputs;
+  // Descriptions a kind changed for the dump and must put back if the tree
+  // keeps running (a dump that fails, or --leave-running): called then.
+  // When the tree is killed instead they are dropped, unrun.
+  std::vector<std::function<void()>> undo_if_kept;
   // File id of each fd of the task being dumped, assigned before any kind
   // dumps, so a kind can refer to other files (epoll targets).
   std::map<int, uint64_t> file_of_fd;
@@ -114,6 +123,10 @@ struct RestoredPipe {
   bool taken[2] = {false, false};
 };
 
+namespace unix_socket {
+struct Sockets;
+}
+
 struct RestoreContext {
   std::map<uint64_t, RestoredPipe> pipes;  // by pipe inode at dump time
   // Files restored so far: image file id -> fd in the restorer. Kinds that
@@ -122,9 +135,15 @@ struct RestoreContext {
   // Shared-memory objects created so far, by (dev, ino) at dump time: the
   // file id of their first File.
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> shmem_objects;
+  // Run once every File exists, in order: a TCP socket leaves repair mode
+  // only when its peer exists too.
+  std::vector<std::function<Status()>> finishers;
   // Descriptions the restorer keeps until the end (an object's read-write
   // handle when the task only had a read-only one).
   std::vector<sys::UniqueFd> keep_alive;
+  // AF_UNIX sockets, all built with the first unix socket File, each taken
+  // by its own File's restore (unix_socket_internal.h).
+  std::shared_ptr<unix_socket::Sockets> unix_sockets;
 };
 
 // Describes an fd for error messages: "pid 42 fd 7 (pipe:[1234])".

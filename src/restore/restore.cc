@@ -134,6 +134,7 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files) {
       out[file.id()] = std::move(fd);
     }
   }
+  for (auto& finish : ctx.finishers) STASIS_TRY(finish());
   return out;
 }
 

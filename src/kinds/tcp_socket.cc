@@ -1,0 +1,342 @@
+#include "kinds/tcp_socket.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+
+#include "tcp_socket.pb.h"
+
+namespace stasis::kinds::tcp_socket {
+namespace {
+
+using image::TcpSocketState;
+
+constexpr uint32_t kSettableFlags = O_NONBLOCK | O_ASYNC;
+
+Result<int> GetInt(int fd, int level, int opt, const char* name) {
+  int v = 0;
+  socklen_t len = sizeof(v);
+  if (getsockopt(fd, level, opt, &v, &len) < 0)
+    return Error::Errno(std::string("getsockopt ") + name);
+  return v;
+}
+
+Status SetInt(int fd, int level, int opt, int v, const char* name) {
+  if (setsockopt(fd, level, opt, &v, sizeof(v)) < 0) {
+    return Error::Errno(fmt::format("setsockopt {} = {}", name, v));
+  }
+  return Ok();
+}
+
+Result<std::string> SockName(int fd, bool peer) {
+  sockaddr_storage ss = {};
+  socklen_t len = sizeof(ss);
+  int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
+               : getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (r < 0) return Error::Errno(peer ? "getpeername" : "getsockname");
+  return std::string(reinterpret_cast<const char*>(&ss), len);
+}
+
+std::string Show(const std::string& addr) {
+  const sockaddr* sa = reinterpret_cast<const sockaddr*>(addr.data());
+  char host[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+  if (sa->sa_family == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+    port = ntohs(in->sin_port);
+    return fmt::format("{}:{}", host, port);
+  }
+  auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+  inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+  return fmt::format("[{}]:{}", host, ntohs(in6->sin6_port));
+}
+
+bool IsTcp(int fd) {
+  int domain = 0, type = 0, proto = 0;
+  socklen_t len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) return false;
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return false;
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0) return false;
+  return (domain == AF_INET || domain == AF_INET6) && type == SOCK_STREAM && proto == IPPROTO_TCP;
+}
+
+// The other end of a connection, among the tree's sockets.
+bool PeerInTree(const DumpContext& ctx, const FdDumpInput& in, const std::string& local,
+                const std::string& peer) {
+  for (const FdDumpInput* other : ctx.inputs) {
+    if (other == &in || !S_ISSOCK(other->st.st_mode) || !IsTcp(other->local.get())) continue;
+    Result<std::string> their_local = SockName(other->local.get(), false);
+    Result<std::string> their_peer = SockName(other->local.get(), true);
+    if (their_local.ok() && their_peer.ok() && their_local.value() == peer &&
+        their_peer.value() == local) {
+      return true;
+    }
+  }
+  return false;
+}
+
+Status DumpOptions(int fd, TcpSocketState* s) {
+  s->set_reuseaddr(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR")));
+  s->set_reuseport(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_REUSEPORT, "SO_REUSEPORT")));
+  s->set_keepalive(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE")));
+  s->set_keepidle(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, "TCP_KEEPIDLE")));
+  s->set_keepintvl(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, "TCP_KEEPINTVL")));
+  s->set_keepcnt(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT")));
+  s->set_nodelay(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_NODELAY, "TCP_NODELAY")));
+  linger l = {};
+  socklen_t len = sizeof(l);
+  if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &l, &len) < 0) return Error::Errno("SO_LINGER");
+  s->set_linger_on(l.l_onoff);
+  s->set_linger_secs(l.l_linger);
+  if (s->family() == AF_INET6) {
+    s->set_v6only(STASIS_TRY(GetInt(fd, IPPROTO_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY")));
+  }
+  return Ok();
+}
+
+// Copies a repair queue without consuming it.
+Result<std::string> PeekQueue(int fd, int queue, size_t len) {
+  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE"));
+  std::string data(len, '\0');
+  if (len == 0) return data;
+  ssize_t n = recv(fd, data.data(), len, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0) return Error::Errno("peek TCP queue");
+  if (static_cast<size_t>(n) != len) {
+    return Error(ErrorCode::kFailed, fmt::format("peeked {} of {} queued bytes", n, len));
+  }
+  return data;
+}
+
+Result<int> Ioctl(int fd, unsigned long req, const char* name) {
+  int v = 0;
+  if (ioctl(fd, req, &v) < 0) return Error::Errno(name);
+  return v;
+}
+
+// Holds the connection still in repair mode and reads it. Registers the
+// way back for a tree that keeps running.
+Status DumpEstablished(DumpContext& ctx, int fd, TcpSocketState* s) {
+  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"));
+  auto held = std::make_shared<sys::UniqueFd>(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  ctx.undo_if_kept.push_back([held] {
+    int off = TCP_REPAIR_OFF;
+    setsockopt(held->get(), IPPROTO_TCP, TCP_REPAIR, &off, sizeof(off));
+  });
+  int outq = STASIS_TRY(Ioctl(fd, SIOCOUTQ, "SIOCOUTQ"));
+  int unsent = STASIS_TRY(Ioctl(fd, SIOCOUTQNSD, "SIOCOUTQNSD"));
+  int inq = STASIS_TRY(Ioctl(fd, SIOCINQ, "SIOCINQ"));
+  s->set_send_queue(STASIS_TRY(PeekQueue(fd, TCP_SEND_QUEUE, outq)));
+  s->set_send_seq(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(send)")));
+  s->set_unsent_len(unsent);
+  s->set_recv_queue(STASIS_TRY(PeekQueue(fd, TCP_RECV_QUEUE, inq)));
+  s->set_recv_seq(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(recv)")));
+  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE"));
+  s->set_mss(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_MAXSEG, "TCP_MAXSEG")));
+  s->set_timestamp(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_TIMESTAMP, "TCP_TIMESTAMP")));
+  tcp_repair_window w = {};
+  socklen_t len = sizeof(w);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, &len) < 0) {
+    return Error::Errno("TCP_REPAIR_WINDOW");
+  }
+  s->set_window(std::string(reinterpret_cast<const char*>(&w), sizeof(w)));
+  return Ok();
+}
+
+Status SetOptions(int fd, const TcpSocketState& s) {
+  STASIS_TRY(SetInt(fd, SOL_SOCKET, SO_KEEPALIVE, s.keepalive(), "SO_KEEPALIVE"));
+  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, s.keepidle(), "TCP_KEEPIDLE"));
+  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, s.keepintvl(), "TCP_KEEPINTVL"));
+  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_KEEPCNT, s.keepcnt(), "TCP_KEEPCNT"));
+  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_NODELAY, s.nodelay(), "TCP_NODELAY"));
+  linger l = {s.linger_on(), s.linger_secs()};
+  if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) < 0) return Error::Errno("SO_LINGER");
+  if (fcntl(fd, F_SETFL, s.flags() & kSettableFlags) < 0) return Error::Errno("F_SETFL");
+  return Ok();
+}
+
+// A socket of the right family, with what must be set before bind().
+Result<sys::UniqueFd> NewSocket(const TcpSocketState& s) {
+  sys::UniqueFd fd(socket(s.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP));
+  if (!fd.valid()) return Error::Errno("socket");
+  STASIS_TRY(SetInt(fd.get(), SOL_SOCKET, SO_REUSEPORT, s.reuseport(), "SO_REUSEPORT"));
+  if (s.family() == AF_INET6) {
+    STASIS_TRY(SetInt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, s.v6only(), "IPV6_V6ONLY"));
+  }
+  return fd;
+}
+
+Status Bind(int fd, const std::string& addr) {
+  if (bind(fd, reinterpret_cast<const sockaddr*>(addr.data()), addr.size()) < 0) {
+    return Error::Errno("bind " + Show(addr));
+  }
+  return Ok();
+}
+
+Status Send(int fd, const char* data, size_t len) {
+  while (len > 0) {
+    ssize_t n = send(fd, data, len, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Error::Errno("refill TCP queue");
+    data += n;
+    len -= static_cast<size_t>(n);
+  }
+  return Ok();
+}
+
+Status RepairOptions(int fd, const TcpSocketState& s) {
+  tcp_repair_opt opts[4];
+  int n = 0;
+  opts[n++] = {TCPOPT_MAXSEG, s.mss()};
+  if (s.tcpi_options() & TCPI_OPT_WSCALE) {
+    opts[n++] = {TCPOPT_WINDOW, s.snd_wscale() | (s.rcv_wscale() << 16)};
+  }
+  if (s.tcpi_options() & TCPI_OPT_SACK) opts[n++] = {TCPOPT_SACK_PERMITTED, 0};
+  if (s.tcpi_options() & TCPI_OPT_TIMESTAMPS) opts[n++] = {TCPOPT_TIMESTAMP, 0};
+  if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_OPTIONS, opts, n * sizeof(opts[0])) < 0) {
+    return Error::Errno("TCP_REPAIR_OPTIONS");
+  }
+  if (s.tcpi_options() & TCPI_OPT_TIMESTAMPS) {
+    STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_TIMESTAMP, s.timestamp(), "TCP_TIMESTAMP"));
+  }
+  return Ok();
+}
+
+// Rebuilds the connection in repair mode; the finisher releases it once
+// every socket of the image exists.
+Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketState& s) {
+  sys::UniqueFd fd = STASIS_TRY(NewSocket(s));
+  int f = fd.get();
+  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"));
+  STASIS_TRY(Bind(f, s.local()));
+  const std::string& rq = s.recv_queue();
+  const std::string& sq = s.send_queue();
+  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
+  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_QUEUE_SEQ, static_cast<int>(s.recv_seq() - rq.size()),
+                    "TCP_QUEUE_SEQ(recv)"));
+  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
+  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_QUEUE_SEQ, static_cast<int>(s.send_seq() - sq.size()),
+                    "TCP_QUEUE_SEQ(send)"));
+  if (connect(f, reinterpret_cast<const sockaddr*>(s.peer().data()), s.peer().size()) < 0) {
+    return Error::Errno("repair connect to " + Show(s.peer()));
+  }
+  STASIS_TRY(RepairOptions(f, s));
+  if (sq.size() > 0) {
+    // Room for the whole queue; the kernel doubles the value.
+    STASIS_TRY(SetInt(f, SOL_SOCKET, SO_SNDBUFFORCE, static_cast<int>(sq.size() + 65536),
+                      "SO_SNDBUFFORCE"));
+  }
+  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
+  STASIS_TRY(Send(f, rq.data(), rq.size()));
+  size_t sent = sq.size() - s.unsent_len();
+  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
+  STASIS_TRY(Send(f, sq.data(), sent));
+  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE"));
+  if (s.window().size() == sizeof(tcp_repair_window) &&
+      setsockopt(f, IPPROTO_TCP, TCP_REPAIR_WINDOW, s.window().data(), s.window().size()) < 0) {
+    return Error::Errno("TCP_REPAIR_WINDOW");
+  }
+  auto held = std::make_shared<sys::UniqueFd>(fcntl(f, F_DUPFD_CLOEXEC, 0));
+  std::string unsent = sq.substr(sent);
+  ctx.finishers.push_back([held, unsent, s]() -> Status {
+    int h = held->get();
+    STASIS_TRY(SetInt(h, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"));
+    // Never sent before the dump: sent now, as ordinary data.
+    STASIS_TRY(Send(h, unsent.data(), unsent.size()));
+    STASIS_TRY(SetInt(h, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
+    return SetOptions(h, s);
+  });
+  return fd;
+}
+
+const char* StateName(int state) {
+  static const char* kNames[] = {"?",          "ESTABLISHED", "SYN_SENT",  "SYN_RECV",
+                                 "FIN_WAIT1",  "FIN_WAIT2",   "TIME_WAIT", "CLOSE",
+                                 "CLOSE_WAIT", "LAST_ACK",    "LISTEN",    "CLOSING"};
+  return state >= 0 && state < 12 ? kNames[state] : "?";
+}
+
+}  // namespace
+
+bool Matches(const FdDumpInput& in) { return S_ISSOCK(in.st.st_mode) && IsTcp(in.local.get()); }
+
+Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
+  std::string what = DescribeFd(in.pid, in.fd, in.link);
+  int fd = in.local.get();
+  TcpSocketState s;
+  s.set_family(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_DOMAIN, "SO_DOMAIN")));
+  s.set_flags(in.info.flags & ~O_CLOEXEC);
+  tcp_info info = {};
+  socklen_t len = sizeof(info);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0)
+    return Error::Errno(what + ": TCP_INFO");
+  s.set_state(info.tcpi_state);
+  s.set_local(STASIS_TRY_CTX(SockName(fd, false), what));
+  STASIS_TRY_CTX(DumpOptions(fd, &s), what);
+  switch (info.tcpi_state) {
+    case TCP_LISTEN:
+      // For a listener the kernel reports its accept queue in tcpi_unacked
+      // and the backlog it was given in tcpi_sacked.
+      if (info.tcpi_unacked > 0) {
+        return Error::Unsupported(fmt::format(
+            "{}: TCP listener {} has {} connections waiting to be accepted; not supported yet",
+            what, Show(s.local()), info.tcpi_unacked));
+      }
+      s.set_backlog(info.tcpi_sacked);
+      break;
+    case TCP_ESTABLISHED: {
+      s.set_peer(STASIS_TRY_CTX(SockName(fd, true), what));
+      if (!PeerInTree(ctx, in, s.local(), s.peer())) {
+        return Error::Unsupported(fmt::format(
+            "{}: TCP connection {} -> {}: its peer is outside the dumped tree (needs the network "
+            "lock, not supported yet)",
+            what, Show(s.local()), Show(s.peer())));
+      }
+      s.set_tcpi_options(info.tcpi_options);
+      s.set_snd_wscale(info.tcpi_snd_wscale);
+      s.set_rcv_wscale(info.tcpi_rcv_wscale);
+      STASIS_TRY_CTX(DumpEstablished(ctx, fd, &s), what);
+      break;
+    }
+    case TCP_CLOSE:
+      break;  // created, perhaps bound, never connected
+    default:
+      return Error::Unsupported(fmt::format("{}: TCP socket in state {} is not supported yet", what,
+                                            StateName(info.tcpi_state)));
+  }
+  file->mutable_state()->PackFrom(s);
+  return Ok();
+}
+
+Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
+  TcpSocketState s;
+  if (!file.state().UnpackTo(&s)) return Error::Corrupt("tcp state does not parse");
+  std::string what = fmt::format("TCP socket {}", Show(s.local()));
+  if (s.state() == TCP_ESTABLISHED) {
+    return STASIS_TRY_CTX(RestoreEstablished(ctx, s), what + " -> " + Show(s.peer()));
+  }
+  sys::UniqueFd fd = STASIS_TRY_CTX(NewSocket(s), what);
+  const sockaddr_in* in = reinterpret_cast<const sockaddr_in*>(s.local().data());
+  bool bound = s.local().size() >= sizeof(sockaddr_in) && in->sin_port != 0;
+  // A listener binds next to connections that still use its port.
+  STASIS_TRY(SetInt(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
+  if (bound) STASIS_TRY_CTX(Bind(fd.get(), s.local()), what);
+  if (s.state() == TCP_LISTEN && listen(fd.get(), static_cast<int>(s.backlog())) < 0) {
+    return Error::Errno(what + ": listen");
+  }
+  STASIS_TRY(SetInt(fd.get(), SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
+  STASIS_TRY_CTX(SetOptions(fd.get(), s), what);
+  return fd;
+}
+
+}  // namespace stasis::kinds::tcp_socket

@@ -1,0 +1,25 @@
+// TCP sockets, IPv4 and IPv6: listeners and established connections.
+//
+// An established connection is read with TCP_REPAIR (sequence numbers, both
+// queues, MSS, window scale, SACK, timestamps, windows) and rebuilt in repair
+// mode, then released once every File of the image exists (its peer too, so
+// the first segment it sends finds a socket, not an RST). While the dump
+// holds it in repair mode it sends nothing; if the tree is killed its last
+// close in repair mode is silent (no FIN, no RST). Needs CAP_NET_ADMIN.
+//
+// Refused for now: a connection whose peer is not in the dumped tree (it
+// needs the network lock: the peer's packets must be dropped while no socket
+// owns the connection), connections waiting in a listener's accept queue,
+// and states other than LISTEN, ESTABLISHED and unconnected.
+#pragma once
+
+#include "kinds/context.h"
+
+namespace stasis::kinds::tcp_socket {
+
+inline constexpr const char* kName = "tcp";
+bool Matches(const FdDumpInput& in);
+Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
+Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+
+}  // namespace stasis::kinds::tcp_socket
