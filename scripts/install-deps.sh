@@ -12,7 +12,7 @@ PACKAGES="
   libgtest-dev libgmock-dev
   clang-format
   python3
-  procps iproute2
+  procps iproute2 nftables
 "
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -12,6 +12,7 @@
 
 #include <memory>
 
+#include "sys/netlock.h"
 #include "tcp_socket.pb.h"
 
 namespace stasis::kinds::tcp_socket {
@@ -254,7 +255,10 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
     // Never sent before the dump: sent now, as ordinary data.
     STASIS_TRY(Send(h, unsent.data(), unsent.size()));
     STASIS_TRY(SetInt(h, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
-    return SetOptions(h, s);
+    STASIS_TRY(SetOptions(h, s));
+    if (s.lock_table().empty()) return Ok();
+    // The socket owns the connection again: let the peer's packets in.
+    return sys::UnlockTcpFlow(s.lock_table());
   });
   return fd;
 }
@@ -297,10 +301,12 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
     case TCP_ESTABLISHED: {
       s.set_peer(STASIS_TRY_CTX(SockName(fd, true), what));
       if (!PeerInTree(ctx, in, s.local(), s.peer())) {
-        return Error::Unsupported(fmt::format(
-            "{}: TCP connection {} -> {}: its peer is outside the dumped tree (needs the network "
-            "lock, not supported yet)",
-            what, Show(s.local()), Show(s.peer())));
+        // The peer stays: drop its packets until the socket is back.
+        std::string table = STASIS_TRY_CTX(
+            sys::LockTcpFlow(s.local(), s.peer()),
+            fmt::format("{}: TCP connection {} -> {}", what, Show(s.local()), Show(s.peer())));
+        s.set_lock_table(table);
+        ctx.undo_if_kept.push_back([table] { (void)sys::UnlockTcpFlow(table); });
       }
       s.set_tcpi_options(info.tcpi_options);
       s.set_snd_wscale(info.tcpi_snd_wscale);

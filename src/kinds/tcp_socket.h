@@ -7,10 +7,11 @@
 // holds it in repair mode it sends nothing; if the tree is killed its last
 // close in repair mode is silent (no FIN, no RST). Needs CAP_NET_ADMIN.
 //
-// Refused for now: a connection whose peer is not in the dumped tree (it
-// needs the network lock: the peer's packets must be dropped while no socket
-// owns the connection), connections waiting in a listener's accept queue,
-// and states other than LISTEN, ESTABLISHED and unconnected.
+// A connection whose peer is outside the tree is held by the network lock
+// (sys/netlock.h) from the dump until the restored socket is back, so the
+// peer only sees a pause. Refused for now: connections waiting in a
+// listener's accept queue, and states other than LISTEN, ESTABLISHED and
+// unconnected.
 #pragma once
 
 #include "kinds/context.h"
