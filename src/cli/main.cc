@@ -97,6 +97,10 @@ int main(int argc, char** argv) {
                        "Where sessions are recorded (default /run/stasis/sessions)");
   dump_cmd->add_option("-D,--images-dir", dump.dir, "Directory for the image (created)")
       ->required();
+  bool tcp_established = false;  // CRIU's flag; Stasis always carries them
+  dump_cmd->add_flag("--tcp-established", tcp_established,
+                     "Accepted for CRIU users: established TCP connections are always carried "
+                     "(with TCP repair, and a network lock for outside peers)");
   dump_cmd->add_flag("-R,--leave-running", dump.leave_running,
                      "Let the process go on after the dump instead of killing it");
 
@@ -111,6 +115,7 @@ int main(int argc, char** argv) {
                    "new: a fresh PID namespace where the task keeps its PID (default); "
                    "host: this namespace, if the PID is free")
       ->check(CLI::IsMember({"new", "host"}));
+  restore_cmd->add_flag("--tcp-established", tcp_established, "Accepted for CRIU users: always on");
   std::string restore_name;
   restore_cmd->add_option("--name", restore_name,
                           "Make the restored tree a session of this name (default: the dumped "
