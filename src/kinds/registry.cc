@@ -12,6 +12,7 @@
 #include "kinds/regular_file.h"
 #include "kinds/shmem.h"
 #include "kinds/tcp_socket.h"
+#include "kinds/udp_socket.h"
 #include "kinds/signalfd.h"
 #include "kinds/timerfd.h"
 
@@ -27,6 +28,7 @@ const std::vector<FdKind>& FdKinds() {
       {chardev::kName, chardev::Matches, chardev::Dump, chardev::Restore},
       {pipe::kName, pipe::Matches, pipe::Dump, pipe::Restore},
       {tcp_socket::kName, tcp_socket::Matches, tcp_socket::Dump, tcp_socket::Restore},
+      {udp_socket::kName, udp_socket::Matches, udp_socket::Dump, udp_socket::Restore},
       {eventfd::kName, eventfd::Matches, eventfd::Dump, eventfd::Restore},
       {fifo::kName, fifo::Matches, fifo::Dump, fifo::Restore},
       {signalfd::kName, signalfd::Matches, signalfd::Dump, signalfd::Restore},

@@ -1,4 +1,5 @@
-/* refuse_socket: holds a UDP socket, which the engine does not support.
+/* refuse_socket: holds a UDP socket with a datagram queued, which the engine
+ * does not support yet.
  *
  * The dump must fail, naming pid, fd 7 and "socket", and leave the process
  * untouched: after the trigger the socket still works, no tracer is left,
@@ -37,6 +38,7 @@ int main(void) {
   SETUP(bind(SOCK_FD, (struct sockaddr *)&addr, sizeof addr) == 0, "bind");
   socklen_t len = sizeof addr;
   SETUP(getsockname(SOCK_FD, (struct sockaddr *)&addr, &len) == 0, "getsockname");
+  SETUP(sendto(SOCK_FD, "queued", 6, 0, (struct sockaddr *)&addr, sizeof addr) == 6, "sendto");
   struct timeval tv = {2, 0};
   setsockopt(SOCK_FD, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 
@@ -67,7 +69,9 @@ int main(void) {
   const char *tracer = status_field(status, "TracerPid");
   CHECK(tracer && atoi(tracer) == 0, "still traced: TracerPid %d", tracer ? atoi(tracer) : -1);
 
-  /* The socket still works: same address, datagram to itself. */
+  /* The queued datagram is still there, and the socket still works. */
+  char queued[16];
+  CHECK(recv(SOCK_FD, queued, sizeof queued, 0) == 6 && memcmp(queued, "queued", 6) == 0, "the queued datagram is gone");
   struct sockaddr_in now;
   len = sizeof now;
   CHECK(getsockname(SOCK_FD, (struct sockaddr *)&now, &len) == 0 && now.sin_port == addr.sin_port,

@@ -1,0 +1,112 @@
+#include "kinds/udp_socket.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
+#include "udp_socket.pb.h"
+
+namespace stasis::kinds::udp_socket {
+namespace {
+
+Result<int> GetInt(int fd, int level, int opt, const char* name) {
+  int v = 0;
+  socklen_t len = sizeof(v);
+  if (getsockopt(fd, level, opt, &v, &len) < 0)
+    return Error::Errno(std::string("getsockopt ") + name);
+  return v;
+}
+
+Status SetInt(int fd, int level, int opt, int v, const char* name) {
+  if (setsockopt(fd, level, opt, &v, sizeof(v)) < 0) {
+    return Error::Errno(fmt::format("setsockopt {} = {}", name, v));
+  }
+  return Ok();
+}
+
+bool IsUdp(int fd) {
+  int domain = 0, type = 0, proto = 0;
+  socklen_t len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) return false;
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return false;
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0) return false;
+  return (domain == AF_INET || domain == AF_INET6) && type == SOCK_DGRAM && proto == IPPROTO_UDP;
+}
+
+// sockaddr bytes, or empty when there is none (not connected).
+std::string Name(int fd, bool peer) {
+  sockaddr_storage ss = {};
+  socklen_t len = sizeof(ss);
+  int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
+               : getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  return r < 0 ? std::string() : std::string(reinterpret_cast<const char*>(&ss), len);
+}
+
+bool HasPort(const std::string& addr) {
+  if (addr.size() < sizeof(sockaddr_in)) return false;
+  const sockaddr_in* in = reinterpret_cast<const sockaddr_in*>(addr.data());
+  return in->sin_port != 0;  // sin6_port sits at the same offset
+}
+
+}  // namespace
+
+bool Matches(const FdDumpInput& in) { return S_ISSOCK(in.st.st_mode) && IsUdp(in.local.get()); }
+
+Status Dump(DumpContext&, const FdDumpInput& in, image::File* file) {
+  std::string what = DescribeFd(in.pid, in.fd, in.link);
+  int fd = in.local.get();
+  int queued = 0;
+  if (ioctl(fd, FIONREAD, &queued) < 0) return Error::Errno(what + ": FIONREAD");
+  if (queued > 0) {
+    return Error::Unsupported(what +
+                              ": a UDP socket with datagrams waiting to be read is not "
+                              "supported yet");
+  }
+  image::UdpSocketState s;
+  s.set_family(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_DOMAIN, "SO_DOMAIN")));
+  s.set_local(Name(fd, false));
+  s.set_peer(Name(fd, true));
+  s.set_flags(in.info.flags & ~O_CLOEXEC);
+  s.set_reuseaddr(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR")));
+  s.set_reuseport(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_REUSEPORT, "SO_REUSEPORT")));
+  s.set_broadcast(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_BROADCAST, "SO_BROADCAST")));
+  s.set_rcvbuf(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_RCVBUF, "SO_RCVBUF")));
+  s.set_sndbuf(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_SNDBUF, "SO_SNDBUF")));
+  if (s.family() == AF_INET6) {
+    s.set_v6only(STASIS_TRY(GetInt(fd, IPPROTO_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY")));
+  }
+  file->mutable_state()->PackFrom(s);
+  return Ok();
+}
+
+Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
+  image::UdpSocketState s;
+  if (!file.state().UnpackTo(&s)) return Error::Corrupt("udp state does not parse");
+  sys::UniqueFd fd(socket(s.family(), SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_UDP));
+  if (!fd.valid()) return Error::Errno("socket(UDP)");
+  int f = fd.get();
+  STASIS_TRY(SetInt(f, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
+  STASIS_TRY(SetInt(f, SOL_SOCKET, SO_REUSEPORT, s.reuseport(), "SO_REUSEPORT"));
+  STASIS_TRY(SetInt(f, SOL_SOCKET, SO_BROADCAST, s.broadcast(), "SO_BROADCAST"));
+  // The kernel reports twice what was set.
+  STASIS_TRY(SetInt(f, SOL_SOCKET, SO_RCVBUFFORCE, s.rcvbuf() / 2, "SO_RCVBUFFORCE"));
+  STASIS_TRY(SetInt(f, SOL_SOCKET, SO_SNDBUFFORCE, s.sndbuf() / 2, "SO_SNDBUFFORCE"));
+  if (s.family() == AF_INET6)
+    STASIS_TRY(SetInt(f, IPPROTO_IPV6, IPV6_V6ONLY, s.v6only(), "IPV6_V6ONLY"));
+  if (HasPort(s.local()) &&
+      bind(f, reinterpret_cast<const sockaddr*>(s.local().data()), s.local().size()) < 0) {
+    return Error::Errno("bind UDP socket");
+  }
+  if (!s.peer().empty() &&
+      connect(f, reinterpret_cast<const sockaddr*>(s.peer().data()), s.peer().size()) < 0) {
+    return Error::Errno("connect UDP socket");
+  }
+  if (fcntl(f, F_SETFL, s.flags() & (O_NONBLOCK | O_ASYNC)) < 0) return Error::Errno("F_SETFL");
+  return fd;
+}
+
+}  // namespace stasis::kinds::udp_socket

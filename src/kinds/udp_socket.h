@@ -1,0 +1,15 @@
+// UDP sockets, IPv4 and IPv6: bound and connected addresses, options, flags.
+// Refused for now: datagrams waiting in the receive queue (they would need
+// replaying from the right source addresses), multicast memberships.
+#pragma once
+
+#include "kinds/context.h"
+
+namespace stasis::kinds::udp_socket {
+
+inline constexpr const char* kName = "udp";
+bool Matches(const FdDumpInput& in);
+Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
+Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+
+}  // namespace stasis::kinds::udp_socket
