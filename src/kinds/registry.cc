@@ -13,6 +13,7 @@
 #include "kinds/shmem.h"
 #include "kinds/tcp_socket.h"
 #include "kinds/udp_socket.h"
+#include "kinds/unix_socket.h"
 #include "kinds/signalfd.h"
 #include "kinds/timerfd.h"
 
@@ -34,6 +35,7 @@ const std::vector<FdKind>& FdKinds() {
       {signalfd::kName, signalfd::Matches, signalfd::Dump, signalfd::Restore},
       {timerfd::kName, timerfd::Matches, timerfd::Dump, timerfd::Restore},
       {inotify::kName, inotify::Matches, inotify::Dump, inotify::Restore},
+      {unix_socket::kName, unix_socket::Matches, unix_socket::Dump, unix_socket::Restore},
       {epoll::kName, epoll::Matches, epoll::Dump, epoll::Restore, /*restore_last=*/true},
   };
   return kinds;
