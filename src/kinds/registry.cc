@@ -9,6 +9,7 @@
 #include "kinds/fifo.h"
 #include "kinds/inotify.h"
 #include "kinds/pipe.h"
+#include "kinds/pty.h"
 #include "kinds/regular_file.h"
 #include "kinds/shmem.h"
 #include "kinds/tcp_socket.h"
@@ -28,6 +29,8 @@ const std::vector<FdKind>& FdKinds() {
        /*restore_last=*/false, regular_file::AfterInstall},
       {chardev::kName, chardev::Matches, chardev::Dump, chardev::Restore},
       {pipe::kName, pipe::Matches, pipe::Dump, pipe::Restore},
+      {pty::kName, pty::Matches, pty::Dump, pty::Restore, /*restore_last=*/false, pty::AfterInstall,
+       pty::AfterTree},
       {tcp_socket::kName, tcp_socket::Matches, tcp_socket::Dump, tcp_socket::Restore},
       {udp_socket::kName, udp_socket::Matches, udp_socket::Dump, udp_socket::Restore},
       {eventfd::kName, eventfd::Matches, eventfd::Dump, eventfd::Restore},
