@@ -129,15 +129,16 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   if (state.same_fifo_as() != 0) {
     auto it = ctx.local_fds.find(state.same_fifo_as());
     if (it == ctx.local_fds.end()) {
-      return Error::Corrupt(fmt::format("{}: file {} is not before it", what, state.same_fifo_as()));
+      return Error::Corrupt(
+          fmt::format("{}: file {} is not before it", what, state.same_fifo_as()));
     }
     through = it->second;
   } else {
     through = STASIS_TRY(OpenFirst(ctx, state, what));
   }
   int accmode = static_cast<int>(state.flags() & O_ACCMODE);
-  sys::UniqueFd fd(open(fmt::format("/proc/self/fd/{}", through).c_str(),
-                        accmode | O_NONBLOCK | O_CLOEXEC));
+  sys::UniqueFd fd(
+      open(fmt::format("/proc/self/fd/{}", through).c_str(), accmode | O_NONBLOCK | O_CLOEXEC));
   if (!fd.valid()) return Error::Errno(fmt::format("{}: open (mode {:#o})", what, accmode));
   if (fcntl(fd.get(), F_SETFL, state.flags() & kSettableFlags) < 0) {
     return Error::Errno(fmt::format("{}: F_SETFL {:#o}", what, state.flags()));

@@ -13,6 +13,7 @@
 #include <map>
 #include <set>
 
+#include "sys/pidfds.h"
 #include "sys/proc.h"
 
 namespace stasis::kinds::file_locks {
@@ -56,11 +57,11 @@ bool ParseInode(std::string_view s, LockLine* line) {
 
 std::string Describe(const image::FileLock& lock) {
   static constexpr const char* kKinds[] = {"POSIX", "OFD", "flock"};
-  std::string range =
-      lock.length() == 0 ? fmt::format("{}-EOF", lock.start())
-                         : fmt::format("{}-{}", lock.start(), lock.start() + lock.length() - 1);
-  std::string text = fmt::format("{} {} lock", kKinds[lock.kind() % 3],
-                                 lock.write() ? "write" : "read");
+  std::string range = lock.length() == 0
+                          ? fmt::format("{}-EOF", lock.start())
+                          : fmt::format("{}-{}", lock.start(), lock.start() + lock.length() - 1);
+  std::string text =
+      fmt::format("{} {} lock", kKinds[lock.kind() % 3], lock.write() ? "write" : "read");
   if (lock.kind() != image::FileLock::FLOCK) text += " on bytes " + range;
   if (lock.kind() == image::FileLock::POSIX) text += fmt::format(" of pid {}", lock.owner_pid());
   return text;
@@ -68,10 +69,22 @@ std::string Describe(const image::FileLock& lock) {
 
 // The pid a host pid has inside the tree's namespace (what Process.pid is).
 Result<int> TreePid(pid_t host_pid) {
-  std::string text =
-      STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/status", host_pid)));
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/status", host_pid)));
   sys::proc::ProcStatus status = STASIS_TRY(sys::proc::ParseStatus(text));
   return status.ns_pid.empty() ? host_pid : status.ns_pid.back();
+}
+
+// Whether host process `pid` of the tree has an fd on the description of
+// `in` (a flock's locker may have closed it or be outside the tree).
+Result<bool> HoldsDescription(const DumpContext& ctx, const FdDumpInput& in, pid_t pid) {
+  if (pid == in.pid) return true;
+  for (const FdIndexEntry& e : ctx.fd_index) {
+    if (e.pid == pid && e.link == in.link &&
+        STASIS_TRY(sys::SameFile(in.pid, in.fd, e.pid, e.fd))) {
+      return true;
+    }
+  }
+  return false;
 }
 
 // Runs `attempt` (which returns 0 or an errno) until the lock is free or
@@ -176,19 +189,24 @@ Result<std::vector<image::FileLock>> Dump(const DumpContext& ctx, const FdDumpIn
   for (const std::string& text : in.info.locks) {
     LockLine line = STASIS_TRY_CTX(ParseLockLine(text), what);
     if (line.lock_class == "FLOCK") {
-      out.push_back(FromLine(line, image::FileLock::FLOCK));
+      image::FileLock lock = FromLine(line, image::FileLock::FLOCK);
+      pid_t pid = static_cast<pid_t>(line.pid);
+      if (line.pid > 0 && STASIS_TRY_CTX(HoldsDescription(ctx, in, pid), what)) {
+        lock.set_owner_pid(STASIS_TRY_CTX(TreePid(pid), what));
+      }
+      out.push_back(lock);
     } else if (line.lock_class == "OFDLCK") {
       out.push_back(FromLine(line, image::FileLock::OFD));
     } else if (line.lock_class == "POSIX") {
       own_posix.push_back(line);
       continue;
     } else {
-      return Error::Unsupported(fmt::format("{}: {} locks are not supported (fdinfo: {})", what,
-                                            line.lock_class, text));
+      return Error::Unsupported(
+          fmt::format("{}: {} locks are not supported (fdinfo: {})", what, line.lock_class, text));
     }
     if (line.type != "READ" && line.type != "WRITE") {
-      return Error::Unsupported(fmt::format("{}: a {} lock is not supported ({})", what,
-                                            line.type, text));
+      return Error::Unsupported(
+          fmt::format("{}: a {} lock is not supported ({})", what, line.type, text));
     }
   }
 
@@ -197,9 +215,17 @@ Result<std::vector<image::FileLock>> Dump(const DumpContext& ctx, const FdDumpIn
   for (const FdIndexEntry& e : ctx.fd_index) tree.insert(e.pid);
   tree.insert(in.pid);
   std::string text = STASIS_TRY(sys::proc::ReadFile("/proc/locks"));
-  std::vector<LockLine> all = STASIS_TRY(ParseProcLocks(text));
+  // A line about another file that this parser does not understand must
+  // not stop the dump; one that names this inode does.
+  std::string inode =
+      fmt::format("{:02x}:{:02x}:{} ", major(in.st.st_dev), minor(in.st.st_dev), in.st.st_ino);
   std::map<pid_t, int> tree_pid;
-  for (const LockLine& line : all) {
+  for (size_t pos = 0, eol; pos < text.size(); pos = eol + 1) {
+    eol = text.find('\n', pos);
+    if (eol == std::string::npos) eol = text.size();
+    std::string_view raw(text.data() + pos, eol - pos);
+    if (raw.find(inode) == std::string_view::npos) continue;
+    LockLine line = STASIS_TRY_CTX(ParseLockLine(raw), what + ": /proc/locks");
     if (!line.has_inode || line.ino != in.st.st_ino || line.dev_major != major(in.st.st_dev) ||
         line.dev_minor != minor(in.st.st_dev)) {
       continue;
@@ -213,8 +239,8 @@ Result<std::vector<image::FileLock>> Dump(const DumpContext& ctx, const FdDumpIn
     }
     if (line.lock_class != "POSIX") continue;  // descriptions' locks come from their fdinfo
     if (line.type != "READ" && line.type != "WRITE") {
-      return Error::Unsupported(fmt::format("{}: a POSIX {} lock is not supported", what,
-                                            line.type));
+      return Error::Unsupported(
+          fmt::format("{}: a POSIX {} lock is not supported", what, line.type));
     }
     if (!tree_pid.contains(pid)) tree_pid[pid] = STASIS_TRY_CTX(TreePid(pid), what);
     image::FileLock lock = FromLine(line, image::FileLock::POSIX);
@@ -233,32 +259,39 @@ Result<std::vector<image::FileLock>> Dump(const DumpContext& ctx, const FdDumpIn
   return out;
 }
 
-Status TakeDescriptionLocks(int fd, const google::protobuf::RepeatedPtrField<image::FileLock>& locks,
-                            const std::string& what) {
+Status TakeOfdLocks(int fd, const google::protobuf::RepeatedPtrField<image::FileLock>& locks,
+                    const std::string& what) {
   for (const image::FileLock& lock : locks) {
-    std::string desc = fmt::format("{}: take {}", what, Describe(lock));
-    if (lock.kind() == image::FileLock::OFD) {
-      struct flock fl = ToFlock(lock);
-      STASIS_TRY(WithRetry(desc, [&]() -> Result<int> {
-        return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
-      }));
-    } else if (lock.kind() == image::FileLock::FLOCK) {
-      int op = (lock.write() ? LOCK_EX : LOCK_SH) | LOCK_NB;
-      STASIS_TRY(WithRetry(desc, [&]() -> Result<int> {
-        if (flock(fd, op) == 0) return 0;
-        return errno == EWOULDBLOCK ? EAGAIN : errno;
-      }));
-    } else if (lock.kind() != image::FileLock::POSIX) {
+    if (lock.kind() > image::FileLock::FLOCK) {
       return Error::Corrupt(fmt::format("{}: lock of unknown kind {}", what, lock.kind()));
     }
+    if (lock.kind() != image::FileLock::OFD) continue;
+    struct flock fl = ToFlock(lock);
+    STASIS_TRY(WithRetry(fmt::format("{}: take {}", what, Describe(lock)), [&]() -> Result<int> {
+      return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
+    }));
   }
   return Ok();
 }
 
-Status TakePosixLocks(RemoteTask& task, const image::Process& proc, int fd,
-                      const google::protobuf::RepeatedPtrField<image::FileLock>& locks) {
+// flock(fd, op | LOCK_NB) inside the task. The description may have it
+// already (taken in an earlier holder): then this changes nothing.
+Status TakeFlock(RemoteTask& task, int fd, const image::FileLock& lock) {
+  int op = (lock.write() ? LOCK_EX : LOCK_SH) | LOCK_NB;
+  return WithRetry(fmt::format("fd {}: take {}", fd, Describe(lock)), [&]() -> Result<int> {
+    long r = STASIS_TRY(task.injector().Raw(SYS_flock, fd, op));
+    return r == -EWOULDBLOCK ? EAGAIN : r < 0 ? static_cast<int>(-r) : 0;
+  });
+}
+
+Status TakeProcessLocks(RemoteTask& task, const image::Process& proc, int fd,
+                        const google::protobuf::RepeatedPtrField<image::FileLock>& locks) {
   std::vector<const image::FileLock*> mine;
   for (const image::FileLock& lock : locks) {
+    if (lock.kind() == image::FileLock::FLOCK &&
+        (lock.owner_pid() == 0 || lock.owner_pid() == proc.pid())) {
+      STASIS_TRY(TakeFlock(task, fd, lock));
+    }
     if (lock.kind() == image::FileLock::POSIX && lock.owner_pid() == proc.pid()) {
       mine.push_back(&lock);
     }

@@ -4,8 +4,13 @@
 //
 // Who owns a lock decides where it is retaken:
 // - flock and OFD locks belong to the open file description: the fdinfo of
-//   every fd of that description shows them, and the restorer takes them
-//   on the new description before it is handed to the tree.
+//   every fd of that description shows them. The restorer takes OFD locks
+//   on the new description before it is handed to the tree. A flock is
+//   taken inside the tree instead, by an injected flock() in the process
+//   that took it (when that process still holds the description, else in
+//   the first process that installs it): /proc/locks names a flock by the
+//   pid that took it and hides it from any pid namespace where that pid
+//   does not exist, as the restorer's does not exist in the tree's.
 // - POSIX locks belong to a process (its fd table) and the kernel drops all
 //   of them when the process closes ANY fd of the file. /proc/locks names
 //   the owner by pid. Every File of the inode carries the POSIX locks of
@@ -38,17 +43,17 @@ namespace stasis::kinds::file_locks {
 // "2: -> POSIX  ADVISORY  WRITE 3040 fe:00:10952903 100 EOF".
 struct LockLine {
   int id = 0;
-  bool blocked = false;     // "->": a request waiting for this lock, not a held lock
-  std::string lock_class;   // POSIX, OFDLCK, FLOCK, LEASE, DELEG, ACCESS, UNKNOWN
-  std::string type;         // READ, WRITE or UNLCK
-  int64_t pid = 0;          // -1 for OFD locks; the locker for flock
-  bool has_inode = false;   // false for "<none>:0"
-  uint32_t dev_major = 0;   // the superblock's device, hex in the text
+  bool blocked = false;    // "->": a request waiting for this lock, not a held lock
+  std::string lock_class;  // POSIX, OFDLCK, FLOCK, LEASE, DELEG, ACCESS, UNKNOWN
+  std::string type;        // READ, WRITE or UNLCK
+  int64_t pid = 0;         // -1 for OFD locks; the locker for flock
+  bool has_inode = false;  // false for "<none>:0"
+  uint32_t dev_major = 0;  // the superblock's device, hex in the text
   uint32_t dev_minor = 0;
   uint64_t ino = 0;
   uint64_t start = 0;
-  bool to_eof = false;      // end column "EOF"
-  uint64_t end = 0;         // inclusive
+  bool to_eof = false;  // end column "EOF"
+  uint64_t end = 0;     // inclusive
 };
 
 Result<LockLine> ParseLockLine(std::string_view text);
@@ -59,14 +64,16 @@ Result<std::vector<LockLine>> ParseProcLocks(std::string_view text);
 // processes on its inode (/proc/locks). Refuses what cannot be carried.
 Result<std::vector<image::FileLock>> Dump(const DumpContext& ctx, const FdDumpInput& in);
 
-// Restore, in the restorer: takes the description's OFD and flock locks
-// on `fd`, the new description.
-Status TakeDescriptionLocks(int fd, const google::protobuf::RepeatedPtrField<image::FileLock>& locks,
-                            const std::string& what);
+// Restore, in the restorer: takes the description's OFD locks on `fd`, the
+// new description.
+Status TakeOfdLocks(int fd, const google::protobuf::RepeatedPtrField<image::FileLock>& locks,
+                    const std::string& what);
 
 // Restore, inside process `proc` right after an fd of the file was
-// installed at `fd`: retakes the POSIX locks it owns on the file.
-Status TakePosixLocks(RemoteTask& task, const image::Process& proc, int fd,
-                      const google::protobuf::RepeatedPtrField<image::FileLock>& locks);
+// installed at `fd`: retakes the POSIX locks it owns on the file, and the
+// description's flock if it is the flock's owner (or the owner is not in
+// the tree).
+Status TakeProcessLocks(RemoteTask& task, const image::Process& proc, int fd,
+                        const google::protobuf::RepeatedPtrField<image::FileLock>& locks);
 
 }  // namespace stasis::kinds::file_locks

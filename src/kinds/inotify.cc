@@ -37,7 +37,8 @@ std::string Unescape(std::string_view s) {
   std::string out;
   for (size_t i = 0; i < s.size(); ++i) {
     if (s[i] == '\\' && i + 3 < s.size()) {
-      out.push_back(static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
+      out.push_back(
+          static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
       i += 3;
     } else {
       out.push_back(s[i]);
@@ -66,7 +67,8 @@ Result<sys::UniqueFd> OpenMountOf(dev_t dev, const std::string& what) {
       i = sp + 1;
     }
     if (f.size() < 5 || f[2] != want) continue;
-    sys::UniqueFd fd(open(Unescape(f[4]).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    // Not O_PATH: open_by_handle_at does not take an O_PATH mount fd (EBADF).
+    sys::UniqueFd fd(open(Unescape(f[4]).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (fd.valid()) return fd;
   }
   return Error::Unsupported(
@@ -76,9 +78,9 @@ Result<sys::UniqueFd> OpenMountOf(dev_t dev, const std::string& what) {
 // The path of the watched inode, checked to lead back to it.
 Result<std::string> PathOf(const WatchLine& w, const std::string& what) {
   if (!w.has_handle) {
-    return Error::Unsupported(fmt::format(
-        "{}: watch {} is on a filesystem that gives no file handles (inode {:#x})", what, w.wd,
-        w.ino));
+    return Error::Unsupported(
+        fmt::format("{}: watch {} is on a filesystem that gives no file handles (inode {:#x})",
+                    what, w.wd, w.ino));
   }
   dev_t dev = UserDev(w.sdev);
   sys::UniqueFd mount = STASIS_TRY(OpenMountOf(dev, what));
@@ -91,16 +93,15 @@ Result<std::string> PathOf(const WatchLine& w, const std::string& what) {
   std::copy(w.handle.begin(), w.handle.end(), h.head.f_handle);
   sys::UniqueFd fd(open_by_handle_at(mount.get(), &h.head, O_PATH | O_CLOEXEC));
   if (!fd.valid()) {
-    return Error::Errno(fmt::format("{}: watch {}: open_by_handle_at (inode {:#x})", what, w.wd,
-                                    w.ino));
+    return Error::Errno(
+        fmt::format("{}: watch {}: open_by_handle_at (inode {:#x})", what, w.wd, w.ino));
   }
-  std::string path =
-      STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/self/fd/{}", fd.get())));
+  std::string path = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/self/fd/{}", fd.get())));
   struct stat st;
   if (lstat(path.c_str(), &st) < 0 || st.st_dev != dev || st.st_ino != w.ino) {
-    return Error::Unsupported(fmt::format(
-        "{}: watch {} is on inode {:#x} of device {}:{}, which no path leads to ('{}')", what,
-        w.wd, w.ino, major(dev), minor(dev), path));
+    return Error::Unsupported(
+        fmt::format("{}: watch {} is on inode {:#x} of device {}:{}, which no path leads to ('{}')",
+                    what, w.wd, w.ino, major(dev), minor(dev), path));
   }
   return path;
 }
@@ -219,7 +220,8 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   int skipped = 0;
   for (const image::InotifyWatch& w : state.watches()) {
     if (w.wd() < next) {
-      return Error::Corrupt(fmt::format("{}: watch {} is not in increasing wd order", what, w.wd()));
+      return Error::Corrupt(
+          fmt::format("{}: watch {} is not in increasing wd order", what, w.wd()));
     }
     while (next < w.wd()) {
       if (!scratch.valid()) {
@@ -228,9 +230,9 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
         scratch_path = fmt::format("/proc/self/fd/{}", scratch.get());
       }
       if (++skipped > kMaxSkippedWds) {
-        return Error::Unsupported(fmt::format(
-            "{}: recreating wd {} takes skipping more than {} unused wds", what, w.wd(),
-            kMaxSkippedWds));
+        return Error::Unsupported(
+            fmt::format("{}: recreating wd {} takes skipping more than {} unused wds", what, w.wd(),
+                        kMaxSkippedWds));
       }
       int gap = inotify_add_watch(fd.get(), scratch_path.c_str(), IN_DELETE_SELF);
       if (gap < 0) return Error::Errno(what + ": scratch watch");
@@ -245,8 +247,8 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
     // IN_DONT_FOLLOW: the path is the watched inode itself, a symlink too.
     int wd = inotify_add_watch(fd.get(), w.path().c_str(), w.mask() | IN_DONT_FOLLOW);
     if (wd < 0) {
-      return Error::Errno(fmt::format("{}: watch {} on {} (mask {:#x})", what, w.wd(), w.path(),
-                                      w.mask()));
+      return Error::Errno(
+          fmt::format("{}: watch {} on {} (mask {:#x})", what, w.wd(), w.path(), w.mask()));
     }
     if (wd != w.wd()) {
       return Error(ErrorCode::kFailed, fmt::format("{}: watch on {} got wd {}, the image has {}",

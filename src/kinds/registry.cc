@@ -12,11 +12,11 @@
 #include "kinds/pty.h"
 #include "kinds/regular_file.h"
 #include "kinds/shmem.h"
+#include "kinds/signalfd.h"
 #include "kinds/tcp_socket.h"
+#include "kinds/timerfd.h"
 #include "kinds/udp_socket.h"
 #include "kinds/unix_socket.h"
-#include "kinds/signalfd.h"
-#include "kinds/timerfd.h"
 
 namespace stasis::kinds {
 
@@ -28,9 +28,9 @@ const std::vector<FdKind>& FdKinds() {
       {regular_file::kName, regular_file::Matches, regular_file::Dump, regular_file::Restore,
        /*restore_last=*/false, regular_file::AfterInstall},
       {chardev::kName, chardev::Matches, chardev::Dump, chardev::Restore},
-      {pipe::kName, pipe::Matches, pipe::Dump, pipe::Restore},
       {pty::kName, pty::Matches, pty::Dump, pty::Restore, /*restore_last=*/false, pty::AfterInstall,
-       pty::AfterTree},
+       pty::AfterTree, pty::AfterInstall},
+      {pipe::kName, pipe::Matches, pipe::Dump, pipe::Restore},
       {tcp_socket::kName, tcp_socket::Matches, tcp_socket::Dump, tcp_socket::Restore},
       {udp_socket::kName, udp_socket::Matches, udp_socket::Dump, udp_socket::Restore},
       {eventfd::kName, eventfd::Matches, eventfd::Dump, eventfd::Restore},

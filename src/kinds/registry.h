@@ -31,6 +31,12 @@ struct FdKind {
   // process group.
   Status (*after_tree)(RemoteTask& task, const image::Process& proc, const image::File& file,
                        int fd) = nullptr;
+  // Optional, run in a session leader right after its setsid(), before its
+  // children are made, with the File pulled in at a temporary fd `fd`:
+  // for the controlling terminal, which the children then inherit. The task
+  // has no scratch memory yet: only system calls without memory arguments.
+  Status (*after_setsid)(RemoteTask& task, const image::Process& proc, const image::File& file,
+                         int fd) = nullptr;
 };
 
 const std::vector<FdKind>& FdKinds();

@@ -74,7 +74,8 @@ Status ReadContents(const FdDumpInput& in, image::RegularFileState* state) {
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return Error::Errno(fmt::format("{}: read at {}", what, data + done));
       if (n == 0) {  // shrunk meanwhile: it cannot, the tree is stopped
-        return Error(ErrorCode::kFailed, fmt::format("{}: unexpected end at {}", what, data + done));
+        return Error(ErrorCode::kFailed,
+                     fmt::format("{}: unexpected end at {}", what, data + done));
       }
       done += static_cast<size_t>(n);
     }
@@ -149,8 +150,8 @@ Result<sys::UniqueFd> RestoreUnlinked(RestoreContext& ctx, const image::RegularF
   if (state.same_inode_as() != 0) {
     auto it = ctx.local_fds.find(state.same_inode_as());
     if (it == ctx.local_fds.end()) {
-      return Error::Corrupt(
-          fmt::format("{}: file {} with its contents is not before it", what, state.same_inode_as()));
+      return Error::Corrupt(fmt::format("{}: file {} with its contents is not before it", what,
+                                        state.same_inode_as()));
     }
     sys::UniqueFd fd(open(fmt::format("/proc/self/fd/{}", it->second).c_str(), ReopenFlags(state)));
     if (!fd.valid()) return Error::Errno(what + ": reopen");
@@ -184,9 +185,10 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   std::string path = in.link;
   bool unlinked = in.st.st_nlink == 0;
   if (unlinked && !S_ISREG(in.st.st_mode)) {
-    return Error::Unsupported(what + (S_ISDIR(in.st.st_mode) ? ": a removed directory"
-                                                             : ": an unlinked non-regular file") +
-                              " is not supported");
+    return Error::Unsupported(
+        what +
+        (S_ISDIR(in.st.st_mode) ? ": a removed directory" : ": an unlinked non-regular file") +
+        " is not supported");
   }
   if (path.ends_with(kDeletedSuffix)) {
     struct stat st;
@@ -250,14 +252,14 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   if (lseek(fd.get(), static_cast<off_t>(state.pos()), SEEK_SET) < 0) {
     return Error::Errno(fmt::format("lseek {} to {}", what, state.pos()));
   }
-  STASIS_TRY(file_locks::TakeDescriptionLocks(fd.get(), state.locks(), what));
+  STASIS_TRY(file_locks::TakeOfdLocks(fd.get(), state.locks(), what));
   return fd;
 }
 
 Status AfterInstall(RemoteTask& task, const image::Process& proc, const image::File& file, int fd) {
   image::RegularFileState state;
   if (!file.state().UnpackTo(&state)) return Error::Corrupt("regular file state does not parse");
-  return file_locks::TakePosixLocks(task, proc, fd, state.locks());
+  return file_locks::TakeProcessLocks(task, proc, fd, state.locks());
 }
 
 }  // namespace stasis::kinds::regular_file

@@ -20,18 +20,20 @@
 
 #include <cstdint>
 
+#include "image/stream.h"
 #include "kinds/context.h"
 
 namespace stasis::kinds::regular_file {
 
 inline constexpr const char* kName = "regular";
 // What one File record can hold (the record cap less room for the rest).
-inline constexpr uint64_t kMaxUnlinkedContents = (64u << 20) - (1u << 20);
+inline constexpr uint64_t kMaxUnlinkedContents = image::kMaxRecordPayload - (1u << 20);
 
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
-// Retakes the POSIX locks the process owns on the file (file_locks.h).
+// Retakes the POSIX locks the process owns on the file, and its flock
+// (file_locks.h).
 Status AfterInstall(RemoteTask& task, const image::Process& proc, const image::File& file, int fd);
 
 }  // namespace stasis::kinds::regular_file

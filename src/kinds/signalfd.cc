@@ -34,7 +34,7 @@ Status Dump(DumpContext&, const FdDumpInput& in, image::File* file) {
     return Error::Invalid(fmt::format("{}: fdinfo sigmask '{}' is not a hex number", what, *text));
   }
   image::SignalfdState state;
-  state.set_sigmask(mask);
+  state.set_signal_mask(mask);
   state.set_flags(in.info.flags & ~O_CLOEXEC);
   file->mutable_state()->PackFrom(state);
   return Ok();
@@ -45,9 +45,8 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   if (!file.state().UnpackTo(&state)) return Error::Corrupt("signalfd state does not parse");
   // The raw call: glibc's sigset_t helpers refuse its internal signals
   // (32, 33), which a mask may name all the same.
-  uint64_t mask = state.sigmask();
-  sys::UniqueFd fd(
-      static_cast<int>(syscall(SYS_signalfd4, -1, &mask, sizeof mask, SFD_CLOEXEC)));
+  uint64_t mask = state.signal_mask();
+  sys::UniqueFd fd(static_cast<int>(syscall(SYS_signalfd4, -1, &mask, sizeof mask, SFD_CLOEXEC)));
   if (!fd.valid()) return Error::Errno(fmt::format("signalfd4(mask {:#x})", mask));
   if (fcntl(fd.get(), F_SETFL, state.flags() & kSettableFlags) < 0) {
     return Error::Errno(fmt::format("signalfd: F_SETFL {:#o}", state.flags()));

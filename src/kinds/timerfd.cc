@@ -118,15 +118,17 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   if (armed && (flags & TFD_TIMER_ABSTIME)) {
     bool same_boot = STASIS_TRY(BootId()) == state.boot_id();
     if (same_boot || !BootBound(state.clockid())) {
-      its.it_value = Add({state.now_sec(), state.now_nsec()}, state.value_sec(), state.value_nsec());
+      its.it_value =
+          Add({state.now_sec(), state.now_nsec()}, state.value_sec(), state.value_nsec());
     } else {
       flags &= ~(TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET);  // the time it had left
     }
   }
   if (timerfd_settime(fd.get(), flags, &its, nullptr) < 0) {
-    return Error::Errno(fmt::format("{}: timerfd_settime(flags {:#o}, value {}.{:09}, interval {}.{:09})",
-                                    what, flags, its.it_value.tv_sec, its.it_value.tv_nsec,
-                                    its.it_interval.tv_sec, its.it_interval.tv_nsec));
+    return Error::Errno(
+        fmt::format("{}: timerfd_settime(flags {:#o}, value {}.{:09}, interval {}.{:09})", what,
+                    flags, its.it_value.tv_sec, its.it_value.tv_nsec, its.it_interval.tv_sec,
+                    its.it_interval.tv_nsec));
   }
   if (state.ticks() != 0) {
     // A deadline that passed while the tree was in the image fired already.

@@ -236,7 +236,7 @@ struct TreeRestore {
                   : STASIS_TRY(TaskBuild::StartForked(*t.leader, t.host_pid, plan, t.origin, feed));
     for (const image::Process& c : head.procs) {
       if (&c == head.procs.data() || c.ppid() != t.proc->pid()) continue;
-      size_t j = STASIS_TRY(ForkInto(tree[i], c, &tree));
+      size_t j = STASIS_TRY(ForkInto(tree[i], c, {&files, &image_files}, &tree));
       STASIS_TRY_CTX(BuildSubtree(j), fmt::format("restore pid {}", c.pid()));
     }
     return tree[i].build->RestoreAttributes(&tree[i].threads);
@@ -262,7 +262,10 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   Spawner spawner = STASIS_TRY(Spawner::Start(options.new_pid_ns));
   std::vector<TreeProcess> tree;
   TreeGuard guard(&tree);
-  STASIS_TRY_CTX(CreateRoot(spawner, head.procs, &tree), "restore tree");
+  std::map<uint64_t, const image::File*> image_files;
+  for (const image::File& f : head.files) image_files[f.id()] = &f;
+  TreeFiles tree_files = {&files, &image_files};
+  STASIS_TRY_CTX(CreateRoot(spawner, head.procs, tree_files, &tree), "restore tree");
   result.host_pid = tree[0].host_pid;
   TreeRestore builder{head, files, records, tree, {}};
   for (const image::File& f : head.files) builder.image_files[f.id()] = &f;

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -101,6 +102,12 @@ int SpawnPuppet(pid_t pid, int slot, int restorer_pidfd) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   int devnull = open("/dev/null", O_RDWR);
   for (int fd = 0; fd < 3; ++fd) dup2(devnull, fd);
+  // The restorer's other fds (the restored files among them) are not the
+  // init's to hold: a lock or a pipe end the tree closes must really close.
+  int keep_low = std::min(control, restorer_pidfd), keep_high = std::max(control, restorer_pidfd);
+  syscall(sys::abi::kNrCloseRange, 3, keep_low - 1, 0);
+  syscall(sys::abi::kNrCloseRange, keep_low + 1, keep_high - 1, 0);
+  syscall(sys::abi::kNrCloseRange, keep_high + 1, ~0u, 0);
   if (mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) < 0) _exit(126);
   if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0) _exit(125);
   for (;;) {

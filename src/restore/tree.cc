@@ -10,6 +10,7 @@
 #include <map>
 #include <set>
 
+#include "kinds/registry.h"
 #include "sys/kernel_abi.h"
 
 namespace stasis::restore {
@@ -24,11 +25,32 @@ const image::Process* Find(const std::vector<image::Process>& procs, int pid) {
   return nullptr;
 }
 
+// After setsid(): each kind's after_setsid hook (the controlling terminal),
+// with the File pulled into the new session leader for the call.
+Status AfterSetsid(sys::Injector& inj, pid_t host_pid, int slot, const image::Process& proc,
+                   const TreeFiles& files) {
+  kinds::RemoteTask task(host_pid, inj, 0, 0);
+  task.set_restorer_pidfd(slot);
+  for (const image::Fd& fd : proc.fds()) {
+    auto image_file = files.image->find(fd.file_id());
+    auto local = files.local->find(fd.file_id());
+    if (image_file == files.image->end() || local == files.local->end()) continue;
+    const kinds::FdKind* kind = kinds::FindFdKind(image_file->second->kind());
+    if (kind == nullptr || kind->after_setsid == nullptr) continue;
+    STASIS_TRY(task.WithPulledFd(local->second.get(), [&](int remote) -> Status {
+      return kind->after_setsid(task, proc, *image_file->second, remote);
+    }));
+  }
+  return Ok();
+}
+
 // setsid() in the root puppet before it is built: before any child exists.
-Status PristineSetsid(sys::Tracee& tracee) {
+Status PristineSetsid(sys::Tracee& tracee, int slot, const image::Process& proc,
+                      const TreeFiles& files) {
   uint64_t ip = STASIS_TRY(PuppetSyscallIp(tracee.tid()));
   sys::Injector inj = STASIS_TRY(sys::Injector::Create(tracee, ip));
   STASIS_TRY(inj.Call("setsid", SYS_setsid));
+  STASIS_TRY(AfterSetsid(inj, tracee.tid(), slot, proc, files));
   return inj.Finish();
 }
 
@@ -131,7 +153,7 @@ Status ValidateTree(const std::vector<image::Process>& procs) {
 }
 
 Status CreateRoot(Spawner& spawner, const std::vector<image::Process>& procs,
-                  std::vector<TreeProcess>* out) {
+                  const TreeFiles& files, std::vector<TreeProcess>* out) {
   out->reserve(procs.size());
   const image::Process& root = procs[0];
   TreeProcess& first = out->emplace_back();
@@ -142,11 +164,13 @@ Status CreateRoot(Spawner& spawner, const std::vector<image::Process>& procs,
   first.leader =
       std::make_unique<sys::Tracee>(STASIS_TRY(sys::Tracee::Seize(puppet.host_pid, true)));
   STASIS_TRY(first.leader->SetOptions(kTraceOptions));
-  if (root.sid() == root.pid()) STASIS_TRY(PristineSetsid(*first.leader));
+  if (root.sid() == root.pid()) {
+    STASIS_TRY(PristineSetsid(*first.leader, first.pidfd_slot, root, files));
+  }
   return Ok();
 }
 
-Result<size_t> ForkInto(TreeProcess& parent, const image::Process& c,
+Result<size_t> ForkInto(TreeProcess& parent, const image::Process& c, const TreeFiles& files,
                         std::vector<TreeProcess>* out) {
   if (out->size() == out->capacity()) return Error(ErrorCode::kFailed, "tree storage is full");
   pid_t host = STASIS_TRY(parent.build->ForkChild(c.pid(), c.exit_signal()));
@@ -163,7 +187,10 @@ Result<size_t> ForkInto(TreeProcess& parent, const image::Process& c,
     STASIS_TRY(p->Call("dup3", SYS_dup3, parent.pidfd_slot, child.pidfd_slot, 0));
     STASIS_TRY(p->Call("close", SYS_close, parent.pidfd_slot));
   }
-  if (c.sid() == c.pid()) STASIS_TRY(p->Call("setsid", SYS_setsid));
+  if (c.sid() == c.pid()) {
+    STASIS_TRY(p->Call("setsid", SYS_setsid));
+    STASIS_TRY(AfterSetsid(p->injector(), host, child.pidfd_slot, c, files));
+  }
   STASIS_TRY(p->injector().Finish());
   return out->size() - 1;
 }

@@ -37,12 +37,18 @@ struct TreeProcess {
 // children (depth first), a supported session layout.
 Status ValidateTree(const std::vector<image::Process>& procs);
 
+// The image's Files: what the kinds' after_setsid hooks need.
+struct TreeFiles {
+  const LocalFiles* local;
+  const std::map<uint64_t, const image::File*>* image;
+};
+
 // Creates the root puppet (out must have room for every process: entries
 // are referred to by address).
 Status CreateRoot(Spawner& spawner, const std::vector<image::Process>& procs,
-                  std::vector<TreeProcess>* out);
+                  const TreeFiles& files, std::vector<TreeProcess>* out);
 // Forks `child` from `parent` (in phase 1 or later) and returns its index.
-Result<size_t> ForkInto(TreeProcess& parent, const image::Process& child,
+Result<size_t> ForkInto(TreeProcess& parent, const image::Process& child, const TreeFiles& files,
                         std::vector<TreeProcess>* out);
 // After every process exists and has its attributes: groups, then zombies.
 Status MakeGroups(const std::vector<image::Process>& procs, std::vector<TreeProcess>* tree);
