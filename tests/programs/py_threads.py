@@ -84,7 +84,11 @@ def main():
         return 1
     before = dict(ids)
     print("READY", flush=True)
-    triggered.wait()
+    # Poll: CPython runs signal handlers in the main thread only, and the
+    # kernel may deliver the trigger to any of the 12 threads; a main thread
+    # blocked in a lock without a timeout would never see it.
+    while not triggered.is_set():
+        time.sleep(0.05)
 
     failures = []
     now = {t.name: t.native_id for t in threading.enumerate()}
