@@ -57,6 +57,9 @@ def event_waiter():
     record("event")
     while not triggered.wait(timeout=30):
         pass
+    # Stay until main has counted the threads and lets everyone go.
+    while not go[0]:
+        time.sleep(0.01)
     done["event"] = True
 
 
