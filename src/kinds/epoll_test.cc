@@ -1,4 +1,5 @@
 #include "kinds/epoll.h"
+#include "kinds/kind_testing.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -18,22 +19,7 @@ namespace {
 
 constexpr uint32_t kErrHup = EPOLLERR | EPOLLHUP;
 
-FdDumpInput InputFor(int fd) {
-  FdDumpInput in;
-  in.pid = getpid();
-  in.fd = fd;
-  in.local.reset(fcntl(fd, F_DUPFD_CLOEXEC, 0));
-  EXPECT_EQ(fstat(in.local.get(), &in.st), 0);
-  Result<std::string> link = sys::proc::ReadLink(fmt::format("/proc/self/fd/{}", fd));
-  Result<std::string> text = sys::proc::ReadFile(fmt::format("/proc/self/fdinfo/{}", fd));
-  EXPECT_TRUE(link.ok() && text.ok());
-  if (!link.ok() || !text.ok()) return in;
-  in.link = link.value();
-  Result<sys::proc::FdInfo> info = sys::proc::ParseFdInfo(text.value());
-  EXPECT_TRUE(info.ok()) << info.error().ToString();
-  if (info.ok()) in.info = info.value();
-  return in;
-}
+using fd_testing::InputFor;
 
 // The fd table of this process as the checkpoint layer describes it: one
 // file id per open file description; fd_of_file is an fd holding each.

@@ -1,4 +1,5 @@
 #include "kinds/eventfd.h"
+#include "kinds/kind_testing.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -15,22 +16,7 @@ namespace stasis::kinds::eventfd {
 namespace {
 
 // What the checkpoint layer would hand the kind for our own fd.
-FdDumpInput InputFor(int fd) {
-  FdDumpInput in;
-  in.pid = getpid();
-  in.fd = fd;
-  in.local.reset(fcntl(fd, F_DUPFD_CLOEXEC, 0));
-  EXPECT_EQ(fstat(in.local.get(), &in.st), 0);
-  Result<std::string> link = sys::proc::ReadLink(fmt::format("/proc/self/fd/{}", fd));
-  Result<std::string> text = sys::proc::ReadFile(fmt::format("/proc/self/fdinfo/{}", fd));
-  EXPECT_TRUE(link.ok() && text.ok());
-  if (!link.ok() || !text.ok()) return in;
-  in.link = link.value();
-  Result<sys::proc::FdInfo> info = sys::proc::ParseFdInfo(text.value());
-  EXPECT_TRUE(info.ok()) << info.error().ToString();
-  if (info.ok()) in.info = info.value();
-  return in;
-}
+using fd_testing::InputFor;
 
 std::string FdInfoValue(int fd, const std::string& key) {
   FdDumpInput in = InputFor(fd);

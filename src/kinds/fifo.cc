@@ -8,6 +8,7 @@
 #include <climits>
 
 #include "fifo.pb.h"
+#include "kinds/pipe.h"
 
 namespace stasis::kinds::fifo {
 namespace {
@@ -17,38 +18,6 @@ constexpr uint32_t kSettableFlags = O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME | 
 constexpr std::string_view kDeletedSuffix = " (deleted)";
 
 std::string Key(const struct stat& st) { return fmt::format("fifo:{}:{}:", st.st_dev, st.st_ino); }
-
-// The unread bytes of the FIFO behind `local`, left in place: tee() from a
-// fresh non-blocking read description into a scratch pipe of equal size.
-Result<std::string> PeekData(const FdDumpInput& in, uint32_t pipe_size) {
-  std::string what = DescribeFd(in.pid, in.fd, in.link);
-  sys::UniqueFd reader(open(fmt::format("/proc/self/fd/{}", in.local.get()).c_str(),
-                            O_RDONLY | O_NONBLOCK | O_CLOEXEC));
-  if (!reader.valid()) return Error::Errno(what + ": reopen for reading");
-  int avail = 0;
-  if (ioctl(reader.get(), FIONREAD, &avail) < 0) return Error::Errno(what + ": FIONREAD");
-  if (avail == 0) return std::string();
-  int scratch[2];
-  if (pipe2(scratch, O_CLOEXEC | O_NONBLOCK) < 0) return Error::Errno(what + ": pipe2");
-  sys::UniqueFd scratch_r(scratch[0]), scratch_w(scratch[1]);
-  if (fcntl(scratch_w.get(), F_SETPIPE_SZ, pipe_size) < 0) {
-    return Error::Errno(fmt::format("{}: scratch pipe of {} bytes", what, pipe_size));
-  }
-  ssize_t copied = tee(reader.get(), scratch_w.get(), INT_MAX, SPLICE_F_NONBLOCK);
-  if (copied < 0) return Error::Errno(what + ": tee");
-  if (copied != avail) {
-    return Error(ErrorCode::kFailed,
-                 fmt::format("{}: tee copied {} of {} buffered bytes", what, copied, avail));
-  }
-  std::string data(static_cast<size_t>(copied), '\0');
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = read(scratch_r.get(), data.data() + done, data.size() - done);
-    if (n <= 0) return Error::Errno(what + ": read scratch pipe");
-    done += static_cast<size_t>(n);
-  }
-  return data;
-}
 
 // Opens the FIFO by path for the first File of it: holds it open read-write
 // (in ctx.keep_alive) so that further opens never wait for a peer and the
@@ -115,7 +84,7 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   } else {
     ctx.dumped_objects.insert(key + std::to_string(file->id()));
     state.set_has_data(true);
-    state.set_data(STASIS_TRY(PeekData(in, static_cast<uint32_t>(size))));
+    state.set_data(STASIS_TRY(pipe::PeekPipeData(in, static_cast<uint32_t>(size))));
   }
   file->mutable_state()->PackFrom(state);
   return Ok();

@@ -26,8 +26,33 @@ bool OtherEndInTree(const DumpContext& ctx, const FdDumpInput& in) {
   return false;
 }
 
-// Copies the unread bytes of the pipe behind `local` without consuming them:
-// tee() from a fresh read description into a scratch pipe of equal size.
+Result<RestoredPipe*> CreatePipe(RestoreContext& ctx, const image::PipeEndState& state) {
+  std::string what = fmt::format("pipe:[{}]", state.pipe_ino());
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) < 0) return Error::Errno(what + ": pipe2");
+  RestoredPipe& pipe = ctx.pipes[state.pipe_ino()];
+  pipe.ends[0].reset(fds[0]);
+  pipe.ends[1].reset(fds[1]);
+  if (state.pipe_size() != kDefaultPipeSize && fcntl(fds[1], F_SETPIPE_SZ, state.pipe_size()) < 0) {
+    return Error::Errno(fmt::format("{}: F_SETPIPE_SZ {}", what, state.pipe_size()));
+  }
+  return &pipe;
+}
+
+Status FillPipe(const image::PipeEndState& state, int write_fd) {
+  const std::string& data = state.data();
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = write(write_fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Error::Errno(fmt::format("pipe:[{}]: refill", state.pipe_ino()));
+    done += static_cast<size_t>(n);
+  }
+  return Ok();
+}
+
+}  // namespace
+
 Result<std::string> PeekPipeData(const FdDumpInput& in, uint32_t pipe_size) {
   std::string what = DescribeFd(in.pid, in.fd, in.link);
   std::string self = fmt::format("/proc/self/fd/{}", in.local.get());
@@ -57,33 +82,6 @@ Result<std::string> PeekPipeData(const FdDumpInput& in, uint32_t pipe_size) {
   }
   return data;
 }
-
-Result<RestoredPipe*> CreatePipe(RestoreContext& ctx, const image::PipeEndState& state) {
-  std::string what = fmt::format("pipe:[{}]", state.pipe_ino());
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) < 0) return Error::Errno(what + ": pipe2");
-  RestoredPipe& pipe = ctx.pipes[state.pipe_ino()];
-  pipe.ends[0].reset(fds[0]);
-  pipe.ends[1].reset(fds[1]);
-  if (state.pipe_size() != kDefaultPipeSize && fcntl(fds[1], F_SETPIPE_SZ, state.pipe_size()) < 0) {
-    return Error::Errno(fmt::format("{}: F_SETPIPE_SZ {}", what, state.pipe_size()));
-  }
-  return &pipe;
-}
-
-Status FillPipe(const image::PipeEndState& state, int write_fd) {
-  const std::string& data = state.data();
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = write(write_fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Error::Errno(fmt::format("pipe:[{}]: refill", state.pipe_ino()));
-    done += static_cast<size_t>(n);
-  }
-  return Ok();
-}
-
-}  // namespace
 
 bool Matches(const FdDumpInput& in) {
   return S_ISFIFO(in.st.st_mode) && in.link.starts_with("pipe:");

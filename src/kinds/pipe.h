@@ -12,4 +12,8 @@ bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
 
+// The unread bytes of the pipe or FIFO behind in.local, left in place: tee()
+// from a fresh read description into a scratch pipe of pipe_size bytes.
+Result<std::string> PeekPipeData(const FdDumpInput& in, uint32_t pipe_size);
+
 }  // namespace stasis::kinds::pipe

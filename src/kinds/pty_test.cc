@@ -1,4 +1,5 @@
 #include "kinds/pty.h"
+#include "kinds/kind_testing.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -329,18 +330,7 @@ TEST(PtyQueues, RawDrainAndPacketMode) {
 
 // --- the kind, on a pair this process holds -----------------------------------
 
-FdDumpInput InputFor(int fd) {
-  FdDumpInput in;
-  in.pid = getpid();
-  in.fd = fd;
-  in.local.reset(fcntl(fd, F_DUPFD_CLOEXEC, 0));
-  EXPECT_EQ(fstat(in.local.get(), &in.st), 0);
-  in.link = sys::proc::ReadLink(fmt::format("/proc/self/fd/{}", fd)).value();
-  in.info =
-      sys::proc::ParseFdInfo(sys::proc::ReadFile(fmt::format("/proc/self/fdinfo/{}", fd)).value())
-          .value();
-  return in;
-}
+using fd_testing::InputFor;
 
 TEST(PtyKind, DumpAndRestoreAPair) {
   if (!CanInject()) GTEST_SKIP() << "TIOCSTI needs CAP_SYS_ADMIN";

@@ -17,6 +17,7 @@
 #include "inotify.pb.h"
 #include "kinds/fifo.h"
 #include "kinds/inotify.h"
+#include "kinds/kind_testing.h"
 #include "kinds/signalfd.h"
 #include "kinds/timerfd.h"
 #include "signalfd.pb.h"
@@ -26,21 +27,7 @@
 namespace stasis::kinds {
 namespace {
 
-FdDumpInput InputFor(int fd) {
-  FdDumpInput in;
-  in.pid = getpid();
-  in.fd = fd;
-  in.local.reset(fcntl(fd, F_DUPFD_CLOEXEC, 0));
-  EXPECT_EQ(fstat(in.local.get(), &in.st), 0);
-  Result<std::string> link = sys::proc::ReadLink(fmt::format("/proc/self/fd/{}", fd));
-  Result<std::string> text = sys::proc::ReadFile(fmt::format("/proc/self/fdinfo/{}", fd));
-  EXPECT_TRUE(link.ok() && text.ok());
-  in.link = link.value();
-  Result<sys::proc::FdInfo> info = sys::proc::ParseFdInfo(text.value());
-  EXPECT_TRUE(info.ok());
-  in.info = info.value();
-  return in;
-}
+using fd_testing::InputFor;
 
 std::string FdInfoLines(int fd, const std::string& prefix) {
   std::string text = sys::proc::ReadFile(fmt::format("/proc/self/fdinfo/{}", fd)).value();

@@ -3,12 +3,14 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include "sys/sockopt.h"
 
 #include <memory>
 
@@ -21,21 +23,6 @@ namespace {
 using image::TcpSocketState;
 
 constexpr uint32_t kSettableFlags = O_NONBLOCK | O_ASYNC;
-
-Result<int> GetInt(int fd, int level, int opt, const char* name) {
-  int v = 0;
-  socklen_t len = sizeof(v);
-  if (getsockopt(fd, level, opt, &v, &len) < 0)
-    return Error::Errno(std::string("getsockopt ") + name);
-  return v;
-}
-
-Status SetInt(int fd, int level, int opt, int v, const char* name) {
-  if (setsockopt(fd, level, opt, &v, sizeof(v)) < 0) {
-    return Error::Errno(fmt::format("setsockopt {} = {}", name, v));
-  }
-  return Ok();
-}
 
 Result<std::string> SockName(int fd, bool peer) {
   sockaddr_storage ss = {};
@@ -62,14 +49,9 @@ std::string Show(const std::string& addr) {
 }
 
 bool IsTcp(int fd) {
-  int domain = 0, type = 0, proto = 0;
-  socklen_t len = sizeof(int);
-  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) return false;
-  len = sizeof(int);
-  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return false;
-  len = sizeof(int);
-  if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0) return false;
-  return (domain == AF_INET || domain == AF_INET6) && type == SOCK_STREAM && proto == IPPROTO_TCP;
+  sys::SocketKind k;
+  return sys::GetSocketKind(fd, &k) && (k.domain == AF_INET || k.domain == AF_INET6) &&
+         k.type == SOCK_STREAM && k.protocol == IPPROTO_TCP;
 }
 
 // The other end of a connection, among the tree's sockets.
@@ -88,27 +70,27 @@ bool PeerInTree(const DumpContext& ctx, const FdDumpInput& in, const std::string
 }
 
 Status DumpOptions(int fd, TcpSocketState* s) {
-  s->set_reuseaddr(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR")));
-  s->set_reuseport(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_REUSEPORT, "SO_REUSEPORT")));
-  s->set_keepalive(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE")));
-  s->set_keepidle(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, "TCP_KEEPIDLE")));
-  s->set_keepintvl(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, "TCP_KEEPINTVL")));
-  s->set_keepcnt(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT")));
-  s->set_nodelay(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_NODELAY, "TCP_NODELAY")));
+  s->set_reuseaddr(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR")));
+  s->set_reuseport(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_REUSEPORT, "SO_REUSEPORT")));
+  s->set_keepalive(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE")));
+  s->set_keepidle(STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_TCP, TCP_KEEPIDLE, "TCP_KEEPIDLE")));
+  s->set_keepintvl(STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_TCP, TCP_KEEPINTVL, "TCP_KEEPINTVL")));
+  s->set_keepcnt(STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT")));
+  s->set_nodelay(STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_TCP, TCP_NODELAY, "TCP_NODELAY")));
   linger l = {};
   socklen_t len = sizeof(l);
   if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &l, &len) < 0) return Error::Errno("SO_LINGER");
   s->set_linger_on(l.l_onoff);
   s->set_linger_secs(l.l_linger);
   if (s->family() == AF_INET6) {
-    s->set_v6only(STASIS_TRY(GetInt(fd, IPPROTO_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY")));
+    s->set_v6only(STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY")));
   }
   return Ok();
 }
 
 // Copies a repair queue without consuming it.
 Result<std::string> PeekQueue(int fd, int queue, size_t len) {
-  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE"));
+  STASIS_TRY(sys::SetIntOpt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE"));
   std::string data(len, '\0');
   if (len == 0) return data;
   ssize_t n = recv(fd, data.data(), len, MSG_PEEK | MSG_DONTWAIT);
@@ -128,7 +110,7 @@ Result<int> Ioctl(int fd, unsigned long req, const char* name) {
 // Holds the connection still in repair mode and reads it. Registers the
 // way back for a tree that keeps running.
 Status DumpEstablished(DumpContext& ctx, int fd, TcpSocketState* s) {
-  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"));
+  STASIS_TRY(sys::SetIntOpt(fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"));
   auto held = std::make_shared<sys::UniqueFd>(fcntl(fd, F_DUPFD_CLOEXEC, 0));
   ctx.undo_if_kept.push_back([held] {
     int off = TCP_REPAIR_OFF;
@@ -138,13 +120,15 @@ Status DumpEstablished(DumpContext& ctx, int fd, TcpSocketState* s) {
   int unsent = STASIS_TRY(Ioctl(fd, SIOCOUTQNSD, "SIOCOUTQNSD"));
   int inq = STASIS_TRY(Ioctl(fd, SIOCINQ, "SIOCINQ"));
   s->set_send_queue(STASIS_TRY(PeekQueue(fd, TCP_SEND_QUEUE, outq)));
-  s->set_send_seq(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(send)")));
+  s->set_send_seq(
+      STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(send)")));
   s->set_unsent_len(unsent);
   s->set_recv_queue(STASIS_TRY(PeekQueue(fd, TCP_RECV_QUEUE, inq)));
-  s->set_recv_seq(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(recv)")));
-  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE"));
-  s->set_mss(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_MAXSEG, "TCP_MAXSEG")));
-  s->set_timestamp(STASIS_TRY(GetInt(fd, IPPROTO_TCP, TCP_TIMESTAMP, "TCP_TIMESTAMP")));
+  s->set_recv_seq(
+      STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(recv)")));
+  STASIS_TRY(sys::SetIntOpt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE"));
+  s->set_mss(STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_TCP, TCP_MAXSEG, "TCP_MAXSEG")));
+  s->set_timestamp(STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_TCP, TCP_TIMESTAMP, "TCP_TIMESTAMP")));
   tcp_repair_window w = {};
   socklen_t len = sizeof(w);
   if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, &len) < 0) {
@@ -155,11 +139,11 @@ Status DumpEstablished(DumpContext& ctx, int fd, TcpSocketState* s) {
 }
 
 Status SetOptions(int fd, const TcpSocketState& s) {
-  STASIS_TRY(SetInt(fd, SOL_SOCKET, SO_KEEPALIVE, s.keepalive(), "SO_KEEPALIVE"));
-  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, s.keepidle(), "TCP_KEEPIDLE"));
-  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, s.keepintvl(), "TCP_KEEPINTVL"));
-  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_KEEPCNT, s.keepcnt(), "TCP_KEEPCNT"));
-  STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_NODELAY, s.nodelay(), "TCP_NODELAY"));
+  STASIS_TRY(sys::SetIntOpt(fd, SOL_SOCKET, SO_KEEPALIVE, s.keepalive(), "SO_KEEPALIVE"));
+  STASIS_TRY(sys::SetIntOpt(fd, IPPROTO_TCP, TCP_KEEPIDLE, s.keepidle(), "TCP_KEEPIDLE"));
+  STASIS_TRY(sys::SetIntOpt(fd, IPPROTO_TCP, TCP_KEEPINTVL, s.keepintvl(), "TCP_KEEPINTVL"));
+  STASIS_TRY(sys::SetIntOpt(fd, IPPROTO_TCP, TCP_KEEPCNT, s.keepcnt(), "TCP_KEEPCNT"));
+  STASIS_TRY(sys::SetIntOpt(fd, IPPROTO_TCP, TCP_NODELAY, s.nodelay(), "TCP_NODELAY"));
   linger l = {s.linger_on(), s.linger_secs()};
   if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) < 0) return Error::Errno("SO_LINGER");
   if (fcntl(fd, F_SETFL, s.flags() & kSettableFlags) < 0) return Error::Errno("F_SETFL");
@@ -170,9 +154,9 @@ Status SetOptions(int fd, const TcpSocketState& s) {
 Result<sys::UniqueFd> NewSocket(const TcpSocketState& s) {
   sys::UniqueFd fd(socket(s.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP));
   if (!fd.valid()) return Error::Errno("socket");
-  STASIS_TRY(SetInt(fd.get(), SOL_SOCKET, SO_REUSEPORT, s.reuseport(), "SO_REUSEPORT"));
+  STASIS_TRY(sys::SetIntOpt(fd.get(), SOL_SOCKET, SO_REUSEPORT, s.reuseport(), "SO_REUSEPORT"));
   if (s.family() == AF_INET6) {
-    STASIS_TRY(SetInt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, s.v6only(), "IPV6_V6ONLY"));
+    STASIS_TRY(sys::SetIntOpt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, s.v6only(), "IPV6_V6ONLY"));
   }
   return fd;
 }
@@ -208,7 +192,7 @@ Status RepairOptions(int fd, const TcpSocketState& s) {
     return Error::Errno("TCP_REPAIR_OPTIONS");
   }
   if (s.tcpi_options() & TCPI_OPT_TIMESTAMPS) {
-    STASIS_TRY(SetInt(fd, IPPROTO_TCP, TCP_TIMESTAMP, s.timestamp(), "TCP_TIMESTAMP"));
+    STASIS_TRY(sys::SetIntOpt(fd, IPPROTO_TCP, TCP_TIMESTAMP, s.timestamp(), "TCP_TIMESTAMP"));
   }
   return Ok();
 }
@@ -218,31 +202,31 @@ Status RepairOptions(int fd, const TcpSocketState& s) {
 Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketState& s) {
   sys::UniqueFd fd = STASIS_TRY(NewSocket(s));
   int f = fd.get();
-  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"));
+  STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"));
   STASIS_TRY(Bind(f, s.local()));
   const std::string& rq = s.recv_queue();
   const std::string& sq = s.send_queue();
-  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
-  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_QUEUE_SEQ, static_cast<int>(s.recv_seq() - rq.size()),
-                    "TCP_QUEUE_SEQ(recv)"));
-  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
-  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_QUEUE_SEQ, static_cast<int>(s.send_seq() - sq.size()),
-                    "TCP_QUEUE_SEQ(send)"));
+  STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
+  STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_QUEUE_SEQ,
+                            static_cast<int>(s.recv_seq() - rq.size()), "TCP_QUEUE_SEQ(recv)"));
+  STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
+  STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_QUEUE_SEQ,
+                            static_cast<int>(s.send_seq() - sq.size()), "TCP_QUEUE_SEQ(send)"));
   if (connect(f, reinterpret_cast<const sockaddr*>(s.peer().data()), s.peer().size()) < 0) {
     return Error::Errno("repair connect to " + Show(s.peer()));
   }
   STASIS_TRY(RepairOptions(f, s));
   if (sq.size() > 0) {
     // Room for the whole queue; the kernel doubles the value.
-    STASIS_TRY(SetInt(f, SOL_SOCKET, SO_SNDBUFFORCE, static_cast<int>(sq.size() + 65536),
-                      "SO_SNDBUFFORCE"));
+    STASIS_TRY(sys::SetIntOpt(f, SOL_SOCKET, SO_SNDBUFFORCE, static_cast<int>(sq.size() + 65536),
+                              "SO_SNDBUFFORCE"));
   }
-  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
+  STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
   STASIS_TRY(Send(f, rq.data(), rq.size()));
   size_t sent = sq.size() - s.unsent_len();
-  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
+  STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
   STASIS_TRY(Send(f, sq.data(), sent));
-  STASIS_TRY(SetInt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE"));
+  STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE"));
   if (s.window().size() == sizeof(tcp_repair_window) &&
       setsockopt(f, IPPROTO_TCP, TCP_REPAIR_WINDOW, s.window().data(), s.window().size()) < 0) {
     return Error::Errno("TCP_REPAIR_WINDOW");
@@ -251,10 +235,10 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
   std::string unsent = sq.substr(sent);
   ctx.finishers.push_back([held, unsent, s]() -> Status {
     int h = held->get();
-    STASIS_TRY(SetInt(h, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"));
+    STASIS_TRY(sys::SetIntOpt(h, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"));
     // Never sent before the dump: sent now, as ordinary data.
     STASIS_TRY(Send(h, unsent.data(), unsent.size()));
-    STASIS_TRY(SetInt(h, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
+    STASIS_TRY(sys::SetIntOpt(h, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
     STASIS_TRY(SetOptions(h, s));
     if (s.lock_table().empty()) return Ok();
     // The socket owns the connection again: let the peer's packets in.
@@ -278,7 +262,7 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   std::string what = DescribeFd(in.pid, in.fd, in.link);
   int fd = in.local.get();
   TcpSocketState s;
-  s.set_family(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_DOMAIN, "SO_DOMAIN")));
+  s.set_family(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_DOMAIN, "SO_DOMAIN")));
   s.set_flags(in.info.flags & ~O_CLOEXEC);
   tcp_info info = {};
   socklen_t len = sizeof(info);
@@ -335,12 +319,12 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   const sockaddr_in* in = reinterpret_cast<const sockaddr_in*>(s.local().data());
   bool bound = s.local().size() >= sizeof(sockaddr_in) && in->sin_port != 0;
   // A listener binds next to connections that still use its port.
-  STASIS_TRY(SetInt(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
+  STASIS_TRY(sys::SetIntOpt(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"));
   if (bound) STASIS_TRY_CTX(Bind(fd.get(), s.local()), what);
   if (s.state() == TCP_LISTEN && listen(fd.get(), static_cast<int>(s.backlog())) < 0) {
     return Error::Errno(what + ": listen");
   }
-  STASIS_TRY(SetInt(fd.get(), SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
+  STASIS_TRY(sys::SetIntOpt(fd.get(), SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
   STASIS_TRY_CTX(SetOptions(fd.get(), s), what);
   return fd;
 }

@@ -2,39 +2,21 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+
 #include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include "sys/sockopt.h"
 
 #include "udp_socket.pb.h"
 
 namespace stasis::kinds::udp_socket {
 namespace {
 
-Result<int> GetInt(int fd, int level, int opt, const char* name) {
-  int v = 0;
-  socklen_t len = sizeof(v);
-  if (getsockopt(fd, level, opt, &v, &len) < 0)
-    return Error::Errno(std::string("getsockopt ") + name);
-  return v;
-}
-
-Status SetInt(int fd, int level, int opt, int v, const char* name) {
-  if (setsockopt(fd, level, opt, &v, sizeof(v)) < 0) {
-    return Error::Errno(fmt::format("setsockopt {} = {}", name, v));
-  }
-  return Ok();
-}
-
 bool IsUdp(int fd) {
-  int domain = 0, type = 0, proto = 0;
-  socklen_t len = sizeof(int);
-  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) return false;
-  len = sizeof(int);
-  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return false;
-  len = sizeof(int);
-  if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0) return false;
-  return (domain == AF_INET || domain == AF_INET6) && type == SOCK_DGRAM && proto == IPPROTO_UDP;
+  sys::SocketKind k;
+  return sys::GetSocketKind(fd, &k) && (k.domain == AF_INET || k.domain == AF_INET6) &&
+         k.type == SOCK_DGRAM && k.protocol == IPPROTO_UDP;
 }
 
 // sockaddr bytes, or empty when there is none (not connected).
@@ -67,17 +49,17 @@ Status Dump(DumpContext&, const FdDumpInput& in, image::File* file) {
                               "supported yet");
   }
   image::UdpSocketState s;
-  s.set_family(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_DOMAIN, "SO_DOMAIN")));
+  s.set_family(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_DOMAIN, "SO_DOMAIN")));
   s.set_local(Name(fd, false));
   s.set_peer(Name(fd, true));
   s.set_flags(in.info.flags & ~O_CLOEXEC);
-  s.set_reuseaddr(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR")));
-  s.set_reuseport(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_REUSEPORT, "SO_REUSEPORT")));
-  s.set_broadcast(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_BROADCAST, "SO_BROADCAST")));
-  s.set_rcvbuf(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_RCVBUF, "SO_RCVBUF")));
-  s.set_sndbuf(STASIS_TRY(GetInt(fd, SOL_SOCKET, SO_SNDBUF, "SO_SNDBUF")));
+  s.set_reuseaddr(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR")));
+  s.set_reuseport(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_REUSEPORT, "SO_REUSEPORT")));
+  s.set_broadcast(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_BROADCAST, "SO_BROADCAST")));
+  s.set_rcvbuf(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_RCVBUF, "SO_RCVBUF")));
+  s.set_sndbuf(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_SNDBUF, "SO_SNDBUF")));
   if (s.family() == AF_INET6) {
-    s.set_v6only(STASIS_TRY(GetInt(fd, IPPROTO_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY")));
+    s.set_v6only(STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY")));
   }
   file->mutable_state()->PackFrom(s);
   return Ok();
@@ -89,14 +71,14 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   sys::UniqueFd fd(socket(s.family(), SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_UDP));
   if (!fd.valid()) return Error::Errno("socket(UDP)");
   int f = fd.get();
-  STASIS_TRY(SetInt(f, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
-  STASIS_TRY(SetInt(f, SOL_SOCKET, SO_REUSEPORT, s.reuseport(), "SO_REUSEPORT"));
-  STASIS_TRY(SetInt(f, SOL_SOCKET, SO_BROADCAST, s.broadcast(), "SO_BROADCAST"));
+  STASIS_TRY(sys::SetIntOpt(f, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
+  STASIS_TRY(sys::SetIntOpt(f, SOL_SOCKET, SO_REUSEPORT, s.reuseport(), "SO_REUSEPORT"));
+  STASIS_TRY(sys::SetIntOpt(f, SOL_SOCKET, SO_BROADCAST, s.broadcast(), "SO_BROADCAST"));
   // The kernel reports twice what was set.
-  STASIS_TRY(SetInt(f, SOL_SOCKET, SO_RCVBUFFORCE, s.rcvbuf() / 2, "SO_RCVBUFFORCE"));
-  STASIS_TRY(SetInt(f, SOL_SOCKET, SO_SNDBUFFORCE, s.sndbuf() / 2, "SO_SNDBUFFORCE"));
+  STASIS_TRY(sys::SetIntOpt(f, SOL_SOCKET, SO_RCVBUFFORCE, s.rcvbuf() / 2, "SO_RCVBUFFORCE"));
+  STASIS_TRY(sys::SetIntOpt(f, SOL_SOCKET, SO_SNDBUFFORCE, s.sndbuf() / 2, "SO_SNDBUFFORCE"));
   if (s.family() == AF_INET6)
-    STASIS_TRY(SetInt(f, IPPROTO_IPV6, IPV6_V6ONLY, s.v6only(), "IPV6_V6ONLY"));
+    STASIS_TRY(sys::SetIntOpt(f, IPPROTO_IPV6, IPV6_V6ONLY, s.v6only(), "IPV6_V6ONLY"));
   if (HasPort(s.local()) &&
       bind(f, reinterpret_cast<const sockaddr*>(s.local().data()), s.local().size()) < 0) {
     return Error::Errno("bind UDP socket");

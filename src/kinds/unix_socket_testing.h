@@ -14,28 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "kinds/kind_testing.h"
 #include "kinds/unix_socket.h"
 #include "kinds/unix_socket_internal.h"
 #include "sys/proc.h"
 
 namespace stasis::kinds::unix_socket::test_support {
 
-inline FdDumpInput InputFor(int fd) {
-  FdDumpInput in;
-  in.pid = getpid();
-  in.fd = fd;
-  in.local.reset(fcntl(fd, F_DUPFD_CLOEXEC, 0));
-  EXPECT_EQ(fstat(in.local.get(), &in.st), 0);
-  Result<std::string> link = sys::proc::ReadLink(fmt::format("/proc/self/fd/{}", fd));
-  Result<std::string> text = sys::proc::ReadFile(fmt::format("/proc/self/fdinfo/{}", fd));
-  EXPECT_TRUE(link.ok() && text.ok());
-  if (!link.ok() || !text.ok()) return in;
-  in.link = link.value();
-  Result<sys::proc::FdInfo> info = sys::proc::ParseFdInfo(text.value());
-  EXPECT_TRUE(info.ok());
-  if (info.ok()) in.info = info.value();
-  return in;
-}
+using fd_testing::InputFor;
 
 // Dumps fds as the checkpoint layer would for a tree holding exactly them.
 inline Result<std::vector<image::File>> DumpFds(const std::vector<int>& fds) {
