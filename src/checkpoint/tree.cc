@@ -79,6 +79,9 @@ Status CheckPidNamespace(pid_t root) {
     sys::proc::ProcStatus ps = STASIS_TRY(StatusOf(p));
     if (!ps.ns_pid.empty() && ps.ns_pid.back() == 1) {
       std::string exe = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/exe", p)));
+      // stasis may have been upgraded (or rebuilt) since that init started.
+      constexpr std::string_view kDeleted = " (deleted)";
+      if (exe.ends_with(kDeleted)) exe.resize(exe.size() - kDeleted.size());
       std::string self = STASIS_TRY(sys::proc::ReadLink("/proc/self/exe"));
       if (exe == self || exe.ends_with("/stasis")) return Ok();
       return Error::Unsupported(fmt::format(

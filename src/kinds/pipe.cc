@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -17,6 +18,16 @@ constexpr uint32_t kDefaultPipeSize = 65536;
 constexpr uint32_t kSettableFlags = O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME | O_NONBLOCK;
 
 bool IsWriteEnd(uint32_t flags) { return (flags & O_ACCMODE) == O_WRONLY; }
+
+// No process holds the other end at all: a read end then polls POLLHUP
+// (no writers), a write end POLLERR (no readers). jupyter_client leaves
+// every kernel's stdin like this: it closes the writer right after spawn.
+bool Widowed(const FdDumpInput& in) {
+  bool write_end = IsWriteEnd(in.info.flags);
+  pollfd p = {in.local.get(), static_cast<short>(write_end ? POLLOUT : POLLIN), 0};
+  if (poll(&p, 1, 0) < 0) return false;
+  return write_end ? (p.revents & POLLERR) != 0 : (p.revents & POLLHUP) != 0;
+}
 
 bool OtherEndInTree(const DumpContext& ctx, const FdDumpInput& in) {
   bool want_write = !IsWriteEnd(in.info.flags);
@@ -93,8 +104,12 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
     return Error::Unsupported(what + ": a pipe end open for both reading and writing");
   }
   if (in.info.flags & O_DIRECT) return Error::Unsupported(what + ": packet-mode pipe (O_DIRECT)");
+  bool widowed = false;
   if (!OtherEndInTree(ctx, in)) {
-    return Error::Unsupported(what + ": the other end of this pipe is outside the dumped tree");
+    widowed = Widowed(in);
+    if (!widowed) {
+      return Error::Unsupported(what + ": the other end of this pipe is outside the dumped tree");
+    }
   }
   int size = fcntl(in.local.get(), F_GETPIPE_SZ);
   if (size < 0) return Error::Errno(what + ": F_GETPIPE_SZ");
@@ -103,6 +118,7 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   state.set_write_end(IsWriteEnd(in.info.flags));
   state.set_flags(in.info.flags & ~O_CLOEXEC);
   state.set_pipe_size(static_cast<uint32_t>(size));
+  state.set_widowed(widowed);
   std::string key = fmt::format("pipe:{}", in.st.st_ino);
   if (ctx.dumped_objects.insert(key).second) {
     state.set_has_data(true);
@@ -120,6 +136,8 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   RestoredPipe* pipe = it != ctx.pipes.end() ? &it->second : STASIS_TRY(CreatePipe(ctx, state));
   if (state.has_data()) STASIS_TRY(FillPipe(state, pipe->ends[1].get()));
   int end = state.write_end() ? 1 : 0;
+  // Nobody held the other end: neither does anyone now.
+  if (state.widowed()) pipe->ends[1 - end].reset();
   sys::UniqueFd fd;
   if (!pipe->taken[end]) {
     pipe->taken[end] = true;

@@ -1,6 +1,7 @@
-// Pipes (pipe:[ino]) whose ends are all inside the dumped tree: each end's
-// flags, the pipe's size and its unread data, read with tee() so the task
-// keeps it. Refused: a pipe with an end outside the tree, packet-mode pipes.
+// Pipes (pipe:[ino]) whose ends are all inside the dumped tree, or whose
+// other end no process holds at all ("widowed"): each end's flags, the
+// pipe's size and its unread data, read with tee() so the task keeps it.
+// Refused: a pipe with an end held outside the tree, packet-mode pipes.
 #pragma once
 
 #include "kinds/context.h"
