@@ -14,21 +14,36 @@ PACKAGES="
   python3
   procps iproute2 nftables
 "
+# For the system tests on a real Jupyter session; with their recommended
+# packages, as a user's install would have them.
+JUPYTER_PACKAGES="
+  jupyter-server python3-jupyter-server python3-ipykernel
+  python3-jupyter-client jupyter-client jupyter-core python3-numpy
+"
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps.sh: run as root (it uses apt-get)" >&2
   exit 1
 fi
 
-missing=""
-for p in $PACKAGES; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-  echo "install-deps.sh: installing:$missing"
-  export DEBIAN_FRONTEND=noninteractive
+missing() {
+  out=""
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || out="$out $p"
+  done
+  echo "$out"
+}
+export DEBIAN_FRONTEND=noninteractive
+# shellcheck disable=SC2086
+need=$(missing $PACKAGES)
+# shellcheck disable=SC2086
+need_jupyter=$(missing $JUPYTER_PACKAGES)
+if [ -n "$need$need_jupyter" ]; then
+  echo "install-deps.sh: installing:$need$need_jupyter"
   apt-get update -qq
-  # shellcheck disable=SC2086
-  apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
+# shellcheck disable=SC2086
+[ -z "$need" ] || apt-get install -y -qq --no-install-recommends $need >/dev/null
+# shellcheck disable=SC2086
+[ -z "$need_jupyter" ] || apt-get install -y -qq $need_jupyter >/dev/null
 echo "install-deps.sh: all dependencies present"

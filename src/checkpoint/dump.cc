@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -112,6 +113,22 @@ Result<CollectedTask> CollectZombie(pid_t host_pid) {
   task.proc.set_zombie(true);
   task.proc.set_exit_status(STASIS_TRY(ZombieExitStatus(host_pid)));
   return task;
+}
+
+// Waits, as their tracer, until every killed thread has exited: by then the
+// kernel has closed its files (exit_files comes before the notification).
+void WaitGone(std::vector<sys::Tracee>& threads) {
+  // Other threads first: a traced leader is reported after them.
+  for (size_t i = threads.size(); i-- > 0;) {
+    pid_t tid = threads[i].tid();
+    for (int tries = 0; tries < 5000; ++tries) {
+      int status = 0;
+      pid_t r = waitpid(tid, &status, __WALL | WNOHANG);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 || (r == tid && (WIFEXITED(status) || WIFSIGNALED(status)))) break;
+      if (r == 0) usleep(1000);
+    }
+  }
 }
 
 // Depth-first preorder: the order restore builds the tree in (a child is
@@ -249,6 +266,9 @@ Result<DumpStats> Dump(const DumpOptions& options) {
         return Error::Errno(fmt::format("kill pid {} after dump", t.host_pid));
       }
     }
+    // Return only once they are gone: a restore that follows at once must
+    // find their ports and files released.
+    for (TreeTask& t : frozen) WaitGone(t.threads);
   }
   for (TreeTask& t : frozen) {
     for (sys::Tracee& thread : t.threads) STASIS_TRY(thread.Detach());
