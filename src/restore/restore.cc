@@ -219,7 +219,7 @@ struct TreeRestore {
   const LocalFiles& files;
   Records& records;
   std::vector<TreeProcess>& tree;
-  std::map<uint64_t, const image::File*> image_files;
+  const std::map<uint64_t, const image::File*>& image_files;
   uint64_t pages = 0;
 
   // Phase 1 of tree[i], then its children (depth first, the image's order:
@@ -267,8 +267,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   TreeFiles tree_files = {&files, &image_files};
   STASIS_TRY_CTX(CreateRoot(spawner, head.procs, tree_files, &tree), "restore tree");
   result.host_pid = tree[0].host_pid;
-  TreeRestore builder{head, files, records, tree, {}};
-  for (const image::File& f : head.files) builder.image_files[f.id()] = &f;
+  TreeRestore builder{head, files, records, tree, image_files};
   STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
   STASIS_TRY(ReadTrailer(records, builder.pages));
   result.pages = builder.pages;
