@@ -134,6 +134,20 @@ image::FileLock FromLine(const LockLine& line, image::FileLock::Kind kind) {
   return lock;
 }
 
+// /proc/locks is a seq_file over one global list, handed out about a page
+// per read(): when processes outside the (frozen) tree take or drop locks
+// between two reads, an entry can be skipped. A reading that equals the one
+// before it saw no change.
+Result<std::string> ReadLocksConsistently() {
+  std::string last = STASIS_TRY(sys::proc::ReadFile("/proc/locks"));
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::string now = STASIS_TRY(sys::proc::ReadFile("/proc/locks"));
+    if (now == last) return now;
+    last = std::move(now);
+  }
+  return Error(ErrorCode::kFailed, "/proc/locks keeps changing; cannot read a consistent list");
+}
+
 }  // namespace
 
 Result<LockLine> ParseLockLine(std::string_view text) {
@@ -214,7 +228,7 @@ Result<std::vector<image::FileLock>> Dump(const DumpContext& ctx, const FdDumpIn
   std::set<pid_t> tree;
   for (const FdIndexEntry& e : ctx.fd_index) tree.insert(e.pid);
   tree.insert(in.pid);
-  std::string text = STASIS_TRY(sys::proc::ReadFile("/proc/locks"));
+  std::string text = STASIS_TRY(ReadLocksConsistently());
   // A line about another file that this parser does not understand must
   // not stop the dump; one that names this inode does.
   std::string inode =

@@ -168,15 +168,17 @@ static int waiting(pid_t pid) {
 }
 
 /* Number of /proc/locks lines for this inode of class cls, type, pid and range text. */
-static int has_lock(ino_t ino, const char *cls, const char *type, const char *pid, const char *range) {
-  static char text[65536];
-  if (read_text("/proc/locks", text, sizeof text) < 0)
-    return -1;
+/* /proc/locks is a seq_file over one global list, handed out about a page
+ * per read(): when other processes (other tests) take and drop locks
+ * between two reads, an entry can be skipped or repeated. Count in a
+ * reading that agrees with the one before it. */
+static int count_locks(const char *text, ino_t ino, const char *cls, const char *type, const char *pid,
+                       const char *range) {
   char ino_s[64];
   snprintf(ino_s, sizeof ino_s, ":%lu ", (unsigned long)ino);
   int n = 0;
-  for (char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
-    char *eol = strchr(l, '\n');
+  for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+    const char *eol = strchr(l, '\n');
     size_t len = eol ? (size_t)(eol - l) : strlen(l);
     char line[256];
     snprintf(line, sizeof line, "%.*s", (int)len, l);
@@ -185,6 +187,22 @@ static int has_lock(ino_t ino, const char *cls, const char *type, const char *pi
       n++;
   }
   return n;
+}
+
+static int has_lock(ino_t ino, const char *cls, const char *type, const char *pid, const char *range) {
+  static char text[2][65536];
+  int last = -1;
+  for (int attempt = 0; attempt < 50; attempt++) {
+    char *t = text[attempt % 2];
+    if (read_text("/proc/locks", t, sizeof text[0]) < 0)
+      return -1;
+    int n = count_locks(t, ino, cls, type, pid, range);
+    if (attempt > 0 && n == last && strcmp(t, text[(attempt + 1) % 2]) == 0)
+      return n;
+    last = n;
+    usleep(2000);
+  }
+  return last;
 }
 
 static int read_line(int fd, char *buf, size_t cap, int timeout_ms) {
