@@ -95,23 +95,14 @@ Status WriteImage(TreeImage& tree, const image::Manifest& manifest, image::Write
   return Ok();
 }
 
-// Ids as the tree's own PID namespace sees them: the last NSpid/NSpgid/NSsid.
-Status SetIds(pid_t host_pid, image::Process* proc) {
-  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/status", host_pid)));
-  sys::proc::ProcStatus st = STASIS_TRY(sys::proc::ParseStatus(text));
-  auto last = [host_pid](const std::vector<int>& v, int host) {
-    return v.empty() ? host : v.back();
-  };
-  proc->set_pid(last(st.ns_pid, host_pid));
-  proc->set_pgid(last(st.ns_pgid, 0));
-  proc->set_sid(last(st.ns_sid, 0));
-  return Ok();
-}
-
 Result<CollectedTask> CollectZombie(pid_t host_pid) {
   CollectedTask task;
   task.proc.set_zombie(true);
   task.proc.set_exit_status(STASIS_TRY(ZombieExitStatus(host_pid)));
+  std::string status = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/status", host_pid)));
+  std::string stat = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/stat", host_pid)));
+  SetOwnIds(host_pid, STASIS_TRY(sys::proc::ParseStatus(status)),
+            STASIS_TRY(sys::proc::ParseStat(stat)), &task.proc);
   return task;
 }
 
@@ -167,9 +158,6 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
     CollectedTask task = t.zombie
                              ? STASIS_TRY(CollectZombie(t.host_pid))
                              : STASIS_TRY(CollectTask(t.host_pid, t.threads, manifest, parent));
-    STASIS_TRY(SetIds(t.host_pid, &task.proc));
-    std::string stat = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/stat", t.host_pid)));
-    task.proc.set_exit_signal(STASIS_TRY(sys::proc::ParseStat(stat)).exit_signal);
     own_pid[t.host_pid] = task.proc.pid();
     task.proc.set_ppid(t.parent_host_pid == 0 ? 0 : own_pid.at(t.parent_host_pid));
     index[t.host_pid] = tree.tasks.size();

@@ -127,6 +127,17 @@ Status CollectInjected(pid_t pid, std::vector<sys::Tracee>& threads,
 
 }  // namespace
 
+void SetOwnIds(pid_t host_pid, const sys::proc::ProcStatus& status, const sys::proc::ProcStat& stat,
+               image::Process* proc) {
+  auto own = [](const std::vector<int>& ns, int outside) {
+    return ns.empty() ? outside : ns.back();
+  };
+  proc->set_pid(own(status.ns_pid, host_pid));
+  proc->set_pgid(own(status.ns_pgid, stat.pgrp));
+  proc->set_sid(own(status.ns_sid, stat.session));
+  proc->set_exit_signal(stat.exit_signal);
+}
+
 Status PrecheckTask(pid_t pid) {
   if (pid == getpid()) return Error::Invalid("stasis cannot dump itself");
   Result<sys::proc::ProcStatus> status = ReadStatus(pid);
@@ -179,10 +190,7 @@ Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
   image::Process& proc = out.proc;
   sys::proc::ProcStatus status = STASIS_TRY(ReadStatus(pid));
   sys::proc::ProcStat stat = STASIS_TRY(ReadStat(pid));
-  proc.set_pid(status.ns_pid.empty() ? pid : status.ns_pid.back());
-  proc.set_ppid(stat.ppid);
-  proc.set_pgid(stat.pgrp);
-  proc.set_sid(stat.session);
+  SetOwnIds(pid, status, stat, &proc);
   STASIS_TRY(CollectInjected(pid, threads, status, stat, &proc));
   STASIS_TRY(kinds::fs_context::Dump(pid, status, &proc));
   STASIS_TRY(kinds::memory::DumpVmas(pid, &proc));

@@ -26,6 +26,11 @@ Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
                                   image::Manifest* manifest,
                                   const kinds::memory::ParentView* parent = nullptr);
 
+// pid, pgid and sid as the task's own PID namespace sees them (the last
+// NSpid/NSpgid/NSsid), and the signal its parent gets at its exit.
+void SetOwnIds(pid_t host_pid, const sys::proc::ProcStatus& status, const sys::proc::ProcStat& stat,
+               image::Process* proc);
+
 // Refuses what cannot be dumped before the task is touched.
 Status PrecheckTask(pid_t pid);
 

@@ -45,6 +45,16 @@ bool IsZeroPage(const uint8_t* page) {
   return acc == 0;
 }
 
+// Extends the last run, or starts a new one at a VMA's first page or a gap.
+void AddPage(PagePlan* plan, const Vma& vma, uint64_t addr, bool first_of_vma) {
+  PagePlan::Run* last = plan->runs.empty() ? nullptr : &plan->runs.back();
+  if (last && !first_of_vma && last->addr + last->npages * kPage == addr) {
+    ++last->npages;
+  } else {
+    plan->runs.push_back({addr, 1, vma.kind() == Vma::ANON, (vma.prot() & PROT_READ) != 0});
+  }
+}
+
 // Appends the wanted pages of one VMA to the plan; returns how many.
 Result<uint64_t> PlanVma(int pagemap, Vma* vma, PagePlan* plan) {
   uint64_t npages = (vma->end() - vma->start()) / kPage;
@@ -59,14 +69,7 @@ Result<uint64_t> PlanVma(int pagemap, Vma* vma, PagePlan* plan) {
     }
     for (uint64_t i = 0; i < count; ++i) {
       if (!Wanted(*vma, entries[i])) continue;
-      uint64_t addr = vma->start() + (first + i) * kPage;
-      PagePlan::Run* last = plan->runs.empty() ? nullptr : &plan->runs.back();
-      if (last && wanted > 0 && last->addr + last->npages * kPage == addr) {
-        ++last->npages;
-      } else {
-        plan->runs.push_back({addr, 1, vma->kind() == Vma::ANON, (vma->prot() & PROT_READ) != 0});
-      }
-      ++wanted;
+      AddPage(plan, *vma, vma->start() + (first + i) * kPage, wanted++ == 0);
     }
   }
   return wanted;
@@ -100,15 +103,6 @@ Status ReadPagemap(int fd, uint64_t first_page, uint64_t count, uint64_t* out) {
   ssize_t n = pread(fd, out, count * sizeof(uint64_t), off);
   if (n != static_cast<ssize_t>(count * sizeof(uint64_t))) return Error::Errno("read pagemap");
   return Ok();
-}
-
-void AddPage(PagePlan* plan, const Vma& vma, uint64_t addr, bool first_of_vma) {
-  PagePlan::Run* last = plan->runs.empty() ? nullptr : &plan->runs.back();
-  if (last && !first_of_vma && last->addr + last->npages * kPage == addr) {
-    ++last->npages;
-  } else {
-    plan->runs.push_back({addr, 1, vma.kind() == Vma::ANON, (vma.prot() & PROT_READ) != 0});
-  }
 }
 
 // Like PlanVma, for a VMA the child shares with its parent: only pages that

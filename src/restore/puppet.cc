@@ -155,8 +155,8 @@ int FreeFdSlot(const image::Process& proc) {
 
 // The leader makes each other thread with its TID (clone3 set_tid); the
 // kernel attaches it to us (PTRACE_O_TRACECLONE) stopped, before it runs.
-Status CreateThreads(sys::Tracee& leader, kinds::RemoteTask& task, uint64_t scratch,
-                     const image::Process& proc, std::vector<sys::Tracee>* threads) {
+Status CreateThreads(kinds::RemoteTask& task, uint64_t scratch, const image::Process& proc,
+                     std::vector<sys::Tracee>* threads) {
   for (int i = 1; i < proc.threads_size(); ++i) {
     const image::Thread& thread = proc.threads(i);
     pid_t tid = thread.tid();
@@ -174,7 +174,6 @@ Status CreateThreads(sys::Tracee& leader, kinds::RemoteTask& task, uint64_t scra
     STASIS_TRY_CTX(RestoreThread(threads->back(), task.pid(), scratch, proc, thread),
                    fmt::format("thread {}", tid));
   }
-  (void)leader;
   return Ok();
 }
 
@@ -262,7 +261,7 @@ Status TaskBuild::RestoreAttributes(std::vector<sys::Tracee>* threads) {
   STASIS_TRY(kinds::limits::Restore(*task_, proc));
   STASIS_TRY(kinds::signals::Restore(*task_, proc));
   // Threads after everything they share is in place, before credentials.
-  STASIS_TRY(CreateThreads(leader_, *task_, scratch_, proc, threads));
+  STASIS_TRY(CreateThreads(*task_, scratch_, proc, threads));
   STASIS_TRY(kinds::posix_timers::Restore(*task_, proc));
   return kinds::thread::Restore(*task_, proc.pid(), proc.threads(0));
 }

@@ -108,7 +108,7 @@ Result<uint64_t> PuppetSyscallIp(pid_t host_pid);
 int FreeFdSlot(const image::Process& proc);
 
 // Installs the per-thread state of a new thread made by clone3 (below).
-Status CreateThreads(sys::Tracee& leader, kinds::RemoteTask& task, uint64_t scratch,
-                     const image::Process& proc, std::vector<sys::Tracee>* threads);
+Status CreateThreads(kinds::RemoteTask& task, uint64_t scratch, const image::Process& proc,
+                     std::vector<sys::Tracee>* threads);
 
 }  // namespace stasis::restore
