@@ -127,6 +127,31 @@ Status CollectInjected(pid_t pid, std::vector<sys::Tracee>& threads,
 
 }  // namespace
 
+namespace {
+
+// The restore rebuilds a tree in this host's namespaces (and a fresh PID and
+// mount namespace of its own): a task living in any other namespace would
+// come back changed, its sockets in another network, so it is refused. A
+// nested PID namespace was checked to be stasis's own (tree.cc); its tasks
+// then also have that namespace's own mount namespace.
+Status CheckNamespaces(pid_t pid) {
+  std::string own_pidns = STASIS_TRY(sys::proc::ReadLink("/proc/self/ns/pid"));
+  std::string pidns = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/pid", pid)));
+  std::vector<const char*> kinds = {"user", "net", "ipc", "uts", "cgroup", "time"};
+  if (pidns == own_pidns) kinds.push_back("mnt");
+  for (const char* kind : kinds) {
+    std::string own = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/self/ns/{}", kind)));
+    std::string theirs = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/{}", pid, kind)));
+    if (theirs != own) {
+      return Error::Unsupported(fmt::format(
+          "pid {} lives in another {} namespace ({}); not supported yet", pid, kind, theirs));
+    }
+  }
+  return Ok();
+}
+
+}  // namespace
+
 void SetOwnIds(pid_t host_pid, const sys::proc::ProcStatus& status, const sys::proc::ProcStat& stat,
                image::Process* proc) {
   auto own = [](const std::vector<int>& ns, int outside) {
@@ -152,12 +177,7 @@ Status PrecheckTask(pid_t pid) {
   if (status->state == 'Z' || stat.state == 'Z') {
     return Error::Unsupported(fmt::format("pid {} is a zombie", pid));
   }
-  std::string own_userns = STASIS_TRY(sys::proc::ReadLink("/proc/self/ns/user"));
-  std::string userns = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/user", pid)));
-  if (userns != own_userns) {
-    return Error::Unsupported(
-        fmt::format("pid {} lives in another user namespace ({}); not supported yet", pid, userns));
-  }
+  STASIS_TRY(CheckNamespaces(pid));
   if (status->seccomp != 0) {
     return Error::Unsupported(fmt::format("pid {}: seccomp filters are not supported yet", pid));
   }
