@@ -84,15 +84,18 @@ Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<imag
     ~HandOver() { *undo = std::move(ctx.undo_if_kept); }
   } hand_over{ctx, undo};
   for (const FdEntry& e : fds) ctx.inputs.push_back(&e.in);
+  // file_of_fd is per process: kinds that use it (epoll) look at their own task.
+  std::map<pid_t, std::map<int, uint64_t>> file_of_fd;
   for (const FdEntry& e : fds) {
     ctx.fd_index.push_back({e.in.pid, e.in.fd, e.in.link, e.in.info.flags});
-    // file_of_fd is per process: kinds that use it (epoll) look at their own task.
+    file_of_fd[e.in.pid][e.in.fd] = e.file_id;
   }
+  pid_t current = 0;
   for (FdEntry& e : fds) {
     if (files->size() < e.file_id) {  // the first fd of this description
-      ctx.file_of_fd.clear();
-      for (const FdEntry& o : fds) {
-        if (o.in.pid == e.in.pid) ctx.file_of_fd[o.in.fd] = o.file_id;
+      if (e.in.pid != current) {
+        current = e.in.pid;
+        ctx.file_of_fd = file_of_fd[current];
       }
       const kinds::FdKind* kind = STASIS_TRY(KindOf(e.in));
       image::File file;

@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -108,6 +109,9 @@ struct DumpContext {
   // keeps running (a dump that fails, or --leave-running): called then.
   // When the tree is killed instead they are dropped, unrun.
   std::vector<std::function<void()>> undo_if_kept;
+  // /proc/locks, read once per dump (file_locks.h): the tree is frozen, so
+  // its own lines cannot change meanwhile.
+  std::optional<std::string> proc_locks;
   // File id of each fd of the task being dumped, assigned before any kind
   // dumps, so a kind can refer to other files (epoll targets).
   std::map<int, uint64_t> file_of_fd;

@@ -194,7 +194,7 @@ Result<std::vector<LockLine>> ParseProcLocks(std::string_view text) {
   return lines;
 }
 
-Result<std::vector<image::FileLock>> Dump(const DumpContext& ctx, const FdDumpInput& in) {
+Result<std::vector<image::FileLock>> Dump(DumpContext& ctx, const FdDumpInput& in) {
   std::string what = DescribeFd(in.pid, in.fd, in.link);
   std::vector<image::FileLock> out;
   // This description's own locks: fdinfo shows flock and OFD locks on every
@@ -228,7 +228,8 @@ Result<std::vector<image::FileLock>> Dump(const DumpContext& ctx, const FdDumpIn
   std::set<pid_t> tree;
   for (const FdIndexEntry& e : ctx.fd_index) tree.insert(e.pid);
   tree.insert(in.pid);
-  std::string text = STASIS_TRY(ReadLocksConsistently());
+  if (!ctx.proc_locks) ctx.proc_locks = STASIS_TRY(ReadLocksConsistently());
+  const std::string& text = *ctx.proc_locks;
   // A line about another file that this parser does not understand must
   // not stop the dump; one that names this inode does.
   std::string inode =

@@ -62,7 +62,7 @@ Result<std::vector<LockLine>> ParseProcLocks(std::string_view text);
 // Dump: the locks to carry with the regular file `in`: its description's
 // OFD and flock locks (its fdinfo) and the POSIX locks of the tree's
 // processes on its inode (/proc/locks). Refuses what cannot be carried.
-Result<std::vector<image::FileLock>> Dump(const DumpContext& ctx, const FdDumpInput& in);
+Result<std::vector<image::FileLock>> Dump(DumpContext& ctx, const FdDumpInput& in);
 
 // Restore, in the restorer: takes the description's OFD locks on `fd`, the
 // new description.
