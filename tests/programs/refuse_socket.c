@@ -16,17 +16,6 @@
 
 static char raw[256 << 10], maps_before[64 << 10], maps_after[64 << 10];
 
-static int fd_count(void) {
-  int n = 0;
-  DIR *d = opendir("/proc/self/fd");
-  if (!d)
-    return -1;
-  while (readdir(d))
-    n++;
-  closedir(d);
-  return n;
-}
-
 int main(void) {
   install_trigger(SA_RESTART);
   int s = socket(AF_INET, SOCK_DGRAM, 0);
