@@ -53,6 +53,26 @@ def run_cell(connection_file, code):
         kc.stop_channels()
 
 
+def wait_no_close_wait(connection_file, timeout=20):
+    """Our client just disconnected: wait until the kernel has closed its
+    ends too. A half-closed (CLOSE_WAIT) connection is refused by the dump
+    (not carried yet), and libzmq closes it asynchronously."""
+    info = json.load(open(connection_file))
+    ports = {info[k] for k in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")}
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        half_closed = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in open(table).read().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "08" and int(f[1].split(":")[1], 16) in ports:  # 08: CLOSE_WAIT
+                    half_closed += 1
+        if half_closed == 0:
+            return
+        time.sleep(0.1)
+    raise SystemExit("FAIL: the kernel kept half-closed connections")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--stasis", required=True)
@@ -92,6 +112,7 @@ def main():
         os.environ.update(HOME=work, JUPYTER_RUNTIME_DIR=os.path.join(work, "runtime"))
         before = run_cell(cf, "import os, numpy as np; x = 42; a = np.arange(10**6); print(os.getpid(), x, a.sum())")
         print("before:", before, flush=True)
+        wait_no_close_wait(cf)
         img = os.path.join(work, "img")
         d = subprocess.run([a.stasis, "dump", "--session", name, "--state-dir", state, "-D", img],
                            capture_output=True, text=True)
