@@ -18,7 +18,8 @@ PACKAGES="
 # packages, as a user's install would have them.
 JUPYTER_PACKAGES="
   jupyter-server python3-jupyter-server python3-ipykernel
-  python3-jupyter-client jupyter-client jupyter-core python3-numpy
+  python3-jupyter-client jupyter-client jupyter-core python3-numpy python3-terminado
+  python3-websocket
 "
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,0 +1,321 @@
+"""A real Jupyter session driven the way a browser and JupyterHub drive it,
+for the system tests, the benchmark and the demo.
+
+JupyterSession starts Debian's jupyter-server as an unprivileged user inside
+a `stasis run` session, talks to its REST API, and dumps and restores it by
+name. KernelSocket and TerminalSocket are websocket clients that stay open
+across dump and restore, as a browser tab does.
+"""
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import websocket  # Debian's python3-websocket
+
+TOKEN = "stasis-test-token"
+
+
+class Failure(Exception):
+    pass
+
+
+def free_port(host="127.0.0.1"):
+    s = socket.socket()
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def jupyter_installed():
+    return all(shutil.which(p, path="/usr/bin") for p in ("jupyter-server", "setpriv"))
+
+
+def tree_pids(root):
+    """root and its descendants, from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class JupyterSession:
+    """jupyter-server as `user`, in a `stasis run` session named `name`."""
+
+    def __init__(self, stasis, work, name, user="nobody", host="127.0.0.1", run_args=()):
+        self.stasis, self.work, self.name = stasis, work, name
+        self.state = os.path.join(work, "state")
+        self.home = os.path.join(work, "home")
+        self.host, self.port = host, free_port() if host == "127.0.0.1" else 8888
+        self.user = pwd.getpwnam(user)
+        self.run_args = list(run_args)
+        self.log = os.path.join(work, "server.log")
+
+    # --- life cycle -------------------------------------------------------
+
+    def start(self):
+        os.makedirs(self.home, exist_ok=True)
+        os.chown(self.home, self.user.pw_uid, self.user.pw_gid)
+        env = {"HOME": self.home, "PATH": "/usr/bin:/bin", "SHELL": "/bin/bash", "LANG": "C.UTF-8",
+               "JUPYTER_RUNTIME_DIR": self.runtime_dir, "TERM": "xterm"}
+        server = ["/usr/bin/jupyter-server", f"--ServerApp.ip={self.host}", f"--port={self.port}",
+                  f"--ServerApp.token={TOKEN}", f"--ServerApp.root_dir={self.home}", "--no-browser",
+                  "--ServerApp.port_retries=0"]
+        as_user = ["/usr/bin/setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}",
+                   "--clear-groups", "--"]
+        with open(self.log, "w") as log:
+            subprocess.run([self.stasis, "run", "-d", "--name", self.name, "--state-dir", self.state,
+                            *self.run_args, "--", *as_user, *server],
+                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                           check=True, close_fds=True)
+        self.wait_ready()
+
+    def wait_ready(self, timeout=60):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                return self.api("/api/status")
+            except OSError:
+                if time.time() > deadline:
+                    raise Failure("jupyter-server did not answer:\n" + self.log_tail())
+                time.sleep(0.3)
+
+    def log_tail(self):
+        try:
+            return open(self.log, errors="replace").read()[-3000:]
+        except OSError:
+            return ""
+
+    @property
+    def runtime_dir(self):
+        return os.path.join(self.home, "runtime")
+
+    def init_pid(self):
+        path = os.path.join(self.state, f"{self.name}.json")
+        return json.load(open(path))["init_pid"]
+
+    def pids(self):
+        return tree_pids(self.init_pid())
+
+    def rss_kib(self):
+        return rss_kib(self.pids())
+
+    def dump(self, images, *extra):
+        return self._stasis("dump", "--session", self.name, "--state-dir", self.state, "-D", images,
+                            *extra)
+
+    def restore(self, images, *extra):
+        return self._stasis("restore", "-D", images, "--state-dir", self.state, *extra)
+
+    def _stasis(self, *argv):
+        t0 = time.monotonic()
+        r = subprocess.run([self.stasis, *argv], capture_output=True, text=True, timeout=300)
+        wall = time.monotonic() - t0
+        if r.returncode != 0:
+            raise Failure(f"stasis {argv[0]} failed ({r.returncode}):\n{r.stderr}")
+        return wall, r.stderr.strip()
+
+    def kill(self):
+        """Kills every session under our state dir (cleanup, also after a failure)."""
+        for f in os.listdir(self.state) if os.path.isdir(self.state) else []:
+            if f.endswith(".json"):
+                try:
+                    os.kill(json.load(open(os.path.join(self.state, f)))["init_pid"], 9)
+                except (OSError, ValueError, KeyError):
+                    pass
+        time.sleep(0.3)
+        subprocess.run([self.stasis, "ps", "--state-dir", self.state], capture_output=True)
+
+    # --- REST -------------------------------------------------------------
+
+    def url(self, path, scheme="http"):
+        return f"{scheme}://{self.host}:{self.port}{path}"
+
+    def api(self, path, method="GET", body=None):
+        data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+        req = urllib.request.Request(self.url(path), method=method, data=data,
+                                     headers={"Authorization": f"token {TOKEN}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"null")
+
+    def start_kernel(self):
+        kernel = self.api("/api/kernels", "POST", {"name": "python3"})
+        return kernel["id"]
+
+    def connection_file(self, kernel_id, timeout=60):
+        path = os.path.join(self.runtime_dir, f"kernel-{kernel_id}.json")
+        deadline = time.time() + timeout
+        while not os.path.exists(path):
+            if time.time() > deadline:
+                raise Failure(f"no connection file for kernel {kernel_id}")
+            time.sleep(0.2)
+        return path
+
+    def kernel_socket(self, kernel_id):
+        return KernelSocket(self.url(f"/api/kernels/{kernel_id}/channels", "ws"))
+
+    def terminal_socket(self):
+        name = self.api("/api/terminals", "POST")["name"]
+        return name, TerminalSocket(self.url(f"/terminals/websocket/{name}", "ws"))
+
+
+def open_ws(url):
+    return websocket.create_connection(url, header=[f"Authorization: token {TOKEN}"], timeout=60,
+                                       enable_multithread=True)
+
+
+class KernelSocket:
+    """The kernel's websocket as the notebook frontend uses it: execute
+    requests out, replies and output streams back."""
+
+    def __init__(self, url):
+        self.ws = open_ws(url)
+        self.session = uuid.uuid4().hex
+        self.streams = []  # (parent msg_id, text) of every stream message seen
+
+    def send_execute(self, code):
+        msg_id = uuid.uuid4().hex
+        msg = {"header": {"msg_id": msg_id, "username": "test", "session": self.session,
+                          "msg_type": "execute_request", "version": "5.3"},
+               "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+               "content": {"code": code, "silent": False, "store_history": True,
+                           "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}
+        self.ws.send(json.dumps(msg))
+        return msg_id
+
+    def recv(self, timeout):
+        self.ws.settimeout(timeout)
+        msg = json.loads(self.ws.recv())
+        if msg.get("msg_type") == "stream":
+            self.streams.append((msg["parent_header"].get("msg_id"), msg["content"]["text"]))
+        return msg
+
+    def execute(self, code, timeout=120):
+        """Runs code; returns its stdout. Raises on an error reply."""
+        msg_id = self.send_execute(code)
+        deadline = time.time() + timeout
+        reply, idle = None, False
+        while reply is None or not idle:
+            left = deadline - time.time()
+            if left <= 0:
+                raise Failure(f"no reply to {code!r} in {timeout} s")
+            msg = self.recv(left)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "execute_reply":
+                reply = msg["content"]
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+        if reply["status"] != "ok":
+            raise Failure(f"cell {code!r} failed: {reply.get('ename')}: {reply.get('evalue')}")
+        return "".join(text for mid, text in self.streams if mid == msg_id).strip()
+
+    def stream_lines(self, msg_id, count, timeout=60):
+        """Waits until msg_id has printed at least count lines; returns them."""
+        deadline = time.time() + timeout
+        while True:
+            lines = "".join(t for mid, t in self.streams if mid == msg_id).splitlines()
+            if len(lines) >= count:
+                return lines
+            left = deadline - time.time()
+            if left <= 0:
+                raise Failure(f"only {len(lines)} lines of output from a running cell")
+            try:
+                self.recv(min(left, 1.0))
+            except websocket.WebSocketTimeoutException:
+                pass
+
+    def close(self):
+        self.ws.close()
+
+
+class TerminalSocket:
+    """A terminal's websocket (terminado protocol: ["stdin", text] out,
+    ["stdout", text] back)."""
+
+    def __init__(self, url):
+        self.ws = open_ws(url)
+        self.output = ""
+
+    def type(self, text):
+        self.ws.send(json.dumps(["stdin", text]))
+
+    def wait_for(self, needle, timeout=30):
+        deadline = time.time() + timeout
+        while needle not in self.output:
+            left = deadline - time.time()
+            if left <= 0:
+                raise Failure(f"terminal never showed {needle!r}; it showed:\n{self.output[-1000:]}")
+            self.ws.settimeout(left)
+            try:
+                kind, *rest = json.loads(self.ws.recv())
+            except websocket.WebSocketTimeoutException:
+                continue
+            if kind == "stdout":
+                self.output += rest[0]
+
+    def close(self):
+        self.ws.close()
+
+
+def wait_no_close_wait(timeout=20):
+    """A client we dropped leaves the server's end half-closed until the
+    server closes it (libzmq does so asynchronously); wait for that."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = [line.split()[3] for table in ("/proc/net/tcp", "/proc/net/tcp6")
+                  for line in open(table).read().splitlines()[1:]]
+        if "08" not in states:
+            return
+        time.sleep(0.1)
+    raise Failure("connections stayed half-closed (CLOSE_WAIT)")
+
+
+def run_with_client(connection_file, code, timeout=60):
+    """Runs code through a fresh jupyter_client connection (the ZMQ path a
+    second frontend uses); returns its stdout."""
+    from jupyter_client import BlockingKernelClient
+    kc = BlockingKernelClient(connection_file=connection_file)
+    kc.load_connection_file()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=30)
+        out = []
+        reply = kc.execute_interactive(code, timeout=timeout,
+                                       output_hook=lambda m: out.append(m["content"].get("text", "")))
+        if reply["content"]["status"] != "ok":
+            raise Failure(f"cell {code!r}: {reply['content']}")
+        return "".join(out).strip()
+    finally:
+        kc.stop_channels()
