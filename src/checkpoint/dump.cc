@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -202,6 +204,39 @@ Status MakeDir(const std::string& dir) {
   return Ok();
 }
 
+// With --leave-running the image is first written to memory, so that the
+// tree runs again as soon as its state is copied out; the file is written
+// after the thaw. That costs RAM the size of the image, for as long as the
+// copy to the file takes.
+Result<sys::UniqueFd> StagingMemfd() {
+  sys::UniqueFd fd(static_cast<int>(memfd_create("stasis-image", MFD_CLOEXEC)));
+  if (!fd.valid()) return Error::Errno("memfd_create for the image staged in memory");
+  return fd;
+}
+
+// sendfile, since copy_file_range refuses to cross from tmpfs to most
+// filesystems (EXDEV).
+Status CopyStaged(int from, int to) {
+  off_t offset = 0;
+  while (true) {
+    ssize_t n = sendfile(to, from, &offset, 1 << 30);
+    if (n == 0) return Ok();
+    if (n < 0 && errno != EINTR) return Error::Errno("copy the image from memory to its file");
+  }
+}
+
+Status KillAndWait(std::vector<TreeTask>& frozen) {
+  for (const TreeTask& t : frozen) {
+    if (!t.zombie && kill(t.host_pid, SIGKILL) < 0 && errno != ESRCH) {
+      return Error::Errno(fmt::format("kill pid {} after dump", t.host_pid));
+    }
+  }
+  // Return only once they are gone: a restore that follows at once must
+  // find their ports and files released.
+  for (TreeTask& t : frozen) WaitGone(t.threads);
+  return Ok();
+}
+
 }  // namespace
 
 Result<DumpStats> Dump(const DumpOptions& options) {
@@ -212,7 +247,14 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   STASIS_TRY(PrecheckTree(pid));
   STASIS_TRY(MakeDir(options.dir));
   PendingImage pending(options.dir);
-  auto sink = STASIS_TRY(image::FdSink::CreateFile(pending.temp()));
+  auto file_sink = STASIS_TRY(image::FdSink::CreateFile(pending.temp()));
+  sys::UniqueFd staged;
+  std::unique_ptr<image::FdSink> staged_sink;
+  if (options.leave_running) {
+    staged = STASIS_TRY(StagingMemfd());
+    staged_sink = std::make_unique<image::FdSink>(staged.get());
+  }
+  image::FdSink& sink = staged_sink ? *staged_sink : *file_sink;
 
   Clock::time_point frozen_at = Clock::now();
   std::vector<TreeTask> frozen;
@@ -229,39 +271,39 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   image::Manifest manifest;
   // What kinds changed in the tree for the dump (a socket put in repair
   // mode) is put back unless the tree is killed: on every error path, and
-  // with --leave-running.
+  // with --leave-running before the tree runs again.
   struct UndoIfKept {
     std::vector<std::function<void()>> steps;
-    bool killed = false;
-    ~UndoIfKept() {
-      if (!killed) {
-        for (auto& step : steps) step();
-      }
+    void Run() {
+      for (auto& step : steps) step();
+      steps.clear();
     }
+    ~UndoIfKept() { Run(); }
   } undo;
   TreeImage tree = STASIS_TRY_CTX(CollectTree(frozen, &manifest, &undo.steps), "dump");
   FillManifest(tree.tasks[0].proc, &manifest);
   manifest.set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest.add_session_command(arg);
-  image::Writer writer(*sink);
+  image::Writer writer(sink);
   STASIS_TRY_CTX(WriteImage(tree, manifest, writer, &stats), "write image");
-  STASIS_TRY(sink->Sync());
-  STASIS_TRY(pending.Commit());
-  if (!options.leave_running) {
-    undo.killed = true;
-    for (const TreeTask& t : frozen) {
-      if (!t.zombie && kill(t.host_pid, SIGKILL) < 0 && errno != ESRCH) {
-        return Error::Errno(fmt::format("kill pid {} after dump", t.host_pid));
-      }
-    }
-    // Return only once they are gone: a restore that follows at once must
-    // find their ports and files released.
-    for (TreeTask& t : frozen) WaitGone(t.threads);
+  if (options.leave_running) {
+    STASIS_TRY(sink.Flush());
+    undo.Run();
+  } else {
+    STASIS_TRY(sink.Sync());
+    STASIS_TRY(pending.Commit());
+    undo.steps.clear();
+    STASIS_TRY(KillAndWait(frozen));
   }
   for (TreeTask& t : frozen) {
     for (sys::Tracee& thread : t.threads) STASIS_TRY(thread.Detach());
   }
   stats.frozen_ms = MsSince(frozen_at);
+  if (options.leave_running) {
+    STASIS_TRY(CopyStaged(staged.get(), file_sink->fd()));
+    STASIS_TRY(file_sink->Sync());
+    STASIS_TRY(pending.Commit());
+  }
   struct stat st;
   if (stat(image::ImagePath(options.dir).c_str(), &st) == 0) stats.image_bytes = st.st_size;
   stats.total_ms = MsSince(start);
