@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -157,7 +158,7 @@ struct Chunk {
   const PagePlan::Run* run = nullptr;
   uint64_t addr = 0;
   uint64_t npages = 0;
-  std::vector<uint8_t> data;
+  uint8_t* data = nullptr;  // kChunkPages pages
   std::vector<bool> zero;
 };
 
@@ -173,7 +174,7 @@ Status EmitChunk(uint32_t image_pid, const Chunk& c, image::Writer& writer, Page
     }
     uint64_t j = i + 1;
     while (j < c.npages && !c.zero[j]) ++j;
-    STASIS_TRY(writer.WritePages(image_pid, c.addr + i * kPage, c.data.data() + i * kPage,
+    STASIS_TRY(writer.WritePages(image_pid, c.addr + i * kPage, c.data + i * kPage,
                                  static_cast<uint32_t>(j - i)));
     stats->pages_written += j - i;
     i = j;
@@ -192,7 +193,7 @@ class ChunkReader {
         todo_.push_back({&run, run.addr + done * kPage, std::min(kChunkPages, run.npages - done)});
       }
     }
-    for (Chunk& c : pool_) c.data.resize(kChunkPages * kPage);
+    for (size_t i = 0; i < kDepth; ++i) pool_[i].data = Buffers()[i].get();
     thread_ = std::thread([this] { Run(); });
   }
   ~ChunkReader() {
@@ -225,6 +226,18 @@ class ChunkReader {
     uint64_t npages;
   };
 
+  // Allocated once and reused by every process's reader (readers never
+  // overlap): fresh buffers would cost a page fault and a kernel memset per
+  // page for each process of the tree.
+  static std::array<std::unique_ptr<uint8_t[]>, kDepth>& Buffers() {
+    static std::array<std::unique_ptr<uint8_t[]>, kDepth> buffers = [] {
+      std::array<std::unique_ptr<uint8_t[]>, kDepth> b;
+      for (auto& buf : b) buf = std::make_unique_for_overwrite<uint8_t[]>(kChunkPages * kPage);
+      return b;
+    }();
+    return buffers;
+  }
+
   void Run() {
     for (size_t i = 0; i < todo_.size(); ++i) {
       {
@@ -249,10 +262,10 @@ class ChunkReader {
     c->run = t.run;
     c->addr = t.addr;
     c->npages = t.npages;
-    STASIS_TRY(ReadRange(pid_, mem_fd_, t.run->readable, t.addr, c->data.data(), t.npages * kPage));
+    STASIS_TRY(ReadRange(pid_, mem_fd_, t.run->readable, t.addr, c->data, t.npages * kPage));
     c->zero.assign(t.npages, false);
     if (t.run->anon) {
-      for (uint64_t i = 0; i < t.npages; ++i) c->zero[i] = IsZeroPage(c->data.data() + i * kPage);
+      for (uint64_t i = 0; i < t.npages; ++i) c->zero[i] = IsZeroPage(c->data + i * kPage);
     }
     return Ok();
   }
