@@ -153,33 +153,96 @@ Status ReadRange(pid_t pid, int mem_fd, bool readable, uint64_t addr, uint8_t* b
   return Ok();
 }
 
-// A chunk of pages read out of the task, with its all-zero pages marked.
+// Part of a run, read into a chunk at page index `first`.
+struct Segment {
+  const PagePlan::Run* run;
+  uint64_t addr;
+  uint64_t npages;
+  uint64_t first;
+};
+
+// Pages read out of the task in one go: up to kChunkPages pages from up to
+// kChunkSegments pieces of runs (a Python process has about a thousand
+// runs, most of one or two pages; one read and one hand-over per run would
+// cost more than the copying), with its all-zero pages marked.
 struct Chunk {
-  const PagePlan::Run* run = nullptr;
-  uint64_t addr = 0;
+  std::vector<Segment> segments;
   uint64_t npages = 0;
   uint8_t* data = nullptr;  // kChunkPages pages
   std::vector<bool> zero;
 };
 
+constexpr size_t kChunkSegments = 256;  // well under IOV_MAX
+
+// Splits the plan into chunks' worth of segments.
+std::vector<std::vector<Segment>> ChunkPlan(const PagePlan& plan) {
+  std::vector<std::vector<Segment>> chunks(1);
+  uint64_t used = 0;
+  for (const PagePlan::Run& run : plan.runs) {
+    for (uint64_t done = 0; done < run.npages;) {
+      if (used == kChunkPages || chunks.back().size() == kChunkSegments) {
+        chunks.emplace_back();
+        used = 0;
+      }
+      uint64_t n = std::min(kChunkPages - used, run.npages - done);
+      chunks.back().push_back({&run, run.addr + done * kPage, n, used});
+      used += n;
+      done += n;
+    }
+  }
+  if (chunks.back().empty()) chunks.pop_back();
+  return chunks;
+}
+
 // Writes the non-zero pages of a chunk (all of them, for file-backed runs)
 // as page records of consecutive pages.
 Status EmitChunk(uint32_t image_pid, const Chunk& c, image::Writer& writer, PageStats* stats) {
-  uint64_t i = 0;
-  while (i < c.npages) {
-    if (c.zero[i]) {
-      ++stats->zero_pages;
-      ++i;
-      continue;
+  for (const Segment& seg : c.segments) {
+    uint64_t i = 0;
+    while (i < seg.npages) {
+      if (c.zero[seg.first + i]) {
+        ++stats->zero_pages;
+        ++i;
+        continue;
+      }
+      uint64_t j = i + 1;
+      while (j < seg.npages && !c.zero[seg.first + j]) ++j;
+      STASIS_TRY(writer.WritePages(image_pid, seg.addr + i * kPage,
+                                   c.data + (seg.first + i) * kPage, static_cast<uint32_t>(j - i)));
+      stats->pages_written += j - i;
+      i = j;
     }
-    uint64_t j = i + 1;
-    while (j < c.npages && !c.zero[j]) ++j;
-    STASIS_TRY(writer.WritePages(image_pid, c.addr + i * kPage, c.data + i * kPage,
-                                 static_cast<uint32_t>(j - i)));
-    stats->pages_written += j - i;
-    i = j;
   }
   return Ok();
+}
+
+// One process_vm_readv for all the readable segments of a chunk.
+Status ReadSegments(pid_t pid, int mem_fd, const std::vector<Segment>& segments, uint8_t* data) {
+  std::vector<struct iovec> local, remote;
+  uint64_t bytes = 0;
+  for (const Segment& seg : segments) {
+    uint8_t* dst = data + seg.first * kPage;
+    if (!seg.run->readable) {
+      STASIS_TRY(ReadRange(pid, mem_fd, false, seg.addr, dst, seg.npages * kPage));
+      continue;
+    }
+    local.push_back({dst, seg.npages * kPage});
+    remote.push_back({reinterpret_cast<void*>(seg.addr), seg.npages * kPage});
+    bytes += seg.npages * kPage;
+  }
+  if (local.empty()) return Ok();
+  ssize_t n = process_vm_readv(pid, local.data(), local.size(), remote.data(), remote.size(), 0);
+  if (n == static_cast<ssize_t>(bytes)) return Ok();
+  // Name the segment that failed: read them one by one.
+  for (const Segment& seg : segments) {
+    if (seg.run->readable) {
+      STASIS_TRY(
+          ReadRange(pid, mem_fd, true, seg.addr, data + seg.first * kPage, seg.npages * kPage));
+    }
+  }
+  return Error(ErrorCode::kFailed,
+               fmt::format("pid {}: process_vm_readv of {} segments read {} of {} bytes", pid,
+                           local.size(), n, bytes));
 }
 
 // Reads chunks on a thread of its own while the caller checksums and writes
@@ -187,12 +250,8 @@ Status EmitChunk(uint32_t image_pid, const Chunk& c, image::Writer& writer, Page
 // at about the same speed, so overlapping them nearly doubles throughput.
 class ChunkReader {
  public:
-  ChunkReader(pid_t pid, int mem_fd, const PagePlan& plan) : pid_(pid), mem_fd_(mem_fd) {
-    for (const PagePlan::Run& run : plan.runs) {
-      for (uint64_t done = 0; done < run.npages; done += kChunkPages) {
-        todo_.push_back({&run, run.addr + done * kPage, std::min(kChunkPages, run.npages - done)});
-      }
-    }
+  ChunkReader(pid_t pid, int mem_fd, const PagePlan& plan)
+      : pid_(pid), mem_fd_(mem_fd), todo_(ChunkPlan(plan)) {
     for (size_t i = 0; i < kDepth; ++i) pool_[i].data = Buffers()[i].get();
     thread_ = std::thread([this] { Run(); });
   }
@@ -220,11 +279,6 @@ class ChunkReader {
 
  private:
   static constexpr size_t kDepth = 3;
-  struct Todo {
-    const PagePlan::Run* run;
-    uint64_t addr;
-    uint64_t npages;
-  };
 
   // Allocated once and reused by every process's reader (readers never
   // overlap): fresh buffers would cost a page fault and a kernel memset per
@@ -258,21 +312,24 @@ class ChunkReader {
     }
   }
 
-  Status Fill(const Todo& t, Chunk* c) {
-    c->run = t.run;
-    c->addr = t.addr;
-    c->npages = t.npages;
-    STASIS_TRY(ReadRange(pid_, mem_fd_, t.run->readable, t.addr, c->data, t.npages * kPage));
-    c->zero.assign(t.npages, false);
-    if (t.run->anon) {
-      for (uint64_t i = 0; i < t.npages; ++i) c->zero[i] = IsZeroPage(c->data + i * kPage);
+  Status Fill(const std::vector<Segment>& segments, Chunk* c) {
+    c->segments = segments;
+    const Segment& last = segments.back();
+    c->npages = last.first + last.npages;
+    STASIS_TRY(ReadSegments(pid_, mem_fd_, segments, c->data));
+    c->zero.assign(c->npages, false);
+    for (const Segment& seg : segments) {
+      if (!seg.run->anon) continue;
+      for (uint64_t i = seg.first; i < seg.first + seg.npages; ++i) {
+        c->zero[i] = IsZeroPage(c->data + i * kPage);
+      }
     }
     return Ok();
   }
 
   pid_t pid_;
   int mem_fd_;
-  std::vector<Todo> todo_;
+  std::vector<std::vector<Segment>> todo_;
   Chunk pool_[kDepth];
   std::mutex mu_;
   std::condition_variable cv_;
