@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 #include <google/protobuf/message_lite.h>
 #include <poll.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -225,6 +227,40 @@ Result<size_t> FdSource::ReadOnce(void* buf, size_t len) {
   }
 }
 
+// --- MappedFileSource ---------------------------------------------------------
+
+Result<std::unique_ptr<MappedFileSource>> MappedFileSource::Open(const std::string& path) {
+  sys::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return OpenError(path);
+  struct stat st;
+  if (fstat(fd.get(), &st) < 0) return Error::Errno("fstat " + path);
+  if (!S_ISREG(st.st_mode) || st.st_size == 0) {
+    return Error::Invalid(path + " is not a regular file with contents");
+  }
+  size_t size = static_cast<size_t>(st.st_size);
+  void* data = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+  if (data == MAP_FAILED) return Error::Errno("mmap " + path);
+  madvise(data, size, MADV_SEQUENTIAL);
+  return std::unique_ptr<MappedFileSource>(
+      new MappedFileSource(static_cast<const uint8_t*>(data), size));
+}
+
+MappedFileSource::~MappedFileSource() { munmap(const_cast<uint8_t*>(data_), size_); }
+
+Result<size_t> MappedFileSource::Read(void* buf, size_t len) {
+  size_t n = std::min(len, size_ - pos_);
+  std::memcpy(buf, data_ + pos_, n);
+  pos_ += n;
+  return n;
+}
+
+const uint8_t* MappedFileSource::Borrow(size_t len) {
+  if (len > size_ - pos_) return nullptr;
+  const uint8_t* p = data_ + pos_;
+  pos_ += len;
+  return p;
+}
+
 // --- Writer -------------------------------------------------------------------
 
 Writer::Writer(Sink& sink) : sink_(sink), hash_(XXH3_createState()) {}
@@ -419,9 +455,15 @@ Result<bool> Reader::NextImpl(Record* out) {
         fmt::format("record {} (type {}) at offset {}: payload length {} exceeds the {} byte cap",
                     rec.index, TypeLabel(raw_type), rec.offset, len, kMaxRecordPayload));
   }
-  STASIS_TRY(ReadPayload(rec, len));
-  STASIS_TRY(CheckFrame(rec, frame, len));
-  rec.payload = std::span<const uint8_t>(buffer_.get(), len);
+  const uint8_t* payload = source_.Borrow(len);
+  if (payload != nullptr) {
+    offset_ += len;
+  } else {
+    STASIS_TRY(ReadPayload(rec, len));
+    payload = buffer_.get();
+  }
+  STASIS_TRY(CheckFrame(rec, frame, payload, len));
+  rec.payload = std::span<const uint8_t>(payload, len);
   ++records_;
   *out = rec;
   return true;
@@ -456,12 +498,13 @@ void Reader::Grow(size_t size, size_t keep) {
 
 // The checksum is checked before the type and flags, so a flipped bit in
 // the frame header reads as damage rather than as a format the reader lacks.
-Status Reader::CheckFrame(const Record& rec, const uint8_t* frame, size_t len) {
+Status Reader::CheckFrame(const Record& rec, const uint8_t* frame, const uint8_t* payload,
+                          size_t len) {
   auto raw_type = static_cast<uint16_t>(rec.type);
   uint64_t stored = Load<uint64_t>(frame + 8);
   XXH3_64bits_reset(hash_);
   XXH3_64bits_update(hash_, frame, 8);
-  XXH3_64bits_update(hash_, buffer_.get(), len);
+  XXH3_64bits_update(hash_, payload, len);
   uint64_t computed = XXH3_64bits_digest(hash_);
   if (stored != computed) {
     return Error::Corrupt(fmt::format(

@@ -73,6 +73,27 @@ class Source {
   // Reads up to len bytes. Returns 0 only at end of stream; may return fewer
   // bytes than asked for at any time.
   virtual Result<size_t> Read(void* buf, size_t len) = 0;
+  // The next len bytes in place, consumed, if the source holds them in
+  // memory that lives as long as it does; else nullptr, nothing consumed.
+  virtual const uint8_t* Borrow(size_t /*len*/) { return nullptr; }
+};
+
+// A regular file mapped whole: page records are read where they lie in the
+// page cache instead of being copied out first.
+class MappedFileSource : public Source {
+ public:
+  static Result<std::unique_ptr<MappedFileSource>> Open(const std::string& path);
+  ~MappedFileSource() override;
+
+  Result<size_t> Read(void* buf, size_t len) override;
+  const uint8_t* Borrow(size_t len) override;
+
+ private:
+  MappedFileSource(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
 };
 
 // Reads from a file descriptor through a small buffer, so the 16-byte frame
@@ -247,7 +268,7 @@ class Reader {
   Result<size_t> ReadFull(void* buf, size_t len);
   Status ReadPayload(const Record& rec, size_t len);
   void Grow(size_t size, size_t keep);
-  Status CheckFrame(const Record& rec, const uint8_t* frame, size_t len);
+  Status CheckFrame(const Record& rec, const uint8_t* frame, const uint8_t* payload, size_t len);
 
   Source& source_;
   XXH3_state_t* hash_;

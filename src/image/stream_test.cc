@@ -475,6 +475,48 @@ TEST(StreamTest, FdSinkAndSourceRoundTripThroughAFile) {
   EXPECT_EQ(missing.error().errnum(), ENOENT);
 }
 
+// A mapped file lends payloads in place: the reader must see the same
+// records as from memory, catch the same damage, and report truncation.
+TEST(StreamTest, MappedFileSourceReadsRecordsInPlace) {
+  StringSink want;
+  ASSERT_TRUE(WriteMixed(want).ok());
+  char dir[] = "/tmp/stasis-stream-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  std::string path = ImagePath(dir);
+  auto read_file = [&](const std::string& bytes) -> Result<std::vector<std::string>> {
+    FILE* f = fopen(path.c_str(), "w");
+    fwrite(bytes.data(), 1, bytes.size(), f);
+    fclose(f);
+    auto source = STASIS_TRY(MappedFileSource::Open(path));
+    Reader r(*source);
+    STASIS_TRY(r.Begin());
+    std::vector<std::string> payloads;
+    Record rec;
+    while (STASIS_TRY(r.Next(&rec))) payloads.emplace_back(rec.payload.begin(), rec.payload.end());
+    return payloads;
+  };
+  Result<Parsed> expected = ReadAll(want.data());
+  ASSERT_TRUE(expected.ok());
+  Result<std::vector<std::string>> got = read_file(want.data());
+  ASSERT_TRUE(got.ok()) << got.error().ToString();
+  ASSERT_EQ(got.value().size(), expected.value().payloads.size());
+  EXPECT_TRUE(
+      std::equal(got.value().begin(), got.value().end(), expected.value().payloads.begin()));
+
+  std::string flipped = want.data();
+  flipped[flipped.size() / 2] ^= 0x20;
+  Result<std::vector<std::string>> damaged = read_file(flipped);
+  ASSERT_FALSE(damaged.ok());
+  EXPECT_TRUE(HasSubstr(damaged.error().message(), "checksum mismatch"));
+
+  Result<std::vector<std::string>> truncated =
+      read_file(want.data().substr(0, want.data().size() - 5));
+  ASSERT_FALSE(truncated.ok());
+  EXPECT_TRUE(HasSubstr(truncated.error().message(), "truncated"));
+  ::unlink(path.c_str());
+  ::rmdir(dir);
+}
+
 TEST(StreamTest, FdSinkHandlesShortWritesOnANonBlockingPipe) {
   StringSink want;
   ASSERT_TRUE(WriteMixed(want).ok());

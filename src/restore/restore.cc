@@ -247,7 +247,7 @@ struct TreeRestore {
 
 Result<RestoreResult> Restore(const RestoreOptions& options) {
   auto start = std::chrono::steady_clock::now();
-  auto source = STASIS_TRY(image::FdSource::OpenFile(image::ImagePath(options.dir)));
+  auto source = STASIS_TRY(image::MappedFileSource::Open(image::ImagePath(options.dir)));
   image::Reader reader(*source);
   STASIS_TRY(reader.Begin());
   Records records(reader);
