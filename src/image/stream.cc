@@ -7,12 +7,16 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstring>
 #include <limits>
+#include <vector>
 
+#include "image/record_hash.h"
 #include "process.pb.h"
 
 namespace stasis::image {
@@ -263,9 +267,9 @@ const uint8_t* MappedFileSource::Borrow(size_t len) {
 
 // --- Writer -------------------------------------------------------------------
 
-Writer::Writer(Sink& sink) : sink_(sink), hash_(XXH3_createState()) {}
+Writer::Writer(Sink& sink) : sink_(sink) {}
 
-Writer::~Writer() { XXH3_freeState(hash_); }
+Writer::~Writer() = default;
 
 Status Writer::Put(const void* data, size_t len) {
   Status s = sink_.Write(data, len);
@@ -311,10 +315,16 @@ Status Writer::WriteRecordV(RecordType type, const struct iovec* iov, int iovcnt
   Store<uint16_t>(frame, raw_type);
   Store<uint16_t>(frame + 2, 0);
   Store<uint32_t>(frame + 4, static_cast<uint32_t>(len));
-  XXH3_64bits_reset(hash_);
-  XXH3_64bits_update(hash_, frame, 8);
-  for (int i = 0; i < iovcnt; ++i) XXH3_64bits_update(hash_, iov[i].iov_base, iov[i].iov_len);
-  Store<uint64_t>(frame + 8, XXH3_64bits_digest(hash_));
+  std::array<struct iovec, 8> small;
+  std::vector<struct iovec> big;
+  struct iovec* pieces = small.data();
+  if (iovcnt + 1 > static_cast<int>(small.size())) {
+    big.resize(iovcnt + 1);
+    pieces = big.data();
+  }
+  pieces[0] = {frame, 8};
+  std::copy(iov, iov + iovcnt, pieces + 1);
+  Store<uint64_t>(frame + 8, RecordHash(pieces, iovcnt + 1));
 
   STASIS_TRY(Put(frame, sizeof frame));
   for (int i = 0; i < iovcnt; ++i) STASIS_TRY(Put(iov[i].iov_base, iov[i].iov_len));
@@ -365,9 +375,9 @@ Status Writer::Flush() {
 
 // --- Reader -------------------------------------------------------------------
 
-Reader::Reader(Source& source) : source_(source), hash_(XXH3_createState()) {}
+Reader::Reader(Source& source) : source_(source) {}
 
-Reader::~Reader() { XXH3_freeState(hash_); }
+Reader::~Reader() = default;
 
 Result<size_t> Reader::ReadFull(void* buf, size_t len) {
   auto* p = static_cast<uint8_t*>(buf);
@@ -502,10 +512,8 @@ Status Reader::CheckFrame(const Record& rec, const uint8_t* frame, const uint8_t
                           size_t len) {
   auto raw_type = static_cast<uint16_t>(rec.type);
   uint64_t stored = Load<uint64_t>(frame + 8);
-  XXH3_64bits_reset(hash_);
-  XXH3_64bits_update(hash_, frame, 8);
-  XXH3_64bits_update(hash_, payload, len);
-  uint64_t computed = XXH3_64bits_digest(hash_);
+  struct iovec pieces[2] = {{const_cast<uint8_t*>(frame), 8}, {const_cast<uint8_t*>(payload), len}};
+  uint64_t computed = RecordHash(pieces, 2);
   if (stored != computed) {
     return Error::Corrupt(fmt::format(
         "checksum mismatch in record {} (type {}) at offset {} (stored {:#018x}, computed "

@@ -7,7 +7,6 @@
 #pragma once
 
 #include <sys/uio.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -228,7 +227,6 @@ class Writer {
   Status Put(const void* data, size_t len);
 
   Sink& sink_;
-  XXH3_state_t* hash_;
   std::string scratch_;  // serialised messages, reused
   bool begun_ = false;
   bool failed_ = false;  // a partial record may be in the sink
@@ -271,7 +269,6 @@ class Reader {
   Status CheckFrame(const Record& rec, const uint8_t* frame, const uint8_t* payload, size_t len);
 
   Source& source_;
-  XXH3_state_t* hash_;
   std::unique_ptr<uint8_t[]> buffer_;
   size_t capacity_ = 0;
   uint64_t offset_ = 0;
