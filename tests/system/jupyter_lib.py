@@ -72,14 +72,23 @@ def rss_kib(pids):
 class JupyterSession:
     """jupyter-server as `user`, in a `stasis run` session named `name`."""
 
-    def __init__(self, stasis, work, name, user="nobody", host="127.0.0.1", run_args=()):
+    def __init__(self, stasis, work, name, user="nobody", address=None):
+        """address: None runs the server in the host's network on a free
+        loopback port; "A.B.C.D/P" gives the session its own network
+        (`stasis run --net=isolated`) on a bridge of the test's own, which
+        kill() removes; clients reach it from the host through the bridge."""
         self.stasis, self.work, self.name = stasis, work, name
         self.state = os.path.join(work, "state")
         self.home = os.path.join(work, "home")
-        self.host, self.port = host, free_port() if host == "127.0.0.1" else 8888
         self.user = pwd.getpwnam(user)
-        self.run_args = list(run_args)
         self.log = os.path.join(work, "server.log")
+        self.bridge = None
+        if address is None:
+            self.host, self.port, self.run_args = "127.0.0.1", free_port(), []
+        else:
+            self.bridge = f"stj{os.getpid() % 1000000}"
+            self.host, self.port = address.split("/")[0], 8888
+            self.run_args = ["--net=isolated", "--address", address, "--bridge", self.bridge]
 
     # --- life cycle -------------------------------------------------------
 
@@ -155,6 +164,8 @@ class JupyterSession:
                     pass
         time.sleep(0.3)
         subprocess.run([self.stasis, "ps", "--state-dir", self.state], capture_output=True)
+        if self.bridge:
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
 
     # --- REST -------------------------------------------------------------
 
