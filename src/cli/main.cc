@@ -138,13 +138,20 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   if (*dump_cmd) {
+    stasis::sys::UniqueFd init_pidfd;
     if (!dump_session.empty()) {
-      stasis::Status s = stasis::cli::ResolveSessionDump(state_dir, dump_session, &dump);
+      stasis::Status s =
+          stasis::cli::ResolveSessionDump(state_dir, dump_session, &dump, &init_pidfd);
       if (!s.ok()) return Fail(s.error());
     } else if (dump.pid == 0) {
       return Fail(stasis::Error::Invalid("dump needs -t PID or --session NAME"));
     }
-    return RunDump(dump);
+    int rc = RunDump(dump);
+    if (rc == 0 && init_pidfd.valid() && !dump.leave_running) {
+      stasis::Status s = stasis::cli::WaitSessionEnd(dump_session, init_pidfd.get());
+      if (!s.ok()) return Fail(s.error());
+    }
+    return rc;
   }
   if (*restore_cmd) {
     restore.new_pid_ns = pid_ns == "new";

@@ -1,13 +1,17 @@
 #include "cli/session_link.h"
 
 #include <fmt/format.h>
+#include <poll.h>
+
+#include <cerrno>
 
 #include "session/session.h"
+#include "sys/pidfds.h"
 
 namespace stasis::cli {
 
 Status ResolveSessionDump(const std::string& state_dir, const std::string& name,
-                          checkpoint::DumpOptions* options) {
+                          checkpoint::DumpOptions* options, sys::UniqueFd* init_pidfd) {
   std::string dir = session::ResolveStateDir(state_dir);
   session::SessionInfo info = STASIS_TRY(session::FindSession(dir, name));
   if (info.state != session::SessionState::kRunning) {
@@ -17,6 +21,22 @@ Status ResolveSessionDump(const std::string& state_dir, const std::string& name,
   options->freeze_cgroup = info.cgroup;
   options->session_name = info.name;
   options->session_command = info.command;
+  *init_pidfd = STASIS_TRY(sys::PidfdOpen(info.init_pid));
+  return Ok();
+}
+
+Status WaitSessionEnd(const std::string& name, int init_pidfd) {
+  constexpr int kTimeoutMs = 10000;
+  struct pollfd p = {init_pidfd, POLLIN, 0};
+  int n;
+  while ((n = poll(&p, 1, kTimeoutMs)) < 0 && errno == EINTR) {
+  }
+  if (n < 0) return Error::Errno("poll the init of session " + name);
+  if (n == 0) {
+    return Error(ErrorCode::kFailed,
+                 fmt::format("the init of session {} did not exit within {} s of the dump", name,
+                             kTimeoutMs / 1000));
+  }
   return Ok();
 }
 

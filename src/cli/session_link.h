@@ -7,12 +7,19 @@
 
 #include "checkpoint/dump.h"
 #include "restore/restore.h"
+#include "sys/unique_fd.h"
 
 namespace stasis::cli {
 
-// Fills the dump options for the running session `name`.
+// Fills the dump options for the running session `name`. *init_pidfd is
+// set to a pidfd of the session's init, for WaitSessionEnd.
 Status ResolveSessionDump(const std::string& state_dir, const std::string& name,
-                          checkpoint::DumpOptions* options);
+                          checkpoint::DumpOptions* options, sys::UniqueFd* init_pidfd);
+
+// After a dump that killed the session's tree: waits until its init has
+// cleaned up (cgroup, state file) and exited, so that a restore right after
+// finds the session's name free.
+Status WaitSessionEnd(const std::string& name, int init_pidfd);
 
 // A before_release hook for restore: registers the tree as a session (named
 // `name`, or as it was dumped) while it is still stopped. The name actually
