@@ -227,10 +227,10 @@ TEST(StreamTest, RejectsBadMagic) {
 }
 
 TEST(StreamTest, RejectsNewerMinor) {
-  Error e = BeginError(StreamHeader(1, 1));
+  Error e = BeginError(StreamHeader(1, 2));
   EXPECT_EQ(e.code(), ErrorCode::kInvalid);
   EXPECT_EQ(e.message(),
-            "image format 1.1 is newer than this build reads (1.0); use a newer stasis");
+            "image format 1.2 is newer than this build reads (1.1); use a newer stasis");
 }
 
 TEST(StreamTest, RejectsOtherMajor) {
