@@ -220,7 +220,7 @@ struct Expected {
   std::string local, peer;  // the client's sockaddrs, as its File has them
 };
 
-Result<std::string> PeekReceiveQueue(int fd) {
+Status PeekReceiveQueue(int fd, image::TcpPendingConnection* c) {
   int inq = 0;
   if (ioctl(fd, SIOCINQ, &inq) < 0) return Error::Errno("SIOCINQ");
   STASIS_TRY(sys::SetIntOpt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
@@ -229,7 +229,10 @@ Result<std::string> PeekReceiveQueue(int fd) {
     ssize_t n = recv(fd, data.data(), data.size(), MSG_PEEK | MSG_DONTWAIT);
     if (n != inq) return Error::Errno(fmt::format("peek {} queued bytes", inq));
   }
-  return data;
+  c->set_data(std::move(data));
+  c->set_recv_seq(static_cast<uint32_t>(
+      STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(recv)"))));
+  return Ok();
 }
 
 Status ReadQueue(int listener, const std::string& listener_addr,
@@ -256,7 +259,7 @@ Status ReadQueue(int listener, const std::string& listener_addr,
     image::TcpPendingConnection* c = out->add_connections();
     c->set_client_local(e->local);
     c->set_client_peer(e->peer);
-    c->set_data(STASIS_TRY_CTX(PeekReceiveQueue(child.get()), "from " + Show(from)));
+    STASIS_TRY_CTX(PeekReceiveQueue(child.get(), c), "from " + Show(from));
   }
   return Ok();
 }
@@ -325,10 +328,21 @@ Status Reconnect(const LateRestore& ctx, int listener, uint32_t want,
            client.local() == c.client_local();
   });
   if (fd < 0) return Error::Corrupt("no File restored for the client");
+  // The client's send queue starts at its snd_una; what the server end had
+  // received up to rcv_nxt may overlap its head (not acknowledged yet).
+  const std::string& sq = client.send_queue();
+  uint32_t snd_una = client.send_seq() - static_cast<uint32_t>(sq.size());
+  uint32_t overlap = c.recv_seq() - snd_una;
+  if (overlap > sq.size() || overlap > c.data().size()) {
+    return Error::Corrupt(fmt::format(
+        "the server end received up to sequence {}, the client's send queue starts at {} and "
+        "holds {} bytes",
+        c.recv_seq(), snd_una, sq.size()));
+  }
   // Raise the send buffer for the data, so it can be sent before the
   // program runs; SO_SNDBUFFORCE doubles what it is given.
   int sndbuf = STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_SNDBUF, "SO_SNDBUF"));
-  size_t total = c.data().size() + client.send_queue().size();
+  size_t total = c.data().size() + sq.size() - overlap;
   STASIS_TRY(sys::SetIntOpt(fd, SOL_SOCKET, SO_SNDBUFFORCE,
                             static_cast<int>(sndbuf / 2 + total + 65536), "SO_SNDBUFFORCE"));
   STASIS_TRY(Connect(fd, c.client_peer()));
@@ -336,7 +350,7 @@ Status Reconnect(const LateRestore& ctx, int listener, uint32_t want,
   // The stream as the server end would have read it: what it had received,
   // then what the client had sent past that (unacknowledged or unsent).
   STASIS_TRY(SendAll(fd, c.data()));
-  STASIS_TRY(SendAll(fd, client.send_queue()));
+  STASIS_TRY(SendAll(fd, sq.substr(overlap)));
   return sys::SetIntOpt(fd, SOL_SOCKET, SO_SNDBUFFORCE, sndbuf / 2, "SO_SNDBUFFORCE");
 }
 
