@@ -87,10 +87,14 @@ bool IsAny(const Endpoint& e) {
   return e.addr == kAny6 || e.addr == kAny4.addr;
 }
 
+bool IsMapped(const Endpoint& e) {
+  static const uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  return std::memcmp(e.addr.data(), kMapped, 12) == 0;
+}
+
 std::string Show(const Endpoint& e) {
   char host[INET6_ADDRSTRLEN] = "?";
-  static const uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-  if (std::memcmp(e.addr.data(), kMapped, 12) == 0) {
+  if (IsMapped(e)) {
     inet_ntop(AF_INET, e.addr.data() + 12, host, sizeof host);
     return fmt::format("{}:{}", host, e.port);
   }
@@ -101,6 +105,15 @@ std::string Show(const Endpoint& e) {
 // A listener bound to `listener` would take a connection to `dst`.
 bool Serves(const Endpoint& listener, const Endpoint& dst) {
   return listener.port == dst.port && (IsAny(listener) || listener.addr == dst.addr);
+}
+
+// How well a listener bound to `l` matches `dst`, as the kernel's lookup
+// prefers: its exact address, then the wildcard of dst's own family
+// (0.0.0.0 for IPv4), then [::] for IPv4 (dual-stack). 0: it does not.
+int Match(const Endpoint& l, const Endpoint& dst) {
+  if (!Serves(l, dst)) return 0;
+  if (l.addr == dst.addr) return 3;
+  return IsMapped(l) == IsMapped(dst) ? 2 : 1;
 }
 
 // --- sock_diag for TCP (net/ipv4/inet_diag.c) ---------------------------------
@@ -153,6 +166,21 @@ Status DiagFamily(int family, std::vector<DiagSock>* out) {
       out->push_back(s);
     }
   }
+}
+
+// The listener (its bound address) that took the connection whose server
+// end is at `dst`: the best match among sock_diag's listeners.
+Endpoint ListenerFor(const std::vector<DiagSock>& diag, const Endpoint& dst) {
+  Endpoint best;
+  int score = 0;
+  for (const DiagSock& d : diag) {
+    int m = d.state == TCP_LISTEN ? Match(d.src, dst) : 0;
+    if (m > score) {
+      score = m;
+      best = d.src;
+    }
+  }
+  return best;
 }
 
 Result<std::string> Name(int fd, bool peer) {
@@ -362,9 +390,15 @@ Status DumpListener(DumpContext& ctx, const FdDumpInput& in, const std::string& 
   Endpoint self = FromSockaddr(local);
   std::string what =
       fmt::format("{} (TCP listener {})", DescribeFd(in.pid, in.fd, in.link), Show(self));
+  bool handshakes = false;
+  for (const DiagSock& d : q->diag) {
+    handshakes =
+        handshakes || (Queued(d) && d.state == TCP_SYN_RECV && ListenerFor(q->diag, d.src) == self);
+  }
+  if (queued == 0 && !handshakes) return Ok();
   int listeners = 0;
   for (const DiagSock& d : q->diag) {
-    listeners += d.state == TCP_LISTEN && Serves(d.src, self);
+    listeners += d.state == TCP_LISTEN && d.src == self;
   }
   if (listeners > 1) {
     return Error::Unsupported(fmt::format(
@@ -374,7 +408,7 @@ Status DumpListener(DumpContext& ctx, const FdDumpInput& in, const std::string& 
   }
   std::vector<Expected> expected;
   for (const DiagSock& d : q->diag) {
-    if (!Queued(d) || !Serves(self, d.src)) continue;
+    if (!Queued(d) || ListenerFor(q->diag, d.src) != self) continue;
     std::string peer = Show(d.dst);
     if (d.state == TCP_SYN_RECV) {
       return Error::Unsupported(fmt::format(
@@ -427,7 +461,13 @@ Result<bool> WaitsInAcceptQueue(DumpContext& ctx, const FdDumpInput& in, const s
   for (const DiagSock& d : q->diag) {
     if (!Queued(d) || d.src != other || d.dst != self) continue;
     for (const TreeSock& l : q->tree) {
-      if (l.state != TCP_LISTEN || !Serves(l.local_ep, other)) continue;
+      if (l.state != TCP_LISTEN || ListenerFor(q->diag, other) != l.local_ep) continue;
+      if (d.state != TCP_ESTABLISHED) {
+        return Error::Unsupported(fmt::format(
+            "its connection to {} is not accepted yet and the listener's end is in state {} (a "
+            "handshake in progress or a client that closed); not supported",
+            Show(other), d.state == TCP_SYN_RECV ? "SYN_RECV" : "CLOSE_WAIT"));
+      }
       // The server end has no fd to send with: nothing can be unread here.
       int inq = 0;
       if (ioctl(in.local.get(), SIOCINQ, &inq) < 0) return Error::Errno("SIOCINQ");

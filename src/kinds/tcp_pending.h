@@ -34,12 +34,14 @@
 
 namespace stasis::kinds::tcp_pending {
 
-// For tcp_socket::Dump of a listener with `queued` connections waiting
-// (TCP_INFO tcpi_unacked): checks them and registers the late step.
+// For tcp_socket::Dump of every listener, with `queued` connections waiting
+// (TCP_INFO tcpi_unacked): checks them and registers the late step; refuses
+// handshakes in progress even when nothing is queued yet.
 Status DumpListener(DumpContext& ctx, const FdDumpInput& in, const std::string& local,
                     uint32_t queued);
 // For tcp_socket::Dump of an established socket (local, peer): true when its
-// other end waits in the accept queue of a listener of the tree.
+// other end waits in the accept queue of a listener of the tree; refuses a
+// socket whose other end there is still a request socket (SYN_RECV).
 Result<bool> WaitsInAcceptQueue(DumpContext& ctx, const FdDumpInput& in, const std::string& local,
                                 const std::string& peer);
 // Connects the waiting clients again and refills the queues.

@@ -276,9 +276,7 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
     case TCP_LISTEN:
       // For a listener the kernel reports its accept queue in tcpi_unacked
       // and the backlog it was given in tcpi_sacked.
-      if (info.tcpi_unacked > 0) {
-        STASIS_TRY(tcp_pending::DumpListener(ctx, in, s.local(), info.tcpi_unacked));
-      }
+      STASIS_TRY(tcp_pending::DumpListener(ctx, in, s.local(), info.tcpi_unacked));
       s.set_backlog(info.tcpi_sacked);
       break;
     case TCP_ESTABLISHED: {

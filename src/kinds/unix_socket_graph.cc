@@ -275,6 +275,7 @@ class GraphDump {
         data = data || NodeOf(c)->late_queue();
       }
       if (!data) continue;
+      STASIS_TRY(CheckNoFdsWaiting(m.pid, m.fd, l.what));
       l.fd = sys::UniqueFd(fcntl(m.local.get(), F_DUPFD_CLOEXEC, 0));
       if (!l.fd.valid()) return Error::Errno(DescribeNode(n) + ": dup");
       listeners.push_back(std::move(l));

@@ -136,6 +136,11 @@ struct PendingListener {
 // and reads what their clients sent (DumpContext::late). The nodes must
 // outlive the dump (they are the File's graph).
 void AddPendingStep(DumpContext& ctx, std::vector<PendingListener> listeners);
+// Refuses a listener whose waiting connections carry fds in flight
+// (SCM_RIGHTS): fdinfo's "scm_fds:" of a listener counts those in the
+// queues of its not yet accepted ends (unix_show_fdinfo, 5.13+). Without
+// that line the check waits for the point of no return.
+Status CheckNoFdsWaiting(pid_t pid, int fd, const std::string& what);
 
 // "pid 4 fd 5 (socket:[6], @name)".
 std::string DescribeNode(const image::UnixSocketNode& node);

@@ -6,9 +6,10 @@
 // duplicate of the listener, only at its point of no return (a LateStep:
 // the image is otherwise complete and the tree will be killed) and peeks
 // their queues; everything else (clients in the tree, the sizes) was checked
-// at dump time. What only the accepted socket shows is checked then: fds in
-// flight (SCM_RIGHTS) and a pending MSG_OOB byte are refused, and the
-// connections taken are lost to the tree (the error says so).
+// at dump time, fds in flight (SCM_RIGHTS) too, through the listener's
+// fdinfo. What only the accepted socket shows is checked then: a pending
+// MSG_OOB byte is refused there, and the connections taken are lost to the
+// tree (the error says so).
 //
 // Restore: the graph build already connected each client into the restored
 // listener's backlog, in accept order (unix_socket_build.cc). The late record
@@ -18,10 +19,13 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 
+#include <cstdlib>
+
 #include <memory>
 
 #include "kinds/unix_socket.h"
 #include "kinds/unix_socket_internal.h"
+#include "sys/proc.h"
 
 namespace stasis::kinds::unix_socket {
 namespace {
@@ -109,6 +113,18 @@ Status SendAgain(int fd, const image::UnixPendingConnection& c, const std::strin
 }
 
 }  // namespace
+
+Status CheckNoFdsWaiting(pid_t pid, int fd, const std::string& what) {
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/fdinfo/{}", pid, fd)));
+  size_t at = text.find("\nscm_fds:");
+  if (at == std::string::npos) return Ok();
+  long fds = std::strtol(text.c_str() + at + 10, nullptr, 10);
+  if (fds == 0) return Ok();
+  return Error::Unsupported(fmt::format(
+      "{}: {} file descriptor(s) in flight (SCM_RIGHTS) on connections waiting in its backlog are "
+      "not supported",
+      what, fds));
+}
 
 void AddPendingStep(DumpContext& ctx, std::vector<PendingListener> listeners) {
   if (listeners.empty()) return;

@@ -17,6 +17,11 @@
  * credentials' uid and gid, EOF after the shut-down one's data, no data on
  * the empty ones; clients still have nothing to read; then replies flow
  * both ways on every connection.
+ *
+ * With the argument "fds", the stream client 1 passes an fd (SCM_RIGHTS)
+ * with its "hello": fds in flight are not carried, so the dump must refuse
+ * before taking anything (the listener's fdinfo counts them); the program
+ * then checks the same things without a restore.
  */
 #include "common.h"
 
@@ -55,6 +60,25 @@ static ssize_t send_creds(int fd, const void *data, size_t len) {
   return sendmsg(fd, &m, 0);
 }
 
+static int pass_fd;
+
+static ssize_t send_with_fd(int fd, const void *data, size_t len, int passed) {
+  char control[CMSG_SPACE(sizeof(int))];
+  memset(control, 0, sizeof control);
+  struct iovec iov = {(void *)data, len};
+  struct msghdr m = {0};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = control;
+  m.msg_controllen = sizeof control;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &passed, sizeof passed);
+  return sendmsg(fd, &m, 0);
+}
+
 static int connect_to(const struct listener *l) {
   int fd = socket(AF_UNIX, l->type, 0);
   SETUP(fd >= 0 && connect(fd, (const struct sockaddr *)&l->addr, l->addr_len) == 0, "connect");
@@ -71,7 +95,10 @@ static void fill_backlog(struct listener *l, int child_sock) {
   l->clients[1] = connect_to(l);
   if (l->type == SOCK_STREAM) {
     fill(big, STREAM_BIG, 11);
-    send_all(l->clients[1], "hello", 5);
+    if (pass_fd)
+      SETUP(send_with_fd(l->clients[1], "hello", 5, 0) == 5, "send with SCM_RIGHTS");
+    else
+      send_all(l->clients[1], "hello", 5);
     send_all(l->clients[1], big, STREAM_BIG);
   } else {
     fill(big, SEQ_BIG, 12);
@@ -217,8 +244,7 @@ static void child(int sock, struct listener *ls) {
 }
 
 int main(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
+  pass_fd = argc > 1 && strcmp(argv[1], "fds") == 0;
   install_trigger(SA_RESTART);
   const char *dir = getenv("TMPDIR");
   struct listener ls[2];
