@@ -11,13 +11,16 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -49,9 +52,15 @@ struct TreeSock {
   Endpoint local_ep, peer_ep;
 };
 
-struct Queues {
+// Of one network namespace: sock_diag answers for the namespace its
+// netlink socket was made in.
+struct NsQueues {
   std::vector<DiagSock> diag;
   std::vector<TreeSock> tree;
+};
+
+struct Queues {
+  std::map<uint64_t, NsQueues> by_netns;  // by namespace inode
 };
 
 namespace {
@@ -118,9 +127,38 @@ int Match(const Endpoint& l, const Endpoint& dst) {
 
 // --- sock_diag for TCP (net/ipv4/inet_diag.c) ---------------------------------
 
-Status DiagFamily(int family, std::vector<DiagSock>* out) {
-  sys::UniqueFd nl(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
-  if (!nl.valid()) return Error::Errno("socket(NETLINK_SOCK_DIAG)");
+constexpr unsigned long kSiocGskns = 0x894C;  // SIOCGSKNS: the socket's network namespace
+
+Result<sys::UniqueFd> NetnsOf(int sock) {
+  sys::UniqueFd ns(ioctl(sock, kSiocGskns));
+  if (!ns.valid()) return Error::Errno("SIOCGSKNS");
+  return ns;
+}
+
+Result<uint64_t> Inode(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) < 0) return Error::Errno("fstat");
+  return st.st_ino;
+}
+
+// A sock_diag socket of network namespace `netns`, made by a thread that
+// enters it (a thread's network namespace is its own).
+Result<sys::UniqueFd> DiagSocketIn(int netns) {
+  int fd = -1, err = 0;
+  std::thread maker([&] {
+    if (setns(netns, CLONE_NEWNET) < 0) {
+      err = errno;
+      return;
+    }
+    fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (fd < 0) err = errno;
+  });
+  maker.join();
+  if (fd < 0) return Error::FromErrno("socket(NETLINK_SOCK_DIAG) in the sockets' namespace", err);
+  return sys::UniqueFd(fd);
+}
+
+Status DiagFamily(const sys::UniqueFd& nl, int family, std::vector<DiagSock>* out) {
   struct {
     nlmsghdr nlh;
     inet_diag_req_v2 req;
@@ -207,13 +245,22 @@ bool IsTcp(const FdDumpInput& in) {
 }
 
 // sock_diag and the tree's TCP sockets, once per dump: the tree is frozen.
-Result<Queues*> Find(DumpContext& ctx) {
-  if (ctx.tcp_pending) return ctx.tcp_pending.get();
-  auto q = std::make_shared<Queues>();
-  STASIS_TRY(DiagFamily(AF_INET, &q->diag));
-  STASIS_TRY(DiagFamily(AF_INET6, &q->diag));
+// of the namespace of the socket being dumped, `sock`.
+Result<NsQueues*> Find(DumpContext& ctx, int sock) {
+  sys::UniqueFd netns = STASIS_TRY(NetnsOf(sock));
+  uint64_t ino = STASIS_TRY(Inode(netns.get()));
+  if (!ctx.tcp_pending) ctx.tcp_pending = std::make_shared<Queues>();
+  auto found = ctx.tcp_pending->by_netns.find(ino);
+  if (found != ctx.tcp_pending->by_netns.end()) return &found->second;
+  NsQueues fresh;
+  NsQueues* q = &fresh;
+  sys::UniqueFd nl = STASIS_TRY(DiagSocketIn(netns.get()));
+  STASIS_TRY(DiagFamily(nl, AF_INET, &q->diag));
+  STASIS_TRY(DiagFamily(nl, AF_INET6, &q->diag));
   for (const FdDumpInput* in : ctx.inputs) {
     if (!IsTcp(*in)) continue;
+    sys::UniqueFd their_ns = STASIS_TRY(NetnsOf(in->local.get()));
+    if (STASIS_TRY(Inode(their_ns.get())) != ino) continue;
     TreeSock t{in, STASIS_TRY(TcpState(in->local.get())), "", "", {}, {}};
     t.local = STASIS_TRY(Name(in->local.get(), false));
     t.local_ep = FromSockaddr(t.local);
@@ -224,8 +271,7 @@ Result<Queues*> Find(DumpContext& ctx) {
     }
     q->tree.push_back(std::move(t));
   }
-  ctx.tcp_pending = q;
-  return q.get();
+  return &(ctx.tcp_pending->by_netns[ino] = std::move(fresh));
 }
 
 // A queued (not accepted) server end: no inode, since no file holds it.
@@ -234,7 +280,7 @@ bool Queued(const DiagSock& d) {
          (d.state == TCP_ESTABLISHED || d.state == TCP_CLOSE_WAIT || d.state == TCP_SYN_RECV);
 }
 
-const TreeSock* ClientOf(const Queues& q, const DiagSock& child) {
+const TreeSock* ClientOf(const NsQueues& q, const DiagSock& child) {
   for (const TreeSock& t : q.tree) {
     if (t.state == TCP_ESTABLISHED && t.local_ep == child.dst && t.peer_ep == child.src) return &t;
   }
@@ -386,7 +432,7 @@ Status Reconnect(const LateRestore& ctx, int listener, uint32_t want,
 
 Status DumpListener(DumpContext& ctx, const FdDumpInput& in, const std::string& local,
                     uint32_t queued) {
-  Queues* q = STASIS_TRY(Find(ctx));
+  NsQueues* q = STASIS_TRY(Find(ctx, in.local.get()));
   Endpoint self = FromSockaddr(local);
   std::string what =
       fmt::format("{} (TCP listener {})", DescribeFd(in.pid, in.fd, in.link), Show(self));
@@ -456,7 +502,7 @@ Status DumpListener(DumpContext& ctx, const FdDumpInput& in, const std::string& 
 
 Result<bool> WaitsInAcceptQueue(DumpContext& ctx, const FdDumpInput& in, const std::string& local,
                                 const std::string& peer) {
-  Queues* q = STASIS_TRY(Find(ctx));
+  NsQueues* q = STASIS_TRY(Find(ctx, in.local.get()));
   Endpoint self = FromSockaddr(local), other = FromSockaddr(peer);
   for (const DiagSock& d : q->diag) {
     if (!Queued(d) || d.src != other || d.dst != self) continue;
