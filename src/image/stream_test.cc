@@ -504,6 +504,9 @@ TEST(StreamTest, FdSinkHandlesShortWritesOnANonBlockingPipe) {
 TEST(StreamTest, RecordTypeNamesAndImagePath) {
   EXPECT_STREQ(RecordTypeName(RecordType::kManifest), "manifest");
   EXPECT_STREQ(RecordTypeName(RecordType::kTrailer), "trailer");
+  EXPECT_STREQ(RecordTypeName(RecordType::kLate), "late");
+  EXPECT_TRUE(IsKnownRecordType(6));
+  EXPECT_FALSE(IsKnownRecordType(7));
   EXPECT_STREQ(RecordTypeName(static_cast<RecordType>(40)), "unknown");
   EXPECT_EQ(ImagePath("/var/img"), "/var/img/stasis.img");
   EXPECT_EQ(ImagePath("/var/img/"), "/var/img/stasis.img");
