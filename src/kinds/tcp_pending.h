@@ -19,12 +19,17 @@
 //   - a queued connection whose client is outside the dumped tree: it
 //     cannot be carried (a socket rebuilt with TCP_REPAIR cannot be put into
 //     an accept queue, and a new handshake would need the outside peer);
-//   - a connection still in its handshake (SYN_RECV, a request socket);
+//   - a connection still in its handshake (SYN_RECV, a request socket), on
+//     the listener (even with an empty queue) and on the client;
 //   - a queued connection the client already closed (CLOSE_WAIT);
 //   - a listener sharing its port with another listener (SO_REUSEPORT):
 //     which queue holds which connection is not shown;
 //   - --leave-running (checkpoint/dump.cc): accept() would take the
 //     connections from the program, and they cannot be put back.
+//
+// sock_diag is asked in the network namespace of the socket being dumped
+// (SIOCGSKNS), once per namespace per dump. Needs CAP_NET_ADMIN (TCP_REPAIR
+// on the accepted ends, SO_SNDBUFFORCE).
 #pragma once
 
 #include <string>
