@@ -428,6 +428,39 @@ Status Reconnect(const LateRestore& ctx, int listener, uint32_t want,
   return sys::SetIntOpt(fd, SOL_SOCKET, SO_SNDBUFFORCE, sndbuf / 2, "SO_SNDBUFFORCE");
 }
 
+// The connections queued on the listener bound to `self`, each with its
+// client among the tree's sockets; refuses what cannot be carried.
+Result<std::vector<Expected>> MatchQueue(const NsQueues& q, const Endpoint& self,
+                                         const std::string& what) {
+  std::vector<Expected> expected;
+  for (const DiagSock& d : q.diag) {
+    if (!Queued(d) || ListenerFor(q.diag, d.src) != self) continue;
+    std::string peer = Show(d.dst);
+    if (d.state == TCP_SYN_RECV) {
+      return Error::Unsupported(fmt::format(
+          "{}: a connection from {} is still in its handshake (SYN_RECV, a request socket); not "
+          "supported",
+          what, peer));
+    }
+    if (d.state == TCP_CLOSE_WAIT) {
+      return Error::Unsupported(fmt::format(
+          "{}: a connection from {} waiting in its accept queue was already closed by the client "
+          "(CLOSE_WAIT); not supported",
+          what, peer));
+    }
+    const TreeSock* client = ClientOf(q, d);
+    if (client == nullptr) {
+      return Error::Unsupported(fmt::format(
+          "{}: a connection from {} waits in its accept queue and its client is outside the "
+          "dumped tree; only accept() reaches it, and a connection rebuilt at restore cannot be "
+          "put back into an accept queue without its client",
+          what, peer));
+    }
+    expected.push_back({client->local_ep, client->peer_ep, client->local, client->peer});
+  }
+  return expected;
+}
+
 }  // namespace
 
 Status DumpListener(DumpContext& ctx, const FdDumpInput& in, const std::string& local,
@@ -452,32 +485,7 @@ Status DumpListener(DumpContext& ctx, const FdDumpInput& in, const std::string& 
         "(SO_REUSEPORT): which queue holds which connection is not known",
         what, queued));
   }
-  std::vector<Expected> expected;
-  for (const DiagSock& d : q->diag) {
-    if (!Queued(d) || ListenerFor(q->diag, d.src) != self) continue;
-    std::string peer = Show(d.dst);
-    if (d.state == TCP_SYN_RECV) {
-      return Error::Unsupported(fmt::format(
-          "{}: a connection from {} is still in its handshake (SYN_RECV, its accept queue is "
-          "full); not supported",
-          what, peer));
-    }
-    if (d.state == TCP_CLOSE_WAIT) {
-      return Error::Unsupported(fmt::format(
-          "{}: a connection from {} waiting in its accept queue was already closed by the client "
-          "(CLOSE_WAIT); not supported",
-          what, peer));
-    }
-    const TreeSock* client = ClientOf(*q, d);
-    if (client == nullptr) {
-      return Error::Unsupported(fmt::format(
-          "{}: a connection from {} waits in its accept queue and its client is outside the "
-          "dumped tree; only accept() reaches it, and a connection rebuilt at restore cannot be "
-          "put back into an accept queue without its client",
-          what, peer));
-    }
-    expected.push_back({client->local_ep, client->peer_ep, client->local, client->peer});
-  }
+  std::vector<Expected> expected = STASIS_TRY(MatchQueue(*q, self, what));
   if (expected.size() != queued) {
     return Error::Unsupported(
         fmt::format("{}: its accept queue holds {} connections, sock_diag shows {}", what, queued,
