@@ -70,7 +70,7 @@ std::string Le(uint64_t v, int bytes) {
   return out;
 }
 
-std::string StreamHeader(uint16_t major = 1, uint16_t minor = 0, uint32_t reserved = 0) {
+std::string StreamHeader(uint16_t major = 1, uint16_t minor = kFormatMinor, uint32_t reserved = 0) {
   std::string h = "STASISIM" + Le(major, 2) + Le(minor, 2) + Le(reserved, 4);
   return h + Le(XXH3_64bits(h.data(), h.size()), 8);
 }
