@@ -5,7 +5,7 @@
  * Three listeners: IPv4 127.0.0.1, IPv6 ::1, and a dual-stack [::] one with
  * IPv4 clients. Each has three connections waiting, in this order:
  *   0: the client sent a short text;
- *   1: the client sent nothing;
+ *   1: the client sent nothing; its socket is non-blocking;
  *   2: the client sent a lot: on the IPv4 listener, until its send would
  *      block (so part of it is still in the client's send queue), on the
  *      others 100 KB.
@@ -103,6 +103,7 @@ static void fill_queue(struct listener *l, int until_full) {
   l->clients[0] = connect_client(l);
   SETUP(send(l->clients[0], text, strlen(text), 0) == (ssize_t)strlen(text), "send");
   l->clients[1] = connect_client(l);
+  fcntl(l->clients[1], F_SETFL, fcntl(l->clients[1], F_GETFL) | O_NONBLOCK);
   l->clients[2] = connect_client(l);
   size_t limit = until_full ? MAXBIG : SMALLBIG;
   int fl = fcntl(l->clients[2], F_GETFL);
@@ -152,6 +153,8 @@ static void check_listener(struct listener *l) {
   for (int i = 0; i < NCONN; i++) {
     snprintf(what, sizeof what, "%s: client %d", l->name, i);
     nothing_to_read(l->clients[i], what);
+    int nonblock = (fcntl(l->clients[i], F_GETFL) & O_NONBLOCK) != 0;
+    CHECK(nonblock == (i == 1), "%s: O_NONBLOCK is %d", what, nonblock);
   }
   for (int i = 0; i < NCONN; i++) {
     snprintf(what, sizeof what, "%s: connection %d", l->name, i);
