@@ -232,6 +232,29 @@ TEST(PendingTest, TcpQueueWithAClientOutsideIsRefused) {
   EXPECT_TRUE(ctx.late.empty());
 }
 
+// TCP_DEFER_ACCEPT holds a connection without data as a request socket
+// (SYN_RECV) on the listener while its client is already established.
+TEST(PendingTest, TcpHandshakeInProgressIsRefused) {
+  sys::UniqueFd listener = ListenTcp();
+  int secs = 30;
+  ASSERT_EQ(setsockopt(listener.get(), IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof secs), 0);
+  std::string addr = Sockname(listener.get());
+  sys::UniqueFd c(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_EQ(connect(c.get(), reinterpret_cast<const sockaddr*>(addr.data()), addr.size()), 0);
+  usleep(20000);
+  FdDumpInput in_l = InputFor(listener.get()), in_c = InputFor(c.get());
+  DumpContext ctx;
+  ctx.inputs = {&in_l, &in_c};
+  Status s = tcp_pending::DumpListener(ctx, in_l, addr, 0);  // nothing queued yet
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), ErrorCode::kUnsupported);
+  EXPECT_NE(s.error().message().find("SYN_RECV"), std::string::npos) << s.error().message();
+  Result<bool> waits =
+      tcp_pending::WaitsInAcceptQueue(ctx, in_c, Sockname(c.get()), Sockname(c.get(), true));
+  ASSERT_FALSE(waits.ok());
+  EXPECT_NE(waits.error().message().find("SYN_RECV"), std::string::npos);
+}
+
 image::File TcpFile(uint64_t id, const image::TcpSocketState& s) {
   image::File f;
   f.set_id(id);
