@@ -34,7 +34,7 @@ double MsSince(Clock::time_point t) {
 
 void FillManifest(const image::Process& proc, image::Manifest* m) {
   m->set_format_major(1);
-  m->set_format_minor(0);
+  m->set_format_minor(image::kFormatMinor);
   m->set_stasis_version(STASIS_VERSION);
   struct utsname u;
   if (uname(&u) == 0) {
@@ -63,9 +63,27 @@ void FillManifest(const image::Process& proc, image::Manifest* m) {
 struct TreeImage {
   std::vector<image::File> files;
   std::vector<kinds::ContentSource> shmem;
-  std::vector<CollectedTask> tasks;  // parents before children
-  std::vector<pid_t> host_pids;      // of tasks[i]
+  std::vector<CollectedTask> tasks;   // parents before children
+  std::vector<pid_t> host_pids;       // of tasks[i]
+  std::vector<kinds::LateStep> late;  // run at the point of no return
 };
+
+// The point of no return: the image holds everything else and the tree will
+// be killed. What the steps take (connections accepted from a listener's
+// queue) cannot be given back, so a failure here is said as such.
+Status WriteLate(std::vector<kinds::LateStep>& late, image::Writer& writer) {
+  for (kinds::LateStep& step : late) {
+    Result<image::LateRecord> record = step.run();
+    if (!record.ok()) {
+      return std::move(record).error().Context(fmt::format(
+          "{}: at the dump's point of no return, reading {} (taken from the tree, which keeps "
+          "running without them)",
+          step.what, step.why));
+    }
+    STASIS_TRY(writer.WriteMessage(image::RecordType::kLate, record.value()));
+  }
+  return Ok();
+}
 
 Status WriteImage(TreeImage& tree, const image::Manifest& manifest, image::Writer& writer,
                   DumpStats* stats) {
@@ -85,6 +103,7 @@ Status WriteImage(TreeImage& tree, const image::Manifest& manifest, image::Write
     STASIS_TRY(
         kinds::memory::WritePages(tree.host_pids[i], task.proc.pid(), task.pages, writer, &pages));
   }
+  STASIS_TRY(WriteLate(tree.late, writer));
   image::Trailer trailer;
   trailer.set_records(writer.records());
   trailer.set_page_bytes(pages.pages_written * image::kPageSize);
@@ -169,7 +188,7 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
   for (size_t i = 0; i < order.size(); ++i) {
     if (!order[i]->zombie) fd_tasks.push_back({order[i]->host_pid, &tree.tasks[i].proc});
   }
-  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem, undo_if_kept));
+  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem, undo_if_kept, &tree.late));
   std::vector<kinds::shmem::TaskVmas> vma_tasks;
   for (const TreeFdsInput& t : fd_tasks) vma_tasks.push_back({t.host_pid, t.proc});
   uint64_t next_id = tree.files.size();
@@ -281,6 +300,14 @@ Result<DumpStats> Dump(const DumpOptions& options) {
     ~UndoIfKept() { Run(); }
   } undo;
   TreeImage tree = STASIS_TRY_CTX(CollectTree(frozen, &manifest, &undo.steps), "dump");
+  if (options.leave_running && !tree.late.empty()) {
+    const kinds::LateStep& step = tree.late.front();
+    return Error::Unsupported(fmt::format(
+        "dump: {}: {}; reading them needs accept(), which takes them from the program, and "
+        "--leave-running keeps it running (they cannot be put back into the queue); accept "
+        "them first, or dump without --leave-running",
+        step.what, step.why));
+  }
   FillManifest(tree.tasks[0].proc, &manifest);
   manifest.set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest.add_session_command(arg);

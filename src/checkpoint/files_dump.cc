@@ -72,7 +72,8 @@ Result<const kinds::FdKind*> KindOf(const kinds::FdDumpInput& in) {
 
 Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files,
                         std::vector<kinds::ContentSource>* contents,
-                        std::vector<std::function<void()>>* undo) {
+                        std::vector<std::function<void()>>* undo,
+                        std::vector<kinds::LateStep>* late) {
   std::vector<FdEntry> fds;
   for (const TreeFdsInput& t : tasks) STASIS_TRY(OpenFds(t.host_pid, t.proc, &fds));
   STASIS_TRY(AssignFileIds(fds));
@@ -110,6 +111,7 @@ Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<imag
     fd->set_cloexec((e.in.info.flags & O_CLOEXEC) != 0);
   }
   *contents = std::move(ctx.content_sources);
+  *late = std::move(ctx.late);
   return Ok();
 }
 

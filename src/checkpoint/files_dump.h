@@ -20,9 +20,11 @@ struct TreeFdsInput {
 // Also lists, once per object, where to read the contents of the
 // shared-memory objects found through fds (kinds/shmem.h).
 // *undo gets what must run if the tree is to keep running after all
-// (DumpContext::undo_if_kept).
+// (DumpContext::undo_if_kept); *late what must run at the point of no return
+// (DumpContext::late).
 Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files,
                         std::vector<kinds::ContentSource>* contents,
-                        std::vector<std::function<void()>>* undo);
+                        std::vector<std::function<void()>>* undo,
+                        std::vector<kinds::LateStep>* late);
 
 }  // namespace stasis::checkpoint

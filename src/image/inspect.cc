@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "late.pb.h"
 #include "process.pb.h"
 
 namespace stasis::image {
@@ -27,6 +28,8 @@ std::unique_ptr<Message> NewMessageFor(RecordType type) {
       return std::make_unique<Process>();
     case RecordType::kTrailer:
       return std::make_unique<Trailer>();
+    case RecordType::kLate:
+      return std::make_unique<LateRecord>();
     case RecordType::kPages:
       break;
   }

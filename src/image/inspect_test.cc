@@ -62,7 +62,7 @@ TEST(InspectTest, DescribesEveryRecord) {
   Result<nlohmann::json> got = InspectImage(source, /*with_pages_summary=*/true);
   ASSERT_TRUE(got.ok()) << got.error().ToString();
   const nlohmann::json& j = got.value();
-  EXPECT_EQ(j["format"], (nlohmann::json{{"major", 1}, {"minor", 0}}));
+  EXPECT_EQ(j["format"], (nlohmann::json{{"major", 1}, {"minor", kFormatMinor}}));
   const nlohmann::json& records = j["records"];
   ASSERT_EQ(records.size(), 7u);
 

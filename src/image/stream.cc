@@ -127,13 +127,15 @@ const char* RecordTypeName(RecordType type) {
       return "pages";
     case RecordType::kTrailer:
       return "trailer";
+    case RecordType::kLate:
+      return "late";
   }
   return "unknown";
 }
 
 bool IsKnownRecordType(uint16_t raw) {
   return raw >= static_cast<uint16_t>(RecordType::kManifest) &&
-         raw <= static_cast<uint16_t>(RecordType::kTrailer);
+         raw <= static_cast<uint16_t>(RecordType::kLate);
 }
 
 std::string ImagePath(const std::string& dir) {

@@ -158,7 +158,7 @@ class MemorySource : public Source {
 
 inline constexpr char kMagic[8] = {'S', 'T', 'A', 'S', 'I', 'S', 'I', 'M'};
 inline constexpr uint16_t kFormatMajor = 1;
-inline constexpr uint16_t kFormatMinor = 0;
+inline constexpr uint16_t kFormatMinor = 1;  // 1.1: late records
 inline constexpr size_t kStreamHeaderSize = 24;
 inline constexpr size_t kFrameHeaderSize = 16;
 inline constexpr size_t kMaxRecordPayload = 64u << 20;
@@ -171,6 +171,7 @@ enum class RecordType : uint16_t {
   kProcess = 3,
   kPages = 4,
   kTrailer = 5,
+  kLate = 6,  // 1.1: protobuf LateRecord, after the pages, before the trailer
 };
 
 // Frame flag bits. None is in use yet; a reader rejects any set bit.

@@ -70,7 +70,7 @@ std::string Le(uint64_t v, int bytes) {
   return out;
 }
 
-std::string StreamHeader(uint16_t major = 1, uint16_t minor = 0, uint32_t reserved = 0) {
+std::string StreamHeader(uint16_t major = 1, uint16_t minor = kFormatMinor, uint32_t reserved = 0) {
   std::string h = "STASISIM" + Le(major, 2) + Le(minor, 2) + Le(reserved, 4);
   return h + Le(XXH3_64bits(h.data(), h.size()), 8);
 }
@@ -227,10 +227,10 @@ TEST(StreamTest, RejectsBadMagic) {
 }
 
 TEST(StreamTest, RejectsNewerMinor) {
-  Error e = BeginError(StreamHeader(1, 1));
+  Error e = BeginError(StreamHeader(1, 2));
   EXPECT_EQ(e.code(), ErrorCode::kInvalid);
   EXPECT_EQ(e.message(),
-            "image format 1.1 is newer than this build reads (1.0); use a newer stasis");
+            "image format 1.2 is newer than this build reads (1.1); use a newer stasis");
 }
 
 TEST(StreamTest, RejectsOtherMajor) {
@@ -546,6 +546,9 @@ TEST(StreamTest, FdSinkHandlesShortWritesOnANonBlockingPipe) {
 TEST(StreamTest, RecordTypeNamesAndImagePath) {
   EXPECT_STREQ(RecordTypeName(RecordType::kManifest), "manifest");
   EXPECT_STREQ(RecordTypeName(RecordType::kTrailer), "trailer");
+  EXPECT_STREQ(RecordTypeName(RecordType::kLate), "late");
+  EXPECT_TRUE(IsKnownRecordType(6));
+  EXPECT_FALSE(IsKnownRecordType(7));
   EXPECT_STREQ(RecordTypeName(static_cast<RecordType>(40)), "unknown");
   EXPECT_EQ(ImagePath("/var/img"), "/var/img/stasis.img");
   EXPECT_EQ(ImagePath("/var/img/"), "/var/img/stasis.img");

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "late.pb.h"
 #include "process.pb.h"
 #include "sys/proc.h"
 #include "sys/result.h"
@@ -98,6 +99,21 @@ struct ContentSource {
   uint64_t size;
 };
 
+// A read that takes something from the tree (accept() of a connection
+// waiting in a listener's queue), run only at the dump's point of no
+// return: the image is otherwise complete and the tree will be killed.
+// Everything that can be checked without taking is checked before, at
+// dump time; a --leave-running dump is refused with `what` and `why`.
+struct LateStep {
+  std::string what;  // the object: "pid 4 fd 5 (socket:[6], 127.0.0.1:80)"
+  std::string why;   // what would be taken: "2 connections waiting in its accept queue"
+  std::function<Result<image::LateRecord>()> run;
+};
+
+namespace tcp_pending {
+struct Queues;
+}
+
 struct DumpContext {
   std::vector<FdIndexEntry> fd_index;
   // Shared-memory objects found through fds so far (shmem.h).
@@ -118,6 +134,12 @@ struct DumpContext {
   // Objects whose shared state (a pipe's buffered data) is already in the
   // image: "kind:inode".
   std::set<std::string> dumped_objects;
+  // Run at the point of no return, in order; their records go into the
+  // image after the pages (image::RecordType::kLate).
+  std::vector<LateStep> late;
+  // The accept queues of the tree's TCP listeners, found once per dump
+  // (tcp_pending.h).
+  std::shared_ptr<tcp_pending::Queues> tcp_pending;
 };
 
 // A pipe recreated by the restorer. The first description asked of each end
@@ -148,6 +170,25 @@ struct RestoreContext {
   // AF_UNIX sockets, all built with the first unix socket File, each taken
   // by its own File's restore (unix_socket_internal.h).
   std::shared_ptr<unix_socket::Sockets> unix_sockets;
+};
+
+// What a late record (LateStep) is applied with: the tree is built, every
+// process holds its fds, nothing runs yet. The restorer still holds each
+// File's description, shared with the processes.
+struct LateRestore {
+  const std::vector<image::File>* files;           // the image's File records
+  const std::map<uint64_t, sys::UniqueFd>* local;  // by File id
+  // The restorer's fd of the first File of `kind` for which match(file)
+  // holds; -1 when none.
+  template <typename Match>
+  std::pair<const image::File*, int> Find(const std::string& kind, Match match) const {
+    for (const image::File& f : *files) {
+      if (f.kind() != kind || !match(f)) continue;
+      auto it = local->find(f.id());
+      return {&f, it == local->end() ? -1 : it->second.get()};
+    }
+    return {nullptr, -1};
+  }
 };
 
 // Describes an fd for error messages: "pid 42 fd 7 (pipe:[1234])".

@@ -13,6 +13,7 @@
 #include "kinds/regular_file.h"
 #include "kinds/shmem.h"
 #include "kinds/signalfd.h"
+#include "kinds/tcp_pending.h"
 #include "kinds/tcp_socket.h"
 #include "kinds/timerfd.h"
 #include "kinds/udp_socket.h"
@@ -31,14 +32,16 @@ const std::vector<FdKind>& FdKinds() {
       {pty::kName, pty::Matches, pty::Dump, pty::Restore, /*restore_last=*/false, pty::AfterInstall,
        pty::AfterTree, pty::AfterInstall},
       {pipe::kName, pipe::Matches, pipe::Dump, pipe::Restore},
-      {tcp_socket::kName, tcp_socket::Matches, tcp_socket::Dump, tcp_socket::Restore},
+      {tcp_socket::kName, tcp_socket::Matches, tcp_socket::Dump, tcp_socket::Restore,
+       /*restore_last=*/false, nullptr, nullptr, nullptr, tcp_pending::ApplyLate},
       {udp_socket::kName, udp_socket::Matches, udp_socket::Dump, udp_socket::Restore},
       {eventfd::kName, eventfd::Matches, eventfd::Dump, eventfd::Restore},
       {fifo::kName, fifo::Matches, fifo::Dump, fifo::Restore},
       {signalfd::kName, signalfd::Matches, signalfd::Dump, signalfd::Restore},
       {timerfd::kName, timerfd::Matches, timerfd::Dump, timerfd::Restore},
       {inotify::kName, inotify::Matches, inotify::Dump, inotify::Restore},
-      {unix_socket::kName, unix_socket::Matches, unix_socket::Dump, unix_socket::Restore},
+      {unix_socket::kName, unix_socket::Matches, unix_socket::Dump, unix_socket::Restore,
+       /*restore_last=*/false, nullptr, nullptr, nullptr, unix_socket::ApplyLate},
       {epoll::kName, epoll::Matches, epoll::Dump, epoll::Restore, /*restore_last=*/true},
   };
   return kinds;

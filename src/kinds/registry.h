@@ -37,6 +37,8 @@ struct FdKind {
   // has no scratch memory yet: only system calls without memory arguments.
   Status (*after_setsid)(RemoteTask& task, const image::Process& proc, const image::File& file,
                          int fd) = nullptr;
+  // Optional, applies a late record (LateStep, LateRestore) this kind wrote.
+  Status (*apply_late)(const LateRestore& ctx, const image::LateRecord& record) = nullptr;
 };
 
 const std::vector<FdKind>& FdKinds();

@@ -14,6 +14,7 @@
 
 #include <memory>
 
+#include "kinds/tcp_pending.h"
 #include "sys/netlock.h"
 #include "tcp_socket.pb.h"
 
@@ -275,16 +276,14 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
     case TCP_LISTEN:
       // For a listener the kernel reports its accept queue in tcpi_unacked
       // and the backlog it was given in tcpi_sacked.
-      if (info.tcpi_unacked > 0) {
-        return Error::Unsupported(fmt::format(
-            "{}: TCP listener {} has {} connections waiting to be accepted; not supported yet",
-            what, Show(s.local()), info.tcpi_unacked));
-      }
+      STASIS_TRY(tcp_pending::DumpListener(ctx, in, s.local(), info.tcpi_unacked));
       s.set_backlog(info.tcpi_sacked);
       break;
     case TCP_ESTABLISHED: {
       s.set_peer(STASIS_TRY_CTX(SockName(fd, true), what));
-      if (!PeerInTree(ctx, in, s.local(), s.peer())) {
+      s.set_waits_in_accept_queue(
+          STASIS_TRY_CTX(tcp_pending::WaitsInAcceptQueue(ctx, in, s.local(), s.peer()), what));
+      if (!s.waits_in_accept_queue() && !PeerInTree(ctx, in, s.local(), s.peer())) {
         // The peer stays: drop its packets until the socket is back.
         std::string table = STASIS_TRY_CTX(
             sys::LockTcpFlow(s.local(), s.peer()),
@@ -312,7 +311,9 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   TcpSocketState s;
   if (!file.state().UnpackTo(&s)) return Error::Corrupt("tcp state does not parse");
   std::string what = fmt::format("TCP socket {}", Show(s.local()));
-  if (s.state() == TCP_ESTABLISHED) {
+  // A client waiting in an accept queue is bound here and connected by a
+  // late record (tcp_pending.h).
+  if (s.state() == TCP_ESTABLISHED && !s.waits_in_accept_queue()) {
     return STASIS_TRY_CTX(RestoreEstablished(ctx, s), what + " -> " + Show(s.peer()));
   }
   sys::UniqueFd fd = STASIS_TRY_CTX(NewSocket(s), what);

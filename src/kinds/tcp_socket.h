@@ -9,8 +9,8 @@
 //
 // A connection whose peer is outside the tree is held by the network lock
 // (sys/netlock.h) from the dump until the restored socket is back, so the
-// peer only sees a pause. Refused for now: connections waiting in a
-// listener's accept queue, and states other than LISTEN, ESTABLISHED and
+// peer only sees a pause. Connections waiting in a listener's accept queue:
+// tcp_pending.h. Refused for now: states other than LISTEN, ESTABLISHED and
 // unconnected.
 #pragma once
 

@@ -20,12 +20,16 @@
 // outside the dumped tree (its inode, name and a process holding it); a
 // connection waiting in the backlog of a listener outside the tree; a
 // listener whose backlog holds a client outside the tree or one already
-// closed; data a client sent on a connection not accepted yet (only accept()
-// reads it, which would take it from the task; CRIU refuses it too); fds in
-// flight (SCM_RIGHTS); a pending MSG_OOB byte; a socket filter; relative
+// closed; fds in flight (SCM_RIGHTS); a pending MSG_OOB byte; a socket filter; relative
 // socket paths; a socket of another network namespace; an accepted socket
 // whose listener is outside the tree and still holds the name; datagram
 // shapes only a reconnect could have made (see unix_socket_graph.cc).
+//
+// Data a client sent on a connection still waiting in a backlog sits in the
+// not yet accepted end, which only accept() reaches: it is read at the dump's
+// point of no return (unix_socket_pending.cc) and sent again by the restored
+// client before the tree runs. A --leave-running dump of such a tree is
+// refused, since accept() would take the connection from the program.
 //
 // Not carried: SO_PEERCRED (the restorer made the connections), the pid of
 // queued credentials (sent by the restorer, 0 in a new PID namespace), a
@@ -41,5 +45,7 @@ inline constexpr const char* kName = "unix_socket";
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Sends again what waiting clients had sent (unix_socket_pending.cc).
+Status ApplyLate(const LateRestore& ctx, const image::LateRecord& record);
 
 }  // namespace stasis::kinds::unix_socket

@@ -266,7 +266,8 @@ class Builder {
 
   Status Shutdown(const Node& n) {
     static constexpr int kHow[] = {-1, SHUT_RD, SHUT_WR, SHUT_RDWR};
-    if (n.shutdown() == 0 || n.shutdown() > 3) return Ok();
+    // A waiting client with data shuts down after sending it (late record).
+    if (n.shutdown() == 0 || n.shutdown() > 3 || n.late_queue()) return Ok();
     if (shutdown(Fd(n.ino()), kHow[n.shutdown()]) < 0) {
       return Error::Errno(fmt::format("shutdown({})", kHow[n.shutdown()]));
     }

@@ -109,7 +109,7 @@ class GraphDump {
     for (Member& m : members_) STASIS_TRY(CheckDatagram(m));
     STASIS_TRY(CheckSize());
     for (Member& m : members_) ctx_.dumped_objects.insert(fmt::format("unix:{}", m.node->ino()));
-    return Ok();
+    return AddPending();
   }
 
  private:
@@ -253,15 +253,35 @@ class GraphDump {
   }
 
   // What a client sent on a connection that is not accepted yet sits in the
-  // queue of a socket no fd reaches: only accept() could read it, and that
-  // would take the connection away from the task.
+  // queue of a socket no fd reaches: only accept() reads it, at the point of
+  // no return (unix_socket_pending.cc). Its size counts toward the cap.
   Status CheckWaitingClient(const Member& m) {
     if (m.diag->wqueue == 0) return Ok();
-    return Error::Unsupported(fmt::format(
-        "{}: it sent data ({} bytes with overhead) on a connection still waiting in the backlog of "
-        "{}; that data cannot be read without accept()",
-        DescribeNode(*m.node), m.diag->wqueue,
-        DescribeNode(*NodeOf(waiting_on_.at(m.node->ino())))));
+    m.node->set_late_queue(true);
+    late_bytes_ += m.diag->wqueue;
+    return Ok();
+  }
+
+  // One late step for the listeners whose backlog holds a client with data.
+  Status AddPending() {
+    std::vector<PendingListener> listeners;
+    for (Member& m : members_) {
+      const Node& n = *m.node;
+      if (n.state() != Node::LISTENING) continue;
+      PendingListener l{n.ino(), n.type(), {}, {}, DescribeNode(n)};
+      bool data = false;
+      for (uint64_t c : n.pending()) {
+        l.clients.push_back(NodeOf(c));
+        data = data || NodeOf(c)->late_queue();
+      }
+      if (!data) continue;
+      STASIS_TRY(CheckNoFdsWaiting(m.pid, m.fd, l.what));
+      l.fd = sys::UniqueFd(fcntl(m.local.get(), F_DUPFD_CLOEXEC, 0));
+      if (!l.fd.valid()) return Error::Errno(DescribeNode(n) + ": dup");
+      listeners.push_back(std::move(l));
+    }
+    AddPendingStep(ctx_, std::move(listeners));
+    return Ok();
   }
 
   // A listening socket of n's type with this name. For a path, bound to
@@ -350,7 +370,7 @@ class GraphDump {
   }
 
   Status CheckSize() {
-    uint64_t total = 0;
+    uint64_t total = late_bytes_;
     for (const Member& m : members_) {
       for (const image::UnixMessage& msg : m.node->queue()) total += msg.data().size();
     }
@@ -369,6 +389,7 @@ class GraphDump {
   std::map<pid_t, sys::UniqueFd> pidfds_;
   std::map<uint64_t, uint64_t> waiting_on_;       // client -> listener, both in the tree
   std::map<uint64_t, uint64_t> waiting_outside_;  // client -> listener outside the tree
+  uint64_t late_bytes_ = 0;                       // sent on waiting connections (with overhead)
 };
 
 }  // namespace

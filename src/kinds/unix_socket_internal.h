@@ -5,6 +5,7 @@
 //   unix_socket_queue.cc  receive queues: peeked at dump, sent again at restore
 //   unix_socket_graph.cc  dump: every unix socket of the tree, how they are tied
 //   unix_socket_build.cc  restore: the sockets of the graph, built together
+//   unix_socket_pending.cc  data sent on connections waiting in a backlog
 #pragma once
 
 #include <sys/socket.h>
@@ -120,6 +121,26 @@ Status DumpGraph(DumpContext& ctx, const FdDumpInput& in, image::UnixSocketGraph
 Status ValidateGraph(const image::UnixSocketGraph& graph);
 // Creates every socket of the graph into out->by_ino.
 Status BuildGraph(const image::UnixSocketGraph& graph, Sockets* out);
+
+// --- data on waiting connections (unix_socket_pending.cc) -------------------
+
+// A listener of the graph whose backlog holds a client that sent data.
+struct PendingListener {
+  uint64_t ino;
+  int type;
+  sys::UniqueFd fd;  // a duplicate of the task's listener, to accept() from
+  std::vector<const image::UnixSocketNode*> clients;  // the backlog, in accept order
+  std::string what;                                   // DescribeNode of the listener
+};
+// Registers the late step that accepts every connection of these backlogs
+// and reads what their clients sent (DumpContext::late). The nodes must
+// outlive the dump (they are the File's graph).
+void AddPendingStep(DumpContext& ctx, std::vector<PendingListener> listeners);
+// Refuses a listener whose waiting connections carry fds in flight
+// (SCM_RIGHTS): fdinfo's "scm_fds:" of a listener counts those in the
+// queues of its not yet accepted ends (unix_show_fdinfo, 5.13+). Without
+// that line the check waits for the point of no return.
+Status CheckNoFdsWaiting(pid_t pid, int fd, const std::string& what);
 
 // "pid 4 fd 5 (socket:[6], @name)".
 std::string DescribeNode(const image::UnixSocketNode& node);

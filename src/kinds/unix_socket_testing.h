@@ -24,7 +24,9 @@ namespace stasis::kinds::unix_socket::test_support {
 using fd_testing::InputFor;
 
 // Dumps fds as the checkpoint layer would for a tree holding exactly them.
-inline Result<std::vector<image::File>> DumpFds(const std::vector<int>& fds) {
+// *late, when given, gets the steps the dump left for its point of no return.
+inline Result<std::vector<image::File>> DumpFds(const std::vector<int>& fds,
+                                                std::vector<LateStep>* late = nullptr) {
   DumpContext ctx;
   for (int fd : fds) {
     FdDumpInput in = InputFor(fd);
@@ -39,6 +41,7 @@ inline Result<std::vector<image::File>> DumpFds(const std::vector<int>& fds) {
     file.set_kind(kName);
     STASIS_TRY(Dump(ctx, in, &file));
   }
+  if (late != nullptr) *late = std::move(ctx.late);
   return files;
 }
 

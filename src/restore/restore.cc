@@ -151,6 +151,24 @@ Status FeedPages(Records& records, pid_t host_pid, const image::Process& proc, u
   }
 }
 
+// Late records (written at the dump's point of no return): applied once
+// every process holds its fds, before any of them runs.
+Status ApplyLate(Records& records, const ImageHead& head, const LocalFiles& files) {
+  kinds::LateRestore ctx{&head.files, &files};
+  for (;; records.Consume()) {
+    image::Record* rec = STASIS_TRY(records.Peek());
+    if (rec->type != image::RecordType::kLate) return Ok();
+    image::LateRecord late;
+    STASIS_TRY(image::ParseMessage(*rec, &late));
+    const kinds::FdKind* kind = kinds::FindFdKind(late.kind());
+    if (kind == nullptr || kind->apply_late == nullptr) {
+      return Error::Corrupt(
+          fmt::format("late record {} of kind '{}', which has none", rec->index, late.kind()));
+    }
+    STASIS_TRY_CTX(kind->apply_late(ctx, late), "restore " + late.kind() + " (late record)");
+  }
+}
+
 // The trailer must be the last record and agree with what came before it.
 Status ReadTrailer(Records& records, uint64_t pages) {
   image::Record* rec = STASIS_TRY(records.Peek());
@@ -269,6 +287,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   result.host_pid = tree[0].host_pid;
   TreeRestore builder{head, files, records, tree, image_files};
   STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
+  STASIS_TRY(ApplyLate(records, head, files));
   STASIS_TRY(ReadTrailer(records, builder.pages));
   result.pages = builder.pages;
   STASIS_TRY_CTX(MakeGroups(head.procs, &tree), "restore process groups");

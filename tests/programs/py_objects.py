@@ -3,11 +3,9 @@
 eventfd with a counter, an epoll on it and on a socketpair with unread data,
 a pty pair with unread input, an sqlite3 connection inside an open write
 transaction, a deleted temporary file with contents, a FIFO with data, an
-flock, and a unix listener with a connection waiting in its backlog. All
-must be intact after restore.
-
-Not here: data sent on a connection still waiting in a listener's backlog,
-which is refused for now (only accept() can read it).
+flock, and a unix listener with a connection waiting in its backlog, with
+data its client sent on it (only accept() reaches that data: the dump reads
+it at its point of no return). All must be intact after restore.
 """
 import fcntl
 import os
@@ -69,6 +67,7 @@ listener.bind(sock_path)
 listener.listen(4)
 waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 waiting.connect(sock_path)
+waiting.sendall(b"sent-while-waiting" * 100)
 
 print("READY", flush=True)
 while not triggered:
@@ -94,7 +93,18 @@ try:
 except BlockingIOError:
     pass
 conn, _ = listener.accept()
+conn.settimeout(5)
+early = b""
+while len(early) < 1800:
+    part = conn.recv(4096)
+    if not part:
+        break
+    early += part
+check(early == b"sent-while-waiting" * 100, "data sent on the backlog connection before the dump")
 waiting.sendall(b"hi")
 check(conn.recv(10) == b"hi", "backlog connection")
+conn.sendall(b"back")
+waiting.settimeout(5)
+check(waiting.recv(10) == b"back", "backlog connection, server to client")
 print("FAIL: " + "; ".join(fails) if fails else "PASS", flush=True)
 sys.exit(1 if fails else 0)

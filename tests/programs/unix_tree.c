@@ -12,9 +12,11 @@
  * the socket file keeps its mode; everything still talks.
  *
  * With the argument "backlog-data" the child also sends on the waiting
- * connection before the dump: that data cannot be read without accept(), so
- * the dump must refuse; the program then checks the same things without a
- * restore.
+ * connection before the dump: only accept() reads that data, so the dump
+ * reads it at its point of no return and the restore sends it again; after
+ * restore the parent reads it first. With --leave-running the dump must
+ * refuse (accept() would take the connection); the program then checks the
+ * same things without a restore.
  */
 #include "common.h"
 
