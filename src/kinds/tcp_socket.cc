@@ -14,6 +14,7 @@
 
 #include <memory>
 
+#include "kinds/tcp_states.h"
 #include "sys/netlock.h"
 #include "tcp_socket.pb.h"
 
@@ -119,6 +120,7 @@ Status DumpEstablished(DumpContext& ctx, int fd, TcpSocketState* s) {
   int outq = STASIS_TRY(Ioctl(fd, SIOCOUTQ, "SIOCOUTQ"));
   int unsent = STASIS_TRY(Ioctl(fd, SIOCOUTQNSD, "SIOCOUTQNSD"));
   int inq = STASIS_TRY(Ioctl(fd, SIOCINQ, "SIOCINQ"));
+  tcp_states::AccountFins(s->state(), &outq, &unsent, s);
   s->set_send_queue(STASIS_TRY(PeekQueue(fd, TCP_SEND_QUEUE, outq)));
   s->set_send_seq(
       STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(send)")));
@@ -211,7 +213,8 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
                             static_cast<int>(s.recv_seq() - rq.size()), "TCP_QUEUE_SEQ(recv)"));
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_QUEUE_SEQ,
-                            static_cast<int>(s.send_seq() - sq.size()), "TCP_QUEUE_SEQ(send)"));
+                            static_cast<int>(tcp_states::SendDataEnd(s) - sq.size()),
+                            "TCP_QUEUE_SEQ(send)"));
   if (connect(f, reinterpret_cast<const sockaddr*>(s.peer().data()), s.peer().size()) < 0) {
     return Error::Errno("repair connect to " + Show(s.peer()));
   }
@@ -226,6 +229,7 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
   size_t sent = sq.size() - s.unsent_len();
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
   STASIS_TRY(Send(f, sq.data(), sent));
+  STASIS_TRY(tcp_states::ReplayInRepair(f, s));
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE"));
   if (s.window().size() == sizeof(tcp_repair_window) &&
       setsockopt(f, IPPROTO_TCP, TCP_REPAIR_WINDOW, s.window().data(), s.window().size()) < 0) {
@@ -238,6 +242,7 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
     STASIS_TRY(sys::SetIntOpt(h, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"));
     // Never sent before the dump: sent now, as ordinary data.
     STASIS_TRY(Send(h, unsent.data(), unsent.size()));
+    STASIS_TRY(tcp_states::ReplayAfterRepair(h, s));
     STASIS_TRY(sys::SetIntOpt(h, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
     STASIS_TRY(SetOptions(h, s));
     if (s.lock_table().empty()) return Ok();
@@ -245,13 +250,6 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
     return sys::UnlockTcpFlow(s.lock_table());
   });
   return fd;
-}
-
-const char* StateName(int state) {
-  static const char* kNames[] = {"?",          "ESTABLISHED", "SYN_SENT",  "SYN_RECV",
-                                 "FIN_WAIT1",  "FIN_WAIT2",   "TIME_WAIT", "CLOSE",
-                                 "CLOSE_WAIT", "LAST_ACK",    "LISTEN",    "CLOSING"};
-  return state >= 0 && state < 12 ? kNames[state] : "?";
 }
 
 }  // namespace
@@ -282,7 +280,13 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
       }
       s.set_backlog(info.tcpi_sacked);
       break;
+    case TCP_FIN_WAIT1:
+    case TCP_FIN_WAIT2:
+    case TCP_CLOSE_WAIT:
+    case TCP_LAST_ACK:
+    case TCP_CLOSING:
     case TCP_ESTABLISHED: {
+      STASIS_TRY_CTX(tcp_states::DumpShutdown(fd, &s), what);
       s.set_peer(STASIS_TRY_CTX(SockName(fd, true), what));
       if (!PeerInTree(ctx, in, s.local(), s.peer())) {
         // The peer stays: drop its packets until the socket is back.
@@ -299,10 +303,10 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
       break;
     }
     case TCP_CLOSE:
-      break;  // created, perhaps bound, never connected
+      STASIS_TRY_CTX(tcp_states::DumpClosed(fd, &s), what);
+      break;
     default:
-      return Error::Unsupported(fmt::format("{}: TCP socket in state {} is not supported yet", what,
-                                            StateName(info.tcpi_state)));
+      return tcp_states::Refuse(what, in.st.st_ino, s.family(), info.tcpi_state);
   }
   file->mutable_state()->PackFrom(s);
   return Ok();
@@ -312,8 +316,13 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   TcpSocketState s;
   if (!file.state().UnpackTo(&s)) return Error::Corrupt("tcp state does not parse");
   std::string what = fmt::format("TCP socket {}", Show(s.local()));
-  if (s.state() == TCP_ESTABLISHED) {
+  if (s.state() == TCP_ESTABLISHED || tcp_states::IsHalfClosed(s.state())) {
     return STASIS_TRY_CTX(RestoreEstablished(ctx, s), what + " -> " + Show(s.peer()));
+  }
+  if (s.ended()) {
+    sys::UniqueFd fd = STASIS_TRY_CTX(tcp_states::RestoreEnded(s), what + " (closed)");
+    STASIS_TRY_CTX(SetOptions(fd.get(), s), what);
+    return fd;
   }
   sys::UniqueFd fd = STASIS_TRY_CTX(NewSocket(s), what);
   const sockaddr_in* in = reinterpret_cast<const sockaddr_in*>(s.local().data());

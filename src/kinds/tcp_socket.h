@@ -10,8 +10,8 @@
 // A connection whose peer is outside the tree is held by the network lock
 // (sys/netlock.h) from the dump until the restored socket is back, so the
 // peer only sees a pause. Refused for now: connections waiting in a
-// listener's accept queue, and states other than LISTEN, ESTABLISHED and
-// unconnected.
+// listener's accept queue. Half-closed, closing and closed sockets, and the
+// states refused: tcp_states.h.
 #pragma once
 
 #include "kinds/context.h"
