@@ -16,6 +16,7 @@
 
 #include "kinds/tcp_states.h"
 #include "sys/netlock.h"
+#include "sys/tcp_nudge.h"
 #include "tcp_socket.pb.h"
 
 namespace stasis::kinds::tcp_socket {
@@ -226,10 +227,14 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
   }
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
   STASIS_TRY(Send(f, rq.data(), rq.size()));
-  size_t sent = sq.size() - s.unsent_len();
+  // A peer outside the tree lost what we sent while the lock was up: send
+  // everything it has not acknowledged again as soon as the lock is down,
+  // rather than on our first RTO (a second after a repair restore).
+  bool resend = !s.lock_table().empty();
+  size_t sent = resend ? 0 : sq.size() - s.unsent_len();
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
   STASIS_TRY(Send(f, sq.data(), sent));
-  STASIS_TRY(tcp_states::ReplayInRepair(f, s));
+  STASIS_TRY(tcp_states::ReplayInRepair(f, s, resend));
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE"));
   if (s.window().size() == sizeof(tcp_repair_window) &&
       setsockopt(f, IPPROTO_TCP, TCP_REPAIR_WINDOW, s.window().data(), s.window().size()) < 0) {
@@ -237,17 +242,26 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
   }
   auto held = std::make_shared<sys::UniqueFd>(fcntl(f, F_DUPFD_CLOEXEC, 0));
   std::string unsent = sq.substr(sent);
-  ctx.finishers.push_back([held, unsent, s]() -> Status {
+  ctx.finishers.push_back([held, unsent, s, resend]() -> Status {
     int h = held->get();
+    // The socket owns the connection again: let the peer's packets in, then
+    // the window probe that leaving repair mode sends reaches the peer.
+    if (resend) STASIS_TRY(sys::UnlockTcpFlow(s.lock_table()));
     STASIS_TRY(sys::SetIntOpt(h, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"));
-    // Never sent before the dump: sent now, as ordinary data.
+    // Never sent (or to be sent again): sent now, as ordinary data.
     STASIS_TRY(Send(h, unsent.data(), unsent.size()));
-    STASIS_TRY(tcp_states::ReplayAfterRepair(h, s));
+    STASIS_TRY(tcp_states::ReplayAfterRepair(h, s, resend));
     STASIS_TRY(sys::SetIntOpt(h, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
     STASIS_TRY(SetOptions(h, s));
-    if (s.lock_table().empty()) return Ok();
-    // The socket owns the connection again: let the peer's packets in.
-    return sys::UnlockTcpFlow(s.lock_table());
+    if (resend && !s.fin_received()) {
+      // Its retransmissions backed off meanwhile: have it retransmit now.
+      Status nudged = sys::NudgePeer(s.local(), s.peer(), s.recv_seq());
+      if (!nudged.ok()) {
+        fmt::print(stderr, "stasis: warning: {} -> {}: {} (the peer resumes on its own timer)\n",
+                   Show(s.local()), Show(s.peer()), nudged.error().ToString());
+      }
+    }
+    return Ok();
   });
   return fd;
 }

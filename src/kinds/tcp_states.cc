@@ -159,16 +159,16 @@ void AccountFins(int state, int* outq, int* unsent, TcpSocketState* s) {
 
 uint32_t SendDataEnd(const TcpSocketState& s) { return s.send_seq() - (s.fin_queued() ? 1 : 0); }
 
-Status ReplayInRepair(int fd, const TcpSocketState& s) {
-  if (s.fin_queued() && !s.fin_unsent() && shutdown(fd, SHUT_WR) < 0) {
+Status ReplayInRepair(int fd, const TcpSocketState& s, bool resend) {
+  if (s.fin_queued() && !s.fin_unsent() && !resend && shutdown(fd, SHUT_WR) < 0) {
     return Error::Errno("shutdown(SHUT_WR) in repair mode");
   }
   if (s.rcv_shutdown() && shutdown(fd, SHUT_RD) < 0) return Error::Errno("shutdown(SHUT_RD)");
   return Ok();
 }
 
-Status ReplayAfterRepair(int fd, const TcpSocketState& s) {
-  if (s.fin_queued() && s.fin_unsent() && shutdown(fd, SHUT_WR) < 0) {
+Status ReplayAfterRepair(int fd, const TcpSocketState& s, bool resend) {
+  if (s.fin_queued() && (s.fin_unsent() || resend) && shutdown(fd, SHUT_WR) < 0) {
     return Error::Errno("shutdown(SHUT_WR)");
   }
   return Ok();

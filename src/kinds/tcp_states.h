@@ -53,11 +53,12 @@ void AccountFins(int state, int* outq, int* unsent, image::TcpSocketState* s);
 uint32_t SendDataEnd(const image::TcpSocketState& s);
 
 // Replays the shutdowns done before the dump, in repair mode with the send
-// queue selected, after both queues are refilled.
-Status ReplayInRepair(int fd, const image::TcpSocketState& s);
+// queue selected, after both queues are refilled. With `resend` the whole
+// send queue goes out again after repair mode, and our FIN with it.
+Status ReplayInRepair(int fd, const image::TcpSocketState& s, bool resend);
 
 // Replays what must follow the unsent data (our unsent FIN), out of repair.
-Status ReplayAfterRepair(int fd, const image::TcpSocketState& s);
+Status ReplayAfterRepair(int fd, const image::TcpSocketState& s, bool resend);
 
 // TCP_CLOSE: fresh or ended; ended ones keep their unread bytes.
 Status DumpClosed(int fd, image::TcpSocketState* s);
