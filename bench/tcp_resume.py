@@ -64,13 +64,20 @@ def run_once(stasis, work, interval, after, pause):
     restored = None
     img = tempfile.mkdtemp(prefix="stasis-bench-tcp-", dir="/dev/shm")
     sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(0.2)
     arrivals, lines, errors, stop = [], [], [], threading.Event()
 
     def reader():
         buf = b""
         try:
-            while not stop.is_set() or buf:
-                d = sock.recv(65536)
+            while not (stop.is_set() and len(lines) == sent[0]):
+                try:
+                    d = sock.recv(65536)
+                except socket.timeout:
+                    if stopped_at[0] and time.monotonic() - stopped_at[0] > 10:
+                        errors.append("echoes missing 10 s after the end")
+                        return
+                    continue
                 if not d:
                     errors.append("connection closed by the server")
                     return
@@ -79,12 +86,11 @@ def run_once(stasis, work, interval, after, pause):
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     lines.append(int(line))
-                if stop.is_set() and len(lines) == sent[0]:
-                    return
         except OSError as e:
             errors.append(f"{type(e).__name__}: {e}")
 
     sent = [0]
+    stopped_at = [0.0]
 
     def writer():
         try:
@@ -114,7 +120,8 @@ def run_once(stasis, work, interval, after, pause):
         time.sleep(after)
         stop.set()
         threads[1].join()
-        threads[0].join(timeout=10)
+        stopped_at[0] = time.monotonic()
+        threads[0].join(timeout=15)
         if errors:
             raise SystemExit("FAIL: " + "; ".join(errors))
         if lines != list(range(sent[0])):

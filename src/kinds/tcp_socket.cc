@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include "sys/sockopt.h"
 
+#include <cstring>
 #include <memory>
 
 #include "kinds/tcp_states.h"
@@ -255,7 +256,9 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
     STASIS_TRY(SetOptions(h, s));
     if (resend && !s.fin_received()) {
       // Its retransmissions backed off meanwhile: have it retransmit now.
-      Status nudged = sys::NudgePeer(s.local(), s.peer(), s.recv_seq());
+      tcp_repair_window w = {};
+      std::memcpy(&w, s.window().data(), std::min(s.window().size(), sizeof(w)));
+      Status nudged = sys::NudgePeer(s.local(), s.peer(), w.rcv_wup, s.recv_seq());
       if (!nudged.ok()) {
         fmt::print(stderr, "stasis: warning: {} -> {}: {} (the peer resumes on its own timer)\n",
                    Show(s.local()), Show(s.peer()), nudged.error().ToString());

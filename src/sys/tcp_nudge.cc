@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include <cstring>
+#include <vector>
 
 #include "sys/unique_fd.h"
 
@@ -140,17 +141,25 @@ Result<std::string> NudgeMessage(const std::string& local, const std::string& pe
   return MessageV4(e, peer_una);
 }
 
-Status NudgePeer(const std::string& local, const std::string& peer, uint32_t peer_una) {
-  bool v6 = false;
-  std::string to;
-  std::string msg = STASIS_TRY(NudgeMessage(local, peer, peer_una, &v6, &to));
-  UniqueFd raw(v6 ? socket(AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMPV6)
-                  : socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP));
-  if (!raw.valid()) return Error::Errno("raw ICMP socket");
-  for (int i = 0; i < kMessages; i++) {
-    if (sendto(raw.get(), msg.data(), msg.size(), 0, reinterpret_cast<const sockaddr*>(to.data()),
-               static_cast<socklen_t>(to.size())) < 0) {
-      return Error::Errno("send ICMP unreachable to the peer");
+Status NudgePeer(const std::string& local, const std::string& peer, uint32_t rcv_wup,
+                 uint32_t rcv_nxt) {
+  UniqueFd raw;
+  std::vector<uint32_t> candidates = {rcv_wup};
+  if (rcv_nxt != rcv_wup) candidates.push_back(rcv_nxt);
+  for (uint32_t una : candidates) {
+    bool v6 = false;
+    std::string to;
+    std::string msg = STASIS_TRY(NudgeMessage(local, peer, una, &v6, &to));
+    if (!raw.valid()) {
+      raw.reset(v6 ? socket(AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMPV6)
+                   : socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP));
+      if (!raw.valid()) return Error::Errno("raw ICMP socket");
+    }
+    for (int i = 0; i < kMessages; i++) {
+      if (sendto(raw.get(), msg.data(), msg.size(), 0, reinterpret_cast<const sockaddr*>(to.data()),
+                 static_cast<socklen_t>(to.size())) < 0) {
+        return Error::Errno("send ICMP unreachable to the peer");
+      }
     }
   }
   return Ok();

@@ -9,8 +9,11 @@
 // and retransmits at once if the shorter timeout has already run out.
 //
 // NudgePeer sends such messages to the peer, each quoting a segment from the
-// peer to `local` whose sequence number is `peer_una` (the restored socket's
-// rcv_nxt: the first byte the peer has not had acknowledged). A peer with
+// peer to `local` whose sequence number is the peer's snd_una: the last
+// acknowledgment it received from us. The lock may have dropped our last
+// ACKs, so the caller passes both candidates: the socket's rcv_wup (what its
+// last ACK sent carried) and its rcv_nxt. Messages quoting another sequence
+// number inside the peer's window only set the soft error. A peer with
 // nothing to retransmit ignores them. The peer's kernel records the error as
 // a soft error, reported only if the connection later times out. Caveat: a
 // peer socket with IP_RECVERR set (rare for TCP) takes it as an error that
@@ -27,7 +30,8 @@ namespace stasis::sys {
 
 // local and peer are struct sockaddr_in/_in6 bytes (v4-mapped IPv6 is sent
 // as IPv4). Needs CAP_NET_RAW.
-Status NudgePeer(const std::string& local, const std::string& peer, uint32_t peer_una);
+Status NudgePeer(const std::string& local, const std::string& peer, uint32_t rcv_wup,
+                 uint32_t rcv_nxt);
 
 // The message for one nudge (exposed for tests): ICMP or ICMPv6 header
 // followed by the quoted IP header and 8 bytes of TCP header. *v6 says
