@@ -7,9 +7,11 @@ numbered lines to it every millisecond and reads the echoes. The image goes
 to tmpfs. For each run it reports
   - gap: from the last echoed byte before the dump (the last one before
     `stasis dump` returned: bytes flow until the lock goes up) to the first
-    one after the restore (`stasis restore` returned): the client's stall;
+    echo of a line sent after the dump: the client's stall;
   - resume: from the end of `stasis restore` (the process exits once the
-    tree runs) to the first echoed byte after it;
+    tree runs) to that first new echo (0 if it came before the end), and
+  - byte: from the end of `stasis restore` to the first byte of any kind
+    (echoes sent before the dump and retransmitted count too);
 plus stasis's own dump and restore times. --pause holds the image between
 dump and restore, as a bigger image or a copy to another machine would; the
 peer's retransmissions back off meanwhile (200 ms, 400 ms, ...). Prints the medians of --runs.
@@ -81,11 +83,12 @@ def run_once(stasis, work, interval, after, pause):
                 if not d:
                     errors.append("connection closed by the server")
                     return
-                arrivals.append(time.monotonic())
+                now = time.monotonic()
                 buf += d
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     lines.append(int(line))
+                arrivals.append((now, lines[-1] if lines else -1))
         except OSError as e:
             errors.append(f"{type(e).__name__}: {e}")
 
@@ -109,6 +112,7 @@ def run_once(stasis, work, interval, after, pause):
         d = subprocess.run([stasis, "dump", "-t", str(server.pid), "-D", img], capture_output=True, text=True)
         server.wait()
         t_dumped = time.monotonic()
+        n_dumped = sent[0]
         if d.returncode != 0:
             raise SystemExit("dump failed: " + d.stderr)
         time.sleep(pause)  # a bigger image, or a copy to another machine
@@ -126,13 +130,16 @@ def run_once(stasis, work, interval, after, pause):
             raise SystemExit("FAIL: " + "; ".join(errors))
         if lines != list(range(sent[0])):
             raise SystemExit(f"FAIL: {len(lines)} of {sent[0]} lines echoed, or out of order")
-        # Bytes that arrive between the two are our own retransmissions of
-        # echoes sent before the dump: the stream itself has not resumed.
-        last_before = max(t for t in arrivals if t < t_dumped)
-        first_after = next((t for t in arrivals if t > t_restored), None)
-        resume = (first_after - t_restored) if first_after else float("inf")
+        # The first echo of a line sent after the dump returned: the stream
+        # itself flows again (earlier bytes may be echoes the server had sent
+        # before the dump, retransmitted).
+        last_before = max(t for t, _ in arrivals if t < t_dumped)
+        first_byte = next((t for t, _ in arrivals if t > t_restored), None)
+        first_new = next((t for t, n in arrivals if n >= n_dumped), None)
+        resume = max(first_new - t_restored, 0.0) if first_new else float("inf")
         return {
-            "gap": (first_after - last_before) * 1000,
+            "gap": (first_new - last_before) * 1000,
+            "byte": (first_byte - t_restored) * 1000 if first_byte else float("inf"),
             "resume": resume * 1000,
             "dump": float(DUMP_RE.search(d.stderr)[1]),
             "restore": float(RESTORE_RE.search(r.stderr)[1]),
@@ -165,14 +172,16 @@ def main():
         for i in range(a.runs):
             row = run_once(a.stasis, work, a.interval, a.after, a.pause)
             rows.append(row)
-            print(f"run {i + 1}: gap {row['gap']:6.1f} ms  restore-end -> first byte {row['resume']:6.1f} ms  "
+            print(f"run {i + 1}: gap {row['gap']:6.1f} ms  restore-end -> first new echo {row['resume']:6.1f} ms  "
+                  f"(first byte {row['byte']:6.1f} ms) "
                   f"(dump {row['dump']:.1f} ms, restore {row['restore']:.1f} ms, {row['lines']} lines echoed)",
                   flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    med = {k: statistics.median(r[k] for r in rows) for k in ("gap", "resume", "dump", "restore")}
+    med = {k: statistics.median(r[k] for r in rows) for k in ("gap", "resume", "byte", "dump", "restore")}
     print(f"median of {a.runs} (pause {a.pause * 1000:.0f} ms): gap {med['gap']:.1f} ms, "
-          f"restore-end -> first byte {med['resume']:.1f} ms (max {max(r['resume'] for r in rows):.1f} ms), "
+          f"restore-end -> first new echo {med['resume']:.1f} ms (max {max(r['resume'] for r in rows):.1f} ms), "
+          f"first byte {med['byte']:.1f} ms, "
           f"dump {med['dump']:.1f} ms, restore {med['restore']:.1f} ms")
     return 0
 

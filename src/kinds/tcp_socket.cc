@@ -201,6 +201,21 @@ Status RepairOptions(int fd, const TcpSocketState& s) {
   return Ok();
 }
 
+// The peer's retransmissions backed off while the lock dropped them: have it
+// retransmit now. Before anything we send acknowledges new data, since that
+// would restart its retransmission timer. Best effort: without it the peer
+// resumes on its own timer.
+void NudgePeer(const TcpSocketState& s) {
+  if (s.fin_received()) return;  // it has nothing more to send
+  tcp_repair_window w = {};
+  std::memcpy(&w, s.window().data(), std::min(s.window().size(), sizeof(w)));
+  Status nudged = sys::NudgePeer(s.local(), s.peer(), w.rcv_wup, s.recv_seq());
+  if (!nudged.ok()) {
+    fmt::print(stderr, "stasis: warning: {} -> {}: {} (the peer resumes on its own timer)\n",
+               Show(s.local()), Show(s.peer()), nudged.error().ToString());
+  }
+}
+
 // Rebuilds the connection in repair mode; the finisher releases it once
 // every socket of the image exists.
 Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketState& s) {
@@ -247,23 +262,16 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
     int h = held->get();
     // The socket owns the connection again: let the peer's packets in, then
     // the window probe that leaving repair mode sends reaches the peer.
-    if (resend) STASIS_TRY(sys::UnlockTcpFlow(s.lock_table()));
+    if (resend) {
+      STASIS_TRY(sys::UnlockTcpFlow(s.lock_table()));
+      NudgePeer(s);
+    }
     STASIS_TRY(sys::SetIntOpt(h, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"));
     // Never sent (or to be sent again): sent now, as ordinary data.
     STASIS_TRY(Send(h, unsent.data(), unsent.size()));
     STASIS_TRY(tcp_states::ReplayAfterRepair(h, s, resend));
     STASIS_TRY(sys::SetIntOpt(h, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
     STASIS_TRY(SetOptions(h, s));
-    if (resend && !s.fin_received()) {
-      // Its retransmissions backed off meanwhile: have it retransmit now.
-      tcp_repair_window w = {};
-      std::memcpy(&w, s.window().data(), std::min(s.window().size(), sizeof(w)));
-      Status nudged = sys::NudgePeer(s.local(), s.peer(), w.rcv_wup, s.recv_seq());
-      if (!nudged.ok()) {
-        fmt::print(stderr, "stasis: warning: {} -> {}: {} (the peer resumes on its own timer)\n",
-                   Show(s.local()), Show(s.peer()), nudged.error().ToString());
-      }
-    }
     return Ok();
   });
   return fd;
