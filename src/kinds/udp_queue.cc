@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -45,12 +46,24 @@ Result<bool> PeekOne(int fd, std::vector<char>& buf, UdpDatagram* d) {
   return true;
 }
 
+// The raw packet that puts a datagram back must fit loopback's MTU (65536):
+// an IPv6 one has 48 bytes of headers, an IPv4 one 28 (it always fits).
+constexpr size_t kMaxV6Payload = 65536 - 48;
+
 Status PeekAll(int fd, UdpSocketState* s) {
   std::vector<char> buf(kMaxDatagram);
   STASIS_TRY(sys::SetIntOpt(fd, SOL_SOCKET, SO_PEEK_OFF, 0, "SO_PEEK_OFF"));
   for (;;) {
     UdpDatagram d;
     if (!STASIS_TRY(PeekOne(fd, buf, &d))) return Ok();
+    sockaddr_in6 src = {};
+    std::memcpy(&src, d.source().data(), std::min(d.source().size(), sizeof(src)));
+    if (d.data().size() > kMaxV6Payload && src.sin6_family == AF_INET6 &&
+        !IN6_IS_ADDR_V4MAPPED(&src.sin6_addr)) {
+      return Error::Unsupported(
+          fmt::format("a queued IPv6 datagram of {} bytes is too large to be put back (at most {})",
+                      d.data().size(), kMaxV6Payload));
+    }
     *s->add_queue() = std::move(d);
   }
 }
