@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
+#include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <netinet/ip.h>
 #include <netinet/ip6.h>
@@ -190,14 +191,28 @@ sockaddr_storage Destination(const sockaddr_storage& local, const sockaddr_stora
   return to;
 }
 
-// How many datagrams the socket holds (we own it: the peek offset is ours).
-int CountQueued(int fd) {
-  char byte;
-  int zero = 0;
-  if (setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)) < 0) return -1;
-  int n = 0;
-  while (recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC) >= 0) n++;
-  return n;
+// Memory the socket's receive queue holds (SO_MEMINFO), which grows with
+// every datagram queued. Peeking would count them too, but it marks an
+// empty datagram as peeked, which hides it from the next peek at an offset.
+Result<uint32_t> QueuedMemory(int fd) {
+  uint32_t info[SK_MEMINFO_VARS] = {};
+  socklen_t len = sizeof(info);
+  if (getsockopt(fd, SOL_SOCKET, SO_MEMINFO, info, &len) < 0) return Error::Errno("SO_MEMINFO");
+  return info[SK_MEMINFO_RMEM_ALLOC];
+}
+
+// Loopback delivery runs in a softirq, perhaps on another CPU: each datagram
+// is waited for before the next is sent, which keeps them in order.
+Status SendAndWait(int fd, const sockaddr_storage& from, const sockaddr_storage& to,
+                   const std::string& data) {
+  uint32_t before = STASIS_TRY(QueuedMemory(fd));
+  STASIS_TRY(IsV4(from) ? SendV4(from, to, data) : SendV6(from, to, data));
+  for (int i = 0; i < 20000; i++) {
+    if (STASIS_TRY(QueuedMemory(fd)) != before) return Ok();
+    timespec ts = {0, 100000};
+    nanosleep(&ts, nullptr);
+  }
+  return Error(ErrorCode::kFailed, "a datagram sent back did not reach the socket");
 }
 
 }  // namespace
@@ -223,20 +238,11 @@ Status Dump(int fd, UdpSocketState* s) {
 Status Restore(int fd, const UdpSocketState& s) {
   if (s.queue_size() > 0) {
     sockaddr_storage local = FromBytes(s.local());
+    int n = 0;
     for (const UdpDatagram& d : s.queue()) {
       sockaddr_storage from = FromBytes(d.source());
-      sockaddr_storage to = Destination(local, from);
-      STASIS_TRY(IsV4(from) ? SendV4(from, to, d.data()) : SendV6(from, to, d.data()));
-    }
-    // Loopback delivery is asynchronous (a softirq): wait until all are in.
-    int queued = 0;
-    for (int i = 0; i < 2000 && (queued = CountQueued(fd)) < s.queue_size(); i++) {
-      timespec ts = {0, 1000000};
-      nanosleep(&ts, nullptr);
-    }
-    if (queued != s.queue_size()) {
-      return Error(ErrorCode::kFailed, fmt::format("{} of {} datagrams came back to the socket",
-                                                   queued, s.queue_size()));
+      STASIS_TRY_CTX(SendAndWait(fd, from, Destination(local, from), d.data()),
+                     fmt::format("datagram {} of {}", ++n, s.queue_size()));
     }
   }
   return sys::SetIntOpt(fd, SOL_SOCKET, SO_PEEK_OFF, s.peek_off_on() ? s.peek_off() : -1,

@@ -12,8 +12,12 @@
 // and port through a raw socket (IP_HDRINCL / IPPROTO_RAW, so no port has to
 // be free at the source and no peer is involved) to the socket's address
 // (loopback when it is bound to the wildcard address; the destination
-// address a datagram was sent to is not kept). The restore waits until all
-// of them are queued. Needs CAP_NET_RAW.
+// address a datagram was sent to is not kept). Each one is waited for
+// (SO_MEMINFO) before the next is sent, so the order holds. Needs CAP_NET_RAW.
+//
+// Not seen: an empty (zero-byte) datagram that the program itself already
+// peeked at. The kernel marks it and every peek at an offset skips it, and
+// nothing else tells that it is there.
 #pragma once
 
 #include "sys/result.h"
