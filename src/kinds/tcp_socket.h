@@ -10,9 +10,9 @@
 // A connection whose peer is outside the tree is held by the network lock
 // (sys/netlock.h) from the dump until the restored socket is back, so the
 // peer only sees a pause; the restored socket then resends what the peer
-// has not acknowledged and nudges it to retransmit at once (sys/tcp_nudge.h). Refused for now: connections waiting in a
-// listener's accept queue. Half-closed, closing and closed sockets, and the
-// states refused: tcp_states.h.
+// has not acknowledged and nudges it to retransmit at once (sys/tcp_nudge.h). Refused for now:
+// connections waiting in a listener's accept queue. Half-closed, closing and closed sockets, and
+// the states refused: tcp_states.h.
 #pragma once
 
 #include "kinds/context.h"
