@@ -12,10 +12,13 @@
 #include <unistd.h>
 #include "sys/sockopt.h"
 
+#include <cstring>
 #include <memory>
 
 #include "kinds/tcp_pending.h"
+#include "kinds/tcp_states.h"
 #include "sys/netlock.h"
+#include "sys/tcp_nudge.h"
 #include "tcp_socket.pb.h"
 
 namespace stasis::kinds::tcp_socket {
@@ -120,6 +123,7 @@ Status DumpEstablished(DumpContext& ctx, int fd, TcpSocketState* s) {
   int outq = STASIS_TRY(Ioctl(fd, SIOCOUTQ, "SIOCOUTQ"));
   int unsent = STASIS_TRY(Ioctl(fd, SIOCOUTQNSD, "SIOCOUTQNSD"));
   int inq = STASIS_TRY(Ioctl(fd, SIOCINQ, "SIOCINQ"));
+  tcp_states::AccountFins(s->state(), &outq, &unsent, s);
   s->set_send_queue(STASIS_TRY(PeekQueue(fd, TCP_SEND_QUEUE, outq)));
   s->set_send_seq(
       STASIS_TRY(sys::GetIntOpt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ(send)")));
@@ -198,6 +202,21 @@ Status RepairOptions(int fd, const TcpSocketState& s) {
   return Ok();
 }
 
+// The peer's retransmissions backed off while the lock dropped them: have it
+// retransmit now. Before anything we send acknowledges new data, since that
+// would restart its retransmission timer. Best effort: without it the peer
+// resumes on its own timer.
+void NudgePeer(const TcpSocketState& s) {
+  if (s.fin_received()) return;  // it has nothing more to send
+  tcp_repair_window w = {};
+  std::memcpy(&w, s.window().data(), std::min(s.window().size(), sizeof(w)));
+  Status nudged = sys::NudgePeer(s.local(), s.peer(), w.rcv_wup, s.recv_seq());
+  if (!nudged.ok()) {
+    fmt::print(stderr, "stasis: warning: {} -> {}: {} (the peer resumes on its own timer)\n",
+               Show(s.local()), Show(s.peer()), nudged.error().ToString());
+  }
+}
+
 // Rebuilds the connection in repair mode; the finisher releases it once
 // every socket of the image exists.
 Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketState& s) {
@@ -212,7 +231,8 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
                             static_cast<int>(s.recv_seq() - rq.size()), "TCP_QUEUE_SEQ(recv)"));
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_QUEUE_SEQ,
-                            static_cast<int>(s.send_seq() - sq.size()), "TCP_QUEUE_SEQ(send)"));
+                            static_cast<int>(tcp_states::SendDataEnd(s) - sq.size()),
+                            "TCP_QUEUE_SEQ(send)"));
   if (connect(f, reinterpret_cast<const sockaddr*>(s.peer().data()), s.peer().size()) < 0) {
     return Error::Errno("repair connect to " + Show(s.peer()));
   }
@@ -224,9 +244,14 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
   }
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
   STASIS_TRY(Send(f, rq.data(), rq.size()));
-  size_t sent = sq.size() - s.unsent_len();
+  // A peer outside the tree lost what we sent while the lock was up: send
+  // everything it has not acknowledged again as soon as the lock is down,
+  // rather than on our first RTO (a second after a repair restore).
+  bool resend = !s.lock_table().empty();
+  size_t sent = resend ? 0 : sq.size() - s.unsent_len();
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
   STASIS_TRY(Send(f, sq.data(), sent));
+  STASIS_TRY(tcp_states::ReplayInRepair(f, s, resend));
   STASIS_TRY(sys::SetIntOpt(f, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE"));
   if (s.window().size() == sizeof(tcp_repair_window) &&
       setsockopt(f, IPPROTO_TCP, TCP_REPAIR_WINDOW, s.window().data(), s.window().size()) < 0) {
@@ -234,25 +259,23 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
   }
   auto held = std::make_shared<sys::UniqueFd>(fcntl(f, F_DUPFD_CLOEXEC, 0));
   std::string unsent = sq.substr(sent);
-  ctx.finishers.push_back([held, unsent, s]() -> Status {
+  ctx.finishers.push_back([held, unsent, s, resend]() -> Status {
     int h = held->get();
+    // The socket owns the connection again: let the peer's packets in, then
+    // the window probe that leaving repair mode sends reaches the peer.
+    if (resend) {
+      STASIS_TRY(sys::UnlockTcpFlow(s.lock_table()));
+      NudgePeer(s);
+    }
     STASIS_TRY(sys::SetIntOpt(h, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"));
-    // Never sent before the dump: sent now, as ordinary data.
+    // Never sent (or to be sent again): sent now, as ordinary data.
     STASIS_TRY(Send(h, unsent.data(), unsent.size()));
+    STASIS_TRY(tcp_states::ReplayAfterRepair(h, s, resend));
     STASIS_TRY(sys::SetIntOpt(h, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
     STASIS_TRY(SetOptions(h, s));
-    if (s.lock_table().empty()) return Ok();
-    // The socket owns the connection again: let the peer's packets in.
-    return sys::UnlockTcpFlow(s.lock_table());
+    return Ok();
   });
   return fd;
-}
-
-const char* StateName(int state) {
-  static const char* kNames[] = {"?",          "ESTABLISHED", "SYN_SENT",  "SYN_RECV",
-                                 "FIN_WAIT1",  "FIN_WAIT2",   "TIME_WAIT", "CLOSE",
-                                 "CLOSE_WAIT", "LAST_ACK",    "LISTEN",    "CLOSING"};
-  return state >= 0 && state < 12 ? kNames[state] : "?";
 }
 
 }  // namespace
@@ -279,7 +302,13 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
       STASIS_TRY(tcp_pending::DumpListener(ctx, in, s.local(), info.tcpi_unacked));
       s.set_backlog(info.tcpi_sacked);
       break;
+    case TCP_FIN_WAIT1:
+    case TCP_FIN_WAIT2:
+    case TCP_CLOSE_WAIT:
+    case TCP_LAST_ACK:
+    case TCP_CLOSING:
     case TCP_ESTABLISHED: {
+      STASIS_TRY_CTX(tcp_states::DumpShutdown(fd, &s), what);
       s.set_peer(STASIS_TRY_CTX(SockName(fd, true), what));
       s.set_waits_in_accept_queue(
           STASIS_TRY_CTX(tcp_pending::WaitsInAcceptQueue(ctx, in, s.local(), s.peer()), what));
@@ -298,10 +327,10 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
       break;
     }
     case TCP_CLOSE:
-      break;  // created, perhaps bound, never connected
+      STASIS_TRY_CTX(tcp_states::DumpClosed(fd, &s), what);
+      break;
     default:
-      return Error::Unsupported(fmt::format("{}: TCP socket in state {} is not supported yet", what,
-                                            StateName(info.tcpi_state)));
+      return tcp_states::Refuse(what, in.st.st_ino, s.family(), info.tcpi_state);
   }
   file->mutable_state()->PackFrom(s);
   return Ok();
@@ -313,8 +342,14 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   std::string what = fmt::format("TCP socket {}", Show(s.local()));
   // A client waiting in an accept queue is bound here and connected by a
   // late record (tcp_pending.h).
-  if (s.state() == TCP_ESTABLISHED && !s.waits_in_accept_queue()) {
+  if ((s.state() == TCP_ESTABLISHED || tcp_states::IsHalfClosed(s.state())) &&
+      !s.waits_in_accept_queue()) {
     return STASIS_TRY_CTX(RestoreEstablished(ctx, s), what + " -> " + Show(s.peer()));
+  }
+  if (s.ended()) {
+    sys::UniqueFd fd = STASIS_TRY_CTX(tcp_states::RestoreEnded(s), what + " (closed)");
+    STASIS_TRY_CTX(SetOptions(fd.get(), s), what);
+    return fd;
   }
   sys::UniqueFd fd = STASIS_TRY_CTX(NewSocket(s), what);
   const sockaddr_in* in = reinterpret_cast<const sockaddr_in*>(s.local().data());

@@ -9,9 +9,11 @@
 //
 // A connection whose peer is outside the tree is held by the network lock
 // (sys/netlock.h) from the dump until the restored socket is back, so the
-// peer only sees a pause. Connections waiting in a listener's accept queue:
-// tcp_pending.h. Refused for now: states other than LISTEN, ESTABLISHED and
-// unconnected.
+// peer only sees a pause; the restored socket then resends what the peer
+// has not acknowledged and nudges it to retransmit at once (sys/tcp_nudge.h).
+// Connections waiting in a listener's accept queue: tcp_pending.h.
+// Half-closed, closing and closed sockets, and the states refused:
+// tcp_states.h.
 #pragma once
 
 #include "kinds/context.h"

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include "kinds/udp_queue.h"
 #include "sys/sockopt.h"
 
 #include "udp_socket.pb.h"
@@ -41,14 +42,8 @@ bool Matches(const FdDumpInput& in) { return S_ISSOCK(in.st.st_mode) && IsUdp(in
 Status Dump(DumpContext&, const FdDumpInput& in, image::File* file) {
   std::string what = DescribeFd(in.pid, in.fd, in.link);
   int fd = in.local.get();
-  int queued = 0;
-  if (ioctl(fd, FIONREAD, &queued) < 0) return Error::Errno(what + ": FIONREAD");
-  if (queued > 0) {
-    return Error::Unsupported(what +
-                              ": a UDP socket with datagrams waiting to be read is not "
-                              "supported yet");
-  }
   image::UdpSocketState s;
+  STASIS_TRY_CTX(udp_queue::Dump(fd, &s), what);
   s.set_family(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_DOMAIN, "SO_DOMAIN")));
   s.set_local(Name(fd, false));
   s.set_peer(Name(fd, true));
@@ -83,6 +78,8 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
       bind(f, reinterpret_cast<const sockaddr*>(s.local().data()), s.local().size()) < 0) {
     return Error::Errno("bind UDP socket");
   }
+  // Before connect(): the queue may hold datagrams from other sources.
+  STASIS_TRY(udp_queue::Restore(f, s));
   if (!s.peer().empty() &&
       connect(f, reinterpret_cast<const sockaddr*>(s.peer().data()), s.peer().size()) < 0) {
     return Error::Errno("connect UDP socket");

@@ -1,6 +1,6 @@
 // UDP sockets, IPv4 and IPv6: bound and connected addresses, options, flags.
-// Refused for now: datagrams waiting in the receive queue (they would need
-// replaying from the right source addresses), multicast memberships.
+// Datagrams waiting in the receive queue are carried (udp_queue.h). Not
+// carried yet: multicast memberships.
 #pragma once
 
 #include "kinds/context.h"

@@ -1,5 +1,6 @@
-/* refuse_socket: holds a UDP socket with a datagram queued, which the engine
- * does not support yet.
+/* refuse_socket: holds a UDP socket with a datagram queued and an error
+ * pending (IP_RECVERR, an ICMP port unreachable), which the engine refuses:
+ * the error cannot be read without taking it from the program.
  *
  * The dump must fail, naming pid, fd 7 and "socket", and leave the process
  * untouched: after the trigger the socket still works, no tracer is left,
@@ -10,6 +11,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #define SOCK_FD 7 /* fixed, so the runner can look for it in the error */
@@ -28,6 +30,18 @@ int main(void) {
   socklen_t len = sizeof addr;
   SETUP(getsockname(SOCK_FD, (struct sockaddr *)&addr, &len) == 0, "getsockname");
   SETUP(sendto(SOCK_FD, "queued", 6, 0, (struct sockaddr *)&addr, sizeof addr) == 6, "sendto");
+  int one = 1;
+  SETUP(setsockopt(SOCK_FD, IPPROTO_IP, IP_RECVERR, &one, sizeof one) == 0, "IP_RECVERR");
+  struct sockaddr_in closed = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  int tmp = socket(AF_INET, SOCK_DGRAM, 0);
+  SETUP(bind(tmp, (struct sockaddr *)&closed, sizeof closed) == 0, "bind");
+  len = sizeof closed;
+  SETUP(getsockname(tmp, (struct sockaddr *)&closed, &len) == 0, "getsockname");
+  close(tmp); /* nobody listens there now */
+  SETUP(sendto(SOCK_FD, "x", 1, 0, (struct sockaddr *)&closed, sizeof closed) == 1, "sendto");
+  usleep(20000);
+  struct pollfd p = {SOCK_FD, POLLIN, 0};
+  SETUP(poll(&p, 1, 0) == 1 && (p.revents & POLLERR), "no error pending");
   struct timeval tv = {2, 0};
   setsockopt(SOCK_FD, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 
@@ -58,7 +72,13 @@ int main(void) {
   const char *tracer = status_field(status, "TracerPid");
   CHECK(tracer && atoi(tracer) == 0, "still traced: TracerPid %d", tracer ? atoi(tracer) : -1);
 
-  /* The queued datagram is still there, and the socket still works. */
+  /* The error is still pending, the queued datagram still there, and the
+   * socket still works. */
+  int err = 0;
+  len = sizeof err;
+  CHECK(getsockopt(SOCK_FD, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == ECONNREFUSED, "SO_ERROR %d", err);
+  char ebuf[64];
+  CHECK(recv(SOCK_FD, ebuf, sizeof ebuf, MSG_ERRQUEUE) >= 0, "the error queue is empty");
   char queued[16];
   CHECK(recv(SOCK_FD, queued, sizeof queued, 0) == 6 && memcmp(queued, "queued", 6) == 0, "the queued datagram is gone");
   struct sockaddr_in now;
