@@ -14,8 +14,10 @@
 #include <map>
 
 #include "checkpoint/files_dump.h"
+#include "checkpoint/session_net.h"
 #include "checkpoint/task_dump.h"
 #include "checkpoint/tree.h"
+#include "image/session_net.h"
 #include "image/stream.h"
 #include "kinds/shmem.h"
 #include "sys/cgroup.h"
@@ -209,6 +211,11 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   DumpStats stats;
   pid_t pid = options.pid;
   if (pid == getpid()) return Error::Invalid("stasis cannot dump itself");
+  std::optional<SessionNetDump> net;
+  if (options.session_net) {
+    net.emplace(
+        STASIS_TRY(SessionNetDump::Begin(options.session_init_pid, pid, *options.session_net)));
+  }
   STASIS_TRY(PrecheckTree(pid));
   STASIS_TRY(MakeDir(options.dir));
   PendingImage pending(options.dir);
@@ -226,6 +233,7 @@ Result<DumpStats> Dump(const DumpOptions& options) {
     frozen = STASIS_TRY(FreezeTree(pid));
     STASIS_TRY(freeze.Thaw());
   }
+  if (net) STASIS_TRY(net->Lock());
   image::Manifest manifest;
   // What kinds changed in the tree for the dump (a socket put in repair
   // mode) is put back unless the tree is killed: on every error path, and
@@ -243,12 +251,14 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   FillManifest(tree.tasks[0].proc, &manifest);
   manifest.set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest.add_session_command(arg);
+  if (options.session_net) image::NetToProto(*options.session_net, manifest.mutable_net());
   image::Writer writer(*sink);
   STASIS_TRY_CTX(WriteImage(tree, manifest, writer, &stats), "write image");
   STASIS_TRY(sink->Sync());
   STASIS_TRY(pending.Commit());
   if (!options.leave_running) {
     undo.killed = true;
+    if (net) net->MarkKilled();
     for (const TreeTask& t : frozen) {
       if (!t.zombie && kill(t.host_pid, SIGKILL) < 0 && errno != ESRCH) {
         return Error::Errno(fmt::format("kill pid {} after dump", t.host_pid));
@@ -257,6 +267,14 @@ Result<DumpStats> Dump(const DumpOptions& options) {
     // Return only once they are gone: a restore that follows at once must
     // find their ports and files released.
     for (TreeTask& t : frozen) WaitGone(t.threads);
+  }
+  if (net && !options.leave_running) {
+    // Detached tracees let the session's init see the end of its tree; once
+    // it has, the namespace and its link go.
+    for (TreeTask& t : frozen) {
+      for (sys::Tracee& thread : t.threads) STASIS_TRY(thread.Detach());
+    }
+    net->AfterKill();
   }
   for (TreeTask& t : frozen) {
     for (sys::Tracee& thread : t.threads) STASIS_TRY(thread.Detach());

@@ -17,6 +17,8 @@ Status ResolveSessionDump(const std::string& state_dir, const std::string& name,
   options->freeze_cgroup = info.cgroup;
   options->session_name = info.name;
   options->session_command = info.command;
+  options->session_init_pid = info.init_pid;
+  options->session_net = info.net;
   return Ok();
 }
 
@@ -38,6 +40,7 @@ std::function<Status(const restore::RestoreResult&)> SessionRegistrar(const std:
       s.root_pid = r.host_pid;
       s.command = r.session_command;
       s.image_dir = image_dir;
+      s.net = r.net;
       Result<session::SessionInfo> info = session::RegisterRestoredSession(dir, s);
       if (info.ok()) {
         *registered = s.name;

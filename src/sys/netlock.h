@@ -12,6 +12,11 @@
 
 namespace stasis::sys {
 
+// While set (dumping an isolated session, whose host link is down: see
+// sys/isolated_net.h), no flow needs a table of its own: LockTcpFlow
+// returns "" and UnlockTcpFlow("") does nothing.
+void SetFlowLocksCoveredByLink(bool covered);
+
 // local and peer are struct sockaddr_in / sockaddr_in6 bytes. Returns the
 // table name.
 Result<std::string> LockTcpFlow(const std::string& local, const std::string& peer);
