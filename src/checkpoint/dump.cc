@@ -267,14 +267,12 @@ Result<DumpStats> Dump(const DumpOptions& options) {
     // Return only once they are gone: a restore that follows at once must
     // find their ports and files released.
     for (TreeTask& t : frozen) WaitGone(t.threads);
-  }
-  if (net && !options.leave_running) {
-    // Detached tracees let the session's init see the end of its tree; once
-    // it has, the namespace and its link go.
-    for (TreeTask& t : frozen) {
-      for (sys::Tracee& thread : t.threads) STASIS_TRY(thread.Detach());
-    }
-    net->AfterKill();
+  } else {
+    // Put back before the tree runs again: a socket still in repair mode
+    // answers recv() with EINVAL.
+    for (auto& step : undo.steps) step();
+    undo.steps.clear();
+    if (net) STASIS_TRY(net->Unlock());
   }
   for (TreeTask& t : frozen) {
     for (sys::Tracee& thread : t.threads) STASIS_TRY(thread.Detach());

@@ -41,9 +41,14 @@ Status SessionNetDump::Lock() {
   return Ok();
 }
 
-void SessionNetDump::AfterKill() {
+Status SessionNetDump::Unlock() {
   inside_.reset();
-  netns_.reset();
+  if (!locked_) return Ok();
+  locked_ = false;
+  return sys::SetHostLinkUp(net_.host_link, true);
+}
+
+void SessionNetDump::WaitSessionGone() {
   if (!sys::WaitLinkGone(net_.host_link, std::chrono::seconds(5))) {
     fmt::print(stderr, "stasis: warning: the session link {} is still there 5 s after the dump\n",
                net_.host_link);
@@ -55,6 +60,8 @@ SessionNetDump::~SessionNetDump() {
   inside_.reset();
   sys::SetFlowLocksCoveredByLink(false);
   AllowSessionNetns("");
+  netns_.reset();
+  if (killed_) WaitSessionGone();
   if (locked_ && !killed_) {
     Status up = sys::SetHostLinkUp(net_.host_link, true);
     if (!up.ok()) {

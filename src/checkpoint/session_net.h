@@ -8,8 +8,10 @@
 // Unless the tree was killed (MarkKilled), destruction puts everything back:
 // the thread returns and the link comes up again (failed dump,
 // --leave-running). After a kill the link stays down, and is gone once the
-// init has ended the session: AfterKill waits for that, so that a restore
-// right after can create it again.
+// init has ended the session and nothing holds a socket of its namespace
+// (the dump's own copies included): destruction then waits for that, so
+// that a restore right after can create it again. Declare it before
+// anything holding the tree's files.
 #pragma once
 
 #include <sys/types.h>
@@ -31,10 +33,12 @@ class SessionNetDump {
   ~SessionNetDump();
 
   Status Lock();
+  // Lifts the lock now (the dumping thread leaves, the link comes up).
+  Status Unlock();
   void MarkKilled() { killed_ = true; }
-  void AfterKill();
 
  private:
+  void WaitSessionGone();
   SessionNetDump(sys::NetConfig net, sys::UniqueFd netns) : net_(net), netns_(std::move(netns)) {}
   sys::NetConfig net_;
   sys::UniqueFd netns_;

@@ -29,20 +29,24 @@ l = socket.socket()
 l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind(("0.0.0.0", PORT))
 l.listen(8)
-# A loopback connection made before any dump, used by LOOP requests.
-a = socket.create_connection(("127.0.0.1", PORT))
-b, _ = l.accept()
+# Loopback inside the session: a listener only LOOP requests accept on, and
+# a connection to it made before any dump.
+l2 = socket.socket()
+l2.bind(("127.0.0.1", PORT + 1))
+l2.listen(8)
+a = socket.create_connection(("127.0.0.1", PORT + 1))
+b, _ = l2.accept()
 lock = threading.Lock()
 
 def loop_check():
     with lock:
         a.sendall(b"ping-old")
         old = b.recv(64) == b"ping-old"
-    c = socket.create_connection(("127.0.0.1", PORT))
-    d, _ = l.accept()
-    c.sendall(b"ping-new")
-    new = d.recv(64) == b"ping-new"
-    c.close(); d.close()
+        c = socket.create_connection(("127.0.0.1", PORT + 1))
+        d, _ = l2.accept()
+        c.sendall(b"ping-new")
+        new = d.recv(64) == b"ping-new"
+        c.close(); d.close()
     return old and new
 
 def serve(conn):
@@ -123,7 +127,13 @@ def fail(msg):
 
 
 def sh(*args, check=True):
-    r = subprocess.run(list(args), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    # Through files, not pipes: a detached session's command inherits them.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        r = subprocess.run(list(args), stdout=out, stderr=err, text=True, stdin=subprocess.DEVNULL,
+                           close_fds=True)
+        out.seek(0)
+        err.seek(0)
+        r.stdout, r.stderr = out.read(), err.read()
     if check and r.returncode != 0:
         fail(f"{' '.join(args)}: {r.stderr.strip()}")
     return r
@@ -166,10 +176,8 @@ class Stasis:
     def __init__(self, binary, state_dir):
         self.binary, self.state_dir = binary, state_dir
 
-    def __call__(self, *args, check=True):
-        return sh(self.binary, *args, *(["--state-dir", self.state_dir]
-                                        if args[0] in ("run", "ps", "dump", "restore") else []),
-                  check=check)
+    def __call__(self, cmd, *args, check=True):
+        return sh(self.binary, cmd, "--state-dir", self.state_dir, *args, check=check)
 
     def ps(self):
         return {s["name"]: s for s in json.loads(self("ps", "--json").stdout)}
@@ -227,7 +235,10 @@ def scenario(a, net, st, work):
     if not st.ps()[name]["state"] == "running":
         fail("the original session stopped")
     time.sleep(0.5)
+    full_cycle(a, net, st, work, name, addr, host_link, client)
 
+
+def full_cycle(a, net, st, work, name, addr, host_link, client):
     img = os.path.join(work, "img")
     t0 = time.monotonic()
     st("dump", "--session", name, "-D", img)
@@ -250,7 +261,7 @@ def scenario(a, net, st, work):
     except (ValueError, IndexError):
         fail(f"client output: {out!r} {err!r}")
     if res["errors"]:
-        fail("client: " + "; ".join(res["errors"]))
+        fail(f"client: {'; '.join(res['errors'])} after {len(res['got'])} words")
     if res["got"] != list(range(a.words)):
         missing = sorted(set(range(a.words)) - set(res["got"]))[:10]
         fail(f"{len(res['got'])} words echoed, out of order or missing (first missing {missing})")
@@ -276,11 +287,11 @@ def main():
     try:
         scenario(a, net, st, work)
     finally:
-        for s in st.ps().values() if os.path.isdir(st.state_dir) else []:
-            try:
+        try:
+            for s in st.ps().values():
                 os.kill(s["init_pid"], 9)
-            except OSError:
-                pass
+        except (OSError, SystemExit, ValueError):
+            pass
         net.close()
         shutil.rmtree(work, ignore_errors=True)
     left = [n for n in (net.bridge, net.veth) if link_exists(n)]
