@@ -147,7 +147,7 @@ Status CheckNamespaces(pid_t pid) {
     if (theirs != own && !(kind == std::string_view("net") && theirs == g_session_netns)) {
       if (kind == std::string_view("net")) {
         return Error::Unsupported(fmt::format(
-            "pid {} lives in another network namespace ({}); only an isolated session's own "
+            "pid {} lives in another net namespace ({}); only an isolated session's own "
             "network is supported: dump it with --session NAME",
             pid, theirs));
       }
