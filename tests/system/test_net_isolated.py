@@ -238,31 +238,40 @@ def scenario(a, net, st, work):
     full_cycle(a, net, st, work, name, addr, host_link, client)
 
 
-def full_cycle(a, net, st, work, name, addr, host_link, client):
-    img = os.path.join(work, "img")
+def dump_restore(net, st, work, name, addr, host_link, cycle):
+    img = os.path.join(work, f"img{cycle}")
     t0 = time.monotonic()
     st("dump", "--session", name, "-D", img)
     dumped = time.monotonic()
     if link_exists(host_link):
         fail("the session link is still there after the dump")
-    # A restore that fails once the network is built (here: at the session's
-    # registration, a bad name) removes it again.
-    r = st("restore", "-D", img, "--name", "bad/name", check=False)
-    if r.returncode == 0:
-        fail("a restore with a bad session name succeeded")
-    if link_exists(host_link):
-        fail("a failed restore left the session link " + host_link)
+    if cycle == 1:
+        # A restore that fails once the network is built (here: at the
+        # session's registration, a bad name) removes it again.
+        r = st("restore", "-D", img, "--name", "bad/name", check=False)
+        if r.returncode == 0:
+            fail("a restore with a bad session name succeeded")
+        if link_exists(host_link):
+            fail("a failed restore left the session link " + host_link)
     time.sleep(0.3)  # the client keeps sending into the lock meanwhile
     t1 = time.monotonic()
-    r = st("restore", "-D", img)
+    st("restore", "-D", img)
     restored = time.monotonic()
-    print(f"dump {1000 * (dumped - t0):.0f} ms, restore {1000 * (restored - t1):.0f} ms "
-          f"(stasis commands, wall clock); session link down for {1000 * (restored - t0):.0f} ms")
+    print(f"cycle {cycle}: dump {1000 * (dumped - t0):.0f} ms, restore {1000 * (restored - t1):.0f} ms"
+          f" (stasis commands, wall clock); session link down for {1000 * (restored - t0):.0f} ms")
     info = st.ps()[name]
     if info["state"] != "running" or info.get("address") != f"{addr}/24":
         fail(f"restored session: {info}")
     mac = sh("ip", "-n", net.ns, "neigh", "show", addr, check=False).stdout.strip()
-    print("client's neighbour entry after restore:", mac)
+    print("  client's neighbour entry after restore:", mac)
+    return info
+
+
+def full_cycle(a, net, st, work, name, addr, host_link, client):
+    # The second cycle dumps a restored session (its init is a restore's).
+    for cycle in range(1, a.cycles + 1):
+        info = dump_restore(net, st, work, name, addr, host_link, cycle)
+        time.sleep(0.5)
 
     out, err = client.communicate(timeout=90)
     try:
@@ -286,7 +295,8 @@ def full_cycle(a, net, st, work, name, addr, host_link, client):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--stasis", required=True)
-    ap.add_argument("--words", type=int, default=500)
+    ap.add_argument("--words", type=int, default=800)
+    ap.add_argument("--cycles", type=int, default=2)
     a = ap.parse_args()
     tag = os.getpid() % 100000
     net = Net(tag, f"198.19.{os.getpid() % 250}")
