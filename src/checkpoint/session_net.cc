@@ -49,6 +49,10 @@ Status SessionNetDump::Unlock() {
 }
 
 void SessionNetDump::WaitSessionGone() {
+  // The tree is dead: its link goes now, rather than whenever the kernel
+  // gets round to freeing the namespace (seconds on a busy host).
+  Status deleted = sys::DeleteHostLink(net_.host_link);
+  if (!deleted.ok()) fmt::print(stderr, "stasis: warning: {}\n", deleted.error().ToString());
   if (!sys::WaitLinkGone(net_.host_link, std::chrono::seconds(5))) {
     fmt::print(stderr, "stasis: warning: the session link {} is still there 5 s after the dump\n",
                net_.host_link);

@@ -7,11 +7,11 @@
 // into the session's namespace, where sock_diag sees the session's sockets.
 // Unless the tree was killed (MarkKilled), destruction puts everything back:
 // the thread returns and the link comes up again (failed dump,
-// --leave-running). After a kill the link stays down, and is gone once the
-// init has ended the session and nothing holds a socket of its namespace
-// (the dump's own copies included): destruction then waits for that, so
-// that a restore right after can create it again. Declare it before
-// anything holding the tree's files.
+// --leave-running). After a kill, destruction deletes the veth pair (the
+// namespace itself is freed once the init has ended the session and
+// nothing holds a socket of it, which can take seconds), so that a restore
+// right after can create it again. Declare it before anything holding the
+// tree's files.
 #pragma once
 
 #include <sys/types.h>

@@ -205,6 +205,16 @@ Status SetHostLinkUp(const std::string& host_link, bool up) {
                                      up ? "bring up" : "take down (network lock)", host_link));
 }
 
+Status DeleteHostLink(const std::string& host_link) {
+  Rtnl host = STASIS_TRY(Rtnl::Open());
+  Result<int> index = host.IndexOf(host_link);
+  if (!index.ok() && index.error().code() == ErrorCode::kNotFound) return Ok();
+  NlMessage del = BuildDelLink(STASIS_TRY(std::move(index)));
+  Status deleted = host.Request(del, "delete the session link " + host_link);
+  if (!deleted.ok() && deleted.error().errnum() == ENODEV) return Ok();
+  return deleted;
+}
+
 bool WaitLinkGone(const std::string& host_link, std::chrono::milliseconds timeout) {
   Result<Rtnl> host = Rtnl::Open();
   if (!host.ok()) return false;

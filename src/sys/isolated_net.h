@@ -95,6 +95,10 @@ class IsolatedNet {
 // The lock on a running session's host link (by name, in the caller's
 // namespace).
 Status SetHostLinkUp(const std::string& host_link, bool up);
+// Deletes the veth pair of a session whose tree is gone (its namespace may
+// take a while to be freed; its link need not wait for that). A link
+// already gone is fine.
+Status DeleteHostLink(const std::string& host_link);
 // Waits until the host link is gone (its namespace freed once the session
 // ended); false on timeout.
 bool WaitLinkGone(const std::string& host_link, std::chrono::milliseconds timeout);
