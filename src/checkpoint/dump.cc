@@ -16,8 +16,10 @@
 #include <map>
 
 #include "checkpoint/files_dump.h"
+#include "checkpoint/session_net.h"
 #include "checkpoint/task_dump.h"
 #include "checkpoint/tree.h"
+#include "image/session_net.h"
 #include "image/stream.h"
 #include "kinds/shmem.h"
 #include "sys/cgroup.h"
@@ -263,6 +265,11 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   DumpStats stats;
   pid_t pid = options.pid;
   if (pid == getpid()) return Error::Invalid("stasis cannot dump itself");
+  std::optional<SessionNetDump> net;
+  if (options.session_net) {
+    net.emplace(
+        STASIS_TRY(SessionNetDump::Begin(options.session_init_pid, pid, *options.session_net)));
+  }
   STASIS_TRY(PrecheckTree(pid));
   STASIS_TRY(MakeDir(options.dir));
   PendingImage pending(options.dir);
@@ -287,6 +294,7 @@ Result<DumpStats> Dump(const DumpOptions& options) {
     frozen = STASIS_TRY(FreezeTree(pid));
     STASIS_TRY(freeze.Thaw());
   }
+  if (net) STASIS_TRY(net->Lock());
   image::Manifest manifest;
   // What kinds changed in the tree for the dump (a socket put in repair
   // mode) is put back unless the tree is killed: on every error path, and
@@ -311,15 +319,20 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   FillManifest(tree.tasks[0].proc, &manifest);
   manifest.set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest.add_session_command(arg);
+  if (options.session_net) image::NetToProto(*options.session_net, manifest.mutable_net());
   image::Writer writer(sink);
   STASIS_TRY_CTX(WriteImage(tree, manifest, writer, &stats), "write image");
   if (options.leave_running) {
+    // Put back before the tree runs again: a socket still in repair mode
+    // answers recv() with EINVAL.
     STASIS_TRY(sink.Flush());
     undo.Run();
+    if (net) STASIS_TRY(net->Unlock());
   } else {
     STASIS_TRY(sink.Sync());
     STASIS_TRY(pending.Commit());
     undo.steps.clear();
+    if (net) net->MarkKilled();
     STASIS_TRY(KillAndWait(frozen));
   }
   for (TreeTask& t : frozen) {

@@ -9,9 +9,11 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "sys/isolated_net.h"
 #include "sys/result.h"
 
 namespace stasis::checkpoint {
@@ -26,6 +28,11 @@ struct DumpOptions {
   // Recorded in the manifest so that restore makes the tree a session again.
   std::string session_name;
   std::vector<std::string> session_command;
+  // An isolated session (--net=isolated): its network goes into the image,
+  // its tasks may live in its network namespace, and its host link is the
+  // network lock (checkpoint/session_net.h).
+  pid_t session_init_pid = 0;
+  std::optional<sys::NetConfig> session_net;
 };
 
 struct DumpStats {

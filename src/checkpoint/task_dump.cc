@@ -134,6 +134,8 @@ namespace {
 // come back changed, its sockets in another network, so it is refused. A
 // nested PID namespace was checked to be stasis's own (tree.cc); its tasks
 // then also have that namespace's own mount namespace.
+std::string g_session_netns;  // AllowSessionNetns
+
 Status CheckNamespaces(pid_t pid) {
   std::string own_pidns = STASIS_TRY(sys::proc::ReadLink("/proc/self/ns/pid"));
   std::string pidns = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/pid", pid)));
@@ -142,7 +144,13 @@ Status CheckNamespaces(pid_t pid) {
   for (const char* kind : kinds) {
     std::string own = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/self/ns/{}", kind)));
     std::string theirs = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/{}", pid, kind)));
-    if (theirs != own) {
+    if (theirs != own && !(kind == std::string_view("net") && theirs == g_session_netns)) {
+      if (kind == std::string_view("net")) {
+        return Error::Unsupported(fmt::format(
+            "pid {} lives in another net namespace ({}); only an isolated session's own "
+            "network is supported: dump it with --session NAME",
+            pid, theirs));
+      }
       return Error::Unsupported(fmt::format(
           "pid {} lives in another {} namespace ({}); not supported yet", pid, kind, theirs));
     }
@@ -151,6 +159,8 @@ Status CheckNamespaces(pid_t pid) {
 }
 
 }  // namespace
+
+void AllowSessionNetns(const std::string& netns) { g_session_netns = netns; }
 
 void SetOwnIds(pid_t host_pid, const sys::proc::ProcStatus& status, const sys::proc::ProcStat& stat,
                image::Process* proc) {

@@ -3,6 +3,8 @@
 // checkpoint/dump.cc streams afterwards.
 #pragma once
 
+#include <string>
+
 #include "kinds/memory.h"
 #include "process.pb.h"
 #include "sys/result.h"
@@ -30,6 +32,10 @@ Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
 // NSpid/NSpgid/NSsid), and the signal its parent gets at its exit.
 void SetOwnIds(pid_t host_pid, const sys::proc::ProcStatus& status, const sys::proc::ProcStat& stat,
                image::Process* proc);
+
+// The network namespace (its /proc/PID/ns/net link) of the isolated
+// session being dumped, which its tasks may live in; "" for none.
+void AllowSessionNetns(const std::string& netns);
 
 // Refuses what cannot be dumped before the task is touched.
 Status PrecheckTask(pid_t pid);

@@ -68,13 +68,14 @@ struct Row {
 void PrintTable(const std::vector<Row>& rows) {
   size_t name_width = 4;
   for (const Row& row : rows) name_width = std::max(name_width, row.info->name.size());
-  fmt::print("{:<{}}  {:<7}  {:>7}  {:>7}  {:>5}  {:>7}  {}\n", "NAME", name_width, "STATE", "INIT",
-             "PID", "PROCS", "MEMORY", "COMMAND");
+  fmt::print("{:<{}}  {:<7}  {:>7}  {:>7}  {:>5}  {:>7}  {:<18}  {}\n", "NAME", name_width, "STATE",
+             "INIT", "PID", "PROCS", "MEMORY", "ADDRESS", "COMMAND");
   for (const Row& row : rows) {
     const SessionInfo& s = *row.info;
-    fmt::print("{:<{}}  {:<7}  {:>7}  {:>7}  {:>5}  {:>7}  {}\n", s.name, name_width,
+    std::string address = s.net ? sys::FormatCidr(s.net->address, s.net->prefix) : "host";
+    fmt::print("{:<{}}  {:<7}  {:>7}  {:>7}  {:>5}  {:>7}  {:<18}  {}\n", s.name, name_width,
                session::StateName(s.state), s.init_pid, s.root_pid, row.usage.processes,
-               HumanBytes(row.usage.memory_bytes), JoinCommand(s.command));
+               HumanBytes(row.usage.memory_bytes), address, JoinCommand(s.command));
   }
 }
 
@@ -92,6 +93,9 @@ void PrintJson(const std::vector<Row>& rows) {
         {"created", session::FormatUtc(s.created_unix)},
         {"origin", s.origin},
         {"image", s.image},
+        {"address", s.net ? sys::FormatCidr(s.net->address, s.net->prefix) : ""},
+        {"bridge", s.net ? s.net->bridge : ""},
+        {"mac", s.net ? sys::FormatMac(s.net->mac) : ""},
         {"processes", row.usage.processes},
         {"memory_bytes", row.usage.memory_bytes},
         {"memory_source", row.usage.memory_from_cgroup ? "memory.current" : "VmRSS"},
@@ -183,6 +187,17 @@ SessionCommands::SessionCommands(CLI::App& app) {
   run_cmd_->add_option("--state-dir", state_dir_, kStateDirHelp);
   run_cmd_->add_flag("-d,--detach", detach_, "Print the session name and return at once");
   run_cmd_
+      ->add_option("--net", net_,
+                   "host (default): the host's network; isolated: a network namespace of its "
+                   "own, a veth into a bridge, its own address")
+      ->check(CLI::IsMember({"host", "isolated"}));
+  run_cmd_->add_option(
+      "--address", address_,
+      "With --net=isolated: ADDR/PREFIX (default: the lowest free address of 10.83.0.0/16)");
+  run_cmd_->add_option("--bridge", bridge_,
+                       "With --net=isolated: the bridge the session's veth joins, created with "
+                       "the subnet's first address if missing (default: stasis0)");
+  run_cmd_
       ->add_option("command", command_,
                    "CMD and its arguments; put -- before CMD when any of them starts with -")
       ->required();
@@ -193,7 +208,11 @@ SessionCommands::SessionCommands(CLI::App& app) {
       "stderr are inherited. In the foreground, stasis run passes those signals on too and\n"
       "exits with CMD's status (128+N if CMD was killed by signal N); if stasis run itself is\n"
       "killed, so is the session. A name that a running session holds is refused.\n"
-      "Example: stasis run --name job -- python3 train.py --epochs 10\n");
+      "With --net=isolated the session has its own network namespace (lo, and eth0 with its\n"
+      "address and a default route via the bridge); dump and restore carry it, with the same\n"
+      "address and MAC, so its listeners and connections come back verbatim.\n"
+      "Example: stasis run --name job -- python3 train.py --epochs 10\n"
+      "         stasis run --name web --net=isolated --address 10.83.0.7/16 -- python3 app.py\n");
 
   ps_cmd_ = app.add_subcommand("ps", "List sessions with their processes and memory");
   ps_cmd_->add_option("--state-dir", state_dir_, kStateDirHelp);
@@ -215,7 +234,17 @@ SessionCommands::SessionCommands(CLI::App& app) {
 }
 
 std::optional<int> SessionCommands::Run() const {
-  if (*run_cmd_) return RunRun({command_, name_, state_dir_, detach_});
+  if (*run_cmd_) {
+    session::RunOptions options;
+    options.command = command_;
+    options.name = name_;
+    options.state_dir = state_dir_;
+    options.detach = detach_;
+    options.net_isolated = net_ == "isolated";
+    options.address = address_;
+    options.bridge = bridge_;
+    return RunRun(options);
+  }
   if (*ps_cmd_) return RunPs(state_dir_, json_);
   if (*freeze_cmd_) return RunFreeze(state_dir_, name_, seconds_);
   return std::nullopt;

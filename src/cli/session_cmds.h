@@ -23,6 +23,9 @@ class SessionCommands {
   std::string state_dir_;
   std::string name_;
   bool detach_ = false;
+  std::string net_ = "host";
+  std::string address_;
+  std::string bridge_;
   std::vector<std::string> command_;
   bool json_ = false;
   double seconds_ = 0;

@@ -21,6 +21,8 @@ Status ResolveSessionDump(const std::string& state_dir, const std::string& name,
   options->freeze_cgroup = info.cgroup;
   options->session_name = info.name;
   options->session_command = info.command;
+  options->session_init_pid = info.init_pid;
+  options->session_net = info.net;
   *init_pidfd = STASIS_TRY(sys::PidfdOpen(info.init_pid));
   return Ok();
 }
@@ -58,6 +60,7 @@ std::function<Status(const restore::RestoreResult&)> SessionRegistrar(const std:
       s.root_pid = r.host_pid;
       s.command = r.session_command;
       s.image_dir = image_dir;
+      s.net = r.net;
       Result<session::SessionInfo> info = session::RegisterRestoredSession(dir, s);
       if (info.ok()) {
         *registered = s.name;

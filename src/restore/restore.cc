@@ -10,6 +10,7 @@
 #include <cstring>
 #include <set>
 
+#include "image/session_net.h"
 #include "kinds/memory.h"
 #include "kinds/registry.h"
 #include "kinds/shmem.h"
@@ -18,6 +19,7 @@
 #include "restore/spawn.h"
 #include "restore/tree.h"
 #include "sys/kernel_abi.h"
+#include "sys/netns.h"
 
 namespace stasis::restore {
 namespace {
@@ -120,7 +122,10 @@ Status CheckHost(const ImageHead& head) {
   return kinds::vdso::CheckCompatible(head.manifest, head.procs[0]);
 }
 
-Result<LocalFiles> CreateFiles(const std::vector<image::File>& files) {
+// before_finish runs once every file exists, before the kinds' finishers
+// (sockets leave repair mode, network locks come down).
+Result<LocalFiles> CreateFiles(const std::vector<image::File>& files,
+                               const std::function<Status()>& before_finish) {
   kinds::RestoreContext ctx;
   LocalFiles out;
   for (bool last_pass : {false, true}) {
@@ -134,6 +139,7 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files) {
       out[file.id()] = std::move(fd);
     }
   }
+  STASIS_TRY(before_finish());
   for (auto& finish : ctx.finishers) STASIS_TRY(finish());
   return out;
 }
@@ -265,12 +271,33 @@ struct TreeRestore {
 
 Result<RestoreResult> Restore(const RestoreOptions& options) {
   auto start = std::chrono::steady_clock::now();
+  std::optional<sys::NetConfig> result_net;
   auto source = STASIS_TRY(image::MappedFileSource::Open(image::ImagePath(options.dir)));
   image::Reader reader(*source);
   STASIS_TRY(reader.Begin());
   Records records(reader);
   ImageHead head = STASIS_TRY(ReadFiles(records));
-  LocalFiles files = STASIS_TRY(CreateFiles(head.files));
+  // An isolated session's sockets, init and puppets are all made inside its
+  // rebuilt network namespace: this thread works from there until the end.
+  std::optional<sys::IsolatedNet> net;
+  std::optional<sys::ScopedNetns> inside_net;
+  if (head.manifest.has_net()) {
+    if (!options.new_pid_ns) {
+      return Error::Invalid(
+          "an isolated session is restored into a new PID namespace; "
+          "drop --pid-ns=host");
+    }
+    result_net = STASIS_TRY(image::NetFromProto(head.manifest.net()));
+    net.emplace(STASIS_TRY_CTX(sys::IsolatedNet::Create(&*result_net, /*host_up=*/false),
+                               "rebuild the session network"));
+    inside_net.emplace(STASIS_TRY(sys::ScopedNetns::Enter(net->netns_fd())));
+  }
+  // The session's link comes up as its sockets leave repair mode: the
+  // window probes and nudges they send must reach the outside peers.
+  LocalFiles files = STASIS_TRY(CreateFiles(head.files, [&]() -> Status {
+    if (net) STASIS_TRY(net->SetHostUp(true));
+    return Ok();
+  }));
   STASIS_TRY(FillShmem(records, files));
   STASIS_TRY(ReadProcesses(records, &head));
   STASIS_TRY(CheckHost(head));
@@ -300,6 +327,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   result.session_name = head.manifest.session_name();
   result.session_command.assign(head.manifest.session_command().begin(),
                                 head.manifest.session_command().end());
+  result.net = result_net;
   if (options.before_release) STASIS_TRY(options.before_release(result));
   // The restorer's references must be gone before the tree runs: a reader
   // waits for EOF until every write end of its pipe is closed.
@@ -311,6 +339,10 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   }
   guard.Release();
   STASIS_TRY(spawner.Commit(result.pid));
+  if (net) {
+    net->Commit();
+    STASIS_TRY(inside_net->Leave());
+  }
   result.processes = tree.size();
   result.total_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

@@ -6,9 +6,11 @@
 #include <sys/types.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "sys/isolated_net.h"
 #include "sys/result.h"
 
 namespace stasis::restore {
@@ -22,6 +24,7 @@ struct RestoreResult {
   size_t processes = 0;
   std::string session_name;  // from the manifest
   std::vector<std::string> session_command;
+  std::optional<sys::NetConfig> net;  // an isolated session's network, rebuilt
 };
 
 struct RestoreOptions {

@@ -4,6 +4,9 @@
 
 #include <ctime>
 #include <nlohmann/json.hpp>
+#include <tuple>
+
+#include "sys/isolated_net.h"
 
 namespace stasis::session {
 namespace {
@@ -43,6 +46,23 @@ std::string FormatUtc(int64_t unix_seconds) {
   return buf;
 }
 
+static Result<sys::NetConfig> NetFromJson(const json& j, const std::string& path) {
+  if (!j.is_object()) return Bad(path, "'net' is not an object");
+  std::string address, gateway, mac, host_mac;
+  sys::NetConfig n;
+  STASIS_TRY(GetString(j, "address", path, &address));
+  STASIS_TRY(GetString(j, "gateway", path, &gateway));
+  STASIS_TRY(GetString(j, "bridge", path, &n.bridge));
+  STASIS_TRY(GetString(j, "mac", path, &mac));
+  STASIS_TRY(GetString(j, "host_mac", path, &host_mac));
+  STASIS_TRY(GetString(j, "host_link", path, &n.host_link));
+  std::tie(n.address, n.prefix) = STASIS_TRY_CTX(sys::ParseCidr(address), path);
+  if (!gateway.empty()) n.gateway = STASIS_TRY_CTX(sys::ParseIp4(gateway), path);
+  n.mac = STASIS_TRY_CTX(sys::ParseMac(mac), path);
+  n.host_mac = STASIS_TRY_CTX(sys::ParseMac(host_mac), path);
+  return n;
+}
+
 std::string SessionToJson(const SessionInfo& info) {
   json j = {
       {"version", kMetadataVersion},
@@ -58,6 +78,15 @@ std::string SessionToJson(const SessionInfo& info) {
       {"origin", info.origin},
       {"image", info.image},
   };
+  if (info.net) {
+    const sys::NetConfig& n = *info.net;
+    j["net"] = {{"address", sys::FormatCidr(n.address, n.prefix)},
+                {"gateway", n.gateway == 0 ? "" : sys::FormatIp4(n.gateway)},
+                {"bridge", n.bridge},
+                {"mac", sys::FormatMac(n.mac)},
+                {"host_mac", sys::FormatMac(n.host_mac)},
+                {"host_link", n.host_link}};
+  }
   // Replace, not throw, on invalid UTF-8 in a command line.
   return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
@@ -82,6 +111,7 @@ Result<SessionInfo> SessionFromJson(std::string_view text, const std::string& pa
   STASIS_TRY(GetString(j, "cgroup", path, &info.cgroup));
   STASIS_TRY(GetString(j, "origin", path, &info.origin));
   STASIS_TRY(GetString(j, "image", path, &info.image));
+  if (j.contains("net")) info.net = STASIS_TRY(NetFromJson(j["net"], path));
   auto command = j.find("command");
   if (command != j.end()) {
     if (!command->is_array()) return Bad(path, "'command' is not an array");

@@ -123,6 +123,7 @@ Result<SessionInfo> RegisterRestoredSession(const std::string& state_dir,
   info.created_unix = time(nullptr);
   info.origin = "restore";
   info.image = restored.image_dir;
+  info.net = restored.net;
   if (sys::FindCgroup2Mount().ok()) {
     sys::Cgroup cgroup = STASIS_TRY(ClaimSessionCgroup(state_dir, restored.name));
     for (pid_t pid : ProcessTree(restored.init_pid)) {

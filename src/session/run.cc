@@ -17,7 +17,9 @@
 #include "session/channel.h"
 #include "session/init.h"
 #include "sys/cgroup.h"
+#include "sys/isolated_net.h"
 #include "sys/kernel_abi.h"
+#include "sys/netns.h"
 #include "sys/pidfds.h"
 #include "sys/proc.h"
 
@@ -139,6 +141,16 @@ struct Started {
   int exec_errno = 0;
 };
 
+// The network of an isolated session: the address asked for, or the lowest
+// one that no session of this state directory holds.
+Result<sys::NetConfig> PlanSessionNet(const RunOptions& options, const std::string& state_dir) {
+  std::vector<uint32_t> taken;
+  for (const SessionInfo& s : STASIS_TRY(ListSessions(state_dir))) {
+    if (s.net && s.state == SessionState::kRunning) taken.push_back(s.net->address);
+  }
+  return sys::PlanNet(options.address, options.bridge, taken);
+}
+
 Result<Started> Start(const RunOptions& options, const std::string& state_dir,
                       const sigset_t& command_sigmask) {
   StateDirLock lock = STASIS_TRY(StateDirLock::Acquire(state_dir));
@@ -151,10 +163,24 @@ Result<Started> Start(const RunOptions& options, const std::string& state_dir,
                m.error().ToString());
   }
   if (!options.name.empty()) STASIS_TRY(ClaimSessionName(state_dir, options.name));
+  // Declared before the init: on failure the init dies first, then the
+  // veth pair goes.
+  std::optional<sys::IsolatedNet> net;
+  std::optional<sys::NetConfig> net_config;
+  std::optional<sys::ScopedNetns> inside_net;
+  if (options.net_isolated) {
+    net_config = STASIS_TRY(PlanSessionNet(options, state_dir));
+    net.emplace(STASIS_TRY_CTX(sys::IsolatedNet::Create(&*net_config, /*host_up=*/true),
+                               "session network"));
+    // The init is cloned from inside, and all the session with it.
+    inside_net.emplace(STASIS_TRY(sys::ScopedNetns::Enter(net->netns_fd())));
+  }
   InitHandle init =
       STASIS_TRY(InitHandle::Clone(InitConfig{options.command, command_sigmask, options.detach}));
+  if (inside_net) STASIS_TRY(inside_net->Leave());
   Started started;
   SessionInfo& info = started.info;
+  info.net = net_config;
   info.name = options.name.empty() ? fmt::format("s-{}", init.pid()) : options.name;
   info.init_pid = init.pid();
   info.command = options.command;
@@ -164,6 +190,7 @@ Result<Started> Start(const RunOptions& options, const std::string& state_dir,
   Status launched = Launch(init, state_dir, mount, &info, &cgroup, &started.exec_errno);
   if (launched.ok()) {
     init.Commit();
+    if (net) net->Commit();
     return started;
   }
   // Killing PID 1 kills the namespace; then nothing holds the cgroup.
@@ -206,6 +233,9 @@ void CleanUpAfter(const std::string& state_dir, SessionInfo info) {
 
 Result<RunOutcome> RunSession(const RunOptions& options) {
   if (options.command.empty()) return Error::Invalid("no command to run");
+  if (!options.net_isolated && (!options.address.empty() || !options.bridge.empty())) {
+    return Error::Invalid("--address and --bridge need --net=isolated");
+  }
   if (!options.name.empty()) STASIS_TRY(ValidateName(options.name));
   std::error_code ec;
   std::string state_dir = std::filesystem::absolute(ResolveStateDir(options.state_dir), ec);

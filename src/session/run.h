@@ -27,6 +27,12 @@ struct RunOptions {
   std::string name;                  // "" for "s-<init host pid>"
   std::string state_dir;             // as given; made absolute here
   bool detach = false;
+  // --net=isolated: its own network namespace, a veth into `bridge` ("" for
+  // stasis0) and `address` ("A.B.C.D/P"; "" for the lowest free one of
+  // 10.83.0.0/16). See sys/isolated_net.h.
+  bool net_isolated = false;
+  std::string address;
+  std::string bridge;
 };
 
 struct RunOutcome {

@@ -10,7 +10,10 @@
 //    "init_start_time": 123456, "root_pid": 4243,
 //    "cgroup": "/sys/fs/cgroup/unified/stasis/web",
 //    "command": ["python3", "app.py"], "created": "2025-01-31T12:00:00Z",
-//    "created_unix": 1738324800, "origin": "run", "image": ""}
+//    "created_unix": 1738324800, "origin": "run", "image": "",
+//    "net": {"address": "10.83.0.2/16", "gateway": "10.83.0.1", "bridge": "stasis0",
+//            "mac": "02:53:0a:53:00:02", "host_mac": "02:48:0a:53:00:02",
+//            "host_link": "st0a530002"}}    ("net" only for --net=isolated)
 //
 // PIDs are host PIDs (as seen from the namespace of whoever reads the file).
 // The stored "state" is always "running"; readers compute the real state from
@@ -26,12 +29,14 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 #include "sys/cgroup.h"
+#include "sys/isolated_net.h"
 #include "sys/result.h"
 #include "sys/unique_fd.h"
 
@@ -62,6 +67,7 @@ struct SessionInfo {
   int64_t created_unix = 0;
   std::string origin = "run";                   // "run" or "restore"
   std::string image;                            // image a restored session came from, else ""
+  std::optional<sys::NetConfig> net;            // --net=isolated: its own network
   SessionState state = SessionState::kRunning;  // computed, never stored
 };
 
@@ -123,6 +129,7 @@ struct RestoredSession {
   pid_t root_pid = 0;                // host PID of the restored root task
   std::vector<std::string> command;  // the original command line, for ps
   std::string image_dir;             // informational
+  std::optional<sys::NetConfig> net;
 };
 
 // Registers a restored tree as a session: takes the lock, claims the name

@@ -216,8 +216,12 @@ TEST_F(SessionStoreTest, RegistersARestoredTreeInItsCgroup) {
   // The grandchild closed its copy too, but may not be visible yet: wait.
   for (int i = 0; i < 100 && ProcessTree(init).size() < 2; ++i) usleep(10000);
 
-  RestoredSession restored{
-      "restored-" + std::to_string(getpid()), init, init, {"app", "--x"}, "/images/app"};
+  RestoredSession restored{"restored-" + std::to_string(getpid()),
+                           init,
+                           init,
+                           {"app", "--x"},
+                           "/images/app",
+                           std::nullopt};
   auto info = RegisterRestoredSession(dir_, restored);
   ASSERT_TRUE(info.ok()) << info.error().ToString();
   EXPECT_EQ(info->origin, "restore");

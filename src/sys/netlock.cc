@@ -99,7 +99,14 @@ Result<std::string> LockRuleset(const std::string& table, const std::string& loc
       table, Match(p, l), Match(l, p));
 }
 
+namespace {
+std::atomic<bool> g_covered_by_link{false};
+}  // namespace
+
+void SetFlowLocksCoveredByLink(bool covered) { g_covered_by_link = covered; }
+
 Result<std::string> LockTcpFlow(const std::string& local, const std::string& peer) {
+  if (g_covered_by_link) return std::string(kLinkLock);
   static std::atomic<int> seq{0};
   std::string table = fmt::format("stasis_lock_{}_{}", getpid(), seq++);
   std::string rules = STASIS_TRY(LockRuleset(table, local, peer));
@@ -108,6 +115,7 @@ Result<std::string> LockTcpFlow(const std::string& local, const std::string& pee
 }
 
 Status UnlockTcpFlow(const std::string& table) {
+  if (table.empty() || table == kLinkLock) return Ok();
   return RunNft({"delete", "table", "inet", table}, "");
 }
 

@@ -12,6 +12,14 @@
 
 namespace stasis::sys {
 
+// While set (dumping an isolated session, whose host link is down: see
+// sys/isolated_net.h), no flow needs a table of its own: LockTcpFlow
+// returns kLinkLock and UnlockTcpFlow(kLinkLock) does nothing. The flow is
+// still marked as held, so that its restore resends and nudges the peer
+// (tcp_socket.cc) once the link is up again.
+inline constexpr char kLinkLock[] = "session-link";
+void SetFlowLocksCoveredByLink(bool covered);
+
 // local and peer are struct sockaddr_in / sockaddr_in6 bytes. Returns the
 // table name.
 Result<std::string> LockTcpFlow(const std::string& local, const std::string& peer);

@@ -1,0 +1,77 @@
+#include "checkpoint/session_net.h"
+
+#include <fmt/format.h>
+
+#include <utility>
+
+#include "checkpoint/task_dump.h"
+#include "sys/netlock.h"
+#include "sys/proc.h"
+
+namespace stasis::checkpoint {
+
+Result<SessionNetDump> SessionNetDump::Begin(pid_t init_pid, pid_t root,
+                                             const sys::NetConfig& net) {
+  std::string ns = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/net", init_pid)));
+  std::string root_ns = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/net", root)));
+  if (root_ns != ns) {
+    return Error::Unsupported(fmt::format(
+        "pid {} is not in the network namespace of its session's init (pid {})", root, init_pid));
+  }
+  sys::UniqueFd fd = STASIS_TRY(sys::OpenNetnsOf(init_pid));
+  AllowSessionNetns(ns);
+  return SessionNetDump(net, std::move(fd));
+}
+
+SessionNetDump::SessionNetDump(SessionNetDump&& o) noexcept
+    : net_(std::move(o.net_)),
+      netns_(std::move(o.netns_)),
+      inside_(std::move(o.inside_)),
+      locked_(o.locked_),
+      killed_(o.killed_),
+      active_(std::exchange(o.active_, false)) {
+  o.inside_.reset();
+}
+
+Status SessionNetDump::Lock() {
+  STASIS_TRY(sys::SetHostLinkUp(net_.host_link, false));
+  locked_ = true;
+  sys::SetFlowLocksCoveredByLink(true);
+  inside_.emplace(STASIS_TRY(sys::ScopedNetns::Enter(netns_.get())));
+  return Ok();
+}
+
+Status SessionNetDump::Unlock() {
+  inside_.reset();
+  if (!locked_) return Ok();
+  locked_ = false;
+  return sys::SetHostLinkUp(net_.host_link, true);
+}
+
+void SessionNetDump::WaitSessionGone() {
+  // The tree is dead: its link goes now, rather than whenever the kernel
+  // gets round to freeing the namespace (seconds on a busy host).
+  Status deleted = sys::DeleteHostLink(net_.host_link);
+  if (!deleted.ok()) fmt::print(stderr, "stasis: warning: {}\n", deleted.error().ToString());
+  if (!sys::WaitLinkGone(net_.host_link, std::chrono::seconds(5))) {
+    fmt::print(stderr, "stasis: warning: the session link {} is still there 5 s after the dump\n",
+               net_.host_link);
+  }
+}
+
+SessionNetDump::~SessionNetDump() {
+  if (!active_) return;
+  inside_.reset();
+  sys::SetFlowLocksCoveredByLink(false);
+  AllowSessionNetns("");
+  netns_.reset();
+  if (killed_) WaitSessionGone();
+  if (locked_ && !killed_) {
+    Status up = sys::SetHostLinkUp(net_.host_link, true);
+    if (!up.ok()) {
+      fmt::print(stderr, "stasis: warning: network lock: {}\n", up.error().ToString());
+    }
+  }
+}
+
+}  // namespace stasis::checkpoint

@@ -1,0 +1,230 @@
+#include "sys/isolated_net.h"
+
+#include <arpa/inet.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "sys/netns.h"
+
+namespace stasis::sys {
+namespace {
+
+uint32_t Mask(int prefix) { return prefix == 0 ? 0 : htonl(~0u << (32 - prefix)); }
+
+// 02:53 ('S', locally administered, unicast), then a tag and the address.
+Mac DerivedMac(uint8_t tag, uint32_t addr) {
+  const uint8_t* a = reinterpret_cast<const uint8_t*>(&addr);
+  return {0x02, tag, a[0], a[1], a[2], a[3]};
+}
+
+Mac BridgeMac(const std::string& name) {
+  uint32_t h = 2166136261u;  // FNV-1a of the name
+  for (char c : name) h = (h ^ static_cast<uint8_t>(c)) * 16777619u;
+  return DerivedMac(0x42, h);
+}
+
+Status ConfigureInside(int netns_fd, const NetConfig& c) {
+  ScopedNetns inside = STASIS_TRY(ScopedNetns::Enter(netns_fd));
+  Rtnl rtnl = STASIS_TRY(Rtnl::Open());
+  NlMessage lo = BuildSetUp(STASIS_TRY(rtnl.IndexOf("lo")), true);
+  STASIS_TRY(rtnl.Request(lo, "bring up lo in the session"));
+  int eth = STASIS_TRY(rtnl.IndexOf(kSessionLink));
+  NlMessage addr = BuildNewAddr4(eth, c.address, c.prefix);
+  STASIS_TRY(rtnl.Request(addr, "add " + FormatCidr(c.address, c.prefix) + " to the session"));
+  NlMessage up = BuildSetUp(eth, true);
+  STASIS_TRY(rtnl.Request(up, "bring up the session's eth0"));
+  if (c.gateway != 0) {
+    NlMessage route = BuildDefaultRoute4(eth, c.gateway);
+    STASIS_TRY(rtnl.Request(route, "default route via " + FormatIp4(c.gateway)));
+  }
+  return inside.Leave();
+}
+
+// The gateway a new bridge gets: the subnet's first host, or its last when
+// the session holds the first.
+uint32_t DefaultGateway(const NetConfig& c) {
+  uint32_t net = ntohl(c.address & Mask(c.prefix));
+  uint32_t first = net + 1, last = (net | ~ntohl(Mask(c.prefix))) - 1;
+  return htonl(htonl(first) == c.address ? last : first);
+}
+
+// The bridge's index, created (with the gateway address, up) if missing.
+Result<int> EnsureBridge(Rtnl& host, NetConfig* c) {
+  Result<int> found = host.IndexOf(c->bridge);
+  if (found.ok()) {
+    if (c->gateway == 0) {
+      for (auto [addr, prefix] : STASIS_TRY(host.Addresses4(*found))) {
+        if ((addr & Mask(c->prefix)) == (c->address & Mask(c->prefix)) && addr != c->address) {
+          c->gateway = addr;
+          break;
+        }
+      }
+    }
+    return found;
+  }
+  if (found.error().code() != ErrorCode::kNotFound) return std::move(found).error();
+  NlMessage create = BuildNewBridge(c->bridge, BridgeMac(c->bridge));
+  Status made = host.Request(create, "create bridge " + c->bridge);
+  // Another session may have made it meanwhile.
+  if (!made.ok() && made.error().errnum() != EEXIST) return std::move(made).error();
+  int index = STASIS_TRY(host.IndexOf(c->bridge));
+  if (made.ok()) {
+    if (c->gateway == 0) c->gateway = DefaultGateway(*c);
+    NlMessage addr = BuildNewAddr4(index, c->gateway, c->prefix);
+    STASIS_TRY(host.Request(addr, "add gateway address to bridge " + c->bridge));
+    NlMessage up = BuildSetUp(index, true);
+    STASIS_TRY(host.Request(up, "bring up bridge " + c->bridge));
+  }
+  return index;
+}
+
+}  // namespace
+
+std::string FormatIp4(uint32_t addr) {
+  char buf[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &addr, buf, sizeof(buf));
+  return buf;
+}
+
+Result<uint32_t> ParseIp4(const std::string& text) {
+  in_addr a;
+  if (inet_pton(AF_INET, text.c_str(), &a) != 1) {
+    return Error::Invalid(fmt::format("'{}' is not an IPv4 address", text));
+  }
+  return a.s_addr;
+}
+
+std::string FormatMac(const Mac& m) {
+  return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4],
+                     m[5]);
+}
+
+Result<Mac> ParseMac(const std::string& text) {
+  Mac m;
+  unsigned v[6];
+  char tail;
+  if (sscanf(text.c_str(), "%x:%x:%x:%x:%x:%x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+             &tail) != 6 ||
+      std::any_of(v, v + 6, [](unsigned x) { return x > 255; })) {
+    return Error::Invalid(fmt::format("'{}' is not a MAC address", text));
+  }
+  for (int i = 0; i < 6; ++i) m[i] = static_cast<uint8_t>(v[i]);
+  return m;
+}
+
+std::string FormatCidr(uint32_t addr, int prefix) {
+  return fmt::format("{}/{}", FormatIp4(addr), prefix);
+}
+
+Result<std::pair<uint32_t, int>> ParseCidr(const std::string& text) {
+  size_t slash = text.find('/');
+  if (slash == std::string::npos) {
+    return Error::Invalid(fmt::format("address '{}': give ADDR/PREFIX, e.g. 10.83.0.2/16", text));
+  }
+  uint32_t addr = STASIS_TRY(ParseIp4(text.substr(0, slash)));
+  std::string p = text.substr(slash + 1);
+  char* end = nullptr;
+  long prefix = strtol(p.c_str(), &end, 10);
+  if (p.empty() || *end != '\0' || prefix < 1 || prefix > 30) {
+    return Error::Invalid(fmt::format("address '{}': prefix length must be 1 to 30", text));
+  }
+  uint32_t host = addr & ~Mask(static_cast<int>(prefix));
+  if (host == 0 || host == ~Mask(static_cast<int>(prefix))) {
+    return Error::Invalid(fmt::format("address '{}' is its subnet's network or broadcast", text));
+  }
+  return std::make_pair(addr, static_cast<int>(prefix));
+}
+
+Result<NetConfig> PlanNet(const std::string& cidr, const std::string& bridge,
+                          const std::vector<uint32_t>& taken) {
+  NetConfig c;
+  c.bridge = bridge.empty() ? kDefaultBridge : bridge;
+  if (c.bridge.size() >= 16) return Error::Invalid("bridge name longer than 15 characters");
+  if (!cidr.empty()) {
+    std::tie(c.address, c.prefix) = STASIS_TRY(ParseCidr(cidr));
+  } else {
+    c.prefix = kDefaultPrefix;
+    uint32_t base = ntohl(STASIS_TRY(ParseIp4(kDefaultNetwork)));
+    // .1 is the gateway of a bridge stasis makes.
+    for (uint32_t host = 2; host < (1u << (32 - c.prefix)) - 1; ++host) {
+      uint32_t a = htonl(base + host);
+      if (std::find(taken.begin(), taken.end(), a) == taken.end()) {
+        c.address = a;
+        break;
+      }
+    }
+    if (c.address == 0) return Error::Invalid(fmt::format("no free address in {}", kDefaultSubnet));
+  }
+  c.mac = DerivedMac(0x53, c.address);
+  c.host_mac = DerivedMac(0x48, c.address);
+  c.host_link = fmt::format("st{:08x}", ntohl(c.address));
+  return c;
+}
+
+Result<IsolatedNet> IsolatedNet::Create(NetConfig* config, bool host_up) {
+  Rtnl host = STASIS_TRY(Rtnl::Open());
+  int bridge = STASIS_TRY(EnsureBridge(host, config));
+  UniqueFd netns = STASIS_TRY(CreateNetns());
+  VethSpec veth = {config->host_link, config->host_mac, bridge,
+                   kSessionLink,      config->mac,      netns.get()};
+  NlMessage create = BuildNewVeth(veth);
+  Status made = host.Request(create, "create veth " + config->host_link);
+  if (!made.ok() && made.error().errnum() == EEXIST) {
+    return Error::Invalid(
+        fmt::format("address {} is in use: network link {} exists (is a session with this address "
+                    "still running?)",
+                    FormatIp4(config->address), config->host_link));
+  }
+  STASIS_TRY(std::move(made));
+  int index = STASIS_TRY(host.IndexOf(config->host_link));
+  IsolatedNet net(std::move(host), std::move(netns), index);
+  STASIS_TRY_CTX(ConfigureInside(net.netns_fd(), *config), "session network");
+  if (host_up) STASIS_TRY(net.SetHostUp(true));
+  return net;
+}
+
+IsolatedNet::~IsolatedNet() {
+  if (committed_ || host_index_ == 0) return;
+  // Deleting one end deletes the pair.
+  NlMessage del = BuildDelLink(host_index_);
+  (void)host_.Request(del, "delete veth");
+}
+
+Status IsolatedNet::SetHostUp(bool up) {
+  NlMessage m = BuildSetUp(host_index_, up);
+  return host_.Request(m, up ? "bring up the session link" : "take down the session link");
+}
+
+Status SetHostLinkUp(const std::string& host_link, bool up) {
+  Rtnl host = STASIS_TRY(Rtnl::Open());
+  int index = STASIS_TRY(host.IndexOf(host_link));
+  NlMessage m = BuildSetUp(index, up);
+  return host.Request(m, fmt::format("{} the session link {}",
+                                     up ? "bring up" : "take down (network lock)", host_link));
+}
+
+Status DeleteHostLink(const std::string& host_link) {
+  Rtnl host = STASIS_TRY(Rtnl::Open());
+  Result<int> index = host.IndexOf(host_link);
+  if (!index.ok() && index.error().code() == ErrorCode::kNotFound) return Ok();
+  NlMessage del = BuildDelLink(STASIS_TRY(std::move(index)));
+  Status deleted = host.Request(del, "delete the session link " + host_link);
+  if (!deleted.ok() && deleted.error().errnum() == ENODEV) return Ok();
+  return deleted;
+}
+
+bool WaitLinkGone(const std::string& host_link, std::chrono::milliseconds timeout) {
+  Result<Rtnl> host = Rtnl::Open();
+  if (!host.ok()) return false;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    Result<int> index = host->IndexOf(host_link);
+    if (!index.ok() && index.error().code() == ErrorCode::kNotFound) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+}  // namespace stasis::sys
