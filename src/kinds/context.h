@@ -164,6 +164,11 @@ struct RestoreContext {
   // Run once every File exists, in order: a TCP socket leaves repair mode
   // only when its peer exists too.
   std::vector<std::function<Status()>> finishers;
+  // Run after the finishers, once an isolated session's link is up again
+  // (the lock of all its flows at once, sys/netlock.h kLinkLock): what must
+  // reach the outside peers, and may only be sent once no socket of the
+  // session is left in repair mode (one that is drops what arrives).
+  std::vector<std::function<Status()>> after_link_up;
   // Descriptions the restorer keeps until the end (an object's read-write
   // handle when the task only had a read-only one).
   std::vector<sys::UniqueFd> keep_alive;

@@ -259,20 +259,33 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
   }
   auto held = std::make_shared<sys::UniqueFd>(fcntl(f, F_DUPFD_CLOEXEC, 0));
   std::string unsent = sq.substr(sent);
-  ctx.finishers.push_back([held, unsent, s, resend]() -> Status {
+  // The socket owns the connection again: its peer's packets may come in,
+  // and what it sends reaches the peer. The peer is nudged before anything
+  // we send acknowledges new data (the window probe of leaving repair mode
+  // does). With a lock per flow: unlock, nudge, leave repair mode, send. An
+  // isolated session's link comes up only once every socket of the session
+  // left repair mode (its probe is lost, harmlessly); nudge and send follow.
+  auto send_rest = [held, unsent, s, resend]() -> Status {
     int h = held->get();
-    // The socket owns the connection again: let the peer's packets in, then
-    // the window probe that leaving repair mode sends reaches the peer.
-    if (resend) {
-      STASIS_TRY(sys::UnlockTcpFlow(s.lock_table()));
-      NudgePeer(s);
-    }
-    STASIS_TRY(sys::SetIntOpt(h, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"));
     // Never sent (or to be sent again): sent now, as ordinary data.
     STASIS_TRY(Send(h, unsent.data(), unsent.size()));
     STASIS_TRY(tcp_states::ReplayAfterRepair(h, s, resend));
     STASIS_TRY(sys::SetIntOpt(h, SOL_SOCKET, SO_REUSEADDR, s.reuseaddr(), "SO_REUSEADDR"));
     STASIS_TRY(SetOptions(h, s));
+    return Ok();
+  };
+  bool by_link = s.lock_table() == sys::kLinkLock;
+  ctx.finishers.push_back([&ctx, held, s, resend, by_link, send_rest]() -> Status {
+    if (resend && !by_link) {
+      STASIS_TRY(sys::UnlockTcpFlow(s.lock_table()));
+      NudgePeer(s);
+    }
+    STASIS_TRY(sys::SetIntOpt(held->get(), IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"));
+    if (!by_link) return send_rest();
+    ctx.after_link_up.push_back([s, send_rest]() -> Status {
+      NudgePeer(s);
+      return send_rest();
+    });
     return Ok();
   });
   return fd;

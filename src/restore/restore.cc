@@ -122,10 +122,11 @@ Status CheckHost(const ImageHead& head) {
   return kinds::vdso::CheckCompatible(head.manifest, head.procs[0]);
 }
 
-// before_finish runs once every file exists, before the kinds' finishers
-// (sockets leave repair mode, network locks come down).
+// link_up runs once every file exists and the kinds' finishers ran
+// (sockets left repair mode, nftables locks came down): it brings an
+// isolated session's link up, before what must reach the outside peers.
 Result<LocalFiles> CreateFiles(const std::vector<image::File>& files,
-                               const std::function<Status()>& before_finish) {
+                               const std::function<Status()>& link_up) {
   kinds::RestoreContext ctx;
   LocalFiles out;
   for (bool last_pass : {false, true}) {
@@ -139,8 +140,9 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files,
       out[file.id()] = std::move(fd);
     }
   }
-  STASIS_TRY(before_finish());
   for (auto& finish : ctx.finishers) STASIS_TRY(finish());
+  STASIS_TRY(link_up());
+  for (auto& step : ctx.after_link_up) STASIS_TRY(step());
   return out;
 }
 
@@ -292,10 +294,15 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
                                "rebuild the session network"));
     inside_net.emplace(STASIS_TRY(sys::ScopedNetns::Enter(net->netns_fd())));
   }
-  // The session's link comes up as its sockets leave repair mode: the
-  // window probes and nudges they send must reach the outside peers.
+  // The session's link comes up once its sockets left repair mode (one
+  // still in it drops what arrives), before their resends and nudges.
   LocalFiles files = STASIS_TRY(CreateFiles(head.files, [&]() -> Status {
-    if (net) STASIS_TRY(net->SetHostUp(true));
+    if (!net) return Ok();
+    STASIS_TRY(net->SetHostUp(true));
+    if (!sys::WaitLinkForwarding(result_net->host_link, std::chrono::milliseconds(500))) {
+      fmt::print(stderr, "stasis: warning: session link {} is not forwarding yet\n",
+                 result_net->host_link);
+    }
     return Ok();
   }));
   STASIS_TRY(FillShmem(records, files));

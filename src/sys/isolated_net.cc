@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <fstream>
 #include <thread>
 
 #include "sys/netns.h"
@@ -213,6 +214,30 @@ Status DeleteHostLink(const std::string& host_link) {
   Status deleted = host.Request(del, "delete the session link " + host_link);
   if (!deleted.ok() && deleted.error().errnum() == ENODEV) return Ok();
   return deleted;
+}
+
+namespace {
+
+std::string ReadSysfs(const std::string& path) {
+  std::ifstream in(path);
+  std::string value;
+  std::getline(in, value);
+  return value;
+}
+
+}  // namespace
+
+bool WaitLinkForwarding(const std::string& host_link, std::chrono::milliseconds timeout) {
+  std::string dir = "/sys/class/net/" + host_link;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    std::string bridge_state = ReadSysfs(dir + "/brport/state");  // 3: BR_STATE_FORWARDING
+    if (ReadSysfs(dir + "/operstate") == "up" && (bridge_state.empty() || bridge_state == "3")) {
+      return true;
+    }
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 bool WaitLinkGone(const std::string& host_link, std::chrono::milliseconds timeout) {

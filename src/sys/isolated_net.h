@@ -99,6 +99,10 @@ Status SetHostLinkUp(const std::string& host_link, bool up);
 // take a while to be freed; its link need not wait for that). A link
 // already gone is fine.
 Status DeleteHostLink(const std::string& host_link);
+// Waits until the host link carries traffic: operstate up (the veth's
+// carrier comes up asynchronously) and, as a bridge port, forwarding. What
+// is sent before that is lost. False on timeout.
+bool WaitLinkForwarding(const std::string& host_link, std::chrono::milliseconds timeout);
 // Waits until the host link is gone (its namespace freed once the session
 // ended); false on timeout.
 bool WaitLinkGone(const std::string& host_link, std::chrono::milliseconds timeout);
