@@ -256,6 +256,14 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   STASIS_TRY(FillShmem(records, files));
   STASIS_TRY(ReadProcesses(records, &head));
   STASIS_TRY(CheckHost(head));
+  auto fd_of = [&files](uint64_t id) -> Result<int> {
+    auto it = files.find(id);
+    if (it == files.end()) return Error::Corrupt(fmt::format("no file {} to seal", id));
+    return it->second.get();
+  };
+  STASIS_TRY_CTX(
+      kinds::shmem::AddSeals(head.files, head.procs, fd_of, kinds::shmem::SealTime::kBeforeMapping),
+      "restore memfd seals");
 
   RestoreResult result;
   result.pid = head.procs[0].pid();
@@ -274,6 +282,9 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   STASIS_TRY_CTX(MakeGroups(head.procs, &tree), "restore process groups");
   STASIS_TRY_CTX(EndZombies(&tree), "restore zombies");
   STASIS_TRY(RunAfterTree(tree));
+  STASIS_TRY_CTX(
+      kinds::shmem::AddSeals(head.files, head.procs, fd_of, kinds::shmem::SealTime::kAfterMapping),
+      "restore memfd seals");
   for (TreeProcess& t : tree) {
     if (t.build) STASIS_TRY_CTX(t.build->Finish(), fmt::format("restore pid {}", t.proc->pid()));
   }
