@@ -139,7 +139,8 @@ std::vector<TreeTask*> DepthFirst(std::vector<TreeTask>& frozen) {
 }
 
 Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* manifest,
-                              std::vector<std::function<void()>>* undo_if_kept) {
+                              std::vector<std::function<void()>>* undo_if_kept,
+                              const kinds::DumpPolicy& policy) {
   TreeImage tree;
   std::map<pid_t, pid_t> own_pid;  // host pid -> pid in the tree's namespace
   std::map<pid_t, size_t> index;   // host pid -> tree.tasks index
@@ -167,7 +168,7 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
   for (size_t i = 0; i < order.size(); ++i) {
     if (!order[i]->zombie) fd_tasks.push_back({order[i]->host_pid, &tree.tasks[i].proc});
   }
-  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem, undo_if_kept));
+  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem, undo_if_kept, policy));
   std::vector<kinds::shmem::TaskVmas> vma_tasks;
   for (const TreeFdsInput& t : fd_tasks) vma_tasks.push_back({t.host_pid, t.proc});
   uint64_t next_id = tree.files.size();
@@ -239,7 +240,8 @@ Result<DumpStats> Dump(const DumpOptions& options) {
       }
     }
   } undo;
-  TreeImage tree = STASIS_TRY_CTX(CollectTree(frozen, &manifest, &undo.steps), "dump");
+  TreeImage tree =
+      STASIS_TRY_CTX(CollectTree(frozen, &manifest, &undo.steps, options.policy), "dump");
   FillManifest(tree.tasks[0].proc, &manifest);
   manifest.set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest.add_session_command(arg);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kinds/policy.h"
 #include "sys/result.h"
 
 namespace stasis::checkpoint {
@@ -26,6 +27,8 @@ struct DumpOptions {
   // Recorded in the manifest so that restore makes the tree a session again.
   std::string session_name;
   std::vector<std::string> session_command;
+  // Objects tied to the outside of the tree the user lets through.
+  kinds::DumpPolicy policy;
 };
 
 struct DumpStats {

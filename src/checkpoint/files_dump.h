@@ -23,6 +23,7 @@ struct TreeFdsInput {
 // (DumpContext::undo_if_kept).
 Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files,
                         std::vector<kinds::ContentSource>* contents,
-                        std::vector<std::function<void()>>* undo);
+                        std::vector<std::function<void()>>* undo,
+                        const kinds::DumpPolicy& policy = {});
 
 }  // namespace stasis::checkpoint

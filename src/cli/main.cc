@@ -103,6 +103,16 @@ int main(int argc, char** argv) {
                      "(with TCP repair, and a network lock for outside peers)");
   dump_cmd->add_flag("-R,--leave-running", dump.leave_running,
                      "Let the process go on after the dump instead of killing it");
+  std::string external_unix = "refuse";
+  dump_cmd
+      ->add_option("--external-unix", external_unix,
+                   "A unix socket whose peer is outside the tree: refuse (default) the dump, or "
+                   "close: carry it as if that peer had closed (reads give EOF, writes EPIPE or "
+                   "ECONNREFUSED)")
+      ->check(CLI::IsMember({"refuse", "close"}));
+  dump_cmd->add_flag("--shell-job", dump.policy.shell_job,
+                     "Allow a terminal whose master is outside the tree (the shell's): restore "
+                     "--shell-job connects it to the restorer's terminal");
 
   stasis::restore::RestoreOptions restore;
   std::string pid_ns = "new";
@@ -144,6 +154,7 @@ int main(int argc, char** argv) {
     } else if (dump.pid == 0) {
       return Fail(stasis::Error::Invalid("dump needs -t PID or --session NAME"));
     }
+    dump.policy.external_unix_close = external_unix == "close";
     return RunDump(dump);
   }
   if (*restore_cmd) {

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "kinds/policy.h"
 #include "process.pb.h"
 #include "sys/proc.h"
 #include "sys/result.h"
@@ -99,6 +100,7 @@ struct ContentSource {
 };
 
 struct DumpContext {
+  DumpPolicy policy;
   std::vector<FdIndexEntry> fd_index;
   // Shared-memory objects found through fds so far (shmem.h).
   std::vector<ContentSource> content_sources;

@@ -8,6 +8,7 @@ restore it (N times), trigger it and expect it to print PASS.
                 [--expect-dump-failure REGEX] [--xfail-dump-refusal REGEX]
                 [--corrupt flip-page|truncate] [--change-file-size RELPATH]
                 [--inspect] [--no-dump] [--timeout 60]
+                [--dump-arg ARG]... [--restore-arg ARG]...
 
 The program runs in a fresh temp dir (its cwd and $TMPDIR) with stdin from
 /dev/null and stdout+stderr appended to temp/log. In REGEX, "{pid}" stands
@@ -453,6 +454,7 @@ class Case:
             os.mkdir(img)
             self.tracer_before = tracer_pid(pid)
             argv = ["dump", "-t", str(pid), "-D", img] + (["--leave-running"] if a.leave_running else [])
+            argv += a.dump_arg
             rc, _out, err, t_dump = self.stasis(*argv)
             if a.expect_dump_failure:
                 regex = a.expect_dump_failure.replace("{pid}", str(pid))
@@ -557,6 +559,7 @@ def parse_args(argv):
     p.add_argument("--no-dump", action="store_true", help="run the program alone (checks the program itself)")
     p.add_argument("--user", help="run the program as this user (e.g. nobody)")
     p.add_argument("--restore-arg", action="append", default=[], help="extra argument for stasis restore")
+    p.add_argument("--dump-arg", action="append", default=[], help="extra argument for stasis dump")
     p.add_argument("--timeout", type=float, default=60.0)
     a = p.parse_args(argv)
     if not a.no_dump and not a.stasis:
