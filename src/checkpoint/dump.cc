@@ -17,6 +17,7 @@
 #include "checkpoint/task_dump.h"
 #include "checkpoint/tree.h"
 #include "image/stream.h"
+#include "kinds/pty.h"
 #include "kinds/shmem.h"
 #include "sys/cgroup.h"
 #include "sys/kernel_abi.h"
@@ -243,6 +244,10 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   TreeImage tree =
       STASIS_TRY_CTX(CollectTree(frozen, &manifest, &undo.steps, options.policy), "dump");
   FillManifest(tree.tasks[0].proc, &manifest);
+  if (options.policy.shell_job) {
+    *manifest.mutable_shell_job() =
+        STASIS_TRY_CTX(kinds::pty::DumpShellJob(pid, tree.host_pids, tree.files), "dump");
+  }
   manifest.set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest.add_session_command(arg);
   image::Writer writer(*sink);

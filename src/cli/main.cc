@@ -126,6 +126,9 @@ int main(int argc, char** argv) {
                    "host: this namespace, if the PID is free")
       ->check(CLI::IsMember({"new", "host"}));
   restore_cmd->add_flag("--tcp-established", tcp_established, "Accepted for CRIU users: always on");
+  restore_cmd->add_flag("--shell-job", restore.shell_job,
+                        "The image was dumped with --shell-job: give its terminal fds this "
+                        "process's terminal (stdin) and make the tree a job on it");
   std::string restore_name;
   restore_cmd->add_option("--name", restore_name,
                           "Make the restored tree a session of this name (default: the dumped "

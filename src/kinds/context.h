@@ -150,6 +150,8 @@ struct RestoreContext {
   // AF_UNIX sockets, all built with the first unix socket File, each taken
   // by its own File's restore (unix_socket_internal.h).
   std::shared_ptr<unix_socket::Sockets> unix_sockets;
+  // restore --shell-job: the external terminal is the restorer's stdin.
+  bool shell_job = false;
 };
 
 // Describes an fd for error messages: "pid 42 fd 7 (pipe:[1234])".

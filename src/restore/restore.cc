@@ -11,6 +11,7 @@
 #include <set>
 
 #include "kinds/memory.h"
+#include "kinds/pty.h"
 #include "kinds/registry.h"
 #include "kinds/shmem.h"
 #include "kinds/vdso.h"
@@ -72,6 +73,18 @@ Result<ImageHead> ReadFiles(Records& records) {
   return head;
 }
 
+// An image of a shell job needs a terminal to be restored on, and only
+// such an image takes one.
+Status CheckShellJob(const image::Manifest& manifest, const RestoreOptions& options) {
+  if (!options.shell_job) {
+    if (!manifest.shell_job().has_ctty()) return Ok();
+    return Error::Unsupported(
+        "the image is a job of a terminal outside the dumped tree (dumped with --shell-job): "
+        "restore it with --shell-job, from the terminal it is to run on");
+  }
+  return kinds::pty::CheckShellJobTerminal();
+}
+
 // Contents of the shared-memory objects, written into the new objects
 // through a read-write description of each (the task's may be read-only).
 Status FillShmem(Records& records, const LocalFiles& files) {
@@ -120,8 +133,9 @@ Status CheckHost(const ImageHead& head) {
   return kinds::vdso::CheckCompatible(head.manifest, head.procs[0]);
 }
 
-Result<LocalFiles> CreateFiles(const std::vector<image::File>& files) {
+Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell_job) {
   kinds::RestoreContext ctx;
+  ctx.shell_job = shell_job;
   LocalFiles out;
   for (bool last_pass : {false, true}) {
     for (const image::File& file : files) {
@@ -252,7 +266,8 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   STASIS_TRY(reader.Begin());
   Records records(reader);
   ImageHead head = STASIS_TRY(ReadFiles(records));
-  LocalFiles files = STASIS_TRY(CreateFiles(head.files));
+  STASIS_TRY(CheckShellJob(head.manifest, options));
+  LocalFiles files = STASIS_TRY(CreateFiles(head.files, options.shell_job));
   STASIS_TRY(FillShmem(records, files));
   STASIS_TRY(ReadProcesses(records, &head));
   STASIS_TRY(CheckHost(head));
@@ -287,6 +302,11 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
       "restore memfd seals");
   for (TreeProcess& t : tree) {
     if (t.build) STASIS_TRY_CTX(t.build->Finish(), fmt::format("restore pid {}", t.proc->pid()));
+  }
+  if (options.shell_job && head.manifest.shell_job().foreground()) {
+    const image::Process& root = head.procs[0];
+    pid_t pgrp = root.pgid() == root.pid() ? tree[0].host_pid : getpgrp();
+    STASIS_TRY_CTX(kinds::pty::MakeForeground(pgrp), "restore --shell-job: foreground group");
   }
   result.init_host_pid = spawner.init_host_pid();
   result.session_name = head.manifest.session_name();

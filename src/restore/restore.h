@@ -27,6 +27,9 @@ struct RestoreResult {
 struct RestoreOptions {
   std::string dir;
   bool new_pid_ns = true;  // --pid-ns=host restores into the current namespace
+  // --shell-job: the image's external terminal is this process's terminal
+  // (stdin, its controlling terminal), and the tree a job on it.
+  bool shell_job = false;
   // Runs once the tree is built, while every task is still stopped (e.g. to
   // move it into a session's cgroup before anything can fork); a failure
   // fails the restore.
