@@ -336,7 +336,11 @@ Status AfterTree(RemoteTask& task, const image::Process& proc, const image::File
     return Ok();
   }
   image::PtySlaveState state;
-  if (!file.state().UnpackTo(&state)) return Error::Corrupt("pty state does not parse");
+  if (!file.state().UnpackTo(&state)) {
+    // The external terminal's job state is the restorer's (restore.cc).
+    if (file.state().Is<image::ExternalTtyState>()) return Ok();
+    return Error::Corrupt("pty state does not parse");
+  }
   const image::PtyJob& job = state.job();
   if (job.session() != proc.pid() || job.foreground_pgrp() == 0) return Ok();
   // Once set, a second TIOCSPGRP from the leader (now in the background)

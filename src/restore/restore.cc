@@ -15,6 +15,7 @@
 #include "kinds/registry.h"
 #include "kinds/shmem.h"
 #include "kinds/vdso.h"
+#include "pty.pb.h"
 #include "restore/puppet.h"
 #include "restore/spawn.h"
 #include "restore/tree.h"
@@ -75,9 +76,11 @@ Result<ImageHead> ReadFiles(Records& records) {
 
 // An image of a shell job needs a terminal to be restored on, and only
 // such an image takes one.
-Status CheckShellJob(const image::Manifest& manifest, const RestoreOptions& options) {
+Status CheckShellJob(const ImageHead& head, const RestoreOptions& options) {
+  bool needs = head.manifest.shell_job().has_ctty();
+  for (const image::File& f : head.files) needs |= f.state().Is<image::ExternalTtyState>();
+  if (!needs) return Ok();
   if (!options.shell_job) {
-    if (!manifest.shell_job().has_ctty()) return Ok();
     return Error::Unsupported(
         "the image is a job of a terminal outside the dumped tree (dumped with --shell-job): "
         "restore it with --shell-job, from the terminal it is to run on");
@@ -266,7 +269,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   STASIS_TRY(reader.Begin());
   Records records(reader);
   ImageHead head = STASIS_TRY(ReadFiles(records));
-  STASIS_TRY(CheckShellJob(head.manifest, options));
+  STASIS_TRY(CheckShellJob(head, options));
   LocalFiles files = STASIS_TRY(CreateFiles(head.files, options.shell_job));
   STASIS_TRY(FillShmem(records, files));
   STASIS_TRY(ReadProcesses(records, &head));
