@@ -111,7 +111,13 @@ Result<Target> BindStandIn(int fd, const std::string& name) {
     addr.set_name(name);
     return BindName(fd, addr, /*keep=*/false);
   }
-  STASIS_TRY(BindAside(fd, name));
+  if (!BindAside(fd, name).ok()) {
+    // No mount namespace to be had (no CAP_SYS_ADMIN, a seccomp policy):
+    // the path is moved aside for a moment, as for other stand-ins.
+    image::UnixAddress addr;
+    addr.set_name(name);
+    return BindName(fd, addr, /*keep=*/false);
+  }
   Target target;
   target.file.reset(ioctl(fd, kSiocUnixFile));
   if (!target.file.valid()) return Error::Errno(fmt::format("SIOCUNIXFILE of {}", name));
