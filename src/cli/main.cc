@@ -1,7 +1,11 @@
 // stasis: checkpoint and restore running Linux processes.
 #include <fmt/format.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
 
 #include "checkpoint/dump.h"
@@ -34,12 +38,32 @@ int RunDump(const stasis::checkpoint::DumpOptions& options) {
   return 0;
 }
 
+// restore --shell-job: the tree is a job in our process group, which is
+// the one the shell knows; we stay, as that job, until the tree ends, and
+// end as it did. ^C and ^\ reach the tree directly (it is in the group);
+// ^Z stops us with it, and fg continues both.
+int WaitForJob(const stasis::restore::RestoreResult& result) {
+  std::fflush(stdout);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  // The init of the tree's PID namespace ends with the root's status; with
+  // --pid-ns=host the root is our own child.
+  pid_t child = result.init_host_pid != 0 ? result.init_host_pid : result.host_pid;
+  int status = 0;
+  while (waitpid(child, &status, 0) < 0) {
+    if (errno != EINTR) return Fail(stasis::Error::Errno("wait for the restored job"));
+  }
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
 int RunRestore(const stasis::restore::RestoreOptions& options) {
   auto result = stasis::restore::Restore(options);
   if (!result.ok()) return Fail(result.error());
   fmt::print(stderr, "stasis: restored pid {} (host pid {}) from {} in {:.1f} ms\n", result->pid,
              result->host_pid, options.dir, result->total_ms);
   fmt::print("{}\n", result->host_pid);
+  if (result->shell_job) return WaitForJob(*result);
   return 0;
 }
 
@@ -128,7 +152,8 @@ int main(int argc, char** argv) {
   restore_cmd->add_flag("--tcp-established", tcp_established, "Accepted for CRIU users: always on");
   restore_cmd->add_flag("--shell-job", restore.shell_job,
                         "The image was dumped with --shell-job: give its terminal fds this "
-                        "process's terminal (stdin) and make the tree a job on it");
+                        "process's terminal (stdin), make the tree a job on it in this "
+                        "process's group, and wait for it to end (exit with its status)");
   std::string restore_name;
   restore_cmd->add_option("--name", restore_name,
                           "Make the restored tree a session of this name (default: the dumped "

@@ -297,7 +297,10 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
   STASIS_TRY(ReadTrailer(records, builder.pages));
   result.pages = builder.pages;
-  STASIS_TRY_CTX(MakeGroups(head.procs, &tree), "restore process groups");
+  // A shell job joins the restorer's group, the job the shell knows.
+  bool job = options.shell_job && head.manifest.shell_job().has_ctty() &&
+             head.procs[0].sid() != head.procs[0].pid();
+  STASIS_TRY_CTX(MakeGroups(head.procs, &tree, job), "restore process groups");
   STASIS_TRY_CTX(EndZombies(&tree), "restore zombies");
   STASIS_TRY(RunAfterTree(tree));
   STASIS_TRY_CTX(
@@ -308,9 +311,10 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   }
   if (options.shell_job && head.manifest.shell_job().foreground()) {
     const image::Process& root = head.procs[0];
-    pid_t pgrp = root.pgid() == root.pid() ? tree[0].host_pid : getpgrp();
+    pid_t pgrp = root.pgid() == root.pid() && !job ? tree[0].host_pid : getpgrp();
     STASIS_TRY_CTX(kinds::pty::MakeForeground(pgrp), "restore --shell-job: foreground group");
   }
+  result.shell_job = job;
   result.init_host_pid = spawner.init_host_pid();
   result.session_name = head.manifest.session_name();
   result.session_command.assign(head.manifest.session_command().begin(),

@@ -20,6 +20,9 @@ struct RestoreResult {
   double total_ms = 0;
   uint64_t pages = 0;
   size_t processes = 0;
+  // Restored as a job of the restorer's terminal and process group
+  // (--shell-job): the restorer should stay until the tree ends.
+  bool shell_job = false;
   std::string session_name;  // from the manifest
   std::vector<std::string> session_command;
 };

@@ -47,8 +47,8 @@ FRAME_HEADER = struct.Struct("<HHIQ")  # type, flags, payload_length, checksum
 # terminal is its stdin (a pty whose master the runner holds). It runs
 # argv[3:] as a foreground job (its own group), with stdout and stderr to
 # argv[1] and argv[2] when given, writes the job's pid to argv[0]'s file
-# and its exit code to .rc beside it, then waits until the pid named on the
-# last line of the job's stdout (a restored tree) is gone, at most 2 minutes.
+# and its exit code to .rc beside it, then, as a shell does, takes its
+# terminal back.
 SHELL_STUB = r"""
 import fcntl, os, signal, sys, termios, time
 pidfile, out, err = sys.argv[1:4]
@@ -72,15 +72,10 @@ with open(pidfile + ".tmp", "w") as f:
     f.write(str(pid))
 os.rename(pidfile + ".tmp", pidfile)
 _, status = os.waitpid(pid, 0)
-with open(pidfile + ".rc", "w") as f:
+with open(pidfile + ".rc.tmp", "w") as f:
     f.write(str(os.waitstatus_to_exitcode(status)))
-# A shell would take its terminal back now; this one leaves it to the
-# restored job, and keeps the session (and its terminal) alive meanwhile.
-last = open(out).read().split() if out != "-" else []
-if last and last[-1].isdigit():
-    deadline = time.monotonic() + 120
-    while os.path.exists(f"/proc/{last[-1]}") and time.monotonic() < deadline:
-        time.sleep(0.05)
+os.rename(pidfile + ".rc.tmp", pidfile + ".rc")
+os.tcsetpgrp(0, os.getpgrp())
 """
 
 
@@ -241,7 +236,7 @@ class Case:
         log(f"started {' '.join(argv)} as pid {self.job_pid}, a job of session {self.proc.pid} on "
             f"{self.term_name}")
 
-    def talk_to_job(self):
+    def talk_to_job(self, pid):
         """After the trigger: the job writes "JOB-OUT tty=NAME rows=R cols=C"
         through /dev/tty; it must be on the terminal the runner holds now,
         with that terminal's size, and then read the line we type."""
@@ -257,6 +252,14 @@ class Case:
         if line != want:
             raise CaseFailure(f"the job says {line!r}, expected {want!r}")
         log(f"job on its terminal: {line}")
+        stat = read_proc(pid, "stat") or b""
+        fields = stat[stat.rindex(b")") + 2:].split() if stat else []
+        pgrp, tpgid = (int(fields[2]), int(fields[5])) if len(fields) > 5 else (None, None)
+        if pgrp != tpgid:
+            raise CaseFailure(f"pid {pid}: group {pgrp} is not the terminal's foreground group {tpgid}")
+        if getattr(self, "restorer", None) is not None and pgrp != self.restorer:
+            raise CaseFailure(f"pid {pid}: group {pgrp}, not the group of the restore job "
+                              f"(stasis restore, pid {self.restorer}) that the shell knows")
         os.write(self.term_master, b"typed-after\n")
 
     def log_text(self):
@@ -443,8 +446,27 @@ class Case:
         self.stubs = getattr(self, "stubs", [])
         stub, pidfile = self.run_as_job([self.args.stasis] + list(argv), slave, out_path, err_path)
         self.stubs.append(stub)
-        self.wait_file(pidfile, "stasis on a terminal")
-        rc = int(self.wait_file(pidfile + ".rc", "stasis on a terminal", self.args.timeout))
+        self.restorer = int(self.wait_file(pidfile, "stasis on a terminal"))
+        self.restorer_rc = pidfile + ".rc"
+        # restore --shell-job stays, as the job, until the tree ends: done
+        # when it printed the pid, or ended.
+        deadline = time.monotonic() + self.args.timeout
+        rc = 0
+        while True:
+            if os.path.exists(pidfile + ".rc"):
+                rc = int(self.wait_file(pidfile + ".rc", "stasis on a terminal"))
+                break
+            with open(out_path, "rb") as f:
+                lines = f.read().strip().splitlines()
+            if lines and lines[-1].strip().isdigit():
+                time.sleep(0.2)
+                if "--shell-job" in argv and os.path.exists(pidfile + ".rc"):
+                    raise CaseFailure("stasis restore --shell-job ended before its job did")
+                break
+            if time.monotonic() > deadline:
+                raise CaseFailure(f"`stasis {' '.join(argv)}` on a terminal: no pid and no end "
+                                  f"within {self.args.timeout:.0f} s")
+            time.sleep(0.01)
         elapsed = time.monotonic() - t0
         with open(out_path, "rb") as f:
             out = f.read().decode(errors="replace")
@@ -533,7 +555,7 @@ class Case:
         """Trigger, wait for the end, judge the log."""
         self.trigger(pid)
         if self.args.on_terminal:
-            self.talk_to_job()
+            self.talk_to_job(pid)
         if self.proc is not None and pid == self.proc.pid:
             try:
                 self.proc.wait(timeout=self.args.timeout)
@@ -542,6 +564,10 @@ class Case:
             self.exit_status[pid] = status_from_rc(self.proc.returncode)
         else:
             self.wait_gone(pid, self.args.timeout, "after the trigger")
+        if getattr(self, "restorer", None) is not None:
+            rc = self.wait_file(self.restorer_rc, "the restore job's end")
+            if rc != "0":
+                raise CaseFailure(f"stasis restore --shell-job ended with {rc}, not the job's 0")
         text = self.log_text()
         lines = text.splitlines()
         status = self.exit_status.get(pid)

@@ -7,7 +7,8 @@
  * Dumped with --shell-job and restored with --shell-job from another
  * terminal, after the trigger it must find that other terminal: fd 0 on it,
  * as its controlling terminal (TIOCGSID on fd 0 works only on one's own),
- * its group in the foreground, not a session leader; it writes
+ * its group in the foreground (the runner checks from outside that it is
+ * the group of the waiting `stasis restore`), not a session leader; it writes
  * "JOB-OUT tty=NAME rows=R cols=C" through /dev/tty (the runner checks the
  * name and the size it gave that terminal) and reads the line typed back.
  */
