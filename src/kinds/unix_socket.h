@@ -21,9 +21,9 @@
 // connection waiting in the backlog of a listener outside the tree; a
 // listener whose backlog holds a client outside the tree or one already
 // closed (with --external-unix=close, DumpPolicy, these three are carried
-// as peers that closed: see unix_socket_graph.cc and docs/design.md); data a client sent on a connection not accepted yet (only accept()
-// reads it, which would take it from the task; CRIU refuses it too); fds in
-// flight (SCM_RIGHTS); a pending MSG_OOB byte; a socket filter; relative
+// as peers that closed: see unix_socket_graph.cc and docs/design.md); data a client sent on a
+// connection not accepted yet (only accept() reads it, which would take it from the task; CRIU
+// refuses it too); fds in flight (SCM_RIGHTS); a pending MSG_OOB byte; a socket filter; relative
 // socket paths; a socket of another network namespace; an accepted socket
 // whose listener is outside the tree and still holds the name; datagram
 // shapes only a reconnect could have made (see unix_socket_graph.cc).
