@@ -456,8 +456,11 @@ class Case:
             if os.path.exists(pidfile + ".rc"):
                 rc = int(self.wait_file(pidfile + ".rc", "stasis on a terminal"))
                 break
-            with open(out_path, "rb") as f:
-                lines = f.read().strip().splitlines()
+            try:
+                with open(out_path, "rb") as f:
+                    lines = f.read().strip().splitlines()
+            except FileNotFoundError:  # the job has not opened it yet
+                lines = []
             if lines and lines[-1].strip().isdigit():
                 time.sleep(0.2)
                 if "--shell-job" in argv and os.path.exists(pidfile + ".rc"):
