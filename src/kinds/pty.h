@@ -60,8 +60,5 @@ Result<image::ShellJob> DumpShellJob(pid_t root, const std::vector<pid_t>& tree,
 // Restore: the restorer's stdin must be its controlling terminal, which
 // the tree inherits.
 Status CheckShellJobTerminal();
-// Makes `pgrp` (a host process group) the foreground group of the
-// restorer's terminal.
-Status MakeForeground(pid_t pgrp);
 
 }  // namespace stasis::kinds::pty

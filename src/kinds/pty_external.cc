@@ -10,12 +10,12 @@
 // restorer runs on (its stdin, which must be its controlling terminal). The
 // tree is not a session of its own: it is restored into the restorer's
 // session (the restore's init and its puppets inherit it), so that terminal
-// is its controlling terminal, and its group is made the foreground group
-// when it was at the dump. termios and window size are not carried: they
-// are the user's terminal's now.
+// is its controlling terminal, and into the restorer's process group, the
+// job the shell knows: foreground or background as the shell runs the
+// restore. termios and window size are not carried: they are the user's
+// terminal's now.
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -151,19 +151,6 @@ Status CheckShellJobTerminal() {
         "restore --shell-job needs its stdin to be its controlling terminal (run it from the "
         "interactive shell the job belongs to)");
   }
-  return Ok();
-}
-
-Status MakeForeground(pid_t pgrp) {
-  // We may be in the background ourselves: tcsetpgrp would stop us.
-  sigset_t ttou, old;
-  sigemptyset(&ttou);
-  sigaddset(&ttou, SIGTTOU);
-  sigprocmask(SIG_BLOCK, &ttou, &old);
-  int r = tcsetpgrp(STDIN_FILENO, pgrp);
-  int saved = errno;
-  sigprocmask(SIG_SETMASK, &old, nullptr);
-  if (r < 0) return Error::FromErrno(fmt::format("tcsetpgrp({})", pgrp), saved);
   return Ok();
 }
 

@@ -309,11 +309,6 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   for (TreeProcess& t : tree) {
     if (t.build) STASIS_TRY_CTX(t.build->Finish(), fmt::format("restore pid {}", t.proc->pid()));
   }
-  if (options.shell_job && head.manifest.shell_job().foreground()) {
-    const image::Process& root = head.procs[0];
-    pid_t pgrp = root.pgid() == root.pid() && !job ? tree[0].host_pid : getpgrp();
-    STASIS_TRY_CTX(kinds::pty::MakeForeground(pgrp), "restore --shell-job: foreground group");
-  }
   result.shell_job = job;
   result.init_host_pid = spawner.init_host_pid();
   result.session_name = head.manifest.session_name();
