@@ -6,8 +6,7 @@
 // on) is refused, naming both, unless the dump runs with
 // --external-unix=close (DumpPolicy): then a peer or listener outside is
 // carried as a peer that closed (peer_gone, peer_outside), and clients from
-// outside waiting in a listener's backlog are left out, as if they had
-// given up before the dump.
+// outside waiting in a listener's backlog as clients that closed.
 #include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -216,12 +215,15 @@ class GraphDump {
           waiting_on_[client] = ino;
           continue;
         }
-        if (!ctx_.policy.external_unix_close) {
+        // A client closed already may have left data no one can see.
+        if (!ctx_.policy.external_unix_close || client == 0) {
           return Error::Unsupported(fmt::format(
               "{}: a connection waiting in its backlog comes from {}, which is outside the dumped "
               "tree{}",
               DescribeNode(*listener),
-              client == 0 ? "a client that was closed since" : Outside(client), kCloseHint));
+              client == 0 ? "a client that was closed since (what it sent cannot be seen)"
+                          : Outside(client),
+              client == 0 ? "" : kCloseHint));
         }
         listener->set_pending(i, STASIS_TRY(ClientGone(*listener, client)));
       }
@@ -229,15 +231,15 @@ class GraphDump {
     return Ok();
   }
 
-  // --external-unix=close: a client outside the tree (or closed already)
-  // waiting in the backlog of a listener of the tree. It comes back as a
+  // --external-unix=close: a client outside the tree waiting in the
+  // backlog of a listener of the tree. It comes back as a
   // client that has closed: accept() returns its connection, which reads
   // EOF. A node of its own stands for it (no File takes its socket, so the
   // restore closes it). Data it sent is only readable after accept():
   // refused, as for clients in the tree.
   Result<uint64_t> ClientGone(Node& listener, uint64_t client) {
     auto it = table_.find(client);
-    if (client != 0 && it != table_.end() && it->second.wqueue != 0) {
+    if (it != table_.end() && it->second.wqueue != 0) {
       return Error::Unsupported(fmt::format(
           "{}: {}, outside the dumped tree, sent data ({} bytes with overhead) on a connection "
           "still waiting in its backlog; that data cannot be read without accept()",
