@@ -21,6 +21,7 @@
 #include "checkpoint/tree.h"
 #include "image/session_net.h"
 #include "image/stream.h"
+#include "kinds/pty.h"
 #include "kinds/shmem.h"
 #include "sys/cgroup.h"
 #include "sys/kernel_abi.h"
@@ -162,7 +163,8 @@ std::vector<TreeTask*> DepthFirst(std::vector<TreeTask>& frozen) {
 }
 
 Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* manifest,
-                              std::vector<std::function<void()>>* undo_if_kept) {
+                              std::vector<std::function<void()>>* undo_if_kept,
+                              const kinds::DumpPolicy& policy) {
   TreeImage tree;
   std::map<pid_t, pid_t> own_pid;  // host pid -> pid in the tree's namespace
   std::map<pid_t, size_t> index;   // host pid -> tree.tasks index
@@ -190,7 +192,8 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
   for (size_t i = 0; i < order.size(); ++i) {
     if (!order[i]->zombie) fd_tasks.push_back({order[i]->host_pid, &tree.tasks[i].proc});
   }
-  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem, undo_if_kept, &tree.late));
+  STASIS_TRY(
+      CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem, undo_if_kept, &tree.late, policy));
   std::vector<kinds::shmem::TaskVmas> vma_tasks;
   for (const TreeFdsInput& t : fd_tasks) vma_tasks.push_back({t.host_pid, t.proc});
   uint64_t next_id = tree.files.size();
@@ -307,7 +310,8 @@ Result<DumpStats> Dump(const DumpOptions& options) {
     }
     ~UndoIfKept() { Run(); }
   } undo;
-  TreeImage tree = STASIS_TRY_CTX(CollectTree(frozen, &manifest, &undo.steps), "dump");
+  TreeImage tree =
+      STASIS_TRY_CTX(CollectTree(frozen, &manifest, &undo.steps, options.policy), "dump");
   if (options.leave_running && !tree.late.empty()) {
     const kinds::LateStep& step = tree.late.front();
     return Error::Unsupported(fmt::format(
@@ -317,6 +321,10 @@ Result<DumpStats> Dump(const DumpOptions& options) {
         step.what, step.why));
   }
   FillManifest(tree.tasks[0].proc, &manifest);
+  if (options.policy.shell_job) {
+    *manifest.mutable_shell_job() =
+        STASIS_TRY_CTX(kinds::pty::DumpShellJob(pid, tree.host_pids, tree.files), "dump");
+  }
   manifest.set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest.add_session_command(arg);
   if (options.session_net) image::NetToProto(*options.session_net, manifest.mutable_net());

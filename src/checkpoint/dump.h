@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "kinds/policy.h"
 #include "sys/isolated_net.h"
 #include "sys/result.h"
 
@@ -33,6 +34,8 @@ struct DumpOptions {
   // network lock (checkpoint/session_net.h).
   pid_t session_init_pid = 0;
   std::optional<sys::NetConfig> session_net;
+  // Objects tied to the outside of the tree the user lets through.
+  kinds::DumpPolicy policy;
 };
 
 struct DumpStats {

@@ -73,11 +73,12 @@ Result<const kinds::FdKind*> KindOf(const kinds::FdDumpInput& in) {
 Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files,
                         std::vector<kinds::ContentSource>* contents,
                         std::vector<std::function<void()>>* undo,
-                        std::vector<kinds::LateStep>* late) {
+                        std::vector<kinds::LateStep>* late, const kinds::DumpPolicy& policy) {
   std::vector<FdEntry> fds;
   for (const TreeFdsInput& t : tasks) STASIS_TRY(OpenFds(t.host_pid, t.proc, &fds));
   STASIS_TRY(AssignFileIds(fds));
   kinds::DumpContext ctx;
+  ctx.policy = policy;
   // Whatever happens below, what kinds changed is handed to the caller.
   struct HandOver {
     kinds::DumpContext& ctx;

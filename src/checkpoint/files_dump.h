@@ -25,6 +25,6 @@ struct TreeFdsInput {
 Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files,
                         std::vector<kinds::ContentSource>* contents,
                         std::vector<std::function<void()>>* undo,
-                        std::vector<kinds::LateStep>* late);
+                        std::vector<kinds::LateStep>* late, const kinds::DumpPolicy& policy = {});
 
 }  // namespace stasis::checkpoint

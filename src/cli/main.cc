@@ -1,7 +1,11 @@
 // stasis: checkpoint and restore running Linux processes.
 #include <fmt/format.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
 
 #include "checkpoint/dump.h"
@@ -34,12 +38,32 @@ int RunDump(const stasis::checkpoint::DumpOptions& options) {
   return 0;
 }
 
+// restore --shell-job: the tree is a job in our process group, which is
+// the one the shell knows; we stay, as that job, until the tree ends, and
+// end as it did. ^C and ^\ reach the tree directly (it is in the group);
+// ^Z stops us with it, and fg continues both.
+int WaitForJob(const stasis::restore::RestoreResult& result) {
+  std::fflush(stdout);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  // The init of the tree's PID namespace ends with the root's status; with
+  // --pid-ns=host the root is our own child.
+  pid_t child = result.init_host_pid != 0 ? result.init_host_pid : result.host_pid;
+  int status = 0;
+  while (waitpid(child, &status, 0) < 0) {
+    if (errno != EINTR) return Fail(stasis::Error::Errno("wait for the restored job"));
+  }
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
 int RunRestore(const stasis::restore::RestoreOptions& options) {
   auto result = stasis::restore::Restore(options);
   if (!result.ok()) return Fail(result.error());
   fmt::print(stderr, "stasis: restored pid {} (host pid {}) from {} in {:.1f} ms\n", result->pid,
              result->host_pid, options.dir, result->total_ms);
   fmt::print("{}\n", result->host_pid);
+  if (result->shell_job) return WaitForJob(*result);
   return 0;
 }
 
@@ -103,6 +127,16 @@ int main(int argc, char** argv) {
                      "(with TCP repair, and a network lock for outside peers)");
   dump_cmd->add_flag("-R,--leave-running", dump.leave_running,
                      "Let the process go on after the dump instead of killing it");
+  std::string external_unix = "refuse";
+  dump_cmd
+      ->add_option("--external-unix", external_unix,
+                   "A unix socket whose peer is outside the tree: refuse (default) the dump, or "
+                   "close: carry it as if that peer had closed (reads give EOF, writes EPIPE or "
+                   "ECONNREFUSED)")
+      ->check(CLI::IsMember({"refuse", "close"}));
+  dump_cmd->add_flag("--shell-job", dump.policy.shell_job,
+                     "Allow a terminal whose master is outside the tree (the shell's): restore "
+                     "--shell-job connects it to the restorer's terminal");
 
   stasis::restore::RestoreOptions restore;
   std::string pid_ns = "new";
@@ -116,6 +150,10 @@ int main(int argc, char** argv) {
                    "host: this namespace, if the PID is free")
       ->check(CLI::IsMember({"new", "host"}));
   restore_cmd->add_flag("--tcp-established", tcp_established, "Accepted for CRIU users: always on");
+  restore_cmd->add_flag("--shell-job", restore.shell_job,
+                        "The image was dumped with --shell-job: give its terminal fds this "
+                        "process's terminal (stdin), make the tree a job on it in this "
+                        "process's group, and wait for it to end (exit with its status)");
   std::string restore_name;
   restore_cmd->add_option("--name", restore_name,
                           "Make the restored tree a session of this name (default: the dumped "
@@ -146,6 +184,7 @@ int main(int argc, char** argv) {
     } else if (dump.pid == 0) {
       return Fail(stasis::Error::Invalid("dump needs -t PID or --session NAME"));
     }
+    dump.policy.external_unix_close = external_unix == "close";
     int rc = RunDump(dump);
     if (rc == 0 && init_pidfd.valid() && !dump.leave_running) {
       stasis::Status s = stasis::cli::WaitSessionEnd(dump_session, init_pidfd.get());

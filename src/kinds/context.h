@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "kinds/policy.h"
 #include "late.pb.h"
 #include "process.pb.h"
 #include "sys/proc.h"
@@ -115,6 +116,7 @@ struct Queues;
 }
 
 struct DumpContext {
+  DumpPolicy policy;
   std::vector<FdIndexEntry> fd_index;
   // Shared-memory objects found through fds so far (shmem.h).
   std::vector<ContentSource> content_sources;
@@ -175,6 +177,8 @@ struct RestoreContext {
   // AF_UNIX sockets, all built with the first unix socket File, each taken
   // by its own File's restore (unix_socket_internal.h).
   std::shared_ptr<unix_socket::Sockets> unix_sockets;
+  // restore --shell-job: the external terminal is the restorer's stdin.
+  bool shell_job = false;
 };
 
 // What a late record (LateStep) is applied with: the tree is built, every

@@ -194,12 +194,7 @@ Status DumpSlave(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   std::optional<image::PtyJob> job = FindJobRecord(ctx.dumped_objects, in.st.st_dev, in.st.st_ino);
   if (!job) {
     std::vector<FdRef> masters = STASIS_TRY(MasterFds(ctx, index));
-    if (masters.empty()) {
-      return Error::Unsupported(fmt::format(
-          "{}: a terminal whose master is outside the dumped tree (such as the terminal the tree "
-          "was started from); inheriting it on restore, like criu --shell-job, is not supported",
-          what));
-    }
+    if (masters.empty()) return DumpExternal(ctx, in, file);
     return Error::Unsupported(fmt::format(
         "{}: its master (pid {} fd {}) comes after it in the tree; a slave before its master is "
         "not supported yet",
@@ -303,11 +298,13 @@ Result<uint64_t> PutInt(RemoteTask& task, int value) { return task.Put(&value, s
 }  // namespace
 
 bool Matches(const FdDumpInput& in) {
-  return S_ISCHR(in.st.st_mode) && (IsMasterRdev(in.st.st_rdev) || IsSlaveRdev(in.st.st_rdev));
+  return S_ISCHR(in.st.st_mode) && (IsMasterRdev(in.st.st_rdev) || IsSlaveRdev(in.st.st_rdev) ||
+                                    IsExternalOnlyRdev(in.st.st_rdev));
 }
 
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   if (IsMasterRdev(in.st.st_rdev)) return DumpMaster(ctx, in, file);
+  if (IsExternalOnlyRdev(in.st.st_rdev)) return DumpExternal(ctx, in, file);
   return DumpSlave(ctx, in, file);
 }
 
@@ -316,6 +313,8 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   if (file.state().UnpackTo(&master)) return RestoreMaster(ctx, file, master);
   image::PtySlaveState slave;
   if (file.state().UnpackTo(&slave)) return RestoreSlave(ctx, slave);
+  image::ExternalTtyState external;
+  if (file.state().UnpackTo(&external)) return RestoreExternal(ctx, external);
   return Error::Corrupt("pty state does not parse");
 }
 
@@ -337,7 +336,11 @@ Status AfterTree(RemoteTask& task, const image::Process& proc, const image::File
     return Ok();
   }
   image::PtySlaveState state;
-  if (!file.state().UnpackTo(&state)) return Error::Corrupt("pty state does not parse");
+  if (!file.state().UnpackTo(&state)) {
+    // The external terminal's job state is the restorer's (restore.cc).
+    if (file.state().Is<image::ExternalTtyState>()) return Ok();
+    return Error::Corrupt("pty state does not parse");
+  }
   const image::PtyJob& job = state.job();
   if (job.session() != proc.pid() || job.foreground_pgrp() == 0) return Ok();
   // Once set, a second TIOCSPGRP from the leader (now in the background)

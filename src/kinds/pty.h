@@ -18,9 +18,12 @@
 // group exists (after_tree: TIOCSPGRP); a locked pair is locked again last
 // (after_tree on the master).
 //
-// Refused, naming pid, fd and terminal: a slave whose master is outside the
-// tree (the terminal the tree was started from: a --shell-job style
-// inheritance is not implemented); a master whose slave is open only
+// A terminal outside the tree (a slave whose master is outside it, a
+// console, /dev/tty) is the external terminal of a shell job: refused
+// unless dump --shell-job, then replaced by the restorer's terminal
+// (pty_external.cc).
+//
+// Refused, naming pid, fd and terminal: a master whose slave is open only
 // outside the tree; the ctty of a session led from outside the tree, or by
 // a leader holding no fd on it; a foreground group the leader cannot set
 // (see DumpJob); a slave that comes before its master in the tree; line
@@ -34,6 +37,8 @@
 // exclusive slave) on both sides; Linux 4.13+ (TIOCGPTPEER).
 #pragma once
 
+#include <vector>
+
 #include "kinds/context.h"
 
 namespace stasis::kinds::pty {
@@ -44,5 +49,16 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
 Status AfterInstall(RemoteTask& task, const image::Process& proc, const image::File& file, int fd);
 Status AfterTree(RemoteTask& task, const image::Process& proc, const image::File& file, int fd);
+
+// --shell-job (pty_external.cc). Dump: whether the root's session, led
+// outside the tree, has the external terminal as controlling terminal, and
+// whether the root's group was in its foreground; refuses a controlling
+// terminal other than the external terminal the tree holds fds on. `tree`:
+// the tree's host pids; `files`: the image's Files.
+Result<image::ShellJob> DumpShellJob(pid_t root, const std::vector<pid_t>& tree,
+                                     const std::vector<image::File>& files);
+// Restore: the restorer's stdin must be its controlling terminal, which
+// the tree inherits.
+Status CheckShellJobTerminal();
 
 }  // namespace stasis::kinds::pty

@@ -92,6 +92,14 @@ Result<std::vector<FdRef>> MasterFds(const DumpContext& ctx, uint32_t index);
 Result<image::PtyJob> DumpJob(const DumpContext& ctx, int master, const std::vector<FdRef>& slaves,
                               const std::string& what);
 
+// The external terminal of a shell job (pty_external.cc).
+// Consoles and /dev/tty: terminals that are always outside the tree.
+bool IsExternalOnlyRdev(dev_t rdev);
+// A terminal outside the tree: refused without --shell-job (saying so),
+// else recorded as an ExternalTtyState.
+Status DumpExternal(DumpContext& ctx, const FdDumpInput& in, image::File* file);
+Result<sys::UniqueFd> RestoreExternal(RestoreContext& ctx, const image::ExternalTtyState& state);
+
 // A pair's job state travels from its master's dump to its slaves' dumps
 // through DumpContext::dumped_objects, whose entry also says the master is
 // in the image: "pty:<dev>:<ino>:<session>:<foreground>".

@@ -456,10 +456,13 @@ TEST(PtyKind, RefusesASlaveWhoseMasterIsOutside) {
 TEST(PtyKind, RefusesOtherCharacterDevicesAndSignalIo) {
   FdDumpInput in;
   in.st.st_mode = S_IFCHR;
+  in.st.st_rdev = makedev(1, 3);  // /dev/null
+  EXPECT_FALSE(Matches(in));
+  // Terminals always outside a tree: the external terminal of a shell job.
   in.st.st_rdev = makedev(5, 0);  // /dev/tty
-  EXPECT_FALSE(Matches(in));
+  EXPECT_TRUE(Matches(in));
   in.st.st_rdev = makedev(4, 1);  // /dev/tty1
-  EXPECT_FALSE(Matches(in));
+  EXPECT_TRUE(Matches(in));
   Pair p = NewPair(nullptr);
   ASSERT_EQ(fcntl(p.master.get(), F_SETFL, O_ASYNC), 0);
   FdDumpInput master = InputFor(p.master.get());
@@ -468,6 +471,39 @@ TEST(PtyKind, RefusesOtherCharacterDevicesAndSignalIo) {
   Status s = Dump(ctx, master, &file);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.error().message().find("O_ASYNC"), std::string::npos) << s.error().message();
+}
+
+// A slave whose master no fd of the tree holds: refused, naming
+// --shell-job, unless the dump has it; then the external terminal.
+TEST(PtyKind, SlaveWithItsMasterOutsideIsTheShellJobsTerminal) {
+  Pair p = NewPair(nullptr);
+  FdDumpInput slave = InputFor(p.slave.get());
+  ASSERT_TRUE(Matches(slave));
+  DumpContext ctx;
+  ctx.fd_index.push_back({slave.pid, slave.fd, slave.link, slave.info.flags});
+  image::File file;
+  Status s = Dump(ctx, slave, &file);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message().find("--shell-job"), std::string::npos) << s.error().message();
+  ctx.policy.shell_job = true;
+  s = Dump(ctx, slave, &file);
+  ASSERT_TRUE(s.ok()) << s.error().ToString();
+  image::ExternalTtyState state;
+  ASSERT_TRUE(file.state().UnpackTo(&state));
+  EXPECT_EQ(state.path(), slave.link);
+  EXPECT_FALSE(state.dev_tty());
+  // Restore without --shell-job refuses; with it, stdin must be a terminal.
+  RestoreContext rctx;
+  Result<sys::UniqueFd> r = Restore(rctx, file);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message().find("--shell-job"), std::string::npos);
+  // A second, different terminal outside the tree is refused.
+  Pair q = NewPair(nullptr);
+  FdDumpInput other = InputFor(q.slave.get());
+  ctx.fd_index.push_back({other.pid, other.fd, other.link, other.info.flags});
+  s = Dump(ctx, other, &file);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message().find("second terminal"), std::string::npos) << s.error().message();
 }
 
 }  // namespace

@@ -109,6 +109,24 @@ ShmemOrigin OriginOf(const std::string& path) {
   return image::ShmemState::TMPFS_DELETED;
 }
 
+// What the object says of itself beyond its contents: permission bits and
+// owner, and a memfd's seals.
+Status DumpAttributes(int fd, const struct stat& st, image::ShmemState* state) {
+  state->set_mode(st.st_mode & 07777);
+  state->set_uid(st.st_uid);
+  state->set_gid(st.st_gid);
+  if (state->origin() != image::ShmemState::MEMFD) return Ok();
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) return Error::Errno("F_GET_SEALS");
+  if (seals & ~kKnownSeals) {
+    return Error::Unsupported(fmt::format(
+        "memfd seals {:#x} include ones unknown to Stasis ({:#x})", seals, seals & ~kKnownSeals));
+  }
+  state->set_seals(static_cast<uint32_t>(seals));
+  state->set_allow_sealing(!(seals & F_SEAL_SEAL));
+  return Ok();
+}
+
 }  // namespace
 
 bool IsShmemPath(const std::string& path) {
@@ -133,15 +151,7 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   state.set_is_fd(true);
   state.set_flags(in.info.flags & ~O_CLOEXEC);
   state.set_pos(in.info.pos);
-  if (state.origin() == image::ShmemState::MEMFD) {
-    int seals = fcntl(in.local.get(), F_GET_SEALS);
-    if (seals < 0) return Error::Errno(DescribeFd(in.pid, in.fd, in.link) + ": F_GET_SEALS");
-    if (seals & ~F_SEAL_SEAL) {
-      return Error::Unsupported(DescribeFd(in.pid, in.fd, in.link) +
-                                fmt::format(": memfd seals {:#x} are not supported yet", seals));
-    }
-    state.set_allow_sealing(!(seals & F_SEAL_SEAL));
-  }
+  STASIS_TRY_CTX(DumpAttributes(in.local.get(), in.st, &state), DescribeFd(in.pid, in.fd, in.link));
   file->mutable_state()->PackFrom(state);
   bool known = false;
   for (const ContentSource& c : ctx.content_sources) {
@@ -172,19 +182,25 @@ Status CollectObjects(const std::vector<TaskVmas>& tasks, uint64_t* next_id,
         state.set_name(vma.name());
         state.set_dev(dev);
         state.set_ino(vma.file_ino());
+        std::string path = MapFilesPath(t.host_pid, vma.start(), vma.end());
+        sys::UniqueFd object(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        struct stat st;
+        if (!object.valid() || fstat(object.get(), &st) < 0) return Error::Errno("open " + path);
+        STASIS_TRY_CTX(DumpAttributes(object.get(), st, &state),
+                       fmt::format("pid {} mapping {:#x}-{:#x} ({})", t.host_pid, vma.start(),
+                                   vma.end(), vma.name()));
         image::File file;
         file.set_id(++*next_id);
         file.set_kind(kName);
         file.mutable_state()->PackFrom(state);
         files->push_back(std::move(file));
-        sources->push_back({*next_id, dev, vma.file_ino(),
-                            MapFilesPath(t.host_pid, vma.start(), vma.end()), vma.file_size()});
+        sources->push_back({*next_id, dev, vma.file_ino(), path, vma.file_size()});
         found = &sources->back();
       }
       vma.set_shmem_file_id(found->file_id);
     }
   }
-  return Ok();
+  return CheckSealedMappings(tasks, *files);
 }
 
 Status WriteContents(const std::vector<ContentSource>& sources, image::Writer& writer) {
@@ -218,7 +234,9 @@ Result<sys::UniqueFd> CreateObject(const image::ShmemState& state) {
     case image::ShmemState::ANON:
       return CreateAnon(state.size());
     case image::ShmemState::MEMFD:
-      fd = STASIS_TRY(CreateMemfd(state.name(), state.allow_sealing()));
+      // Without MFD_ALLOW_SEALING a memfd is born with F_SEAL_SEAL; other
+      // seals are added once the contents are in (AddSeals).
+      fd = STASIS_TRY(CreateMemfd(state.name(), state.allow_sealing() || state.seals() != 0));
       break;
     default:
       fd = STASIS_TRY(CreateDeletedTmpfsFile(state.name()));
@@ -226,6 +244,18 @@ Result<sys::UniqueFd> CreateObject(const image::ShmemState& state) {
   }
   if (ftruncate(fd.get(), static_cast<off_t>(state.size())) < 0) {
     return Error::Errno(fmt::format("size {} to {} bytes", state.name(), state.size()));
+  }
+  // Images from before mode and owner were carried have all three 0.
+  struct stat st;
+  if (fstat(fd.get(), &st) < 0) return Error::Errno("fstat " + state.name());
+  if (state.mode() != 0 || state.uid() != 0 || state.gid() != 0) {
+    bool same_owner = st.st_uid == state.uid() && st.st_gid == state.gid();
+    if (!same_owner && fchown(fd.get(), state.uid(), state.gid()) < 0) {
+      return Error::Errno(fmt::format("chown {} to {}:{}", state.name(), state.uid(), state.gid()));
+    }
+    if (fchmod(fd.get(), state.mode()) < 0) {
+      return Error::Errno(fmt::format("chmod {} to {:o}", state.name(), state.mode()));
+    }
   }
   return fd;
 }

@@ -20,7 +20,9 @@
 // outside the dumped tree (its inode, name and a process holding it); a
 // connection waiting in the backlog of a listener outside the tree; a
 // listener whose backlog holds a client outside the tree or one already
-// closed; fds in flight (SCM_RIGHTS); a pending MSG_OOB byte; a socket filter; relative
+// closed (with --external-unix=close, DumpPolicy, these three are carried
+// as peers that closed: see unix_socket_graph.cc and docs/design.md); fds in
+// flight (SCM_RIGHTS); a pending MSG_OOB byte; a socket filter; relative
 // socket paths; a socket of another network namespace; an accepted socket
 // whose listener is outside the tree and still holds the name; datagram
 // shapes only a reconnect could have made (see unix_socket_graph.cc).

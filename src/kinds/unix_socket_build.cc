@@ -106,9 +106,7 @@ class Builder {
   // connects, the accepted socket carries the name. Returns the accepted one.
   Result<sys::UniqueFd> ViaStandIn(int type, const std::string& name, int client) {
     sys::UniqueFd listener = STASIS_TRY(NewSocket(type));
-    image::UnixAddress addr;
-    addr.set_name(name);
-    Target target = STASIS_TRY(BindName(listener.get(), addr, /*keep=*/false));
+    Target target = STASIS_TRY(BindStandIn(listener.get(), name));
     if (listen(listener.get(), 1) < 0) return Error::Errno("listen on a stand-in listener");
     STASIS_TRY(ConnectTo(client, target, "connect to a stand-in listener " + ShowName(name)));
     sys::UniqueFd accepted(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
@@ -143,13 +141,14 @@ class Builder {
     }
     if (!n.peer_gone()) return Error::Corrupt("connected, with no peer and not in a backlog");
     sys::UniqueFd& stand_in = stand_ins_[n.ino()];
+    // A peer outside the tree that still holds an abstract name: the
+    // stand-in cannot have it, so it is unnamed (getpeername says so).
+    bool peer_named = !n.peer_name().name().empty() && !OutsideHoldsName(n);
     if (n.name_shared()) {
       stand_in = STASIS_TRY(NewSocket(n.type()));
-      if (!n.peer_name().name().empty()) {
-        STASIS_TRY(BindName(stand_in.get(), n.peer_name(), /*keep=*/false));
-      }
+      if (peer_named) STASIS_TRY(BindStandIn(stand_in.get(), n.peer_name().name()));
       fds_[n.ino()] = STASIS_TRY(ViaStandIn(n.type(), n.name().name(), stand_in.get()));
-    } else if (!n.peer_name().name().empty()) {
+    } else if (peer_named) {
       fds_[n.ino()] = STASIS_TRY(NewSocket(n.type()));
       STASIS_TRY(BindOwn(n));
       stand_in = STASIS_TRY(ViaStandIn(n.type(), n.peer_name().name(), Fd(n.ino())));
@@ -175,13 +174,18 @@ class Builder {
     }
     if (!n.peer_gone()) return Ok();
     sys::UniqueFd& stand_in = stand_ins_[n.ino()];
-    if (n.peer_name().name().empty()) {
+    if (n.peer_name().name().empty() || OutsideHoldsName(n)) {
       paired_.insert(n.ino());
       return SocketPair(SOCK_DGRAM, &fds_[n.ino()], &stand_in);
     }
     stand_in = STASIS_TRY(NewSocket(SOCK_DGRAM));
-    stand_in_targets_[n.ino()] = STASIS_TRY(BindName(stand_in.get(), n.peer_name(), false));
+    stand_in_targets_[n.ino()] = STASIS_TRY(BindStandIn(stand_in.get(), n.peer_name().name()));
     return Ok();
+  }
+
+  // The peer was outside the tree and its abstract name is still taken.
+  static bool OutsideHoldsName(const Node& n) {
+    return n.peer_outside() && AbstractNameTaken(n.peer_name().name(), n.type());
   }
 
   Status Listen(const Node& n) {
@@ -212,6 +216,12 @@ class Builder {
   }
 
   Status FillStream(const Node& n) {
+    if (n.peer_reset()) {
+      // Left unread in the stand-in, it makes the stand-in's close a reset.
+      if (send(Fd(n.ino()), "", 1, MSG_DONTWAIT | MSG_NOSIGNAL) != 1) {
+        return Error::Errno("send to the stand-in of a peer that resets");
+      }
+    }
     if (n.queue_size() == 0) return Ok();
     int from = PeerFd(n);
     if (from < 0) return Error::Corrupt("queued data but no peer to send it");
@@ -228,9 +238,7 @@ class Builder {
     sys::UniqueFd& fd = senders_[name];
     if (!fd.valid()) {
       fd = STASIS_TRY(NewSocket(SOCK_DGRAM));
-      image::UnixAddress addr;
-      addr.set_name(name);
-      if (!name.empty()) STASIS_TRY(BindName(fd.get(), addr, /*keep=*/false));
+      if (!name.empty()) STASIS_TRY(BindStandIn(fd.get(), name));
     }
     return fd.get();
   }

@@ -3,7 +3,10 @@
 // backlog, and receive queues. sock_diag says who is whose peer; the tree's
 // fds (ctx.fd_index) say which sockets are ours. A socket tied to one outside
 // the tree (its peer, a client waiting in its backlog, the listener it waits
-// on) is refused, naming both.
+// on) is refused, naming both, unless the dump runs with
+// --external-unix=close (DumpPolicy): then a peer or listener outside is
+// carried as a peer that closed (peer_gone, peer_outside), and clients from
+// outside waiting in a listener's backlog as clients that closed.
 #include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -23,6 +26,9 @@ namespace stasis::kinds::unix_socket {
 namespace {
 
 constexpr unsigned long kSiocUnixFile = 0x89E0;  // see unix_socket_names.cc
+// The end of a refusal that --external-unix=close would lift.
+constexpr std::string_view kCloseHint =
+    " (stasis dump --external-unix=close carries it as if that peer had closed)";
 // Every queue of the graph goes into one image record (64 MiB at most).
 constexpr uint64_t kMaxQueuedBytes = 32 << 20;
 
@@ -100,6 +106,7 @@ class GraphDump {
   GraphDump(DumpContext& ctx, const FdDumpInput& in) : ctx_(ctx), in_(in) {}
 
   Status Run(image::UnixSocketGraph* graph) {
+    graph_ = graph;
     table_ = STASIS_TRY(DumpDiagTable());
     STASIS_TRY(CollectMembers(graph));
     for (Member& m : members_) STASIS_TRY(Describe(m));
@@ -190,27 +197,64 @@ class GraphDump {
   }
 
   // Which listener each client waiting in a backlog waits on; refuses
-  // backlogs with clients outside the tree.
+  // backlogs with clients outside the tree (or, --external-unix=close,
+  // carries them as clients that closed).
   Status IndexBacklogs() {
     for (const auto& [ino, e] : table_) {
       if (e.state != TCP_LISTEN) continue;
       Node* listener = NodeOf(ino);
-      for (uint64_t client : e.icons) {
-        if (listener == nullptr) {
+      if (listener == nullptr) {
+        for (uint64_t client : e.icons) {
           if (NodeOf(client) != nullptr) waiting_outside_[client] = ino;
+        }
+        continue;
+      }
+      for (int i = 0; i < listener->pending_size(); ++i) {
+        uint64_t client = listener->pending(i);
+        if (client != 0 && NodeOf(client) != nullptr) {
+          waiting_on_[client] = ino;
           continue;
         }
-        if (client == 0 || NodeOf(client) == nullptr) {
+        // A client closed already may have left data no one can see.
+        if (!ctx_.policy.external_unix_close || client == 0) {
           return Error::Unsupported(fmt::format(
               "{}: a connection waiting in its backlog comes from {}, which is outside the dumped "
-              "tree",
+              "tree{}",
               DescribeNode(*listener),
-              client == 0 ? "a client that was closed since" : Outside(client)));
+              client == 0 ? "a client that was closed since (what it sent cannot be seen)"
+                          : Outside(client),
+              client == 0 ? "" : kCloseHint));
         }
-        waiting_on_[client] = ino;
+        listener->set_pending(i, STASIS_TRY(ClientGone(*listener, client)));
       }
     }
     return Ok();
+  }
+
+  // --external-unix=close: a client outside the tree waiting in the
+  // backlog of a listener of the tree. It comes back as a
+  // client that has closed: accept() returns its connection, which reads
+  // EOF. A node of its own stands for it (no File takes its socket, so the
+  // restore closes it). Data it sent is only readable after accept():
+  // refused, as for clients in the tree.
+  Result<uint64_t> ClientGone(Node& listener, uint64_t client) {
+    auto it = table_.find(client);
+    if (it != table_.end() && it->second.wqueue != 0) {
+      return Error::Unsupported(fmt::format(
+          "{}: {}, outside the dumped tree, sent data ({} bytes with overhead) on a connection "
+          "still waiting in its backlog; that data cannot be read without accept()",
+          DescribeNode(listener), Outside(client), it->second.wqueue));
+    }
+    // Inodes are 32-bit on sockfs: this one cannot clash with a real socket.
+    uint64_t id = (uint64_t{1} << 63) | ++gone_clients_;
+    Node* gone = graph_->add_nodes();
+    gone->set_ino(id);
+    gone->set_pid(0);
+    gone->set_fd(-1);
+    gone->set_type(listener.type());
+    gone->set_state(Node::CONNECTED);
+    gone->set_peer_outside(true);
+    return id;
   }
 
   Status ResolvePeer(Member& m) {
@@ -219,8 +263,9 @@ class GraphDump {
     if (n.peer() != 0) {
       Node* peer = NodeOf(n.peer());
       if (peer == nullptr) {
-        return Error::Unsupported(fmt::format("{}: its peer {} is outside the dumped tree",
-                                              DescribeNode(n), Outside(n.peer())));
+        if (ctx_.policy.external_unix_close) return PeerOutside(m);
+        return Error::Unsupported(fmt::format("{}: its peer {} is outside the dumped tree{}",
+                                              DescribeNode(n), Outside(n.peer()), kCloseHint));
       }
       if (peer->type() != n.type() || (n.type() != SOCK_DGRAM && peer->peer() != n.ino())) {
         return Error(ErrorCode::kFailed, fmt::format("{}: sock_diag shows an inconsistent peer {}",
@@ -232,9 +277,10 @@ class GraphDump {
     if (n.type() != SOCK_DGRAM && n.state() == Node::CONNECTED) {
       if (waiting_on_.contains(n.ino())) return CheckWaitingClient(m);
       if (waiting_outside_.contains(n.ino())) {
+        if (ctx_.policy.external_unix_close) return PeerOutside(m);
         return Error::Unsupported(fmt::format(
-            "{}: its connection waits in the backlog of {}, which is outside the dumped tree",
-            DescribeNode(n), Outside(waiting_outside_.at(n.ino()))));
+            "{}: its connection waits in the backlog of {}, which is outside the dumped tree{}",
+            DescribeNode(n), Outside(waiting_outside_.at(n.ino())), kCloseHint));
       }
     }
     // A peer that was closed reads as inode 0 (the kernel keeps it orphaned
@@ -248,6 +294,30 @@ class GraphDump {
     }
     n.set_state(Node::CONNECTED);
     n.set_peer_gone(true);
+    n.mutable_peer_name()->set_name(name);
+    return Ok();
+  }
+
+  // --external-unix=close: the peer (or the listener whose backlog holds
+  // this connection) is outside; carried as a peer that closed, named as
+  // getpeername names it now. Data the tree sent it is lost with it, as
+  // when a peer closes; what it sent the tree is in n's queue.
+  Status PeerOutside(Member& m) {
+    Node& n = *m.node;
+    std::string name = STASIS_TRY_CTX(SockName(m.local.get(), true), DescribeNode(n));
+    if (!name.empty() && !IsAbstract(name) && !name.starts_with('/')) {
+      return Error::Unsupported(
+          fmt::format("{}: its peer outside the tree has the relative path {}", DescribeNode(n),
+                      ShowName(name)));
+    }
+    bool waiting = waiting_outside_.contains(n.ino());
+    auto peer = table_.find(n.peer());
+    bool unread = n.peer() != 0 && peer != table_.end() && peer->second.rqueue != 0;
+    n.set_peer_reset(n.type() != SOCK_DGRAM && (waiting || unread));
+    n.set_peer(0);
+    n.set_state(Node::CONNECTED);
+    n.set_peer_gone(true);
+    n.set_peer_outside(true);
     n.mutable_peer_name()->set_name(name);
     return Ok();
   }
@@ -269,12 +339,24 @@ class GraphDump {
       const Node& n = *m.node;
       if (n.state() != Node::LISTENING) continue;
       PendingListener l{n.ino(), n.type(), {}, {}, DescribeNode(n)};
-      bool data = false;
+      bool data = false, outside = false;
       for (uint64_t c : n.pending()) {
-        l.clients.push_back(NodeOf(c));
-        data = data || NodeOf(c)->late_queue();
+        const Node* client = NodeOf(c);
+        l.clients.push_back(client);
+        if (client == nullptr) {
+          outside = true;  // carried as a peer that closed (--external-unix=close)
+        } else {
+          data = data || client->late_queue();
+        }
       }
       if (!data) continue;
+      if (outside) {
+        return Error::Unsupported(fmt::format(
+            "{}: its backlog holds a client outside the dumped tree and a client of the tree "
+            "that sent data; reading that data needs accept() in backlog order, not supported "
+            "with an outside client in the same backlog",
+            l.what));
+      }
       STASIS_TRY(CheckNoFdsWaiting(m.pid, m.fd, l.what));
       l.fd = sys::UniqueFd(fcntl(m.local.get(), F_DUPFD_CLOEXEC, 0));
       if (!l.fd.valid()) return Error::Errno(DescribeNode(n) + ": dup");
@@ -336,7 +418,8 @@ class GraphDump {
     }
     n.set_name_shared(shared);
     if (shared) return CheckStandInFree(n, own_listener, own);
-    if (n.peer_gone()) return CheckStandInFree(n, other_listener, other);
+    // A stand-in for a peer outside never takes its name (BindStandIn).
+    if (n.peer_gone() && !n.peer_outside()) return CheckStandInFree(n, other_listener, other);
     return Ok();
   }
 
@@ -383,6 +466,8 @@ class GraphDump {
 
   DumpContext& ctx_;
   const FdDumpInput& in_;
+  image::UnixSocketGraph* graph_ = nullptr;
+  uint64_t gone_clients_ = 0;
   DiagTable table_;
   std::vector<Member> members_;
   std::map<uint64_t, size_t> index_;

@@ -96,6 +96,17 @@ struct Target {
 // path is put back. Returns how to reach the socket.
 Result<Target> BindName(int fd, const image::UnixAddress& addr, bool keep);
 
+// Binds a stand-in (a socket that only lives during the restore's build) to
+// `name` without disturbing whatever holds the name now. A path that exists
+// (a live socket file of a program outside the tree, or a stale one) is
+// bound in a throwaway mount namespace, on a tmpfs, so nothing on the host
+// moves; the Target reaches it through its O_PATH fd (unix_socket_standin.cc).
+// An abstract name in use cannot be shared: EADDRINUSE.
+Result<Target> BindStandIn(int fd, const std::string& name);
+// True when a live socket of this type holds the abstract name (the kernel
+// keeps one abstract namespace per socket type); a path: false.
+bool AbstractNameTaken(const std::string& name, int type);
+
 // --- receive queues (unix_socket_queue.cc) ------------------------------------
 
 // The receive queue of fd (a stolen fd: it shares the task's socket) without

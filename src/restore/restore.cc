@@ -12,9 +12,11 @@
 
 #include "image/session_net.h"
 #include "kinds/memory.h"
+#include "kinds/pty.h"
 #include "kinds/registry.h"
 #include "kinds/shmem.h"
 #include "kinds/vdso.h"
+#include "pty.pb.h"
 #include "restore/puppet.h"
 #include "restore/spawn.h"
 #include "restore/tree.h"
@@ -74,6 +76,20 @@ Result<ImageHead> ReadFiles(Records& records) {
   return head;
 }
 
+// An image of a shell job needs a terminal to be restored on, and only
+// such an image takes one.
+Status CheckShellJob(const ImageHead& head, const RestoreOptions& options) {
+  bool needs = head.manifest.shell_job().has_ctty();
+  for (const image::File& f : head.files) needs |= f.state().Is<image::ExternalTtyState>();
+  if (!needs) return Ok();
+  if (!options.shell_job) {
+    return Error::Unsupported(
+        "the image is a job of a terminal outside the dumped tree (dumped with --shell-job): "
+        "restore it with --shell-job, from the terminal it is to run on");
+  }
+  return kinds::pty::CheckShellJobTerminal();
+}
+
 // Contents of the shared-memory objects, written into the new objects
 // through a read-write description of each (the task's may be read-only).
 Status FillShmem(Records& records, const LocalFiles& files) {
@@ -125,9 +141,10 @@ Status CheckHost(const ImageHead& head) {
 // link_up runs once every file exists and the kinds' finishers ran
 // (sockets left repair mode, nftables locks came down): it brings an
 // isolated session's link up, before what must reach the outside peers.
-Result<LocalFiles> CreateFiles(const std::vector<image::File>& files,
+Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell_job,
                                const std::function<Status()>& link_up) {
   kinds::RestoreContext ctx;
+  ctx.shell_job = shell_job;
   LocalFiles out;
   for (bool last_pass : {false, true}) {
     for (const image::File& file : files) {
@@ -279,6 +296,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   STASIS_TRY(reader.Begin());
   Records records(reader);
   ImageHead head = STASIS_TRY(ReadFiles(records));
+  STASIS_TRY(CheckShellJob(head, options));
   // An isolated session's sockets, init and puppets are all made inside its
   // rebuilt network namespace: this thread works from there until the end.
   std::optional<sys::IsolatedNet> net;
@@ -296,7 +314,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   }
   // The session's link comes up once its sockets left repair mode (one
   // still in it drops what arrives), before their resends and nudges.
-  LocalFiles files = STASIS_TRY(CreateFiles(head.files, [&]() -> Status {
+  LocalFiles files = STASIS_TRY(CreateFiles(head.files, options.shell_job, [&]() -> Status {
     if (!net) return Ok();
     STASIS_TRY(net->SetHostUp(true));
     if (!sys::WaitLinkForwarding(result_net->host_link, std::chrono::milliseconds(500))) {
@@ -308,6 +326,14 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   STASIS_TRY(FillShmem(records, files));
   STASIS_TRY(ReadProcesses(records, &head));
   STASIS_TRY(CheckHost(head));
+  auto fd_of = [&files](uint64_t id) -> Result<int> {
+    auto it = files.find(id);
+    if (it == files.end()) return Error::Corrupt(fmt::format("no file {} to seal", id));
+    return it->second.get();
+  };
+  STASIS_TRY_CTX(
+      kinds::shmem::AddSeals(head.files, head.procs, fd_of, kinds::shmem::SealTime::kBeforeMapping),
+      "restore memfd seals");
 
   RestoreResult result;
   result.pid = head.procs[0].pid();
@@ -324,12 +350,19 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   STASIS_TRY(ApplyLate(records, head, files));
   STASIS_TRY(ReadTrailer(records, builder.pages));
   result.pages = builder.pages;
-  STASIS_TRY_CTX(MakeGroups(head.procs, &tree), "restore process groups");
+  // A shell job joins the restorer's group, the job the shell knows.
+  bool job = options.shell_job && head.manifest.shell_job().has_ctty() &&
+             head.procs[0].sid() != head.procs[0].pid();
+  STASIS_TRY_CTX(MakeGroups(head.procs, &tree, job), "restore process groups");
   STASIS_TRY_CTX(EndZombies(&tree), "restore zombies");
   STASIS_TRY(RunAfterTree(tree));
+  STASIS_TRY_CTX(
+      kinds::shmem::AddSeals(head.files, head.procs, fd_of, kinds::shmem::SealTime::kAfterMapping),
+      "restore memfd seals");
   for (TreeProcess& t : tree) {
     if (t.build) STASIS_TRY_CTX(t.build->Finish(), fmt::format("restore pid {}", t.proc->pid()));
   }
+  result.shell_job = job;
   result.init_host_pid = spawner.init_host_pid();
   result.session_name = head.manifest.session_name();
   result.session_command.assign(head.manifest.session_command().begin(),

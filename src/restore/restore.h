@@ -22,6 +22,9 @@ struct RestoreResult {
   double total_ms = 0;
   uint64_t pages = 0;
   size_t processes = 0;
+  // Restored as a job of the restorer's terminal and process group
+  // (--shell-job): the restorer should stay until the tree ends.
+  bool shell_job = false;
   std::string session_name;  // from the manifest
   std::vector<std::string> session_command;
   std::optional<sys::NetConfig> net;  // an isolated session's network, rebuilt
@@ -30,6 +33,9 @@ struct RestoreResult {
 struct RestoreOptions {
   std::string dir;
   bool new_pid_ns = true;  // --pid-ns=host restores into the current namespace
+  // --shell-job: the image's external terminal is this process's terminal
+  // (stdin, its controlling terminal), and the tree a job on it.
+  bool shell_job = false;
   // Runs once the tree is built, while every task is still stopped (e.g. to
   // move it into a session's cgroup before anything can fork); a failure
   // fails the restore.

@@ -195,9 +195,12 @@ Result<size_t> ForkInto(TreeProcess& parent, const image::Process& c, const Tree
   return out->size() - 1;
 }
 
-Status MakeGroups(const std::vector<image::Process>& procs, std::vector<TreeProcess>* tree) {
+Status MakeGroups(const std::vector<image::Process>& procs, std::vector<TreeProcess>* tree,
+                  bool job_group_outside) {
+  int job_group = procs[0].pgid();
   for (TreeProcess& t : *tree) {  // leaders first
     const image::Process& p = *t.proc;
+    if (job_group_outside && p.pgid() == job_group) continue;
     if (p.pgid() == p.pid() && p.sid() != p.pid())
       STASIS_TRY(CallIn(t, "setpgid", SYS_setpgid, 0, 0));
   }
@@ -207,7 +210,7 @@ Status MakeGroups(const std::vector<image::Process>& procs, std::vector<TreeProc
     if (p.pgid() == p.pid() || p.pgid() == 0) continue;
     bool in_tree = Find(procs, p.pgid()) != nullptr;
     bool outside = !in_tree && p.pgid() == procs[0].pgid() && procs[0].pgid() != procs[0].pid();
-    if (outside) continue;  // the root's group lies outside the tree: inherited
+    if (outside || (job_group_outside && p.pgid() == job_group)) continue;  // inherited
     if (!in_tree) {
       leaderless[p.pgid()].push_back(&t);
       continue;

@@ -51,7 +51,11 @@ Status CreateRoot(Spawner& spawner, const std::vector<image::Process>& procs,
 Result<size_t> ForkInto(TreeProcess& parent, const image::Process& child, const TreeFiles& files,
                         std::vector<TreeProcess>* out);
 // After every process exists and has its attributes: groups, then zombies.
-Status MakeGroups(const std::vector<image::Process>& procs, std::vector<TreeProcess>* tree);
+// job_group_outside (restore --shell-job): the root's group is the job's,
+// which the tree joins in the restorer's group (inherited through the init)
+// instead of making it again, so the shell's job control reaches it.
+Status MakeGroups(const std::vector<image::Process>& procs, std::vector<TreeProcess>* tree,
+                  bool job_group_outside = false);
 Status EndZombies(std::vector<TreeProcess>* tree);
 
 }  // namespace stasis::restore

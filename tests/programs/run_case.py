@@ -8,6 +8,7 @@ restore it (N times), trigger it and expect it to print PASS.
                 [--expect-dump-failure REGEX] [--xfail-dump-refusal REGEX]
                 [--corrupt flip-page|truncate] [--change-file-size RELPATH]
                 [--inspect] [--no-dump] [--timeout 60]
+                [--dump-arg ARG]... [--restore-arg ARG]... [--on-terminal]
 
 The program runs in a fresh temp dir (its cwd and $TMPDIR) with stdin from
 /dev/null and stdout+stderr appended to temp/log. In REGEX, "{pid}" stands
@@ -20,6 +21,9 @@ Exit status: 0 pass, 1 fail, 77 expected dump refusal.
 """
 import argparse
 import ctypes
+import fcntl
+import select
+import termios
 import json
 import os
 import re
@@ -37,6 +41,42 @@ GONE_TIMEOUT = 10.0
 PAGE_RECORD = 4
 STREAM_HEADER = 24
 FRAME_HEADER = struct.Struct("<HHIQ")  # type, flags, payload_length, checksum
+
+
+# --on-terminal: a shell stand-in, leader of a session whose controlling
+# terminal is its stdin (a pty whose master the runner holds). It runs
+# argv[3:] as a foreground job (its own group), with stdout and stderr to
+# argv[1] and argv[2] when given, writes the job's pid to argv[0]'s file
+# and its exit code to .rc beside it, then, as a shell does, takes its
+# terminal back.
+SHELL_STUB = r"""
+import fcntl, os, signal, sys, termios, time
+pidfile, out, err = sys.argv[1:4]
+cmd = sys.argv[4:]
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    os.tcsetpgrp(0, os.getpid())
+    signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+    for path, fd in ((out, 1), (err, 2)):
+        if path != "-":
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    os.execv(cmd[0], cmd)
+try:
+    os.setpgid(pid, pid)
+except OSError:
+    pass
+with open(pidfile + ".tmp", "w") as f:
+    f.write(str(pid))
+os.rename(pidfile + ".tmp", pidfile)
+_, status = os.waitpid(pid, 0)
+with open(pidfile + ".rc.tmp", "w") as f:
+    f.write(str(os.waitstatus_to_exitcode(status)))
+os.rename(pidfile + ".rc.tmp", pidfile + ".rc")
+os.tcsetpgrp(0, os.getpgrp())
+"""
 
 
 class CaseFailure(Exception):
@@ -149,11 +189,78 @@ class Case:
             os.chown(self.tmp, pw.pw_uid, pw.pw_gid)
             creds = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
             env["HOME"] = self.tmp
+        if self.args.on_terminal:
+            self.start_on_terminal(argv, env)
+            return
         with open(self.logpath, "ab") as logf:
             self.proc = subprocess.Popen(argv, cwd=self.tmp, stdin=subprocess.DEVNULL, stdout=logf,
                                          stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                          **creds)
         log(f"started {' '.join(argv)} as pid {self.proc.pid} in {self.tmp}")
+
+    # -- a job on a terminal (--on-terminal) --
+
+    def new_terminal(self, rows, cols):
+        """A pty: the runner keeps the master (outside any dumped tree)."""
+        master, slave = os.openpty()
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.term_master, self.term_name, self.term_size = master, os.ttyname(slave), (rows, cols)
+        return slave
+
+    def run_as_job(self, argv, slave, out, err, env=None, logf=None):
+        """Runs argv as the foreground job of a shell stand-in on `slave`;
+        returns (stand-in Popen, path of the job's pid file)."""
+        pidfile = os.path.join(self.tmp, f"job{self.ncmd}.pid")
+        stub = [sys.executable, "-c", SHELL_STUB, pidfile, out, err] + argv
+        p = subprocess.Popen(stub, cwd=self.tmp, stdin=slave, stdout=logf or subprocess.DEVNULL,
+                             stderr=subprocess.STDOUT if logf else subprocess.DEVNULL, env=env,
+                             start_new_session=True)
+        os.close(slave)
+        return p, pidfile
+
+    def wait_file(self, path, what, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise CaseFailure(f"{what}: {path} did not appear within {timeout:.0f} s")
+            time.sleep(0.01)
+        with open(path) as f:
+            return f.read().strip()
+
+    def start_on_terminal(self, argv, env):
+        slave = self.new_terminal(24, 80)
+        self.ncmd += 1
+        with open(self.logpath, "ab") as logf:
+            self.proc, pidfile = self.run_as_job(argv, slave, "-", "-", env=env, logf=logf)
+        self.job_pid = int(self.wait_file(pidfile, "the job's pid"))
+        log(f"started {' '.join(argv)} as pid {self.job_pid}, a job of session {self.proc.pid} on "
+            f"{self.term_name}")
+
+    def talk_to_job(self, pid):
+        """After the trigger: the job writes "JOB-OUT tty=NAME rows=R cols=C"
+        through /dev/tty; it must be on the terminal the runner holds now,
+        with that terminal's size, and then read the line we type."""
+        got, deadline = b"", time.monotonic() + 10
+        while b"\n" not in got.partition(b"JOB-OUT")[2]:
+            if time.monotonic() > deadline:
+                raise CaseFailure(f"no JOB-OUT line from the job on {self.term_name} (got {got!r})")
+            r, _, _ = select.select([self.term_master], [], [], 0.1)
+            if r:
+                got += os.read(self.term_master, 4096)
+        line = (b"JOB-OUT" + got.partition(b"JOB-OUT")[2].partition(b"\n")[0]).decode().strip()
+        want = f"JOB-OUT tty={self.term_name} rows={self.term_size[0]} cols={self.term_size[1]}"
+        if line != want:
+            raise CaseFailure(f"the job says {line!r}, expected {want!r}")
+        log(f"job on its terminal: {line}")
+        stat = read_proc(pid, "stat") or b""
+        fields = stat[stat.rindex(b")") + 2:].split() if stat else []
+        pgrp, tpgid = (int(fields[2]), int(fields[5])) if len(fields) > 5 else (None, None)
+        if pgrp != tpgid:
+            raise CaseFailure(f"pid {pid}: group {pgrp} is not the terminal's foreground group {tpgid}")
+        if getattr(self, "restorer", None) is not None and pgrp != self.restorer:
+            raise CaseFailure(f"pid {pid}: group {pgrp}, not the group of the restore job "
+                              f"(stasis restore, pid {self.restorer}) that the shell knows")
+        os.write(self.term_master, b"typed-after\n")
 
     def log_text(self):
         try:
@@ -329,8 +436,54 @@ class Case:
             log("  stderr: " + err.strip()[-3000:].replace("\n", "\n  stderr: "))
         return rc, out, err, elapsed
 
+    def stasis_on_terminal(self, *argv):
+        """A stasis command run as a job on a new terminal; as stasis()."""
+        slave = self.new_terminal(33, 101)
+        self.ncmd += 1
+        out_path = os.path.join(self.tmp, f"stasis{self.ncmd}.{argv[0]}.out")
+        err_path = os.path.join(self.tmp, f"stasis{self.ncmd}.{argv[0]}.err")
+        t0 = time.monotonic()
+        self.stubs = getattr(self, "stubs", [])
+        stub, pidfile = self.run_as_job([self.args.stasis] + list(argv), slave, out_path, err_path)
+        self.stubs.append(stub)
+        self.restorer = int(self.wait_file(pidfile, "stasis on a terminal"))
+        self.restorer_rc = pidfile + ".rc"
+        # restore --shell-job stays, as the job, until the tree ends: done
+        # when it printed the pid, or ended.
+        deadline = time.monotonic() + self.args.timeout
+        rc = 0
+        while True:
+            if os.path.exists(pidfile + ".rc"):
+                rc = int(self.wait_file(pidfile + ".rc", "stasis on a terminal"))
+                break
+            try:
+                with open(out_path, "rb") as f:
+                    lines = f.read().strip().splitlines()
+            except FileNotFoundError:  # the job has not opened it yet
+                lines = []
+            if lines and lines[-1].strip().isdigit():
+                time.sleep(0.2)
+                if "--shell-job" in argv and os.path.exists(pidfile + ".rc"):
+                    raise CaseFailure("stasis restore --shell-job ended before its job did")
+                break
+            if time.monotonic() > deadline:
+                raise CaseFailure(f"`stasis {' '.join(argv)}` on a terminal: no pid and no end "
+                                  f"within {self.args.timeout:.0f} s")
+            time.sleep(0.01)
+        elapsed = time.monotonic() - t0
+        with open(out_path, "rb") as f:
+            out = f.read().decode(errors="replace")
+        with open(err_path, "rb") as f:
+            err = f.read().decode(errors="replace")
+        log(f"$ {self.args.stasis} {' '.join(argv)}  (a job on {self.term_name}) -> exit {rc} in "
+            f"{elapsed:.3f} s")
+        if err.strip():
+            log("  stderr: " + err.strip()[-3000:].replace("\n", "\n  stderr: "))
+        return rc, out, err, elapsed
+
     def restore(self, img):
-        rc, out, err, elapsed = self.stasis("restore", "-D", img, *self.args.restore_arg)
+        run = self.stasis_on_terminal if self.args.on_terminal else self.stasis
+        rc, out, err, elapsed = run("restore", "-D", img, *self.args.restore_arg)
         if rc != 0:
             raise CaseFailure(f"restore failed (exit {rc}):\n{err.strip()}")
         lines = out.strip().splitlines()
@@ -404,6 +557,8 @@ class Case:
     def finish(self, pid):
         """Trigger, wait for the end, judge the log."""
         self.trigger(pid)
+        if self.args.on_terminal:
+            self.talk_to_job(pid)
         if self.proc is not None and pid == self.proc.pid:
             try:
                 self.proc.wait(timeout=self.args.timeout)
@@ -412,6 +567,10 @@ class Case:
             self.exit_status[pid] = status_from_rc(self.proc.returncode)
         else:
             self.wait_gone(pid, self.args.timeout, "after the trigger")
+        if getattr(self, "restorer", None) is not None:
+            rc = self.wait_file(self.restorer_rc, "the restore job's end")
+            if rc != "0":
+                raise CaseFailure(f"stasis restore --shell-job ended with {rc}, not the job's 0")
         text = self.log_text()
         lines = text.splitlines()
         status = self.exit_status.get(pid)
@@ -442,7 +601,7 @@ class Case:
         a = self.args
         self.start()
         self.wait_ready()
-        pid = self.proc.pid
+        pid = self.job_pid if a.on_terminal else self.proc.pid
         if a.no_dump:
             self.wait_syscall(pid)
             self.finish(pid)
@@ -453,6 +612,7 @@ class Case:
             os.mkdir(img)
             self.tracer_before = tracer_pid(pid)
             argv = ["dump", "-t", str(pid), "-D", img] + (["--leave-running"] if a.leave_running else [])
+            argv += a.dump_arg
             rc, _out, err, t_dump = self.stasis(*argv)
             if a.expect_dump_failure:
                 regex = a.expect_dump_failure.replace("{pid}", str(pid))
@@ -514,6 +674,9 @@ class Case:
                 os.truncate(path, st.st_size)  # back as it was: the restore must now work
                 os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
+            if cycle == 0 and a.expect_restore_failure:
+                self.expect_failed_restore(img, a.expect_restore_failure, "restore without its arguments")
+
             pid, t_restore = self.restore(img)
             self.timings.append((cycle, t_dump, t_restore, size))
             log(f"cycle {cycle}: dump {t_dump:.3f} s, restore {t_restore:.3f} s, image {size} bytes, "
@@ -557,6 +720,14 @@ def parse_args(argv):
     p.add_argument("--no-dump", action="store_true", help="run the program alone (checks the program itself)")
     p.add_argument("--user", help="run the program as this user (e.g. nobody)")
     p.add_argument("--restore-arg", action="append", default=[], help="extra argument for stasis restore")
+    p.add_argument("--dump-arg", action="append", default=[], help="extra argument for stasis dump")
+    p.add_argument("--expect-restore-failure", metavar="WORD", action="append", default=[],
+                   help="a first restore without --restore-arg must fail, naming WORD, and leave "
+                        "nothing behind; then the real restore")
+    p.add_argument("--on-terminal", action="store_true",
+                   help="run the program as the foreground job of a shell on a pty the runner holds, "
+                        "and stasis restore as one on another pty; after the trigger the program "
+                        "must talk through its terminal (see talk_to_job)")
     p.add_argument("--timeout", type=float, default=60.0)
     a = p.parse_args(argv)
     if not a.no_dump and not a.stasis:
