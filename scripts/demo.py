@@ -45,13 +45,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--stasis", default=shutil.which("stasis") or os.path.join(HERE, "..", "build", "stasis"))
     ap.add_argument("--mib", type=int, default=256, help="size of the kernel's numpy array")
+    ap.add_argument("--address", default="198.18.99.2/24",
+                    help="the session's own address (stasis run --net=isolated); 'host' for none")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="stasis-demo-")
     os.chmod(work, 0o755)
-    s = jl.JupyterSession(a.stasis, work, "demo-jupyter")
+    s = jl.JupyterSession(a.stasis, work, "demo-jupyter",
+                          address=None if a.address == "host" else a.address)
     timings = []
     try:
-        step("Starting jupyter-server as user nobody, in a stasis session")
+        step("Starting jupyter-server as user nobody, in a stasis session with its own network")
         s.start()
         say(f"session 'demo-jupyter' is serving {s.url('/')} (log: {s.log})")
 

@@ -300,22 +300,18 @@ class TerminalSocket:
         self.ws.close()
 
 
-def wait_no_close_wait(timeout=20):
-    """A client we dropped leaves the server's end half-closed until the
-    server closes it (libzmq does so asynchronously); wait for that."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        states = [line.split()[3] for table in ("/proc/net/tcp", "/proc/net/tcp6")
-                  for line in open(table).read().splitlines()[1:]]
-        if "08" not in states:
-            return
-        time.sleep(0.1)
-    raise Failure("connections stayed half-closed (CLOSE_WAIT)")
-
-
-def run_with_client(connection_file, code, timeout=60):
+def run_with_client(connection_file, code, timeout=60, netns_pid=None):
     """Runs code through a fresh jupyter_client connection (the ZMQ path a
-    second frontend uses); returns its stdout."""
+    second frontend uses); returns its stdout. The kernel listens on the
+    loopback of its session's network: with netns_pid, the client runs in
+    that process's network namespace (nsenter)."""
+    if netns_pid is not None:
+        r = subprocess.run(["nsenter", "-t", str(netns_pid), "-n", "/usr/bin/python3",
+                            os.path.abspath(__file__), connection_file, code],
+                           capture_output=True, text=True, timeout=timeout + 30)
+        if r.returncode != 0:
+            raise Failure(f"jupyter_client in the session's network: {r.stderr[-2000:]}")
+        return r.stdout.strip()
     from jupyter_client import BlockingKernelClient
     kc = BlockingKernelClient(connection_file=connection_file)
     kc.load_connection_file()
@@ -330,3 +326,9 @@ def run_with_client(connection_file, code, timeout=60):
         return "".join(out).strip()
     finally:
         kc.stop_channels()
+
+
+if __name__ == "__main__":
+    # python3 jupyter_lib.py CONNECTION_FILE CODE: run_with_client, for nsenter.
+    import sys
+    print(run_with_client(sys.argv[1], sys.argv[2]))

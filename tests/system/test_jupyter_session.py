@@ -155,7 +155,8 @@ class Scenario:
         rows = sqlite3.connect(self.db_path).execute("select k, v from t order by k").fetchall()
         if rows != [(1, "committed"), (2, "pending"), (3, "after")]:
             raise jl.Failure(f"sqlite rows after commit: {rows}")
-        out = jl.run_with_client(self.cf, "print(x, big_sum)")
+        out = jl.run_with_client(self.cf, "print(x, big_sum)",
+                                 netns_pid=self.s.pids()[0] if self.s.bridge else None)
         if out != f"{42 + self.cycles_done} {self.facts.split()[1]}":
             raise jl.Failure(f"a fresh jupyter_client saw {out!r}")
         log(f"fresh jupyter_client connection: x, big_sum = {out}")
@@ -166,7 +167,7 @@ def image_mib(path):
 
 
 def run(a, work):
-    s = jl.JupyterSession(a.stasis, work, f"jup-{os.getpid()}")
+    s = jl.JupyterSession(a.stasis, work, f"jup-{os.getpid()}", address=a.address)
     sc = Scenario(s, a.big_mib, a.terminal)
     try:
         s.start()
@@ -232,6 +233,8 @@ def main():
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--terminal", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--leave-running", action="store_true")
+    ap.add_argument("--address", help="run the session with --net=isolated at ADDR/PREFIX (from "
+                    "198.18.0.0/15), on a bridge of the test's own; the test reaches it from the host")
     a = ap.parse_args()
     if not jl.jupyter_installed():
         log("jupyter-server is not installed (scripts/install-deps.sh installs it)")
