@@ -1,0 +1,350 @@
+#include "checkpoint/precopy.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+
+#include "checkpoint/task_dump.h"
+#include "image/stream.h"
+#include "sys/pidfds.h"
+#include "sys/proc.h"
+#include "sys/tracee.h"
+#include "sys/uffd.h"
+
+namespace stasis::checkpoint {
+
+constexpr uint64_t kPage = image::kPageSize;
+constexpr uint64_t kPmPresent = 1ull << 63;
+constexpr uint64_t kPmPfnMask = (1ull << 55) - 1;
+constexpr uint64_t kPagemapBatch = 65536;  // entries per pread: 256 MiB of address space
+constexpr size_t kIovBatch = 1024;         // IOV_MAX
+
+// Pages copied from one registered VMA, with the physical page each was.
+struct PageCopy {
+  uint64_t addr;
+  uint64_t npages;
+  const uint8_t* data;
+  std::shared_ptr<const uint8_t[]> buffer;
+  std::vector<uint64_t> pfn;
+  std::vector<bool> good;
+};
+
+struct Precopy::Process {
+  pid_t pid;
+  sys::UniqueFd uffd;
+  sys::UniqueFd pagemap;  // of the mm the uffd tracks (opened before any exec)
+  struct Vma {
+    uint64_t start, end, pgoff;
+  };
+  std::vector<Vma> vmas;
+  std::vector<PageCopy> copies;  // by address
+  bool settled = false;
+};
+
+namespace {
+
+// The tree as it is now: the root and its descendants, parents first.
+std::vector<pid_t> TreePids(pid_t root) {
+  std::vector<pid_t> out = {root};
+  for (size_t i = 0; i < out.size(); ++i) {
+    std::string dir = fmt::format("/proc/{}/task", out[i]);
+    DIR* d = opendir(dir.c_str());
+    if (d == nullptr) continue;
+    while (struct dirent* e = readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      Result<std::string> text = sys::proc::ReadFile(dir + "/" + e->d_name + "/children");
+      if (!text.ok()) continue;
+      std::istringstream in(text.value());
+      for (pid_t child; in >> child;) out.push_back(child);
+    }
+    closedir(d);
+  }
+  return out;
+}
+
+Result<uint64_t> VdsoSyscall(pid_t pid) {
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/maps", pid)));
+  for (const sys::proc::MapsEntry& m : STASIS_TRY(sys::proc::ParseMaps(text))) {
+    if (m.path == "[vdso]") return sys::FindSyscallInsn(pid, m.start, m.end);
+  }
+  return Error::Unsupported(fmt::format("pid {}: no [vdso] to run system calls from", pid));
+}
+
+// A userfaultfd of pid's mm, in this process. Every thread is held while
+// the task has the fd, so no fork can copy it into a child.
+Result<sys::UniqueFd> StealUserfaultfd(pid_t pid) {
+  std::vector<sys::Tracee> threads = STASIS_TRY(SeizeThreads(pid));
+  sys::Injector inj = STASIS_TRY(sys::Injector::Create(threads[0], STASIS_TRY(VdsoSyscall(pid))));
+  long fd = STASIS_TRY(inj.Call("userfaultfd", SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  Result<sys::UniqueFd> pidfd = sys::PidfdOpen(pid);
+  Result<sys::UniqueFd> stolen =
+      pidfd.ok() ? sys::PidfdGetfd(pidfd.value().get(), pid, static_cast<int>(fd))
+                 : Result<sys::UniqueFd>(pidfd.error());
+  STASIS_TRY(inj.Call("close(userfaultfd)", SYS_close, static_cast<uint64_t>(fd)));
+  STASIS_TRY(inj.Finish());
+  return stolen;
+}
+
+bool Trackable(const sys::proc::MapsEntry& m) {
+  return m.read && m.write && !m.shared && m.inode == 0 && (m.path.empty() || m.path == "[heap]");
+}
+
+Status ReadPagemap(int fd, uint64_t addr, uint64_t npages, uint64_t* out) {
+  ssize_t n = pread(fd, out, npages * 8, static_cast<off_t>(addr / kPage * 8));
+  if (n != static_cast<ssize_t>(npages * 8)) return Error::Errno("read pagemap");
+  return Ok();
+}
+
+// One process_vm_readv per kIovBatch pieces; false if any came back short.
+bool ReadPieces(pid_t pid, const std::vector<iovec>& local, const std::vector<iovec>& remote) {
+  for (size_t i = 0; i < local.size(); i += kIovBatch) {
+    size_t n = std::min(kIovBatch, local.size() - i);
+    size_t bytes = 0;
+    for (size_t j = i; j < i + n; ++j) bytes += local[j].iov_len;
+    ssize_t got = process_vm_readv(pid, &local[i], n, &remote[i], n, 0);
+    if (got != static_cast<ssize_t>(bytes)) return false;
+  }
+  return true;
+}
+
+// Copies the present pages of [start, end) (a batch of one VMA). Pages the
+// task unmaps meanwhile make the copy short: then nothing of the batch is
+// kept, and it is read while frozen.
+Status CopyBatch(Precopy::Process& p, uint64_t start, uint64_t end) {
+  uint64_t npages = (end - start) / kPage;
+  std::vector<uint64_t> entries(npages);
+  STASIS_TRY(ReadPagemap(p.pagemap.get(), start, npages, entries.data()));
+  std::vector<PageCopy> runs;
+  uint64_t total = 0;
+  for (uint64_t i = 0; i < npages; ++i) {
+    if (!(entries[i] & kPmPresent)) continue;
+    uint64_t pfn = entries[i] & kPmPfnMask;
+    if (pfn == 0) return Error::Unsupported("pagemap shows no PFNs (needs CAP_SYS_ADMIN)");
+    uint64_t addr = start + i * kPage;
+    if (runs.empty() || runs.back().addr + runs.back().npages * kPage != addr) {
+      runs.push_back({addr, 0, nullptr, nullptr, {}, {}});
+    }
+    ++runs.back().npages;
+    runs.back().pfn.push_back(pfn);
+    ++total;
+  }
+  if (total == 0) return Ok();
+  std::shared_ptr<uint8_t[]> buffer(new uint8_t[total * kPage]);
+  std::vector<iovec> local, remote;
+  uint64_t off = 0;
+  for (PageCopy& c : runs) {
+    c.data = buffer.get() + off;
+    c.buffer = buffer;
+    c.good.assign(c.npages, true);
+    local.push_back({buffer.get() + off, c.npages * kPage});
+    remote.push_back({reinterpret_cast<void*>(c.addr), c.npages * kPage});
+    off += c.npages * kPage;
+  }
+  if (!ReadPieces(p.pid, local, remote)) return Ok();
+  for (PageCopy& c : runs) p.copies.push_back(std::move(c));
+  return Ok();
+}
+
+Result<std::unique_ptr<Precopy::Process>> StartProcess(pid_t pid) {
+  auto p = std::make_unique<Precopy::Process>();
+  p->pid = pid;
+  std::string path = fmt::format("/proc/{}/pagemap", pid);
+  p->pagemap = sys::UniqueFd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!p->pagemap.valid()) return Error::Errno("open " + path);
+  p->uffd = STASIS_TRY(StealUserfaultfd(pid));
+  STASIS_TRY(sys::uffd::EnableWpAsync(p->uffd.get()));
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/maps", pid)));
+  for (const sys::proc::MapsEntry& m : STASIS_TRY(sys::proc::ParseMaps(text))) {
+    if (!Trackable(m)) continue;
+    if (!STASIS_TRY(sys::uffd::RegisterWp(p->uffd.get(), m.start, m.end))) continue;
+    STASIS_TRY(sys::uffd::WriteProtect(p->uffd.get(), m.start, m.end));
+    p->vmas.push_back({m.start, m.end, m.pgoff});
+  }
+  // Protected first, copied after: a write in between shows as written.
+  for (const Precopy::Process::Vma& v : p->vmas) {
+    for (uint64_t a = v.start; a < v.end; a += kPagemapBatch * kPage) {
+      STASIS_TRY(CopyBatch(*p, a, std::min(v.end, a + kPagemapBatch * kPage)));
+    }
+  }
+  return p;
+}
+
+// Marks the copied pages in [start, end) as not usable.
+void MarkBad(std::vector<PageCopy>& copies, uint64_t start, uint64_t end) {
+  auto it = std::upper_bound(copies.begin(), copies.end(), start,
+                             [](uint64_t a, const PageCopy& c) { return a < c.addr; });
+  if (it != copies.begin()) --it;
+  for (; it != copies.end() && it->addr < end; ++it) {
+    uint64_t cend = it->addr + it->npages * kPage;
+    uint64_t from = std::max(start, it->addr), to = std::min(end, cend);
+    for (uint64_t a = from; a < to; a += kPage) it->good[(a - it->addr) / kPage] = false;
+  }
+}
+
+Status SettleProcess(Precopy::Process& p) {
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/smaps", p.pid)));
+  std::vector<sys::proc::SmapsEntry> smaps = STASIS_TRY(sys::proc::ParseSmaps(text));
+  for (const Precopy::Process::Vma& v : p.vmas) {
+    auto same = [&v](const sys::proc::SmapsEntry& e) {
+      return e.map.start == v.start && e.map.end == v.end && e.map.pgoff == v.pgoff &&
+             Trackable(e.map) && sys::proc::HasVmFlag(e, "uw");
+    };
+    if (std::find_if(smaps.begin(), smaps.end(), same) == smaps.end()) {
+      MarkBad(p.copies, v.start, v.end);
+      continue;
+    }
+    for (const sys::uffd::Range& r :
+         STASIS_TRY(sys::uffd::WrittenRanges(p.pagemap.get(), v.start, v.end))) {
+      MarkBad(p.copies, r.start, r.end);
+    }
+  }
+  std::vector<uint64_t> entries;
+  for (PageCopy& c : p.copies) {
+    entries.resize(c.npages);
+    STASIS_TRY(ReadPagemap(p.pagemap.get(), c.addr, c.npages, entries.data()));
+    for (uint64_t i = 0; i < c.npages; ++i) {
+      if (!(entries[i] & kPmPresent) || (entries[i] & kPmPfnMask) != c.pfn[i]) c.good[i] = false;
+    }
+  }
+  return Ok();
+}
+
+// The copy holding a good page at addr, or nullptr.
+const PageCopy* GoodCopy(const std::vector<PageCopy>& copies, uint64_t addr) {
+  auto it = std::upper_bound(copies.begin(), copies.end(), addr,
+                             [](uint64_t a, const PageCopy& c) { return a < c.addr; });
+  if (it == copies.begin()) return nullptr;
+  --it;
+  if (addr >= it->addr + it->npages * kPage || !it->good[(addr - it->addr) / kPage]) return nullptr;
+  return &*it;
+}
+
+struct Missing {
+  uint64_t addr;
+  uint64_t npages;
+  bool readable;
+};
+
+// Reads what the copies do not have from the (frozen) task into one buffer.
+Status ReadMissing(pid_t pid, const std::vector<Missing>& missing, PageStore* store) {
+  uint64_t total = 0;
+  for (const Missing& m : missing) total += m.npages;
+  if (total == 0) return Ok();
+  std::shared_ptr<uint8_t[]> buffer(new uint8_t[total * kPage]);
+  std::vector<iovec> local, remote;
+  std::string mem_path = fmt::format("/proc/{}/mem", pid);
+  sys::UniqueFd mem;
+  uint64_t off = 0;
+  for (const Missing& m : missing) {
+    uint8_t* dst = buffer.get() + off;
+    uint64_t len = m.npages * kPage;
+    off += len;
+    store->Add(m.addr, m.npages, dst, buffer);
+    if (m.readable) {
+      local.push_back({dst, len});
+      remote.push_back({reinterpret_cast<void*>(m.addr), len});
+      continue;
+    }
+    // Pages the task may not read: /proc/PID/mem reads them (FOLL_FORCE).
+    if (!mem.valid()) mem = sys::UniqueFd(open(mem_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (pread(mem.get(), dst, len, static_cast<off_t>(m.addr)) != static_cast<ssize_t>(len)) {
+      return Error::Errno(fmt::format("pid {}: read {} at {:#x}", pid, mem_path, m.addr));
+    }
+  }
+  if (!ReadPieces(pid, local, remote)) {
+    return Error::Errno(fmt::format("pid {}: process_vm_readv of {} page runs", pid, local.size()));
+  }
+  return Ok();
+}
+
+}  // namespace
+
+void PageStore::Add(uint64_t addr, uint64_t npages, const uint8_t* data,
+                    std::shared_ptr<const uint8_t[]> buffer) {
+  runs_[addr] = {addr, npages, data};
+  pages_ += npages;
+  if (buffers_.empty() || buffers_.back() != buffer) buffers_.push_back(std::move(buffer));
+}
+
+Status PageStore::Read(uint64_t addr, uint64_t npages, uint8_t* out) const {
+  uint64_t end = addr + npages * kPage;
+  while (addr < end) {
+    auto it = runs_.upper_bound(addr);
+    if (it == runs_.begin()) break;
+    const Run& r = (--it)->second;
+    uint64_t rend = r.addr + r.npages * kPage;
+    if (addr >= rend) break;
+    uint64_t len = std::min(end, rend) - addr;
+    memcpy(out, r.data + (addr - r.addr), len);
+    out += len;
+    addr += len;
+  }
+  if (addr < end) {
+    return Error(ErrorCode::kFailed, fmt::format("page {:#x} missing from the copy", addr));
+  }
+  return Ok();
+}
+
+Precopy Precopy::Start(pid_t root) {
+  Precopy pc;
+  for (pid_t pid : TreePids(root)) {
+    Result<std::unique_ptr<Process>> p = StartProcess(pid);
+    if (!p.ok()) continue;  // read in full while frozen
+    for (const PageCopy& c : p.value()->copies) pc.stats_.pages_copied += c.npages;
+    ++pc.stats_.processes_tracked;
+    pc.procs_[pid] = std::move(p).value();
+  }
+  return pc;
+}
+
+Precopy::Precopy(Precopy&&) noexcept = default;
+Precopy& Precopy::operator=(Precopy&&) noexcept = default;
+Precopy::~Precopy() = default;
+
+void Precopy::Settle() {
+  for (auto it = procs_.begin(); it != procs_.end();) {
+    Process& p = *it->second;
+    p.settled = SettleProcess(p).ok();
+    p.uffd.reset();
+    p.pagemap.reset();
+    it = p.settled ? std::next(it) : procs_.erase(it);
+  }
+}
+
+Result<std::unique_ptr<PageStore>> Precopy::Take(pid_t host_pid,
+                                                 const kinds::memory::PagePlan& plan) {
+  auto store = std::make_unique<PageStore>();
+  auto found = procs_.find(host_pid);
+  const std::vector<PageCopy>* copies = found != procs_.end() ? &found->second->copies : nullptr;
+  std::vector<Missing> missing;
+  for (const kinds::memory::PagePlan::Run& run : plan.runs) {
+    uint64_t end = run.addr + run.npages * kPage;
+    for (uint64_t addr = run.addr; addr < end;) {
+      const PageCopy* c = copies ? GoodCopy(*copies, addr) : nullptr;
+      uint64_t from = addr;
+      if (c != nullptr) {
+        uint64_t cend = std::min(end, c->addr + c->npages * kPage);
+        while (addr < cend && c->good[(addr - c->addr) / kPage]) addr += kPage;
+        store->Add(from, (addr - from) / kPage, c->data + (from - c->addr), c->buffer);
+        stats_.pages_kept += (addr - from) / kPage;
+        continue;
+      }
+      while (addr < end && (copies == nullptr || GoodCopy(*copies, addr) == nullptr)) {
+        addr += kPage;
+      }
+      missing.push_back({from, (addr - from) / kPage, run.readable});
+      stats_.pages_read += (addr - from) / kPage;
+    }
+  }
+  STASIS_TRY(ReadMissing(host_pid, missing, store.get()));
+  return store;
+}
+
+}  // namespace stasis::checkpoint

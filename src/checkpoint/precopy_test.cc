@@ -1,0 +1,117 @@
+// The pre-copy on a child: pages it writes, or drops and faults back in,
+// after the copy are read again while it is stopped; the rest come from the
+// copy, and the store matches the child's memory page for page.
+#include "checkpoint/precopy.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "sys/unique_fd.h"
+
+namespace stasis::checkpoint {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kPages = 256;
+
+// Fills kPages pages, reports their address, then obeys one byte at a time:
+// 'w' rewrites pages 5-9, 'd' drops page 20 and reads it back (the zero
+// page), 's' stops itself.
+[[noreturn]] void Child(int to_parent, int from_parent) {
+  auto* mem = static_cast<uint8_t*>(
+      mmap(nullptr, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  for (uint64_t i = 0; i < kPages * kPage; ++i) mem[i] = static_cast<uint8_t>(i * 13 + 1);
+  uint64_t addr = reinterpret_cast<uint64_t>(mem);
+  if (write(to_parent, &addr, sizeof addr) != sizeof addr) _exit(2);
+  char cmd;
+  while (read(from_parent, &cmd, 1) == 1) {
+    volatile uint8_t sink = 0;
+    if (cmd == 'w') {
+      for (int p = 5; p < 10; ++p) memset(mem + p * kPage, 0xa5, kPage);
+    } else if (cmd == 'd') {
+      madvise(mem + 20 * kPage, kPage, MADV_DONTNEED);
+      sink = mem[20 * kPage];
+    } else if (cmd == 's') {
+      raise(SIGSTOP);
+    }
+    (void)sink;
+    if (write(to_parent, &cmd, 1) != 1) _exit(2);
+  }
+  _exit(0);
+}
+
+TEST(Precopy, KeepsCleanPagesAndRereadsChangedOnes) {
+  int up[2], down[2];
+  ASSERT_EQ(pipe2(up, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(down, O_CLOEXEC), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) Child(up[1], down[0]);
+  close(up[1]);
+  close(down[0]);
+  sys::UniqueFd from(up[0]), to(down[1]);
+  uint64_t addr = 0;
+  ASSERT_EQ(read(from.get(), &addr, sizeof addr), static_cast<ssize_t>(sizeof addr));
+  auto command = [&](char c) {
+    ASSERT_EQ(write(to.get(), &c, 1), 1);
+    if (c != 's') ASSERT_EQ(read(from.get(), &c, 1), 1);
+  };
+
+  Precopy precopy = Precopy::Start(pid);
+  EXPECT_EQ(precopy.stats().processes_tracked, 1u);
+  EXPECT_GE(precopy.stats().pages_copied, kPages);
+  command('w');
+  command('d');
+  command('s');
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, WUNTRACED), pid);
+  ASSERT_TRUE(WIFSTOPPED(status));
+  precopy.Settle();
+
+  kinds::memory::PagePlan plan;
+  plan.runs.push_back({addr, kPages, true, true});
+  Result<std::unique_ptr<PageStore>> store = precopy.Take(pid, plan);
+  ASSERT_TRUE(store.ok()) << store.error().ToString();
+  std::vector<uint8_t> want(kPages * kPage), got(kPages * kPage);
+  struct iovec local = {want.data(), want.size()},
+               remote = {reinterpret_cast<void*>(addr), want.size()};
+  ASSERT_EQ(process_vm_readv(pid, &local, 1, &remote, 1, 0), static_cast<ssize_t>(want.size()));
+  ASSERT_TRUE(store.value()->Read(addr, kPages, got.data()).ok());
+  for (uint64_t p = 0; p < kPages; ++p) {
+    EXPECT_EQ(memcmp(want.data() + p * kPage, got.data() + p * kPage, kPage), 0) << "page " << p;
+  }
+  EXPECT_EQ(got[20 * kPage], 0);
+  EXPECT_EQ(got[5 * kPage], 0xa5);
+  // Pages 5-9 written and page 20 refaulted: read again; the rest kept.
+  EXPECT_EQ(precopy.stats().pages_read, 6u);
+  EXPECT_EQ(precopy.stats().pages_kept, kPages - 6);
+
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+}
+
+TEST(Precopy, StoreReadsAcrossRunsAndRefusesGaps) {
+  PageStore store;
+  std::shared_ptr<uint8_t[]> buf(new uint8_t[3 * kPage]);
+  memset(buf.get(), 1, kPage);
+  memset(buf.get() + kPage, 2, 2 * kPage);
+  store.Add(0x10000, 1, buf.get(), buf);
+  store.Add(0x11000, 2, buf.get() + kPage, buf);
+  std::vector<uint8_t> out(3 * kPage);
+  ASSERT_TRUE(store.Read(0x10000, 3, out.data()).ok());
+  EXPECT_EQ(out[0], 1);
+  EXPECT_EQ(out[kPage], 2);
+  EXPECT_EQ(out[3 * kPage - 1], 2);
+  EXPECT_FALSE(store.Read(0x12000, 2, out.data()).ok());
+  EXPECT_EQ(store.pages(), 3u);
+}
+
+}  // namespace
+}  // namespace stasis::checkpoint

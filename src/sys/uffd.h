@@ -1,0 +1,39 @@
+// Write tracking of another process's memory: a userfaultfd in asynchronous
+// write-protect mode (UFFD_FEATURE_WP_ASYNC, 6.7+) marks the pages written
+// since UFFDIO_WRITEPROTECT, and PAGEMAP_SCAN on /proc/PID/pagemap reads the
+// marks (kernel-notes.md, "Dirty tracking with PAGEMAP_SCAN and WP_ASYNC").
+// The uffd may be one stolen from the tracked process: every ioctl acts on
+// the mm of the process that created it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "sys/result.h"
+
+namespace stasis::sys::uffd {
+
+// The UFFDIO_API handshake (one-shot per uffd) with WP_ASYNC. Without
+// WP_UNPOPULATED: protecting never-touched ranges would allocate page tables
+// for all of a sparse VMA, and a page that was not present when protected is
+// not taken from the pre-copy anyway.
+Status EnableWpAsync(int uffd);
+
+// UFFDIO_REGISTER_MODE_WP of [start, end). False (not an error) when the
+// kernel will not track that range: EBUSY (another uffd has it) or EINVAL
+// (a VMA type it cannot register).
+Result<bool> RegisterWp(int uffd, uint64_t start, uint64_t end);
+
+// Clears the written marks of [start, end): writes after this are tracked.
+Status WriteProtect(int uffd, uint64_t start, uint64_t end);
+
+struct Range {
+  uint64_t start;
+  uint64_t end;
+};
+
+// The pages of [start, end) written since WriteProtect, as ranges, without
+// re-protecting them. [start, end) must lie in registered VMAs.
+Result<std::vector<Range>> WrittenRanges(int pagemap_fd, uint64_t start, uint64_t end);
+
+}  // namespace stasis::sys::uffd
