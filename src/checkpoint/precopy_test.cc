@@ -61,7 +61,9 @@ TEST(Precopy, KeepsCleanPagesAndRereadsChangedOnes) {
   ASSERT_EQ(read(from.get(), &addr, sizeof addr), static_cast<ssize_t>(sizeof addr));
   auto command = [&](char c) {
     ASSERT_EQ(write(to.get(), &c, 1), 1);
-    if (c != 's') ASSERT_EQ(read(from.get(), &c, 1), 1);
+    if (c != 's') {
+      ASSERT_EQ(read(from.get(), &c, 1), 1);
+    }
   };
 
   Precopy precopy = Precopy::Start(pid);

@@ -43,9 +43,10 @@ Status WriteProtect(int uffd, uint64_t start, uint64_t end) {
   return Ok();
 }
 
-Result<std::vector<Range>> WrittenRanges(int pagemap_fd, uint64_t start, uint64_t end) {
+Result<std::vector<Range>> WrittenRanges(int pagemap_fd, uint64_t start, uint64_t end,
+                                         size_t batch) {
   std::vector<Range> out;
-  std::vector<abi::PageRegion> vec(512);
+  std::vector<abi::PageRegion> vec(batch);
   abi::PmScanArg arg = {};
   arg.size = sizeof arg;
   arg.category_mask = abi::kPageIsWritten;

@@ -6,6 +6,7 @@
 // the mm of the process that created it.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -33,7 +34,8 @@ struct Range {
 };
 
 // The pages of [start, end) written since WriteProtect, as ranges, without
-// re-protecting them. [start, end) must lie in registered VMAs.
-Result<std::vector<Range>> WrittenRanges(int pagemap_fd, uint64_t start, uint64_t end);
+// re-protecting them. Asks for at most batch ranges per ioctl.
+Result<std::vector<Range>> WrittenRanges(int pagemap_fd, uint64_t start, uint64_t end,
+                                         size_t batch = 512);
 
 }  // namespace stasis::sys::uffd
