@@ -188,22 +188,25 @@ void MarkBad(std::vector<PageCopy>& copies, uint64_t start, uint64_t end) {
   }
 }
 
+// smaps would show the registration (VmFlags uw) but costs a page-table
+// walk; PAGEMAP_SCAN checks it instead (EPERM unless all registered).
 Status SettleProcess(Precopy::Process& p) {
-  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/smaps", p.pid)));
-  std::vector<sys::proc::SmapsEntry> smaps = STASIS_TRY(sys::proc::ParseSmaps(text));
+  std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/maps", p.pid)));
+  std::vector<sys::proc::MapsEntry> maps = STASIS_TRY(sys::proc::ParseMaps(text));
   for (const Precopy::Process::Vma& v : p.vmas) {
-    auto same = [&v](const sys::proc::SmapsEntry& e) {
-      return e.map.start == v.start && e.map.end == v.end && e.map.pgoff == v.pgoff &&
-             Trackable(e.map) && sys::proc::HasVmFlag(e, "uw");
+    auto same = [&v](const sys::proc::MapsEntry& m) {
+      return m.start == v.start && m.end == v.end && m.pgoff == v.pgoff && Trackable(m);
     };
-    if (std::find_if(smaps.begin(), smaps.end(), same) == smaps.end()) {
+    Result<std::vector<sys::uffd::Range>> written =
+        std::find_if(maps.begin(), maps.end(), same) == maps.end()
+            ? Result<std::vector<sys::uffd::Range>>(Error::FromErrno("VMA changed", EPERM))
+            : sys::uffd::WrittenRanges(p.pagemap.get(), v.start, v.end);
+    if (!written.ok() && written.error().errnum() != EPERM) return std::move(written).error();
+    if (!written.ok()) {
       MarkBad(p.copies, v.start, v.end);
       continue;
     }
-    for (const sys::uffd::Range& r :
-         STASIS_TRY(sys::uffd::WrittenRanges(p.pagemap.get(), v.start, v.end))) {
-      MarkBad(p.copies, r.start, r.end);
-    }
+    for (const sys::uffd::Range& r : written.value()) MarkBad(p.copies, r.start, r.end);
   }
   std::vector<uint64_t> entries;
   for (PageCopy& c : p.copies) {

@@ -23,7 +23,7 @@ constexpr uint64_t kPages = 256;
 
 // Fills kPages pages, reports their address, then obeys one byte at a time:
 // 'w' rewrites pages 5-9, 'd' drops page 20 and reads it back (the zero
-// page), 's' stops itself.
+// page), 'r' maps a new VMA over the region, 's' stops itself.
 [[noreturn]] void Child(int to_parent, int from_parent) {
   auto* mem = static_cast<uint8_t*>(
       mmap(nullptr, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
@@ -38,6 +38,11 @@ constexpr uint64_t kPages = 256;
     } else if (cmd == 'd') {
       madvise(mem + 20 * kPage, kPage, MADV_DONTNEED);
       sink = mem[20 * kPage];
+    } else if (cmd == 'r') {
+      // A new VMA in the old one's place: same range, same offset.
+      mmap(mem, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+           0);
+      memset(mem, 0x5a, kPages * kPage);
     } else if (cmd == 's') {
       raise(SIGSTOP);
     }
@@ -47,7 +52,15 @@ constexpr uint64_t kPages = 256;
   _exit(0);
 }
 
-TEST(Precopy, KeepsCleanPagesAndRereadsChangedOnes) {
+// Runs Child, pre-copies it, sends it `commands` and stops it, then checks
+// that the store built from the copy matches its memory.
+struct ChildRun {
+  uint64_t addr = 0;
+  std::vector<uint8_t> got;
+  PrecopyStats stats;
+};
+
+void PrecopyChild(const std::string& commands, ChildRun* run) {
   int up[2], down[2];
   ASSERT_EQ(pipe2(up, O_CLOEXEC), 0);
   ASSERT_EQ(pipe2(down, O_CLOEXEC), 0);
@@ -57,21 +70,24 @@ TEST(Precopy, KeepsCleanPagesAndRereadsChangedOnes) {
   close(up[1]);
   close(down[0]);
   sys::UniqueFd from(up[0]), to(down[1]);
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  } reaper{pid};
   uint64_t addr = 0;
   ASSERT_EQ(read(from.get(), &addr, sizeof addr), static_cast<ssize_t>(sizeof addr));
-  auto command = [&](char c) {
+  Precopy precopy = Precopy::Start(pid);
+  EXPECT_EQ(precopy.stats().processes_tracked, 1u);
+  EXPECT_GE(precopy.stats().pages_copied, kPages);
+  for (char c : commands + "s") {
     ASSERT_EQ(write(to.get(), &c, 1), 1);
     if (c != 's') {
       ASSERT_EQ(read(from.get(), &c, 1), 1);
     }
-  };
-
-  Precopy precopy = Precopy::Start(pid);
-  EXPECT_EQ(precopy.stats().processes_tracked, 1u);
-  EXPECT_GE(precopy.stats().pages_copied, kPages);
-  command('w');
-  command('d');
-  command('s');
+  }
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, WUNTRACED), pid);
   ASSERT_TRUE(WIFSTOPPED(status));
@@ -81,22 +97,36 @@ TEST(Precopy, KeepsCleanPagesAndRereadsChangedOnes) {
   plan.runs.push_back({addr, kPages, true, true});
   Result<std::unique_ptr<PageStore>> store = precopy.Take(pid, plan);
   ASSERT_TRUE(store.ok()) << store.error().ToString();
-  std::vector<uint8_t> want(kPages * kPage), got(kPages * kPage);
-  struct iovec local = {want.data(), want.size()},
-               remote = {reinterpret_cast<void*>(addr), want.size()};
+  std::vector<uint8_t> want(kPages * kPage);
+  run->got.resize(kPages * kPage);
+  struct iovec local = {want.data(), want.size()};
+  struct iovec remote = {reinterpret_cast<void*>(addr), want.size()};
   ASSERT_EQ(process_vm_readv(pid, &local, 1, &remote, 1, 0), static_cast<ssize_t>(want.size()));
-  ASSERT_TRUE(store.value()->Read(addr, kPages, got.data()).ok());
+  ASSERT_TRUE(store.value()->Read(addr, kPages, run->got.data()).ok());
   for (uint64_t p = 0; p < kPages; ++p) {
-    EXPECT_EQ(memcmp(want.data() + p * kPage, got.data() + p * kPage, kPage), 0) << "page " << p;
+    EXPECT_EQ(memcmp(want.data() + p * kPage, run->got.data() + p * kPage, kPage), 0)
+        << "page " << p;
   }
-  EXPECT_EQ(got[20 * kPage], 0);
-  EXPECT_EQ(got[5 * kPage], 0xa5);
-  // Pages 5-9 written and page 20 refaulted: read again; the rest kept.
-  EXPECT_EQ(precopy.stats().pages_read, 6u);
-  EXPECT_EQ(precopy.stats().pages_kept, kPages - 6);
+  run->addr = addr;
+  run->stats = precopy.stats();
+}
 
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
+TEST(Precopy, KeepsCleanPagesAndRereadsChangedOnes) {
+  ChildRun run;
+  PrecopyChild("wd", &run);
+  EXPECT_EQ(run.got[20 * kPage], 0);
+  EXPECT_EQ(run.got[5 * kPage], 0xa5);
+  // Pages 5-9 written and page 20 refaulted: read again; the rest kept.
+  EXPECT_EQ(run.stats.pages_read, 6u);
+  EXPECT_EQ(run.stats.pages_kept, kPages - 6);
+}
+
+TEST(Precopy, AVmaMappedAnewInTheSamePlaceIsReadWhole) {
+  ChildRun run;
+  PrecopyChild("r", &run);
+  EXPECT_EQ(run.got[0], 0x5a);
+  EXPECT_EQ(run.stats.pages_kept, 0u);
+  EXPECT_EQ(run.stats.pages_read, kPages);
 }
 
 TEST(Precopy, StoreReadsAcrossRunsAndRefusesGaps) {

@@ -121,5 +121,6 @@ struct PmScanArg {
 inline constexpr unsigned long kPagemapScan =
     (3ul << 30) | (sizeof(PmScanArg) << 16) | ('f' << 8) | 16;
 inline constexpr uint64_t kPageIsWritten = 1ull << 1;
+inline constexpr uint64_t kPmScanCheckWpasync = 1ull << 1;
 
 }  // namespace stasis::sys::abi

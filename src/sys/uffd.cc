@@ -49,6 +49,7 @@ Result<std::vector<Range>> WrittenRanges(int pagemap_fd, uint64_t start, uint64_
   std::vector<abi::PageRegion> vec(batch);
   abi::PmScanArg arg = {};
   arg.size = sizeof arg;
+  arg.flags = abi::kPmScanCheckWpasync;
   arg.category_mask = abi::kPageIsWritten;
   arg.return_mask = abi::kPageIsWritten;
   arg.vec = reinterpret_cast<uint64_t>(vec.data());

@@ -34,7 +34,9 @@ struct Range {
 };
 
 // The pages of [start, end) written since WriteProtect, as ranges, without
-// re-protecting them. Asks for at most batch ranges per ioctl.
+// re-protecting them. Fails with EPERM unless all of [start, end) is
+// registered in WP_ASYNC mode (so a VMA replaced since is never taken for
+// the one registered). Asks for at most batch ranges per ioctl.
 Result<std::vector<Range>> WrittenRanges(int pagemap_fd, uint64_t start, uint64_t end,
                                          size_t batch = 512);
 

@@ -124,12 +124,17 @@ TEST_F(UffdTest, ScanWalksPastAFullResultVector) {
   for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].start, start() + 2 * i * kPage);
 }
 
-TEST_F(UffdTest, UnregisteredPagesCountAsWritten) {
+TEST_F(UffdTest, ScanOfARangeNotAllRegisteredFailsWithEperm) {
   ASSERT_TRUE(EnableWpAsync(uffd_.get()).ok());
-  // Nothing registered: every page present counts as written.
-  std::vector<Range> got = Written();
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].end - got[0].start, kPages * kPage);
+  Result<std::vector<Range>> r = WrittenRanges(pagemap_.get(), start(), start() + kPage);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().errnum(), EPERM);
+  ASSERT_TRUE(RegisterWp(uffd_.get(), start(), start() + kPages / 2 * kPage).value());
+  r = WrittenRanges(pagemap_.get(), start(), start() + kPages * kPage);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().errnum(), EPERM);
+  r = WrittenRanges(pagemap_.get(), start(), start() + kPages / 2 * kPage);
+  ASSERT_TRUE(r.ok());
 }
 
 TEST_F(UffdTest, SecondRegistrationOfARangeIsRefusedNotAnError) {
