@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/userfaultfd.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -82,7 +83,11 @@ Result<uint64_t> VdsoSyscall(pid_t pid) {
 Result<sys::UniqueFd> StealUserfaultfd(pid_t pid) {
   std::vector<sys::Tracee> threads = STASIS_TRY(SeizeThreads(pid));
   sys::Injector inj = STASIS_TRY(sys::Injector::Create(threads[0], STASIS_TRY(VdsoSyscall(pid))));
-  long fd = STASIS_TRY(inj.Call("userfaultfd", SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  // UFFD_USER_MODE_ONLY: allowed for any task (vm.unprivileged_userfaultfd
+  // limits the other mode to CAP_SYS_PTRACE), and enough, since WP_ASYNC
+  // resolves every write fault, the kernel's own included, without the uffd.
+  long fd = STASIS_TRY(
+      inj.Call("userfaultfd", SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
   Result<sys::UniqueFd> pidfd = sys::PidfdOpen(pid);
   Result<sys::UniqueFd> stolen =
       pidfd.ok() ? sys::PidfdGetfd(pidfd.value().get(), pid, static_cast<int>(fd))

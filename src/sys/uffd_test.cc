@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/userfaultfd.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -30,12 +31,22 @@ struct Hello {
   auto* mem = static_cast<uint8_t*>(
       mmap(nullptr, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   for (uint64_t i = 0; i < kPages * kPage; ++i) mem[i] = static_cast<uint8_t>(i * 7);
-  Hello hello = {static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)),
-                 reinterpret_cast<uint64_t>(mem)};
+  // As the pre-copy injects it: user-mode faults only (allowed unprivileged).
+  Hello hello = {
+      static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)),
+      reinterpret_cast<uint64_t>(mem)};
   if (write(to_parent, &hello, sizeof hello) != sizeof hello) _exit(2);
+  int loop[2];
+  if (pipe(loop) < 0) _exit(2);
   uint8_t page;
   while (read(from_parent, &page, 1) == 1 && page != 0xff) {
-    mem[page * kPage + 100] ^= 1;
+    if (page & 0x80) {
+      // Written by the kernel: read(2) into the page.
+      page &= 0x7f;
+      if (write(loop[1], "kernel", 6) != 6 || read(loop[0], mem + page * kPage, 6) != 6) _exit(3);
+    } else {
+      mem[page * kPage + 100] ^= 1;
+    }
     if (write(to_parent, &page, 1) != 1) _exit(2);
   }
   _exit(0);
@@ -111,6 +122,17 @@ TEST_F(UffdTest, ReportsExactlyThePagesTheChildWrites) {
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].start, start());
   EXPECT_EQ(got[0].end, start() + kPage);
+}
+
+TEST_F(UffdTest, WritesByTheKernelAreTrackedToo) {
+  ASSERT_TRUE(EnableWpAsync(uffd_.get()).ok());
+  ASSERT_TRUE(RegisterWp(uffd_.get(), start(), start() + kPages * kPage).value());
+  ASSERT_TRUE(WriteProtect(uffd_.get(), start(), start() + kPages * kPage).ok());
+  Write(0x80 | 7);  // the child exits with 3 if read(2) into the page fails
+  std::vector<Range> got = Written();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].start, start() + 7 * kPage);
+  EXPECT_EQ(got[0].end, start() + 8 * kPage);
 }
 
 TEST_F(UffdTest, ScanWalksPastAFullResultVector) {
