@@ -23,6 +23,7 @@ namespace stasis::checkpoint {
 
 constexpr uint64_t kPage = image::kPageSize;
 constexpr uint64_t kPmPresent = 1ull << 63;
+constexpr uint64_t kPmExclusive = 1ull << 56;  // mapped by this process only
 constexpr uint64_t kPmPfnMask = (1ull << 55) - 1;
 constexpr uint64_t kPagemapBatch = 65536;  // entries per pread: 256 MiB of address space
 constexpr size_t kIovBatch = 1024;         // IOV_MAX
@@ -41,6 +42,7 @@ struct Precopy::Process {
   pid_t pid;
   sys::UniqueFd uffd;
   sys::UniqueFd pagemap;  // of the mm the uffd tracks (opened before any exec)
+  sys::UniqueFd mem;
   struct Vma {
     uint64_t start, end, pgoff;
   };
@@ -119,6 +121,46 @@ bool ReadPieces(pid_t pid, const std::vector<iovec>& local, const std::vector<io
   return true;
 }
 
+struct Piece {
+  uint64_t addr;
+  uint64_t npages;
+  uint8_t* dst;
+};
+
+// process_vm_readv pins the pages it reads, and pinning a page the task
+// shares copy-on-write with another process makes the kernel give the task
+// a copy of its own (gup_must_unshare): a forked tree would lose its
+// sharing, in memory and in the image. So pages pagemap does not show
+// exclusive to the task are read through /proc/PID/mem, which does not pin.
+Status ReadTaskPages(pid_t pid, int pagemap, int mem, const std::vector<Piece>& pieces) {
+  std::vector<iovec> local, remote;
+  std::vector<uint64_t> entries;
+  for (const Piece& piece : pieces) {
+    entries.resize(piece.npages);
+    STASIS_TRY(ReadPagemap(pagemap, piece.addr, piece.npages, entries.data()));
+    auto exclusive = [&entries](uint64_t i) {
+      return (entries[i] & (kPmPresent | kPmExclusive)) == (kPmPresent | kPmExclusive);
+    };
+    for (uint64_t i = 0; i < piece.npages;) {
+      uint64_t j = i + 1;
+      while (j < piece.npages && exclusive(j) == exclusive(i)) ++j;
+      uint64_t addr = piece.addr + i * kPage, len = (j - i) * kPage;
+      uint8_t* dst = piece.dst + i * kPage;
+      if (exclusive(i)) {
+        local.push_back({dst, len});
+        remote.push_back({reinterpret_cast<void*>(addr), len});
+      } else if (pread(mem, dst, len, static_cast<off_t>(addr)) != static_cast<ssize_t>(len)) {
+        return Error::Errno(fmt::format("pid {}: read /proc/PID/mem at {:#x}", pid, addr));
+      }
+      i = j;
+    }
+  }
+  if (!ReadPieces(pid, local, remote)) {
+    return Error::Errno(fmt::format("pid {}: process_vm_readv of {} page runs", pid, local.size()));
+  }
+  return Ok();
+}
+
 // Copies the present pages of [start, end) (a batch of one VMA). Pages the
 // task unmaps meanwhile make the copy short: then nothing of the batch is
 // kept, and it is read while frozen.
@@ -142,17 +184,16 @@ Status CopyBatch(Precopy::Process& p, uint64_t start, uint64_t end) {
   }
   if (total == 0) return Ok();
   std::shared_ptr<uint8_t[]> buffer(new uint8_t[total * kPage]);
-  std::vector<iovec> local, remote;
+  std::vector<Piece> pieces;
   uint64_t off = 0;
   for (PageCopy& c : runs) {
     c.data = buffer.get() + off;
     c.buffer = buffer;
     c.good.assign(c.npages, true);
-    local.push_back({buffer.get() + off, c.npages * kPage});
-    remote.push_back({reinterpret_cast<void*>(c.addr), c.npages * kPage});
+    pieces.push_back({c.addr, c.npages, buffer.get() + off});
     off += c.npages * kPage;
   }
-  if (!ReadPieces(p.pid, local, remote)) return Ok();
+  if (!ReadTaskPages(p.pid, p.pagemap.get(), p.mem.get(), pieces).ok()) return Ok();
   for (PageCopy& c : runs) p.copies.push_back(std::move(c));
   return Ok();
 }
@@ -163,6 +204,9 @@ Result<std::unique_ptr<Precopy::Process>> StartProcess(pid_t pid) {
   std::string path = fmt::format("/proc/{}/pagemap", pid);
   p->pagemap = sys::UniqueFd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!p->pagemap.valid()) return Error::Errno("open " + path);
+  path = fmt::format("/proc/{}/mem", pid);
+  p->mem = sys::UniqueFd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!p->mem.valid()) return Error::Errno("open " + path);
   p->uffd = STASIS_TRY(StealUserfaultfd(pid));
   STASIS_TRY(sys::uffd::EnableWpAsync(p->uffd.get()));
   std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/maps", pid)));
@@ -246,9 +290,13 @@ Status ReadMissing(pid_t pid, const std::vector<Missing>& missing, PageStore* st
   for (const Missing& m : missing) total += m.npages;
   if (total == 0) return Ok();
   std::shared_ptr<uint8_t[]> buffer(new uint8_t[total * kPage]);
-  std::vector<iovec> local, remote;
-  std::string mem_path = fmt::format("/proc/{}/mem", pid);
-  sys::UniqueFd mem;
+  std::string path = fmt::format("/proc/{}/mem", pid);
+  sys::UniqueFd mem(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!mem.valid()) return Error::Errno("open " + path);
+  path = fmt::format("/proc/{}/pagemap", pid);
+  sys::UniqueFd pagemap(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pagemap.valid()) return Error::Errno("open " + path);
+  std::vector<Piece> pieces;
   uint64_t off = 0;
   for (const Missing& m : missing) {
     uint8_t* dst = buffer.get() + off;
@@ -256,20 +304,15 @@ Status ReadMissing(pid_t pid, const std::vector<Missing>& missing, PageStore* st
     off += len;
     store->Add(m.addr, m.npages, dst, buffer);
     if (m.readable) {
-      local.push_back({dst, len});
-      remote.push_back({reinterpret_cast<void*>(m.addr), len});
+      pieces.push_back({m.addr, m.npages, dst});
       continue;
     }
     // Pages the task may not read: /proc/PID/mem reads them (FOLL_FORCE).
-    if (!mem.valid()) mem = sys::UniqueFd(open(mem_path.c_str(), O_RDONLY | O_CLOEXEC));
     if (pread(mem.get(), dst, len, static_cast<off_t>(m.addr)) != static_cast<ssize_t>(len)) {
-      return Error::Errno(fmt::format("pid {}: read {} at {:#x}", pid, mem_path, m.addr));
+      return Error::Errno(fmt::format("pid {}: read /proc/PID/mem at {:#x}", pid, m.addr));
     }
   }
-  if (!ReadPieces(pid, local, remote)) {
-    return Error::Errno(fmt::format("pid {}: process_vm_readv of {} page runs", pid, local.size()));
-  }
-  return Ok();
+  return ReadTaskPages(pid, pagemap.get(), mem.get(), pieces);
 }
 
 }  // namespace
