@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include <sstream>
 
 #include "checkpoint/task_dump.h"
@@ -183,7 +184,9 @@ Status CopyBatch(Precopy::Process& p, uint64_t start, uint64_t end) {
     ++total;
   }
   if (total == 0) return Ok();
-  std::shared_ptr<uint8_t[]> buffer(new uint8_t[total * kPage]);
+  // Out of memory: no copy of this batch; it is read while frozen.
+  std::shared_ptr<uint8_t[]> buffer(new (std::nothrow) uint8_t[total * kPage]);
+  if (buffer == nullptr) return Ok();
   std::vector<Piece> pieces;
   uint64_t off = 0;
   for (PageCopy& c : runs) {
@@ -289,7 +292,11 @@ Status ReadMissing(pid_t pid, const std::vector<Missing>& missing, PageStore* st
   uint64_t total = 0;
   for (const Missing& m : missing) total += m.npages;
   if (total == 0) return Ok();
-  std::shared_ptr<uint8_t[]> buffer(new uint8_t[total * kPage]);
+  std::shared_ptr<uint8_t[]> buffer(new (std::nothrow) uint8_t[total * kPage]);
+  if (buffer == nullptr) {
+    return Error(ErrorCode::kFailed,
+                 fmt::format("pid {}: no memory to hold {} pages of its image", pid, total));
+  }
   std::string path = fmt::format("/proc/{}/mem", pid);
   sys::UniqueFd mem(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!mem.valid()) return Error::Errno("open " + path);
