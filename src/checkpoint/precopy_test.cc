@@ -23,7 +23,8 @@ constexpr uint64_t kPages = 256;
 
 // Fills kPages pages, reports their address, then obeys one byte at a time:
 // 'w' rewrites pages 5-9, 'd' drops page 20 and reads it back (the zero
-// page), 'r' maps a new VMA over the region, 's' stops itself.
+// page), 'r' maps a new VMA over the region, 'f' forks (see there), 's'
+// stops itself.
 [[noreturn]] void Child(int to_parent, int from_parent) {
   auto* mem = static_cast<uint8_t*>(
       mmap(nullptr, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
@@ -43,6 +44,15 @@ constexpr uint64_t kPages = 256;
       mmap(mem, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
            0);
       memset(mem, 0x5a, kPages * kPage);
+    } else if (cmd == 'f') {
+      // A child that writes its copy of page 40, then page 30 written here.
+      pid_t kid = fork();
+      if (kid == 0) {
+        memset(mem + 40 * kPage, 0x33, kPage);
+        _exit(0);
+      }
+      waitpid(kid, nullptr, 0);
+      mem[30 * kPage] = 0x77;
     } else if (cmd == 's') {
       raise(SIGSTOP);
     }
@@ -119,6 +129,15 @@ TEST(Precopy, KeepsCleanPagesAndRereadsChangedOnes) {
   // Pages 5-9 written and page 20 refaulted: read again; the rest kept.
   EXPECT_EQ(run.stats.pages_read, 6u);
   EXPECT_EQ(run.stats.pages_kept, kPages - 6);
+}
+
+TEST(Precopy, AForkDuringTheCopyChangesNothingButWhatTheParentWrites) {
+  ChildRun run;
+  PrecopyChild("f", &run);
+  EXPECT_EQ(run.got[30 * kPage], 0x77);
+  EXPECT_NE(run.got[40 * kPage], 0x33);
+  EXPECT_EQ(run.stats.pages_read, 1u);
+  EXPECT_EQ(run.stats.pages_kept, kPages - 1);
 }
 
 TEST(Precopy, AVmaMappedAnewInTheSamePlaceIsReadWhole) {
