@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <sstream>
@@ -165,7 +166,7 @@ Status ReadTaskPages(pid_t pid, int pagemap, int mem, const std::vector<Piece>& 
 // Copies the present pages of [start, end) (a batch of one VMA). Pages the
 // task unmaps meanwhile make the copy short: then nothing of the batch is
 // kept, and it is read while frozen.
-Status CopyBatch(Precopy::Process& p, uint64_t start, uint64_t end) {
+Status CopyBatch(Precopy::Process& p, uint64_t start, uint64_t end, uint64_t* budget) {
   uint64_t npages = (end - start) / kPage;
   std::vector<uint64_t> entries(npages);
   STASIS_TRY(ReadPagemap(p.pagemap.get(), start, npages, entries.data()));
@@ -183,10 +184,11 @@ Status CopyBatch(Precopy::Process& p, uint64_t start, uint64_t end) {
     runs.back().pfn.push_back(pfn);
     ++total;
   }
-  if (total == 0) return Ok();
-  // Out of memory: no copy of this batch; it is read while frozen.
+  // Over the budget or out of memory: no copy; it is read while frozen.
+  if (total == 0 || total * kPage > *budget) return Ok();
   std::shared_ptr<uint8_t[]> buffer(new (std::nothrow) uint8_t[total * kPage]);
   if (buffer == nullptr) return Ok();
+  *budget -= total * kPage;
   std::vector<Piece> pieces;
   uint64_t off = 0;
   for (PageCopy& c : runs) {
@@ -201,7 +203,7 @@ Status CopyBatch(Precopy::Process& p, uint64_t start, uint64_t end) {
   return Ok();
 }
 
-Result<std::unique_ptr<Precopy::Process>> StartProcess(pid_t pid) {
+Result<std::unique_ptr<Precopy::Process>> StartProcess(pid_t pid, uint64_t* budget) {
   auto p = std::make_unique<Precopy::Process>();
   p->pid = pid;
   std::string path = fmt::format("/proc/{}/pagemap", pid);
@@ -216,13 +218,23 @@ Result<std::unique_ptr<Precopy::Process>> StartProcess(pid_t pid) {
   for (const sys::proc::MapsEntry& m : STASIS_TRY(sys::proc::ParseMaps(text))) {
     if (!Trackable(m)) continue;
     if (!STASIS_TRY(sys::uffd::RegisterWp(p->uffd.get(), m.start, m.end))) continue;
-    STASIS_TRY(sys::uffd::WriteProtect(p->uffd.get(), m.start, m.end));
     p->vmas.push_back({m.start, m.end, m.pgoff});
   }
-  // Protected first, copied after: a write in between shows as written.
+  // Only what is present is protected: the kernel turns WP_UNPOPULATED on
+  // with WP_ASYNC, and protecting never-touched memory would allocate page
+  // tables for all of it (terabytes for a sanitizer's shadow), charged to
+  // the task. Protected first, copied after: a write in between shows as
+  // written; a page that appears in between is not copied.
   for (const Precopy::Process::Vma& v : p->vmas) {
-    for (uint64_t a = v.start; a < v.end; a += kPagemapBatch * kPage) {
-      STASIS_TRY(CopyBatch(*p, a, std::min(v.end, a + kPagemapBatch * kPage)));
+    std::vector<sys::uffd::Range> present =
+        STASIS_TRY(sys::uffd::PresentRanges(p->pagemap.get(), v.start, v.end));
+    for (sys::uffd::Range r : present) {
+      STASIS_TRY(sys::uffd::WriteProtect(p->uffd.get(), r.start, r.end));
+    }
+    for (sys::uffd::Range r : present) {
+      for (uint64_t a = r.start; a < r.end; a += kPagemapBatch * kPage) {
+        STASIS_TRY(CopyBatch(*p, a, std::min(r.end, a + kPagemapBatch * kPage), budget));
+      }
     }
   }
   return p;
@@ -350,10 +362,25 @@ Status PageStore::Read(uint64_t addr, uint64_t npages, uint8_t* out) const {
   return Ok();
 }
 
+namespace {
+
+// The copies live in this process's memory until the image is written:
+// they may take half of what the system has available, no more.
+uint64_t CopyBudget() {
+  Result<std::string> text = sys::proc::ReadFile("/proc/meminfo");
+  if (!text.ok()) return 0;
+  size_t at = text.value().find("MemAvailable:");
+  if (at == std::string::npos) return 0;
+  return std::strtoull(text.value().c_str() + at + 13, nullptr, 10) * 1024 / 2;
+}
+
+}  // namespace
+
 Precopy Precopy::Start(pid_t root) {
   Precopy pc;
+  uint64_t budget = CopyBudget();
   for (pid_t pid : TreePids(root)) {
-    Result<std::unique_ptr<Process>> p = StartProcess(pid);
+    Result<std::unique_ptr<Process>> p = StartProcess(pid, &budget);
     if (!p.ok()) continue;  // read in full while frozen
     for (const PageCopy& c : p.value()->copies) pc.stats_.pages_copied += c.npages;
     ++pc.stats_.processes_tracked;

@@ -121,6 +121,8 @@ struct PmScanArg {
 inline constexpr unsigned long kPagemapScan =
     (3ul << 30) | (sizeof(PmScanArg) << 16) | ('f' << 8) | 16;
 inline constexpr uint64_t kPageIsWritten = 1ull << 1;
+inline constexpr uint64_t kPageIsPresent = 1ull << 3;
+inline constexpr uint64_t kPageIsPfnZero = 1ull << 5;
 inline constexpr uint64_t kPmScanCheckWpasync = 1ull << 1;
 
 }  // namespace stasis::sys::abi

@@ -43,15 +43,19 @@ Status WriteProtect(int uffd, uint64_t start, uint64_t end) {
   return Ok();
 }
 
-Result<std::vector<Range>> WrittenRanges(int pagemap_fd, uint64_t start, uint64_t end,
-                                         size_t batch) {
+namespace {
+
+// PAGEMAP_SCAN for pages in `category`, merged into ranges.
+Result<std::vector<Range>> Scan(int pagemap_fd, uint64_t start, uint64_t end, uint64_t category,
+                                uint64_t inverted, uint64_t flags, size_t batch) {
   std::vector<Range> out;
   std::vector<abi::PageRegion> vec(batch);
   abi::PmScanArg arg = {};
   arg.size = sizeof arg;
-  arg.flags = abi::kPmScanCheckWpasync;
-  arg.category_mask = abi::kPageIsWritten;
-  arg.return_mask = abi::kPageIsWritten;
+  arg.flags = flags;
+  arg.category_mask = category;
+  arg.category_inverted_mask = inverted;
+  arg.return_mask = category;
   arg.vec = reinterpret_cast<uint64_t>(vec.data());
   arg.vec_len = vec.size();
   // The scan stops at walk_end when vec is full: go on from there.
@@ -73,6 +77,19 @@ Result<std::vector<Range>> WrittenRanges(int pagemap_fd, uint64_t start, uint64_
     from = arg.walk_end;
   }
   return out;
+}
+
+}  // namespace
+
+Result<std::vector<Range>> WrittenRanges(int pagemap_fd, uint64_t start, uint64_t end,
+                                         size_t batch) {
+  return Scan(pagemap_fd, start, end, abi::kPageIsWritten, 0, abi::kPmScanCheckWpasync, batch);
+}
+
+Result<std::vector<Range>> PresentRanges(int pagemap_fd, uint64_t start, uint64_t end) {
+  // Inverted: pages that are present and not the zero page.
+  return Scan(pagemap_fd, start, end, abi::kPageIsPresent | abi::kPageIsPfnZero,
+              abi::kPageIsPfnZero, 0, 512);
 }
 
 }  // namespace stasis::sys::uffd

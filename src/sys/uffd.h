@@ -14,10 +14,9 @@
 
 namespace stasis::sys::uffd {
 
-// The UFFDIO_API handshake (one-shot per uffd) with WP_ASYNC. Without
-// WP_UNPOPULATED: protecting never-touched ranges would allocate page tables
-// for all of a sparse VMA, and a page that was not present when protected is
-// not taken from the pre-copy anyway.
+// The UFFDIO_API handshake (one-shot per uffd) with WP_ASYNC. The kernel
+// adds WP_UNPOPULATED: WriteProtect of never-touched memory installs
+// markers, allocating page tables, so callers protect present ranges only.
 Status EnableWpAsync(int uffd);
 
 // UFFDIO_REGISTER_MODE_WP of [start, end). False (not an error) when the
@@ -39,5 +38,11 @@ struct Range {
 // the one registered). Asks for at most batch ranges per ioctl.
 Result<std::vector<Range>> WrittenRanges(int pagemap_fd, uint64_t start, uint64_t end,
                                          size_t batch = 512);
+
+// The ranges of [start, end) whose pages are present (and not the shared
+// zero page, which reads never need to copy), found by PAGEMAP_SCAN
+// (which skips unpopulated page tables whole: a sparse VMA of terabytes,
+// like a sanitizer's shadow, costs what its present pages cost).
+Result<std::vector<Range>> PresentRanges(int pagemap_fd, uint64_t start, uint64_t end);
 
 }  // namespace stasis::sys::uffd

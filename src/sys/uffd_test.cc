@@ -159,6 +159,24 @@ TEST_F(UffdTest, ScanOfARangeNotAllRegisteredFailsWithEperm) {
   ASSERT_TRUE(r.ok());
 }
 
+TEST_F(UffdTest, PresentRangesSkipsHoles) {
+  // Page 0 has never been touched in a fresh mapping of this process.
+  const uint64_t len = 1ull << 30;
+  auto* mem = static_cast<uint8_t*>(mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+  ASSERT_NE(mem, MAP_FAILED);
+  mem[5 * kPage] = 1;
+  mem[len - kPage] = 1;
+  UniqueFd self(open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+  auto start = reinterpret_cast<uint64_t>(mem);
+  std::vector<Range> got = PresentRanges(self.get(), start, start + len).value();
+  munmap(mem, len);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].start, start + 5 * kPage);
+  EXPECT_EQ(got[0].end, start + 6 * kPage);
+  EXPECT_EQ(got[1].start, start + len - kPage);
+}
+
 TEST_F(UffdTest, SecondRegistrationOfARangeIsRefusedNotAnError) {
   ASSERT_TRUE(EnableWpAsync(uffd_.get()).ok());
   ASSERT_TRUE(RegisterWp(uffd_.get(), start(), start() + kPages * kPage).value());
