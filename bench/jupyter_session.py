@@ -24,6 +24,7 @@ from test_jupyter_session import Scenario  # noqa: E402
 
 DUMP_RE = re.compile(r"image ([\d.]+) MiB, ([\d.]+) ms total, frozen ([\d.]+) ms")
 RESTORE_RE = re.compile(r"restored pid .* in ([\d.]+) ms")
+PAGES_RE = re.compile(r"pages: (\d+) pre-copied, (\d+) read while frozen")
 
 
 def measure(stasis, big_mib, runs):
@@ -51,8 +52,11 @@ def measure(stasis, big_mib, runs):
             sc.check(sc.cycles_done)
             sc.cycles_done += 1
             rows.append((image_mib, dump_ms, restore_ms, frozen_ms, live_ms))
+            pages = PAGES_RE.search(live_msg)
             print(f"{big_mib:>8} {i:>3} {image_mib:>9.1f} {dump_ms:>8.1f} {restore_ms:>10.1f} "
-                  f"{frozen_ms:>13.1f} {live_ms:>11.1f}", flush=True)
+                  f"{frozen_ms:>13.1f} {live_ms:>11.1f}"
+                  + (f"  (pages pre-copied {pages[1]}, read frozen {pages[2]})" if pages else ""),
+                  flush=True)
     finally:
         s.kill()
         shutil.rmtree(images, ignore_errors=True)

@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -14,8 +13,10 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include "checkpoint/files_dump.h"
+#include "checkpoint/precopy.h"
 #include "checkpoint/session_net.h"
 #include "checkpoint/task_dump.h"
 #include "checkpoint/tree.h"
@@ -88,8 +89,8 @@ Status WriteLate(std::vector<kinds::LateStep>& late, image::Writer& writer) {
   return Ok();
 }
 
-Status WriteImage(TreeImage& tree, const image::Manifest& manifest, image::Writer& writer,
-                  DumpStats* stats) {
+// Everything before the page records.
+Status WriteHead(TreeImage& tree, const image::Manifest& manifest, image::Writer& writer) {
   STASIS_TRY(writer.Begin());
   STASIS_TRY(writer.WriteMessage(image::RecordType::kManifest, manifest));
   for (const image::File& file : tree.files) {
@@ -99,12 +100,20 @@ Status WriteImage(TreeImage& tree, const image::Manifest& manifest, image::Write
   for (const CollectedTask& task : tree.tasks) {
     STASIS_TRY(writer.WriteMessage(image::RecordType::kProcess, task.proc));
   }
+  return Ok();
+}
+
+// The page records (read from the tasks, or from `stores` when given: one
+// per task), the late records and the trailer.
+Status WriteTail(TreeImage& tree, image::Writer& writer, DumpStats* stats,
+                 const std::vector<std::unique_ptr<PageStore>>* stores = nullptr) {
   kinds::memory::PageStats pages;
   for (size_t i = 0; i < tree.tasks.size(); ++i) {
     const CollectedTask& task = tree.tasks[i];
     if (task.proc.zombie()) continue;
-    STASIS_TRY(
-        kinds::memory::WritePages(tree.host_pids[i], task.proc.pid(), task.pages, writer, &pages));
+    const PageStore* source = stores ? (*stores)[i].get() : nullptr;
+    STASIS_TRY(kinds::memory::WritePages(tree.host_pids[i], task.proc.pid(), task.pages, writer,
+                                         &pages, source));
   }
   STASIS_TRY(WriteLate(tree.late, writer));
   image::Trailer trailer;
@@ -228,25 +237,16 @@ Status MakeDir(const std::string& dir) {
   return Ok();
 }
 
-// With --leave-running the image is first written to memory, so that the
-// tree runs again as soon as its state is copied out; the file is written
-// after the thaw. That costs RAM the size of the image, for as long as the
-// copy to the file takes.
-Result<sys::UniqueFd> StagingMemfd() {
-  sys::UniqueFd fd(static_cast<int>(memfd_create("stasis-image", MFD_CLOEXEC)));
-  if (!fd.valid()) return Error::Errno("memfd_create for the image staged in memory");
-  return fd;
-}
-
-// sendfile, since copy_file_range refuses to cross from tmpfs to most
-// filesystems (EXDEV).
-Status CopyStaged(int from, int to) {
-  off_t offset = 0;
-  while (true) {
-    ssize_t n = sendfile(to, from, &offset, 1 << 30);
-    if (n == 0) return Ok();
-    if (n < 0 && errno != EINTR) return Error::Errno("copy the image from memory to its file");
+// With --leave-running the tree runs again as soon as its pages are in
+// memory: most were copied while it ran (precopy.h), only those written
+// since are read while it is frozen; the page records are encoded after.
+Result<std::vector<std::unique_ptr<PageStore>>> TakePages(TreeImage& tree, Precopy& precopy) {
+  std::vector<std::unique_ptr<PageStore>> stores(tree.tasks.size());
+  for (size_t i = 0; i < tree.tasks.size(); ++i) {
+    if (tree.tasks[i].proc.zombie()) continue;
+    stores[i] = STASIS_TRY(precopy.Take(tree.host_pids[i], tree.tasks[i].pages));
   }
+  return stores;
 }
 
 Status KillAndWait(std::vector<TreeTask>& frozen) {
@@ -277,13 +277,8 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   STASIS_TRY(MakeDir(options.dir));
   PendingImage pending(options.dir);
   auto file_sink = STASIS_TRY(image::FdSink::CreateFile(pending.temp()));
-  sys::UniqueFd staged;
-  std::unique_ptr<image::FdSink> staged_sink;
-  if (options.leave_running) {
-    staged = STASIS_TRY(StagingMemfd());
-    staged_sink = std::make_unique<image::FdSink>(staged.get());
-  }
-  image::FdSink& sink = staged_sink ? *staged_sink : *file_sink;
+  std::optional<Precopy> precopy;
+  if (options.leave_running) precopy = Precopy::Start(pid);
 
   Clock::time_point frozen_at = Clock::now();
   std::vector<TreeTask> frozen;
@@ -297,6 +292,7 @@ Result<DumpStats> Dump(const DumpOptions& options) {
     frozen = STASIS_TRY(FreezeTree(pid));
     STASIS_TRY(freeze.Thaw());
   }
+  if (precopy) precopy->Settle();
   if (net) STASIS_TRY(net->Lock());
   image::Manifest manifest;
   // What kinds changed in the tree for the dump (a socket put in repair
@@ -328,16 +324,18 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   manifest.set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest.add_session_command(arg);
   if (options.session_net) image::NetToProto(*options.session_net, manifest.mutable_net());
-  image::Writer writer(sink);
-  STASIS_TRY_CTX(WriteImage(tree, manifest, writer, &stats), "write image");
+  image::Writer writer(*file_sink);
+  STASIS_TRY_CTX(WriteHead(tree, manifest, writer), "write image");
+  std::vector<std::unique_ptr<PageStore>> stores;
   if (options.leave_running) {
+    stores = STASIS_TRY_CTX(TakePages(tree, *precopy), "dump: read pages");
     // Put back before the tree runs again: a socket still in repair mode
     // answers recv() with EINVAL.
-    STASIS_TRY(sink.Flush());
     undo.Run();
     if (net) STASIS_TRY(net->Unlock());
   } else {
-    STASIS_TRY(sink.Sync());
+    STASIS_TRY_CTX(WriteTail(tree, writer, &stats), "write image");
+    STASIS_TRY(file_sink->Sync());
     STASIS_TRY(pending.Commit());
     undo.steps.clear();
     if (net) net->MarkKilled();
@@ -348,9 +346,12 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   }
   stats.frozen_ms = MsSince(frozen_at);
   if (options.leave_running) {
-    STASIS_TRY(CopyStaged(staged.get(), file_sink->fd()));
+    STASIS_TRY_CTX(WriteTail(tree, writer, &stats, &stores), "write image");
+    stores.clear();
     STASIS_TRY(file_sink->Sync());
     STASIS_TRY(pending.Commit());
+    stats.precopy_pages_kept = precopy->stats().pages_kept;
+    stats.precopy_pages_read = precopy->stats().pages_read;
   }
   struct stat st;
   if (stat(image::ImagePath(options.dir).c_str(), &st) == 0) stats.image_bytes = st.st_size;

@@ -46,6 +46,10 @@ struct DumpStats {
   uint64_t pages_written = 0;
   uint64_t zero_pages = 0;
   size_t processes = 0;
+  // --leave-running: pages taken from the copy made while the tree ran, and
+  // pages read while it was frozen.
+  uint64_t precopy_pages_kept = 0;
+  uint64_t precopy_pages_read = 0;
 };
 
 Result<DumpStats> Dump(const DumpOptions& options);

@@ -34,7 +34,10 @@ int RunDump(const stasis::checkpoint::DumpOptions& options) {
              "{:.1f} ms total, frozen {:.1f} ms{}\n",
              options.pid, options.dir, stats->resident_bytes / 1048576.0,
              stats->image_bytes / 1048576.0, stats->total_ms, stats->frozen_ms,
-             options.leave_running ? " (left running)" : "");
+             options.leave_running
+                 ? fmt::format(" (left running; pages: {} pre-copied, {} read while frozen)",
+                               stats->precopy_pages_kept, stats->precopy_pages_read)
+                 : "");
   return 0;
 }
 

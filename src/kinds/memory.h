@@ -50,9 +50,19 @@ struct ParentView {
   const image::Process* proc;
 };
 Result<PagePlan> PlanPages(pid_t pid, image::Process* proc, const ParentView* parent = nullptr);
-// Reads the planned pages and writes them as page records.
+// Where WritePages takes page contents from instead of the task: a copy
+// taken while the tree was frozen (checkpoint/precopy.h), so that the image
+// is encoded after the tree runs again.
+class PageSource {
+ public:
+  virtual ~PageSource() = default;
+  // Fills out with the npages pages at addr, all of them planned pages.
+  virtual Status Read(uint64_t addr, uint64_t npages, uint8_t* out) const = 0;
+};
+// Reads the planned pages (from the task, or from source) and writes them as
+// page records.
 Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan, image::Writer& writer,
-                  PageStats* stats);
+                  PageStats* stats, const PageSource* source = nullptr);
 
 // Restore side. Maps every VMA except the vdso block and [vsyscall], with
 // write access added where pages must be written. local_fd gives the

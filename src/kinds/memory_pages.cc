@@ -217,7 +217,14 @@ Status EmitChunk(uint32_t image_pid, const Chunk& c, image::Writer& writer, Page
 }
 
 // One process_vm_readv for all the readable segments of a chunk.
-Status ReadSegments(pid_t pid, int mem_fd, const std::vector<Segment>& segments, uint8_t* data) {
+Status ReadSegments(pid_t pid, int mem_fd, const std::vector<Segment>& segments, uint8_t* data,
+                    const PageSource* source) {
+  if (source != nullptr) {
+    for (const Segment& seg : segments) {
+      STASIS_TRY(source->Read(seg.addr, seg.npages, data + seg.first * kPage));
+    }
+    return Ok();
+  }
   std::vector<struct iovec> local, remote;
   uint64_t bytes = 0;
   for (const Segment& seg : segments) {
@@ -250,8 +257,8 @@ Status ReadSegments(pid_t pid, int mem_fd, const std::vector<Segment>& segments,
 // at about the same speed, so overlapping them nearly doubles throughput.
 class ChunkReader {
  public:
-  ChunkReader(pid_t pid, int mem_fd, const PagePlan& plan)
-      : pid_(pid), mem_fd_(mem_fd), todo_(ChunkPlan(plan)) {
+  ChunkReader(pid_t pid, int mem_fd, const PagePlan& plan, const PageSource* source)
+      : pid_(pid), mem_fd_(mem_fd), source_(source), todo_(ChunkPlan(plan)) {
     for (size_t i = 0; i < kDepth; ++i) pool_[i].data = Buffers()[i].get();
     thread_ = std::thread([this] { Run(); });
   }
@@ -316,7 +323,7 @@ class ChunkReader {
     c->segments = segments;
     const Segment& last = segments.back();
     c->npages = last.first + last.npages;
-    STASIS_TRY(ReadSegments(pid_, mem_fd_, segments, c->data));
+    STASIS_TRY(ReadSegments(pid_, mem_fd_, segments, c->data, source_));
     c->zero.assign(c->npages, false);
     for (const Segment& seg : segments) {
       if (!seg.run->anon) continue;
@@ -329,6 +336,7 @@ class ChunkReader {
 
   pid_t pid_;
   int mem_fd_;
+  const PageSource* source_;
   std::vector<std::vector<Segment>> todo_;
   Chunk pool_[kDepth];
   std::mutex mu_;
@@ -365,12 +373,15 @@ Result<PagePlan> PlanPages(pid_t pid, image::Process* proc, const ParentView* pa
 }
 
 Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan, image::Writer& writer,
-                  PageStats* stats) {
-  std::string mem_path = fmt::format("/proc/{}/mem", host_pid);
-  sys::UniqueFd mem(open(mem_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!mem.valid()) return Error::Errno("open " + mem_path);
+                  PageStats* stats, const PageSource* source) {
+  sys::UniqueFd mem;
+  if (source == nullptr) {
+    std::string mem_path = fmt::format("/proc/{}/mem", host_pid);
+    mem = sys::UniqueFd(open(mem_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!mem.valid()) return Error::Errno("open " + mem_path);
+  }
   for (const PagePlan::Run& run : plan.runs) stats->pages_present += run.npages;
-  ChunkReader reader(host_pid, mem.get(), plan);
+  ChunkReader reader(host_pid, mem.get(), plan, source);
   while (Chunk* chunk = STASIS_TRY(reader.Next())) {
     STASIS_TRY(EmitChunk(image_pid, *chunk, writer, stats));
   }

@@ -93,4 +93,36 @@ inline constexpr int kNtPrstatus = 1;
 inline constexpr int kXsaveSwBytesOffset = 464;
 inline constexpr uint32_t kFpXstateMagic1 = 0x46505853;
 
+// userfaultfd features newer than 6.1's <linux/userfaultfd.h>.
+inline constexpr uint64_t kUffdFeatureWpUnpopulated = 1ull << 13;
+inline constexpr uint64_t kUffdFeatureWpAsync = 1ull << 15;
+
+// PAGEMAP_SCAN on /proc/PID/pagemap (6.7+, fs/proc/task_mmu.c).
+struct PageRegion {
+  uint64_t start;
+  uint64_t end;
+  uint64_t categories;
+};
+struct PmScanArg {
+  uint64_t size;
+  uint64_t flags;
+  uint64_t start;
+  uint64_t end;
+  uint64_t walk_end;
+  uint64_t vec;
+  uint64_t vec_len;
+  uint64_t max_pages;
+  uint64_t category_inverted_mask;
+  uint64_t category_mask;
+  uint64_t category_anyof_mask;
+  uint64_t return_mask;
+};
+// _IOWR('f', 16, struct pm_scan_arg)
+inline constexpr unsigned long kPagemapScan =
+    (3ul << 30) | (sizeof(PmScanArg) << 16) | ('f' << 8) | 16;
+inline constexpr uint64_t kPageIsWritten = 1ull << 1;
+inline constexpr uint64_t kPageIsPresent = 1ull << 3;
+inline constexpr uint64_t kPageIsPfnZero = 1ull << 5;
+inline constexpr uint64_t kPmScanCheckWpasync = 1ull << 1;
+
 }  // namespace stasis::sys::abi

@@ -3,7 +3,8 @@
 restore it (N times), trigger it and expect it to print PASS.
 
     run_case.py --stasis BUILD/stasis --program PATH [ARGS...]
-                [--interpreter /usr/bin/python3] [--cycles N] [--leave-running]
+                [--interpreter /usr/bin/python3] [--cycles N]
+                [--leave-running [--restore-left-running]]
                 [--trigger sigusr2|none] [--expect-syscall NR[,NR...]]
                 [--expect-dump-failure REGEX] [--xfail-dump-refusal REGEX]
                 [--corrupt flip-page|truncate] [--change-file-size RELPATH]
@@ -635,8 +636,12 @@ class Case:
             if a.leave_running:
                 self.check_untouched(pid)
                 log(f"cycle {cycle}: dump {t_dump:.3f} s ({size} bytes), original left running")
-                self.finish(pid)
-                return
+                if not a.restore_left_running:
+                    self.finish(pid)
+                    return
+                # The image is of a moment the original has moved on from:
+                # it goes, and the image must restore to a consistent state.
+                os.kill(pid, signal.SIGKILL)
             self.wait_gone(pid, GONE_TIMEOUT, "after the dump")
             if self.proc is not None and pid == self.proc.pid:
                 self.proc.wait()
@@ -710,6 +715,8 @@ def parse_args(argv):
     p.add_argument("--interpreter", help="run the program with this interpreter")
     p.add_argument("--cycles", type=int, default=1)
     p.add_argument("--leave-running", action="store_true")
+    p.add_argument("--restore-left-running", action="store_true",
+                   help="with --leave-running: then kill the original and restore the image")
     p.add_argument("--trigger", choices=["sigusr2", "none"], default="sigusr2")
     p.add_argument("--expect-syscall", metavar="NR[,NR]")
     p.add_argument("--expect-dump-failure", metavar="REGEX")
