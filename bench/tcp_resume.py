@@ -21,7 +21,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -30,39 +29,15 @@ import tempfile
 import threading
 import time
 
-SERVER = r"""
-import socket
-l = socket.socket()
-l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(("127.0.0.1", 0))
-l.listen(4)
-print(l.getsockname()[1], flush=True)
-c, _ = l.accept()
-while True:
-    d = c.recv(65536)
-    if not d:
-        break
-    c.sendall(d)
-"""
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "system"))
+from tcp_lib import ECHO_SERVER, kill, start_server  # noqa: E402
 
 DUMP_RE = re.compile(r"([\d.]+) ms total")
 RESTORE_RE = re.compile(r"restored pid .* in ([\d.]+) ms")
 
 
-def start_server(work):
-    log = open(os.path.join(work, "server.log"), "w+")
-    p = subprocess.Popen(["/usr/bin/python3", "-c", SERVER], stdout=log, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    deadline = time.time() + 10
-    while not open(log.name).read().strip():
-        if time.time() > deadline:
-            raise SystemExit("server did not start")
-        time.sleep(0.02)
-    return p, int(open(log.name).read().split()[0])
-
-
 def run_once(stasis, work, interval, after, pause):
-    server, port = start_server(work)
+    server, port = start_server(ECHO_SERVER, os.path.join(work, "server.log"), fail="server did not start")
     restored = None
     img = tempfile.mkdtemp(prefix="stasis-bench-tcp-", dir="/dev/shm")
     sock = socket.create_connection(("127.0.0.1", port))
@@ -148,12 +123,7 @@ def run_once(stasis, work, interval, after, pause):
     finally:
         stop.set()
         sock.close()
-        for pid in (server.pid, restored):
-            try:
-                if pid:
-                    os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        kill(server.pid, restored)
         shutil.rmtree(img, ignore_errors=True)
 
 

@@ -1,7 +1,6 @@
 #include "image/record_hash.h"
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
+#include "image/record_hash_impl.h"
 
 namespace stasis::image {
 
@@ -10,11 +9,7 @@ uint64_t RecordHashAvx2(const struct iovec* pieces, int count);  // record_hash_
 namespace {
 
 uint64_t RecordHashGeneric(const struct iovec* pieces, int count) {
-  XXH3_state_t state;
-  XXH3_INITSTATE(&state);
-  XXH3_64bits_reset(&state);
-  for (int i = 0; i < count; ++i) XXH3_64bits_update(&state, pieces[i].iov_base, pieces[i].iov_len);
-  return XXH3_64bits_digest(&state);
+  return record_hash_impl::HashPieces(pieces, count);
 }
 
 using HashFn = uint64_t (*)(const struct iovec*, int);

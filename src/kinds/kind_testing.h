@@ -5,8 +5,11 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include "kinds/context.h"
 #include "sys/proc.h"
@@ -28,6 +31,24 @@ inline FdDumpInput InputFor(int fd) {
   EXPECT_TRUE(info.ok()) << info.error().ToString();
   if (info.ok()) in.info = info.value();
   return in;
+}
+
+// Sends the one byte "x" on sock with fd attached as SCM_RIGHTS; returns what
+// sendmsg returned.
+inline ssize_t SendByteWithFd(int sock, int fd) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof fd)] = {};
+  iovec iov = {const_cast<char*>("x"), 1};
+  msghdr m = {};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = control;
+  m.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof fd);
+  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  return sendmsg(sock, &m, 0);
 }
 
 }  // namespace stasis::kinds::fd_testing

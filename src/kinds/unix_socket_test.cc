@@ -193,20 +193,7 @@ TEST(UnixSocketPending, DataSentOnAConnectionNotAcceptedYet) {
 
 TEST(UnixSocketRefusal, FdsInFlight) {
   Pair p = MakePair(SOCK_DGRAM);
-  int fd = p.a.get();
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof fd)] = {};
-  iovec iov = {const_cast<char*>("x"), 1};
-  msghdr m = {};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = control;
-  m.msg_controllen = sizeof control;
-  cmsghdr* c = CMSG_FIRSTHDR(&m);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof fd);
-  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  ASSERT_EQ(sendmsg(p.a.get(), &m, 0), 1);
+  ASSERT_EQ(fd_testing::SendByteWithFd(p.a.get(), p.a.get()), 1);
   Error e = DumpError({p.a.get(), p.b.get()});
   EXPECT_EQ(e.code(), ErrorCode::kUnsupported) << e.ToString();
   EXPECT_NE(e.message().find("SCM_RIGHTS"), std::string::npos) << e.message();

@@ -10,24 +10,13 @@
 
 #include <cstring>
 
+#include "sys/sockaddr_testing.h"
+
 namespace stasis::sys {
 namespace {
 
-std::string V4(const char* ip, int port) {
-  sockaddr_in a = {};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  inet_pton(AF_INET, ip, &a.sin_addr);
-  return std::string(reinterpret_cast<const char*>(&a), sizeof(a));
-}
-
-std::string V6(const char* ip, int port) {
-  sockaddr_in6 a = {};
-  a.sin6_family = AF_INET6;
-  a.sin6_port = htons(port);
-  inet_pton(AF_INET6, ip, &a.sin6_addr);
-  return std::string(reinterpret_cast<const char*>(&a), sizeof(a));
-}
+using sockaddr_testing::V4;
+using sockaddr_testing::V6;
 
 // The ones' complement sum over a valid ICMP message is 0xffff.
 uint16_t Sum(const std::string& m) {

@@ -27,6 +27,9 @@
 #include <time.h>
 #include <dirent.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 /* --- result reporting ---------------------------------------------------- */
 
@@ -292,6 +295,22 @@ static inline int fd_count(void) {
     n++;
   closedir(d);
   return n;
+}
+
+/* The loopback address of family (AF_INET or AF_INET6), port 0. */
+static inline void loopback_addr(int family, struct sockaddr_storage *addr, socklen_t *len) {
+  memset(addr, 0, sizeof(*addr));
+  if (family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)addr;
+    a->sin_family = AF_INET;
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    *len = sizeof(*a);
+  } else {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)addr;
+    a->sin6_family = AF_INET6;
+    a->sin6_addr = in6addr_loopback;
+    *len = sizeof(*a);
+  }
 }
 
 #endif

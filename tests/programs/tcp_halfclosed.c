@@ -43,26 +43,11 @@ static int wait_state(int fd, int state) {
   return tcp_state(fd);
 }
 
-static void loopback(int family, struct sockaddr_storage *addr, socklen_t *len) {
-  memset(addr, 0, sizeof(*addr));
-  if (family == AF_INET) {
-    struct sockaddr_in *a = (struct sockaddr_in *)addr;
-    a->sin_family = AF_INET;
-    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    *len = sizeof(*a);
-  } else {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)addr;
-    a->sin6_family = AF_INET6;
-    a->sin6_addr = in6addr_loopback;
-    *len = sizeof(*a);
-  }
-}
-
 /* A connects to B. Small buffers where asked, set before the handshake. */
 static void pair(int family, int a_rcvbuf, int b_rcvbuf, int *a, int *b) {
   struct sockaddr_storage addr;
   socklen_t len;
-  loopback(family, &addr, &len);
+  loopback_addr(family, &addr, &len);
   int l = socket(family, SOCK_STREAM, 0);
   SETUP(l >= 0, "socket");
   if (b_rcvbuf) SETUP(setsockopt(l, SOL_SOCKET, SO_RCVBUF, &b_rcvbuf, sizeof(int)) == 0, "rcvbuf");
@@ -179,7 +164,7 @@ static int refused(const char *mode) {
   int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0); /* the lowest fd: refused first */
   struct sockaddr_storage addr;
   socklen_t len;
-  loopback(AF_INET, &addr, &len);
+  loopback_addr(AF_INET, &addr, &len);
   if (strcmp(mode, "syn-sent") == 0) {
     int l = socket(AF_INET, SOCK_STREAM, 0);
     SETUP(bind(l, (struct sockaddr *)&addr, len) == 0 && listen(l, 0) == 0, "listen");
@@ -244,7 +229,7 @@ int main(int argc, char **argv) {
 
   struct sockaddr_storage addr;
   socklen_t len;
-  loopback(AF_INET, &addr, &len);
+  loopback_addr(AF_INET, &addr, &len);
   int bound = socket(AF_INET, SOCK_STREAM, 0), fresh = socket(AF_INET6, SOCK_STREAM, 0);
   SETUP(bind(bound, (struct sockaddr *)&addr, len) == 0, "bind");
   int bound_port = port_of(bound);
@@ -293,7 +278,7 @@ int main(int argc, char **argv) {
   CHECK(port_of(bound) == bound_port, "bound port %d, was %d", port_of(bound), bound_port);
   CHECK(tcp_state(bound) == TCP_CLOSE && listen(bound, 1) == 0, "the bound socket cannot listen");
   int c = socket(AF_INET, SOCK_STREAM, 0);
-  loopback(AF_INET, &addr, &len);
+  loopback_addr(AF_INET, &addr, &len);
   ((struct sockaddr_in *)&addr)->sin_port = htons(bound_port);
   CHECK(connect(c, (struct sockaddr *)&addr, len) == 0, "connect to the bound socket after listen()");
   CHECK(port_of(fresh) == 0 && tcp_state(fresh) == TCP_CLOSE, "the fresh socket changed");

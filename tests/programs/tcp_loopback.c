@@ -23,18 +23,7 @@ static int listen_on(int family, struct sockaddr_storage *addr, socklen_t *len) 
   SETUP(fd >= 0, "socket");
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  memset(addr, 0, sizeof(*addr));
-  if (family == AF_INET) {
-    struct sockaddr_in *a = (struct sockaddr_in *)addr;
-    a->sin_family = AF_INET;
-    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    *len = sizeof(*a);
-  } else {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)addr;
-    a->sin6_family = AF_INET6;
-    a->sin6_addr = in6addr_loopback;
-    *len = sizeof(*a);
-  }
+  loopback_addr(family, addr, len);
   SETUP(bind(fd, (struct sockaddr *)addr, *len) == 0, "bind");
   SETUP(listen(fd, 16) == 0, "listen");
   SETUP(getsockname(fd, (struct sockaddr *)addr, len) == 0, "getsockname");

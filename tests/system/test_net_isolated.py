@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+import tcp_lib
+
 SERVER = r"""
 import socket, sys, threading
 PORT = 7000
@@ -71,6 +73,8 @@ while True:
 CLIENT = r"""
 import json, socket, sys, threading, time
 addr, words, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+sys.path.insert(0, sys.argv[4])
+from tcp_lib import read_words
 deadline = time.time() + 15
 while True:
     try:
@@ -83,26 +87,7 @@ while True:
 s.settimeout(60)
 print("connected", flush=True)
 got, errors, stall = [], [], [0.0]
-
-def reader():
-    buf, last = b"", time.monotonic()
-    try:
-        while len(got) < words:
-            d = s.recv(65536)
-            if not d:
-                errors.append("connection closed by the server")
-                return
-            now = time.monotonic()
-            stall[0] = max(stall[0], now - last)
-            last = now
-            buf += d
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                got.append(int(line.split()[1]))
-    except OSError as e:
-        errors.append(f"{type(e).__name__}: {e}")
-
-t = threading.Thread(target=reader)
+t = threading.Thread(target=read_words, args=(s, words, got, errors, stall))
 t.start()
 try:
     for i in range(words):
@@ -217,7 +202,7 @@ def scenario(a, net, st, work):
         fail(f"no host link {host_link}")
     net.attach_client()
 
-    client = net.run_in_client(CLIENT, addr, str(a.words), "0.01")
+    client = net.run_in_client(CLIENT, addr, str(a.words), "0.01", tcp_lib.HERE)
     if client.stdout.readline().strip() != "connected":
         fail("client did not connect: " + client.stderr.read())
     time.sleep(0.8)

@@ -20,8 +20,12 @@ import sys
 import tempfile
 import time
 
+from tcp_lib import HERE, dump_and_restore, kill, start_server, to_eof
+
 SERVER = r"""
 import os, socket, sys, time
+sys.path.insert(0, sys.argv[3])
+from tcp_lib import to_eof
 family = socket.AF_INET6 if sys.argv[2] == "6" else socket.AF_INET
 l = socket.socket(family)
 l.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
@@ -35,28 +39,12 @@ l.close()
 go = sys.argv[1]
 while not os.path.exists(go):
     time.sleep(0.01)
-def to_eof(s):
-    out = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            return out
-        out += d
 got_a = to_eof(a)
 got_b = to_eof(b)
 a.sendall(b"A=" + got_a + b" B=" + got_b)
 a.close()
 b.close()
 """
-
-
-def to_eof(s):
-    out = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            return out
-        out += d
 
 
 def state_of(port, local):
@@ -67,17 +55,10 @@ def state_of(port, local):
 
 def run(stasis, family, work):
     go = os.path.join(work, f"go{family}")
-    log = open(os.path.join(work, f"server{family}.log"), "w+")
-    server = subprocess.Popen(["/usr/bin/python3", "-c", SERVER, go, family], stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    server = None
     restored = None
     try:
-        deadline = time.time() + 10
-        while not open(log.name).read().strip():
-            if time.time() > deadline:
-                raise SystemExit("FAIL: server did not start")
-            time.sleep(0.02)
-        port = int(open(log.name).read().split()[0])
+        server, port = start_server(SERVER, os.path.join(work, f"server{family}.log"), go, family, HERE)
         host = "::1" if family == "6" else "127.0.0.1"
         a = socket.create_connection((host, port))
         b = socket.create_connection((host, port))
@@ -88,16 +69,8 @@ def run(stasis, family, work):
             if time.time() > deadline:
                 raise SystemExit(f"FAIL: server sockets are {state_of(port, host)}")
             time.sleep(0.02)
-        img = os.path.join(work, f"img{family}")
-        d = subprocess.run([stasis, "dump", "-t", str(server.pid), "-D", img], capture_output=True, text=True)
-        server.wait()
-        if d.returncode != 0:
-            raise SystemExit("FAIL: dump: " + d.stderr)
-        time.sleep(0.3)  # the client's packets hit the lock meanwhile
-        r = subprocess.run([stasis, "restore", "-D", img], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise SystemExit("FAIL: restore: " + r.stderr)
-        restored = int(r.stdout.split()[-1])
+        # The client's packets hit the lock between the two.
+        restored = dump_and_restore(stasis, server, os.path.join(work, f"img{family}"))
         open(go, "w").close()
         a.settimeout(10)
         b.settimeout(10)
@@ -113,12 +86,7 @@ def run(stasis, family, work):
     except OSError as e:
         raise SystemExit(f"FAIL: IPv{family}: {type(e).__name__}: {e}")
     finally:
-        for pid in (server.pid, restored):
-            try:
-                if pid:
-                    os.kill(pid, 9)
-            except OSError:
-                pass
+        kill(server.pid if server else None, restored)
 
 
 def main():
