@@ -42,41 +42,34 @@ struct listener {
   int clients[NCONN]; /* -1 for the one the child holds */
 };
 
-static ssize_t send_creds(int fd, const void *data, size_t len) {
-  char control[CMSG_SPACE(sizeof(struct ucred))];
+/* sendmsg with one control message of `type` (SCM_CREDENTIALS, SCM_RIGHTS). */
+static ssize_t send_control(int fd, const void *data, size_t len, int type, const void *payload,
+                            size_t payload_len) {
+  char control[CMSG_SPACE(sizeof(struct ucred))]; /* the larger of the two payloads */
   memset(control, 0, sizeof control);
   struct iovec iov = {(void *)data, len};
   struct msghdr m = {0};
   m.msg_iov = &iov;
   m.msg_iovlen = 1;
   m.msg_control = control;
-  m.msg_controllen = sizeof control;
+  m.msg_controllen = CMSG_SPACE(payload_len);
   struct cmsghdr *c = CMSG_FIRSTHDR(&m);
   c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_CREDENTIALS;
-  c->cmsg_len = CMSG_LEN(sizeof(struct ucred));
-  struct ucred cred = {getpid(), getuid(), getgid()};
-  memcpy(CMSG_DATA(c), &cred, sizeof cred);
+  c->cmsg_type = type;
+  c->cmsg_len = CMSG_LEN(payload_len);
+  memcpy(CMSG_DATA(c), payload, payload_len);
   return sendmsg(fd, &m, 0);
+}
+
+static ssize_t send_creds(int fd, const void *data, size_t len) {
+  struct ucred cred = {getpid(), getuid(), getgid()};
+  return send_control(fd, data, len, SCM_CREDENTIALS, &cred, sizeof cred);
 }
 
 static int pass_fd;
 
 static ssize_t send_with_fd(int fd, const void *data, size_t len, int passed) {
-  char control[CMSG_SPACE(sizeof(int))];
-  memset(control, 0, sizeof control);
-  struct iovec iov = {(void *)data, len};
-  struct msghdr m = {0};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = control;
-  m.msg_controllen = sizeof control;
-  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(c), &passed, sizeof passed);
-  return sendmsg(fd, &m, 0);
+  return send_control(fd, data, len, SCM_RIGHTS, &passed, sizeof passed);
 }
 
 static int connect_to(const struct listener *l) {
