@@ -3,7 +3,12 @@
 #include <arpa/inet.h>
 #include <fmt/format.h>
 
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <thread>
 
@@ -227,12 +232,21 @@ std::string ReadSysfs(const std::string& path) {
 
 }  // namespace
 
+// IFF_RUNNING of `name` in the calling thread's network namespace.
+bool Running(const char* name) {
+  UniqueFd s(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  struct ifreq ifr = {};
+  std::snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", name);
+  return s.valid() && ioctl(s.get(), SIOCGIFFLAGS, &ifr) == 0 && (ifr.ifr_flags & IFF_RUNNING);
+}
+
 bool WaitLinkForwarding(const std::string& host_link, std::chrono::milliseconds timeout) {
   std::string dir = "/sys/class/net/" + host_link;
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     std::string bridge_state = ReadSysfs(dir + "/brport/state");  // 3: BR_STATE_FORWARDING
-    if (ReadSysfs(dir + "/operstate") == "up" && (bridge_state.empty() || bridge_state == "3")) {
+    if (ReadSysfs(dir + "/operstate") == "up" && (bridge_state.empty() || bridge_state == "3") &&
+        Running("eth0")) {
       return true;
     }
     if (std::chrono::steady_clock::now() > deadline) return false;

@@ -100,8 +100,10 @@ Status SetHostLinkUp(const std::string& host_link, bool up);
 // already gone is fine.
 Status DeleteHostLink(const std::string& host_link);
 // Waits until the host link carries traffic: operstate up (the veth's
-// carrier comes up asynchronously) and, as a bridge port, forwarding. What
-// is sent before that is lost. False on timeout.
+// carrier comes up asynchronously), as a bridge port forwarding, and the
+// session's eth0 running (IFF_RUNNING, asked from the calling thread's
+// namespace: call it from inside the session's). What is sent before that
+// is lost. False on timeout.
 bool WaitLinkForwarding(const std::string& host_link, std::chrono::milliseconds timeout);
 // Waits until the host link is gone (its namespace freed once the session
 // ended); false on timeout.
