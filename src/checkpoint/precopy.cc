@@ -16,6 +16,7 @@
 
 #include "checkpoint/task_dump.h"
 #include "image/stream.h"
+#include "sys/pagemap.h"
 #include "sys/pidfds.h"
 #include "sys/proc.h"
 #include "sys/tracee.h"
@@ -24,9 +25,9 @@
 namespace stasis::checkpoint {
 
 constexpr uint64_t kPage = image::kPageSize;
-constexpr uint64_t kPmPresent = 1ull << 63;
-constexpr uint64_t kPmExclusive = 1ull << 56;  // mapped by this process only
-constexpr uint64_t kPmPfnMask = (1ull << 55) - 1;
+constexpr uint64_t kPmPresent = sys::pagemap::kPresent;
+constexpr uint64_t kPmExclusive = sys::pagemap::kExclusive;
+constexpr uint64_t kPmPfnMask = sys::pagemap::kPfnMask;
 constexpr uint64_t kPagemapBatch = 65536;  // entries per pread: 256 MiB of address space
 constexpr size_t kIovBatch = 1024;         // IOV_MAX
 
@@ -106,9 +107,7 @@ bool Trackable(const sys::proc::MapsEntry& m) {
 }
 
 Status ReadPagemap(int fd, uint64_t addr, uint64_t npages, uint64_t* out) {
-  ssize_t n = pread(fd, out, npages * 8, static_cast<off_t>(addr / kPage * 8));
-  if (n != static_cast<ssize_t>(npages * 8)) return Error::Errno("read pagemap");
-  return Ok();
+  return sys::pagemap::Read(fd, addr / kPage, npages, out);
 }
 
 // One process_vm_readv per kIovBatch pieces; false if any came back short.
@@ -206,12 +205,8 @@ Status CopyBatch(Precopy::Process& p, uint64_t start, uint64_t end, uint64_t* bu
 Result<std::unique_ptr<Precopy::Process>> StartProcess(pid_t pid, uint64_t* budget) {
   auto p = std::make_unique<Precopy::Process>();
   p->pid = pid;
-  std::string path = fmt::format("/proc/{}/pagemap", pid);
-  p->pagemap = sys::UniqueFd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!p->pagemap.valid()) return Error::Errno("open " + path);
-  path = fmt::format("/proc/{}/mem", pid);
-  p->mem = sys::UniqueFd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!p->mem.valid()) return Error::Errno("open " + path);
+  p->pagemap = STASIS_TRY(sys::pagemap::OpenPagemap(pid));
+  p->mem = STASIS_TRY(sys::pagemap::OpenMem(pid));
   p->uffd = STASIS_TRY(StealUserfaultfd(pid));
   STASIS_TRY(sys::uffd::EnableWpAsync(p->uffd.get()));
   std::string text = STASIS_TRY(sys::proc::ReadFile(fmt::format("/proc/{}/maps", pid)));
@@ -309,12 +304,8 @@ Status ReadMissing(pid_t pid, const std::vector<Missing>& missing, PageStore* st
     return Error(ErrorCode::kFailed,
                  fmt::format("pid {}: no memory to hold {} pages of its image", pid, total));
   }
-  std::string path = fmt::format("/proc/{}/mem", pid);
-  sys::UniqueFd mem(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!mem.valid()) return Error::Errno("open " + path);
-  path = fmt::format("/proc/{}/pagemap", pid);
-  sys::UniqueFd pagemap(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!pagemap.valid()) return Error::Errno("open " + path);
+  sys::UniqueFd mem = STASIS_TRY(sys::pagemap::OpenMem(pid));
+  sys::UniqueFd pagemap = STASIS_TRY(sys::pagemap::OpenPagemap(pid));
   std::vector<Piece> pieces;
   uint64_t off = 0;
   for (const Missing& m : missing) {

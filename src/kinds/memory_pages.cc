@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "kinds/memory.h"
+#include "sys/pagemap.h"
 
 namespace stasis::kinds::memory {
 namespace {
@@ -21,12 +22,12 @@ namespace {
 using image::Vma;
 
 constexpr uint64_t kPage = image::kPageSize;
-constexpr uint64_t kPmPresent = 1ull << 63;
-constexpr uint64_t kPmSwapped = 1ull << 62;
-constexpr uint64_t kPmFile = 1ull << 61;           // file page or shared anon
-constexpr uint64_t kPmPfnMask = (1ull << 55) - 1;  // PFN, visible with CAP_SYS_ADMIN
-constexpr uint64_t kPagemapBatch = 65536;          // entries per pread: 256 MiB of address space
-constexpr uint64_t kChunkPages = 1024;             // 4 MiB per read and per page record
+constexpr uint64_t kPmPresent = sys::pagemap::kPresent;
+constexpr uint64_t kPmSwapped = sys::pagemap::kSwapped;
+constexpr uint64_t kPmFile = sys::pagemap::kFile;
+constexpr uint64_t kPmPfnMask = sys::pagemap::kPfnMask;
+constexpr uint64_t kPagemapBatch = 65536;  // entries per pread: 256 MiB of address space
+constexpr uint64_t kChunkPages = 1024;     // 4 MiB per read and per page record
 
 bool CarriesPages(const Vma& vma) {
   return !vma.shared() && (vma.kind() == Vma::ANON || vma.kind() == Vma::FILE);
@@ -63,24 +64,14 @@ Result<uint64_t> PlanVma(int pagemap, Vma* vma, PagePlan* plan) {
   uint64_t wanted = 0;
   for (uint64_t first = 0; first < npages; first += entries.size()) {
     uint64_t count = std::min<uint64_t>(entries.size(), npages - first);
-    off_t off = static_cast<off_t>((vma->start() / kPage + first) * sizeof(uint64_t));
-    ssize_t n = pread(pagemap, entries.data(), count * sizeof(uint64_t), off);
-    if (n != static_cast<ssize_t>(count * sizeof(uint64_t))) {
-      return Error::Errno(fmt::format("pagemap of {:#x}-{:#x}", vma->start(), vma->end()));
-    }
+    STASIS_TRY_CTX(sys::pagemap::Read(pagemap, vma->start() / kPage + first, count, entries.data()),
+                   fmt::format("pagemap of {:#x}-{:#x}", vma->start(), vma->end()));
     for (uint64_t i = 0; i < count; ++i) {
       if (!Wanted(*vma, entries[i])) continue;
       AddPage(plan, *vma, vma->start() + (first + i) * kPage, wanted++ == 0);
     }
   }
   return wanted;
-}
-
-Result<sys::UniqueFd> OpenPagemap(pid_t pid) {
-  std::string path = fmt::format("/proc/{}/pagemap", pid);
-  sys::UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return Error::Errno("open " + path);
-  return fd;
 }
 
 bool ForkCopies(const Vma& vma) {
@@ -99,13 +90,6 @@ const Vma* SharableParentVma(const image::Process& parent, const Vma& mine) {
   return nullptr;
 }
 
-Status ReadPagemap(int fd, uint64_t first_page, uint64_t count, uint64_t* out) {
-  off_t off = static_cast<off_t>(first_page * sizeof(uint64_t));
-  ssize_t n = pread(fd, out, count * sizeof(uint64_t), off);
-  if (n != static_cast<ssize_t>(count * sizeof(uint64_t))) return Error::Errno("read pagemap");
-  return Ok();
-}
-
 // Like PlanVma, for a VMA the child shares with its parent: only pages that
 // differ from the parent's are carried; pages the child no longer has while
 // the parent does are recorded to zap after the restored fork.
@@ -117,8 +101,8 @@ Result<uint64_t> PlanInheritedVma(int mine, int parents, Vma* vma, PagePlan* pla
   bool zapping = false;
   for (uint64_t first = 0; first < npages; first += c.size()) {
     uint64_t count = std::min<uint64_t>(c.size(), npages - first);
-    STASIS_TRY(ReadPagemap(mine, vma->start() / kPage + first, count, c.data()));
-    STASIS_TRY(ReadPagemap(parents, vma->start() / kPage + first, count, p.data()));
+    STASIS_TRY(sys::pagemap::Read(mine, vma->start() / kPage + first, count, c.data()));
+    STASIS_TRY(sys::pagemap::Read(parents, vma->start() / kPage + first, count, p.data()));
     for (uint64_t i = 0; i < count; ++i) {
       uint64_t addr = vma->start() + (first + i) * kPage;
       bool c_has = c[i] & (kPmPresent | kPmSwapped), p_has = p[i] & (kPmPresent | kPmSwapped);
@@ -166,7 +150,7 @@ struct Segment {
 // runs, most of one or two pages; one read and one hand-over per run would
 // cost more than the copying), with its all-zero pages marked.
 struct Chunk {
-  std::vector<Segment> segments;
+  const std::vector<Segment>* segments = nullptr;  // the reader's plan
   uint64_t npages = 0;
   uint8_t* data = nullptr;  // kChunkPages pages
   std::vector<bool> zero;
@@ -197,7 +181,7 @@ std::vector<std::vector<Segment>> ChunkPlan(const PagePlan& plan) {
 // Writes the non-zero pages of a chunk (all of them, for file-backed runs)
 // as page records of consecutive pages.
 Status EmitChunk(uint32_t image_pid, const Chunk& c, image::Writer& writer, PageStats* stats) {
-  for (const Segment& seg : c.segments) {
+  for (const Segment& seg : *c.segments) {
     uint64_t i = 0;
     while (i < seg.npages) {
       if (c.zero[seg.first + i]) {
@@ -320,7 +304,7 @@ class ChunkReader {
   }
 
   Status Fill(const std::vector<Segment>& segments, Chunk* c) {
-    c->segments = segments;
+    c->segments = &segments;
     const Segment& last = segments.back();
     c->npages = last.first + last.npages;
     STASIS_TRY(ReadSegments(pid_, mem_fd_, segments, c->data, source_));
@@ -357,9 +341,9 @@ const Vma* FindVma(const image::Process& proc, uint64_t addr) {
 }  // namespace
 
 Result<PagePlan> PlanPages(pid_t pid, image::Process* proc, const ParentView* parent) {
-  sys::UniqueFd pagemap = STASIS_TRY(OpenPagemap(pid));
+  sys::UniqueFd pagemap = STASIS_TRY(sys::pagemap::OpenPagemap(pid));
   sys::UniqueFd parent_pagemap;
-  if (parent != nullptr) parent_pagemap = STASIS_TRY(OpenPagemap(parent->host_pid));
+  if (parent != nullptr) parent_pagemap = STASIS_TRY(sys::pagemap::OpenPagemap(parent->host_pid));
   PagePlan plan;
   for (Vma& vma : *proc->mutable_vmas()) {
     if (!CarriesPages(vma)) continue;
@@ -376,9 +360,7 @@ Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan, imag
                   PageStats* stats, const PageSource* source) {
   sys::UniqueFd mem;
   if (source == nullptr) {
-    std::string mem_path = fmt::format("/proc/{}/mem", host_pid);
-    mem = sys::UniqueFd(open(mem_path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!mem.valid()) return Error::Errno("open " + mem_path);
+    mem = STASIS_TRY(sys::pagemap::OpenMem(host_pid));
   }
   for (const PagePlan::Run& run : plan.runs) stats->pages_present += run.npages;
   ChunkReader reader(host_pid, mem.get(), plan, source);

@@ -286,43 +286,61 @@ struct TreeRestore {
   }
 };
 
+// An isolated session's network (stasis run --net=isolated), rebuilt with
+// its host link down. The restorer's thread works from inside it until the
+// end, so the session's sockets, init and puppets are all made there.
+struct SessionNet {
+  std::optional<sys::NetConfig> config;
+  std::optional<sys::IsolatedNet> net;
+  std::optional<sys::ScopedNetns> inside;
+
+  static Result<SessionNet> Enter(const image::Manifest& manifest, const RestoreOptions& options) {
+    SessionNet s;
+    if (!manifest.has_net()) return s;
+    if (!options.new_pid_ns) {
+      return Error::Invalid(
+          "an isolated session is restored into a new PID namespace; drop --pid-ns=host");
+    }
+    s.config = STASIS_TRY(image::NetFromProto(manifest.net()));
+    s.net.emplace(STASIS_TRY_CTX(sys::IsolatedNet::Create(&*s.config, /*host_up=*/false),
+                                 "rebuild the session network"));
+    s.inside.emplace(STASIS_TRY(sys::ScopedNetns::Enter(s.net->netns_fd())));
+    return s;
+  }
+
+  // Once the session's sockets left repair mode (one still in it drops what
+  // arrives), before their resends and nudges reach the outside peers.
+  Status LinkUp() {
+    if (!net) return Ok();
+    STASIS_TRY(net->SetHostUp(true));
+    if (!sys::WaitLinkForwarding(config->host_link, std::chrono::milliseconds(500))) {
+      fmt::print(stderr, "stasis: warning: session link {} is not forwarding yet\n",
+                 config->host_link);
+    }
+    return Ok();
+  }
+
+  // The tree runs: the network is the session's now.
+  Status Commit() {
+    if (!net) return Ok();
+    net->Commit();
+    return inside->Leave();
+  }
+};
+
 }  // namespace
 
 Result<RestoreResult> Restore(const RestoreOptions& options) {
   auto start = std::chrono::steady_clock::now();
-  std::optional<sys::NetConfig> result_net;
   auto source = STASIS_TRY(image::MappedFileSource::Open(image::ImagePath(options.dir)));
   image::Reader reader(*source);
   STASIS_TRY(reader.Begin());
   Records records(reader);
   ImageHead head = STASIS_TRY(ReadFiles(records));
   STASIS_TRY(CheckShellJob(head, options));
-  // An isolated session's sockets, init and puppets are all made inside its
-  // rebuilt network namespace: this thread works from there until the end.
-  std::optional<sys::IsolatedNet> net;
-  std::optional<sys::ScopedNetns> inside_net;
-  if (head.manifest.has_net()) {
-    if (!options.new_pid_ns) {
-      return Error::Invalid(
-          "an isolated session is restored into a new PID namespace; "
-          "drop --pid-ns=host");
-    }
-    result_net = STASIS_TRY(image::NetFromProto(head.manifest.net()));
-    net.emplace(STASIS_TRY_CTX(sys::IsolatedNet::Create(&*result_net, /*host_up=*/false),
-                               "rebuild the session network"));
-    inside_net.emplace(STASIS_TRY(sys::ScopedNetns::Enter(net->netns_fd())));
-  }
-  // The session's link comes up once its sockets left repair mode (one
-  // still in it drops what arrives), before their resends and nudges.
-  LocalFiles files = STASIS_TRY(CreateFiles(head.files, options.shell_job, [&]() -> Status {
-    if (!net) return Ok();
-    STASIS_TRY(net->SetHostUp(true));
-    if (!sys::WaitLinkForwarding(result_net->host_link, std::chrono::milliseconds(500))) {
-      fmt::print(stderr, "stasis: warning: session link {} is not forwarding yet\n",
-                 result_net->host_link);
-    }
-    return Ok();
-  }));
+  SessionNet net = STASIS_TRY(SessionNet::Enter(head.manifest, options));
+  LocalFiles files =
+      STASIS_TRY(CreateFiles(head.files, options.shell_job, [&net] { return net.LinkUp(); }));
   STASIS_TRY(FillShmem(records, files));
   STASIS_TRY(ReadProcesses(records, &head));
   STASIS_TRY(CheckHost(head));
@@ -367,7 +385,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   result.session_name = head.manifest.session_name();
   result.session_command.assign(head.manifest.session_command().begin(),
                                 head.manifest.session_command().end());
-  result.net = result_net;
+  result.net = net.config;
   if (options.before_release) STASIS_TRY(options.before_release(result));
   // The restorer's references must be gone before the tree runs: a reader
   // waits for EOF until every write end of its pipe is closed.
@@ -379,10 +397,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   }
   guard.Release();
   STASIS_TRY(spawner.Commit(result.pid));
-  if (net) {
-    net->Commit();
-    STASIS_TRY(inside_net->Leave());
-  }
+  STASIS_TRY(net.Commit());
   result.processes = tree.size();
   result.total_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

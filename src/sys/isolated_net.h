@@ -27,6 +27,7 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sys/result.h"
@@ -75,7 +76,13 @@ class IsolatedNet {
   // Builds the namespace, the veth pair and the bridge if missing, in the
   // calling thread's namespace. `config->gateway` is decided here when 0.
   static Result<IsolatedNet> Create(NetConfig* config, bool host_up);
-  IsolatedNet(IsolatedNet&&) noexcept = default;
+  // The moved-from object owns no link any more: its destruction deletes
+  // nothing.
+  IsolatedNet(IsolatedNet&& o) noexcept
+      : host_(std::move(o.host_)),
+        netns_(std::move(o.netns_)),
+        host_index_(std::exchange(o.host_index_, 0)),
+        committed_(o.committed_) {}
   IsolatedNet& operator=(IsolatedNet&&) = delete;
   ~IsolatedNet();
 
