@@ -300,8 +300,10 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   // with --leave-running before the tree runs again.
   struct UndoIfKept {
     std::vector<std::function<void()>> steps;
+    // Last change first: the sockets leave repair mode before the network
+    // lock that was taken ahead of them is lifted.
     void Run() {
-      for (auto& step : steps) step();
+      for (auto it = steps.rbegin(); it != steps.rend(); ++it) (*it)();
       steps.clear();
     }
     ~UndoIfKept() { Run(); }

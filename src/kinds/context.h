@@ -22,6 +22,7 @@
 #include "kinds/policy.h"
 #include "late.pb.h"
 #include "process.pb.h"
+#include "sys/netlock.h"
 #include "sys/proc.h"
 #include "sys/result.h"
 #include "sys/tracee.h"
@@ -142,6 +143,9 @@ struct DumpContext {
   // The accept queues of the tree's TCP listeners, found once per dump
   // (tcp_pending.h).
   std::shared_ptr<tcp_pending::Queues> tcp_pending;
+  // The network lock on the tree's connections to outside peers, taken
+  // once for all of them by the first such socket dumped (sys/netlock.h).
+  std::shared_ptr<sys::FlowLock> flow_lock;
 };
 
 // A pipe recreated by the restorer. The first description asked of each end
@@ -166,11 +170,14 @@ struct RestoreContext {
   // Run once every File exists, in order: a TCP socket leaves repair mode
   // only when its peer exists too.
   std::vector<std::function<Status()>> finishers;
-  // Run after the finishers, once an isolated session's link is up again
-  // (the lock of all its flows at once, sys/netlock.h kLinkLock): what must
-  // reach the outside peers, and may only be sent once no socket of the
-  // session is left in repair mode (one that is drops what arrives).
-  std::vector<std::function<Status()>> after_link_up;
+  // The network locks of the image's connections to outside peers
+  // (sys/netlock.h), lifted once the finishers ran: every socket is out of
+  // repair mode, so what the lock kept reaches them.
+  std::set<std::string> flow_locks;
+  // Run once the locks are lifted and an isolated session's link is up
+  // again (the lock of all its flows at once, sys/netlock.h kLinkLock):
+  // what must reach the outside peers.
+  std::vector<std::function<Status()>> after_unlock;
   // Descriptions the restorer keeps until the end (an object's read-write
   // handle when the task only had a read-only one).
   std::vector<sys::UniqueFd> keep_alive;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include "sys/sockopt.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -71,6 +72,48 @@ bool PeerInTree(const DumpContext& ctx, const FdDumpInput& in, const std::string
     }
   }
   return false;
+}
+
+bool Connected(int state) { return state == TCP_ESTABLISHED || tcp_states::IsHalfClosed(state); }
+
+// The tree's connections whose peer is outside it: the network lock holds
+// them all, taken at once before any is read.
+std::vector<sys::TcpFlow> OutsideFlows(DumpContext& ctx) {
+  std::vector<sys::TcpFlow> flows;
+  for (const FdDumpInput* in : ctx.inputs) {
+    int fd = in->local.get();
+    if (!S_ISSOCK(in->st.st_mode) || !IsTcp(fd)) continue;
+    tcp_info info = {};
+    socklen_t len = sizeof(info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0 || !Connected(info.tcpi_state))
+      continue;
+    Result<std::string> local = SockName(fd, false);
+    Result<std::string> peer = SockName(fd, true);
+    if (!local.ok() || !peer.ok()) continue;  // its own dump says why
+    Result<bool> queued = tcp_pending::WaitsInAcceptQueue(ctx, *in, *local, *peer);
+    if (!queued.ok() || *queued || PeerInTree(ctx, *in, *local, *peer)) continue;
+    sys::TcpFlow flow{*local, *peer};
+    // One socket may be behind several fds.
+    if (std::find(flows.begin(), flows.end(), flow) == flows.end()) flows.push_back(flow);
+  }
+  return flows;
+}
+
+// The lock's table, for the image: the restore lifts it.
+Result<std::string> LockFlow(DumpContext& ctx, const sys::TcpFlow& flow) {
+  if (!ctx.flow_lock) {
+    ctx.flow_lock = STASIS_TRY(sys::FlowLock::Take(OutsideFlows(ctx)));
+    // Registered before any socket's way out of repair mode, so it runs
+    // after them all (undo runs last change first).
+    ctx.undo_if_kept.push_back([lock = ctx.flow_lock] {
+      Result<std::string> released = lock->Release();
+      if (!released.ok()) {
+        fmt::print(stderr, "stasis: warning: {}\n", released.error().ToString());
+      }
+    });
+  }
+  if (!ctx.flow_lock->Covers(flow)) STASIS_TRY(ctx.flow_lock->Add(flow));
+  return ctx.flow_lock->table();
 }
 
 Status DumpOptions(int fd, TcpSocketState* s) {
@@ -259,12 +302,10 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
   }
   auto held = std::make_shared<sys::UniqueFd>(fcntl(f, F_DUPFD_CLOEXEC, 0));
   std::string unsent = sq.substr(sent);
-  // The socket owns the connection again: its peer's packets may come in,
-  // and what it sends reaches the peer. The peer is nudged before anything
-  // we send acknowledges new data (the window probe of leaving repair mode
-  // does). With a lock per flow: unlock, nudge, leave repair mode, send. An
-  // isolated session's link comes up only once every socket of the session
-  // left repair mode (its probe is lost, harmlessly); nudge and send follow.
+  // The socket owns the connection again once it leaves repair mode. Its
+  // window probe is dropped while the lock is up; once the lock is lifted
+  // (what the peer sent meanwhile handed to it), the peer is nudged and
+  // what was never sent, or must be sent again, is sent.
   auto send_rest = [held, unsent, s, resend]() -> Status {
     int h = held->get();
     // Never sent (or to be sent again): sent now, as ordinary data.
@@ -274,15 +315,11 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
     STASIS_TRY(SetOptions(h, s));
     return Ok();
   };
-  bool by_link = s.lock_table() == sys::kLinkLock;
-  ctx.finishers.push_back([&ctx, held, s, resend, by_link, send_rest]() -> Status {
-    if (resend && !by_link) {
-      STASIS_TRY(sys::UnlockTcpFlow(s.lock_table()));
-      NudgePeer(s);
-    }
+  ctx.finishers.push_back([&ctx, held, s, resend, send_rest]() -> Status {
     STASIS_TRY(sys::SetIntOpt(held->get(), IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"));
-    if (!by_link) return send_rest();
-    ctx.after_link_up.push_back([s, send_rest]() -> Status {
+    if (!resend) return send_rest();
+    ctx.flow_locks.insert(s.lock_table());
+    ctx.after_unlock.push_back([s, send_rest]() -> Status {
       NudgePeer(s);
       return send_rest();
     });
@@ -326,12 +363,10 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
       s.set_waits_in_accept_queue(
           STASIS_TRY_CTX(tcp_pending::WaitsInAcceptQueue(ctx, in, s.local(), s.peer()), what));
       if (!s.waits_in_accept_queue() && !PeerInTree(ctx, in, s.local(), s.peer())) {
-        // The peer stays: drop its packets until the socket is back.
-        std::string table = STASIS_TRY_CTX(
-            sys::LockTcpFlow(s.local(), s.peer()),
-            fmt::format("{}: TCP connection {} -> {}", what, Show(s.local()), Show(s.peer())));
-        s.set_lock_table(table);
-        ctx.undo_if_kept.push_back([table] { (void)sys::UnlockTcpFlow(table); });
+        // The peer stays: hold its packets until the socket is back.
+        s.set_lock_table(STASIS_TRY_CTX(
+            LockFlow(ctx, {s.local(), s.peer()}),
+            fmt::format("{}: TCP connection {} -> {}", what, Show(s.local()), Show(s.peer()))));
       }
       s.set_tcpi_options(info.tcpi_options);
       s.set_snd_wscale(info.tcpi_snd_wscale);

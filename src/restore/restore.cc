@@ -21,6 +21,7 @@
 #include "restore/spawn.h"
 #include "restore/tree.h"
 #include "sys/kernel_abi.h"
+#include "sys/netlock.h"
 #include "sys/netns.h"
 
 namespace stasis::restore {
@@ -138,9 +139,9 @@ Status CheckHost(const ImageHead& head) {
   return kinds::vdso::CheckCompatible(head.manifest, head.procs[0]);
 }
 
-// link_up runs once every file exists and the kinds' finishers ran
-// (sockets left repair mode, nftables locks came down): it brings an
-// isolated session's link up, before what must reach the outside peers.
+// Once every file exists and the kinds' finishers ran (sockets left repair
+// mode), the network locks are lifted and link_up brings an isolated
+// session's link up, before what must reach the outside peers is sent.
 Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell_job,
                                const std::function<Status()>& link_up) {
   kinds::RestoreContext ctx;
@@ -158,8 +159,12 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell
     }
   }
   for (auto& finish : ctx.finishers) STASIS_TRY(finish());
+  for (const std::string& table : ctx.flow_locks) {
+    std::string done = STASIS_TRY(sys::ReleaseFlowLock(table));
+    if (!done.empty()) fmt::print(stderr, "stasis: {}\n", done);
+  }
   STASIS_TRY(link_up());
-  for (auto& step : ctx.after_link_up) STASIS_TRY(step());
+  for (auto& step : ctx.after_unlock) STASIS_TRY(step());
   return out;
 }
 

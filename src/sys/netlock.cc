@@ -1,16 +1,15 @@
 #include "sys/netlock.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
-#include <vector>
 
-#include "sys/unique_fd.h"
+#include "sys/nft.h"
+#include "sys/packet_keeper.h"
 
 namespace stasis::sys {
 namespace {
@@ -42,81 +41,115 @@ Result<Endpoint> ParseEndpoint(const std::string& raw) {
   return Error::Invalid("network lock: not an IPv4 or IPv6 address");
 }
 
-std::string Match(const Endpoint& from, const Endpoint& to) {
-  const char* ip = from.v4 ? "ip" : "ip6";
-  return fmt::format("{} saddr {} {} daddr {} tcp sport {} tcp dport {} drop", ip, from.addr, ip,
-                     to.addr, from.port, to.port);
+// A set element: local address . local port . peer address . peer port.
+struct Element {
+  bool v4;
+  std::string text;
+};
+
+Result<Element> FlowElement(const TcpFlow& flow) {
+  Endpoint l = STASIS_TRY(ParseEndpoint(flow.local));
+  Endpoint p = STASIS_TRY(ParseEndpoint(flow.peer));
+  if (l.v4 != p.v4) return Error::Invalid("network lock: flow between IPv4 and IPv6");
+  return Element{l.v4, fmt::format("{} . {} . {} . {}", l.addr, l.port, p.addr, p.port)};
 }
 
-Status RunNft(const std::vector<std::string>& args, const std::string& input) {
-  int in[2];
-  if (pipe2(in, O_CLOEXEC) < 0) return Error::Errno("pipe for nft");
-  UniqueFd read_end(in[0]), write_end(in[1]);
-  pid_t pid = fork();
-  if (pid < 0) return Error::Errno("fork nft");
-  if (pid == 0) {
-    dup2(read_end.get(), 0);
-    std::vector<char*> argv;
-    argv.push_back(const_cast<char*>("nft"));
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execvp("nft", argv.data());
-    _exit(127);
-  }
-  read_end.reset();
-  size_t done = 0;
-  while (done < input.size()) {
-    ssize_t n = write(write_end.get(), input.data() + done, input.size() - done);
-    if (n <= 0) break;
-    done += static_cast<size_t>(n);
-  }
-  write_end.reset();
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 127) {
-    return Error::NotFound("the network lock needs the `nft` command (Debian package nftables)");
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return Error(ErrorCode::kFailed,
-                 fmt::format("nft {} failed (status {:#x})", args.empty() ? "" : args[0], status));
-  }
-  return Ok();
+std::string SetDecl(const char* name, const char* addr_type, const std::vector<std::string>& els) {
+  std::string decl = fmt::format("  set {} {{ type {} . inet_service . {} . inet_service;", name,
+                                 addr_type, addr_type);
+  if (!els.empty()) decl += fmt::format(" elements = {{ {} }};", fmt::join(els, ", "));
+  return decl + " }\n";
 }
 
-}  // namespace
-
-Result<std::string> LockRuleset(const std::string& table, const std::string& local,
-                                const std::string& peer) {
-  Endpoint l = STASIS_TRY(ParseEndpoint(local));
-  Endpoint p = STASIS_TRY(ParseEndpoint(peer));
-  // Priority raw: before conntrack and any other filter can answer.
-  return fmt::format(
-      "table inet {} {{\n"
-      "  chain in {{ type filter hook input priority raw; policy accept; {}; }}\n"
-      "  chain out {{ type filter hook output priority raw; policy accept; {}; }}\n"
-      "}}\n",
-      table, Match(p, l), Match(l, p));
+std::string DeleteTableCommand(const std::string& table) {
+  // Declaring it first makes the deletion of a table already gone a no-op.
+  return fmt::format("table inet {0} {{}}\ndelete table inet {0}\n", table);
 }
 
-namespace {
 std::atomic<bool> g_covered_by_link{false};
+
 }  // namespace
 
 void SetFlowLocksCoveredByLink(bool covered) { g_covered_by_link = covered; }
 
-Result<std::string> LockTcpFlow(const std::string& local, const std::string& peer) {
-  if (g_covered_by_link) return std::string(kLinkLock);
-  static std::atomic<int> seq{0};
-  std::string table = fmt::format("stasis_lock_{}_{}", getpid(), seq++);
-  std::string rules = STASIS_TRY(LockRuleset(table, local, peer));
-  STASIS_TRY_CTX(RunNft({"-f", "-"}, rules), "network lock");
-  return table;
+Result<std::string> LockRuleset(const std::string& table, const std::vector<TcpFlow>& flows) {
+  std::vector<std::string> v4, v6;
+  for (const TcpFlow& f : flows) {
+    Element e = STASIS_TRY(FlowElement(f));
+    (e.v4 ? v4 : v6).push_back(e.text);
+  }
+  // Priority raw: before conntrack and any other filter can answer.
+  return fmt::format(
+      "table inet {} {{\n{}{}"
+      "  chain in {{ type filter hook input priority raw; policy accept;\n"
+      "    ip daddr . tcp dport . ip saddr . tcp sport @flows4 drop;\n"
+      "    ip6 daddr . tcp dport . ip6 saddr . tcp sport @flows6 drop; }}\n"
+      "  chain out {{ type filter hook output priority raw; policy accept;\n"
+      "    ip saddr . tcp sport . ip daddr . tcp dport @flows4 drop;\n"
+      "    ip6 saddr . tcp sport . ip6 daddr . tcp dport @flows6 drop; }}\n"
+      "}}\n",
+      table, SetDecl("flows4", "ipv4_addr", v4), SetDecl("flows6", "ipv6_addr", v6));
 }
 
-Status UnlockTcpFlow(const std::string& table) {
-  if (table.empty() || table == kLinkLock) return Ok();
-  return RunNft({"delete", "table", "inet", table}, "");
+Result<std::string> AddFlowCommand(const std::string& table, const TcpFlow& flow) {
+  Element e = STASIS_TRY(FlowElement(flow));
+  return fmt::format("add element inet {} {} {{ {} }}\n", table, e.v4 ? "flows4" : "flows6",
+                     e.text);
+}
+
+Result<std::unique_ptr<FlowLock>> FlowLock::Take(const std::vector<TcpFlow>& flows) {
+  if (g_covered_by_link) return std::unique_ptr<FlowLock>(new FlowLock(kLinkLock, flows));
+  static std::atomic<int> seq{0};
+  std::string table = fmt::format("stasis_lock_{}_{}", getpid(), seq++);
+  std::string rules = STASIS_TRY(LockRuleset(table, flows));
+  // The keeper captures before the table drops, so nothing is dropped
+  // unseen. Without one the lock still holds; the peers resend later.
+  Status keeper = StartKeeper(table, flows);
+  if (!keeper.ok()) {
+    fmt::print(stderr,
+               "stasis: warning: network lock without a packet keeper ({}): peers will "
+               "resend what they send meanwhile on their own timers\n",
+               keeper.error().ToString());
+  }
+  Status locked = RunNft({"-f", "-"}, rules);
+  if (!locked.ok()) {
+    if (keeper.ok()) (void)TellKeeper(table, "quit");
+    return std::move(locked).error().Context("network lock");
+  }
+  return std::unique_ptr<FlowLock>(new FlowLock(table, flows));
+}
+
+FlowLock::~FlowLock() = default;
+
+bool FlowLock::Covers(const TcpFlow& flow) const {
+  return std::find(flows_.begin(), flows_.end(), flow) != flows_.end();
+}
+
+Status FlowLock::Add(const TcpFlow& flow) {
+  if (table_ != kLinkLock) {
+    std::string command = STASIS_TRY(AddFlowCommand(table_, flow));
+    (void)TellKeeper(table_, "add " + EncodeFlow(flow));
+    STASIS_TRY_CTX(RunNft({"-f", "-"}, command), "network lock");
+  }
+  flows_.push_back(flow);
+  return Ok();
+}
+
+Result<std::string> FlowLock::Release() {
+  if (released_) return std::string();
+  released_ = true;
+  return ReleaseFlowLock(table_);
+}
+
+Result<std::string> ReleaseFlowLock(const std::string& table) {
+  if (table.empty() || table == kLinkLock) return std::string();
+  Result<std::optional<std::string>> kept = TellKeeper(table, "release");
+  if (kept.ok() && kept->has_value()) {
+    return fmt::format("network lock {} lifted: {}", table, kept->value().substr(4));
+  }
+  std::string why = kept.ok() ? "its packet keeper is gone" : kept.error().ToString();
+  STASIS_TRY_CTX(RunNft({"-f", "-"}, DeleteTableCommand(table)), "lift the network lock " + table);
+  return fmt::format("network lock {} lifted ({}: the peers resend on their own)", table, why);
 }
 
 }  // namespace stasis::sys

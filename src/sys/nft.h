@@ -1,0 +1,14 @@
+// The `nft` command (Debian's nftables), run with a ruleset on its stdin.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "sys/result.h"
+
+namespace stasis::sys {
+
+// Runs `nft ARGS...` with `input` on stdin; kNotFound when there is no nft.
+Status RunNft(const std::vector<std::string>& args, const std::string& input);
+
+}  // namespace stasis::sys

@@ -1,0 +1,319 @@
+#include "sys/packet_keeper.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "sys/nft.h"
+#include "sys/unique_fd.h"
+
+extern char** environ;
+
+namespace stasis::sys {
+namespace {
+
+constexpr int kReadyFd = 3;
+
+sockaddr_un ControlAddress(const std::string& table, socklen_t* len) {
+  sockaddr_un a = {};
+  a.sun_family = AF_UNIX;
+  std::string name = "stasis-netlock/" + table;  // abstract: after a NUL byte
+  size_t n = std::min(name.size(), sizeof(a.sun_path) - 1);
+  std::memcpy(a.sun_path + 1, name.data(), n);
+  *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + n);
+  return a;
+}
+
+struct Kept {
+  std::string packet;
+  int ifindex;  // where it came in: the scope of an IPv6 link-local address
+};
+
+class Keeper {
+ public:
+  Status Open(const std::string& table, std::vector<TcpFlow> flows);
+  int Run();
+
+ private:
+  Status AttachFilter();
+  void Capture();
+  // Answers one request; true when the keeper is done.
+  bool Serve(int conn);
+  std::string Release();
+  size_t Replay();
+
+  std::string table_;
+  std::vector<TcpFlow> flows_;
+  UniqueFd capture_, control_;
+  std::vector<Kept> kept_;
+  size_t kept_bytes_ = 0;
+  uint64_t lost_ = 0;
+};
+
+Status Keeper::AttachFilter() {
+  std::vector<sock_filter> prog = CaptureFilter(flows_);
+  sock_fprog fprog = {static_cast<unsigned short>(prog.size()), prog.data()};
+  if (setsockopt(capture_.get(), SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof(fprog)) < 0) {
+    return Error::Errno("attach the capture filter");
+  }
+  return Ok();
+}
+
+Status Keeper::Open(const std::string& table, std::vector<TcpFlow> flows) {
+  table_ = table;
+  flows_ = std::move(flows);
+  // Protocol 0 until the filter is on: nothing unfiltered is queued.
+  capture_.reset(socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!capture_.valid()) return Error::Errno("socket(AF_PACKET)");
+  STASIS_TRY(AttachFilter());
+  int rcvbuf = 32 << 20;
+  setsockopt(capture_.get(), SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf));
+  sockaddr_ll ll = {};
+  ll.sll_family = AF_PACKET;
+  ll.sll_protocol = htons(ETH_P_ALL);
+  if (bind(capture_.get(), reinterpret_cast<sockaddr*>(&ll), sizeof(ll)) < 0) {
+    return Error::Errno("bind the capture socket");
+  }
+  control_.reset(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  socklen_t len;
+  sockaddr_un addr = ControlAddress(table_, &len);
+  if (!control_.valid() || bind(control_.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0 ||
+      listen(control_.get(), 8) < 0) {
+    return Error::Errno("control socket of the packet keeper of " + table_);
+  }
+  return Ok();
+}
+
+void Keeper::Capture() {
+  alignas(8) static char buf[1 << 18];
+  for (;;) {
+    sockaddr_ll from = {};
+    socklen_t from_len = sizeof(from);
+    ssize_t n = recvfrom(capture_.get(), buf, sizeof(buf), MSG_TRUNC | MSG_DONTWAIT,
+                         reinterpret_cast<sockaddr*>(&from), &from_len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return;
+    if (static_cast<size_t>(n) > sizeof(buf) || kept_bytes_ + n > kKeepBytes) {
+      lost_++;
+      continue;
+    }
+    std::string packet(buf, static_cast<size_t>(n));
+    if (!FromPeer(packet, flows_)) continue;
+    kept_bytes_ += packet.size();
+    kept_.push_back({std::move(packet), from.sll_ifindex});
+  }
+}
+
+size_t Keeper::Replay() {
+  UniqueFd raw4(socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  UniqueFd raw6(socket(AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  size_t sent = 0;
+  for (Kept& k : kept_) {
+    if (!FixTcpChecksum(&k.packet)) continue;
+    const char* p = k.packet.data();
+    ssize_t n = -1;
+    if ((p[0] >> 4) == 4) {
+      sockaddr_in to = {};
+      to.sin_family = AF_INET;
+      std::memcpy(&to.sin_addr, p + 16, 4);
+      n = sendto(raw4.get(), p, k.packet.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
+    } else {
+      sockaddr_in6 to = {};
+      to.sin6_family = AF_INET6;
+      std::memcpy(&to.sin6_addr, p + 24, 16);
+      if (IN6_IS_ADDR_LINKLOCAL(&to.sin6_addr)) to.sin6_scope_id = static_cast<uint32_t>(k.ifindex);
+      n = sendto(raw6.get(), p, k.packet.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
+    }
+    if (n == static_cast<ssize_t>(k.packet.size())) sent++;
+  }
+  return sent;
+}
+
+std::string Keeper::Release() {
+  // The table goes first: what is sent again must get through.
+  Status lifted =
+      RunNft({"-f", "-"}, fmt::format("table inet {0} {{}}\ndelete table inet {0}\n", table_));
+  if (!lifted.ok()) return "error: lift the network lock: " + lifted.error().ToString();
+  Capture();
+  capture_.reset();
+  size_t sent = Replay();
+  return fmt::format(
+      "ok: {} packets the peers sent meanwhile handed to the restored sockets{}", sent,
+      lost_ + (kept_.size() - sent) == 0 ? ""
+                                         : fmt::format(" ({} lost)", lost_ + kept_.size() - sent));
+}
+
+bool Keeper::Serve(int conn) {
+  ucred cred = {};
+  socklen_t len = sizeof(cred);
+  auto reply = [conn](const std::string& text) { send(conn, text.data(), text.size(), 0); };
+  if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+      (cred.uid != 0 && cred.uid != geteuid())) {
+    reply("error: not allowed");
+    return false;
+  }
+  timeval tv = {2, 0};
+  setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char buf[4096];
+  ssize_t n = recv(conn, buf, sizeof(buf), 0);
+  if (n <= 0) return false;
+  std::string request(buf, static_cast<size_t>(n));
+  if (request == "release") {
+    std::string answer = Release();
+    reply(answer);
+    return answer.rfind("ok", 0) == 0;
+  }
+  if (request == "quit") {
+    reply("ok");
+    return true;
+  }
+  if (request.rfind("add ", 0) == 0) {
+    Result<TcpFlow> flow = DecodeFlow(request.substr(4));
+    if (!flow.ok()) {
+      reply("error: " + flow.error().ToString());
+      return false;
+    }
+    flows_.push_back(*flow);
+    Status attached = AttachFilter();
+    reply(attached.ok() ? "ok" : "error: " + attached.error().ToString());
+    return false;
+  }
+  reply("error: unknown request");
+  return false;
+}
+
+int Keeper::Run() {
+  auto deadline = std::chrono::steady_clock::now() + kKeepFor;
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    // Giving up drops what is kept; the table keeps dropping until lifted.
+    if (left.count() <= 0) return 0;
+    pollfd fds[2] = {{capture_.get(), POLLIN, 0}, {control_.get(), POLLIN, 0}};
+    int n = poll(fds, 2, static_cast<int>(left.count()));
+    if (n < 0 && errno != EINTR) return 1;
+    if (n <= 0) continue;
+    if (fds[0].revents & POLLIN) Capture();
+    if (fds[1].revents & POLLIN) {
+      UniqueFd conn(accept4(control_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (conn.valid() && Serve(conn.get())) return 0;
+    }
+  }
+}
+
+void Ready(const std::string& message) {
+  (void)!write(kReadyFd, message.data(), message.size());
+  close(kReadyFd);
+}
+
+}  // namespace
+
+int KeeperMain(int argc, char** argv) {
+  if (argc < 3) return 2;
+  signal(SIGPIPE, SIG_IGN);
+  std::string table = argv[2];
+  std::vector<TcpFlow> flows;
+  for (int i = 3; i < argc; i++) {
+    Result<TcpFlow> flow = DecodeFlow(argv[i]);
+    if (!flow.ok()) {
+      Ready("E" + flow.error().ToString());
+      return 2;
+    }
+    flows.push_back(*flow);
+  }
+  // Detached: StartKeeper waits for this first process only, and the
+  // keeper outlives the dump.
+  pid_t child = fork();
+  if (child < 0) {
+    Ready("E" + Error::Errno("fork").ToString());
+    return 1;
+  }
+  if (child > 0) _exit(0);
+  setsid();
+  prctl(PR_SET_NAME, "stasis-netlock");
+  Keeper keeper;
+  Status opened = keeper.Open(table, std::move(flows));
+  if (!opened.ok()) {
+    Ready("E" + opened.error().ToString());
+    return 1;
+  }
+  Ready("R");
+  return keeper.Run();
+}
+
+Status StartKeeper(const std::string& table, const std::vector<TcpFlow>& flows) {
+  int ends[2];
+  if (pipe2(ends, O_CLOEXEC) < 0) return Error::Errno("pipe");
+  // Above kReadyFd, so that dup2 onto it really dups (and drops CLOEXEC).
+  UniqueFd read_end(fcntl(ends[0], F_DUPFD_CLOEXEC, 10));
+  UniqueFd write_end(fcntl(ends[1], F_DUPFD_CLOEXEC, 10));
+  close(ends[0]);
+  close(ends[1]);
+  std::vector<std::string> args = {"stasis-netlock", kKeeperCommand, table};
+  for (const TcpFlow& f : flows) args.push_back(EncodeFlow(f));
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, write_end.get(), kReadyFd);
+  pid_t pid = 0;
+  int err = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (err != 0) return Error::FromErrno("start the packet keeper", err);
+  write_end.reset();
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  pollfd pfd = {read_end.get(), POLLIN, 0};
+  char buf[1024];
+  ssize_t n = poll(&pfd, 1, 5000) == 1 ? read(read_end.get(), buf, sizeof(buf)) : -1;
+  if (n == 1 && buf[0] == 'R') return Ok();
+  if (n > 1 && buf[0] == 'E') {
+    return Error(ErrorCode::kFailed, "packet keeper: " + std::string(buf + 1, n - 1));
+  }
+  return Error(ErrorCode::kFailed, "the packet keeper did not start");
+}
+
+Result<std::optional<std::string>> TellKeeper(const std::string& table,
+                                              const std::string& request) {
+  UniqueFd s(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!s.valid()) return Error::Errno("socket(AF_UNIX)");
+  socklen_t len;
+  sockaddr_un addr = ControlAddress(table, &len);
+  if (connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) {
+    if (errno == ECONNREFUSED || errno == ENOENT) return std::optional<std::string>();
+    return Error::Errno("connect to the packet keeper of " + table);
+  }
+  timeval tv = {10, 0};
+  setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  if (send(s.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0) {
+    return Error::Errno("packet keeper of " + table + ": send");
+  }
+  char buf[4096];
+  ssize_t n = recv(s.get(), buf, sizeof(buf), 0);
+  if (n < 0) return Error::Errno("packet keeper of " + table + ": no answer");
+  std::string answer(buf, static_cast<size_t>(n));
+  if (answer.rfind("ok", 0) != 0) {
+    return Error(ErrorCode::kFailed, "packet keeper of " + table + ": " + answer);
+  }
+  return std::optional<std::string>(answer);
+}
+
+}  // namespace stasis::sys

@@ -1,0 +1,57 @@
+// The keeper of a network lock (sys/netlock.h): a process of its own, since
+// what it keeps must outlive the dump that took the lock and wait for the
+// restore that lifts it.
+//
+// It copies the packets the locked flows' peers send, as they arrive on
+// any interface of its network namespace (AF_PACKET, incoming packets only,
+// a classic BPF filter on the flows' addresses and ports), while the lock
+// drops them further up. When the lock is lifted it deletes the lock's
+// table and sends them again, in the order they came, through a raw socket
+// to the local address: they reach the restored sockets as if they had
+// been late. It gives up after kKeepFor, or kKeepBytes of packets (the peers
+// then resend on their own timers).
+//
+// Spoken to over an abstract unix socket named after the lock's table, by
+// root or the keeper's own user only: "add FLOW", "release", "quit".
+#pragma once
+
+#include <linux/filter.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sys/netlock.h"
+#include "sys/result.h"
+
+namespace stasis::sys {
+
+inline constexpr char kKeeperCommand[] = "__netlock-keeper";
+inline constexpr std::chrono::seconds kKeepFor{120};
+inline constexpr size_t kKeepBytes = 64 << 20;
+
+// In the dumping process: starts the keeper of `table` and returns once it
+// captures the flows' packets.
+Status StartKeeper(const std::string& table, const std::vector<TcpFlow>& flows);
+// Sends a request to the keeper of `table` and returns its answer
+// ("ok..."); nullopt when there is no keeper (never started, gave up,
+// another host).
+Result<std::optional<std::string>> TellKeeper(const std::string& table, const std::string& request);
+// The keeper process: `stasis __netlock-keeper TABLE FLOW...`, with fd 3
+// the pipe StartKeeper waits on. Returns the exit status.
+int KeeperMain(int argc, char** argv);
+
+// Pure, for tests.
+std::string EncodeFlow(const TcpFlow& flow);
+Result<TcpFlow> DecodeFlow(const std::string& text);
+// Accepts the packets (from the IP header on) the flows' peers send them.
+std::vector<sock_filter> CaptureFilter(const std::vector<TcpFlow>& flows);
+// True when the packet is one the flows' peers sent.
+bool FromPeer(const std::string& packet, const std::vector<TcpFlow>& flows);
+// Recomputes the TCP checksum of an IPv4 or IPv6 packet (a copy taken on
+// loopback has only the pseudo-header's part of it: the checksum is
+// offloaded). False if it is not a whole TCP packet.
+bool FixTcpChecksum(std::string* packet);
+
+}  // namespace stasis::sys
