@@ -6,6 +6,7 @@
 
 #include "checkpoint/task_dump.h"
 #include "sys/netlock.h"
+#include "sys/packet_keeper.h"
 #include "sys/proc.h"
 
 namespace stasis::checkpoint {
@@ -34,6 +35,15 @@ SessionNetDump::SessionNetDump(SessionNetDump&& o) noexcept
 }
 
 Status SessionNetDump::Lock() {
+  // What outside peers send while the link is down is kept, and sent in
+  // again once it is up (the dump's own, or a restore's).
+  Status keeper = sys::StartLinkKeeper({net_.host_link, net_.bridge, net_.mac, net_.address});
+  if (!keeper.ok()) {
+    fmt::print(stderr,
+               "stasis: warning: session link {} without a packet keeper ({}): peers "
+               "will resend what they send meanwhile on their own timers\n",
+               net_.host_link, keeper.error().ToString());
+  }
   STASIS_TRY(sys::SetHostLinkUp(net_.host_link, false));
   locked_ = true;
   sys::SetFlowLocksCoveredByLink(true);
@@ -45,7 +55,15 @@ Status SessionNetDump::Unlock() {
   inside_.reset();
   if (!locked_) return Ok();
   locked_ = false;
-  return sys::SetHostLinkUp(net_.host_link, true);
+  STASIS_TRY(sys::SetHostLinkUp(net_.host_link, true));
+  // The link's bridge port and the session's eth0 come up asynchronously.
+  {
+    sys::ScopedNetns in = STASIS_TRY(sys::ScopedNetns::Enter(netns_.get()));
+    (void)sys::WaitLinkForwarding(net_.host_link, std::chrono::milliseconds(500));
+  }
+  Result<std::string> kept = sys::ReleaseLinkKeeper(net_.host_link);
+  if (!kept.ok()) fmt::print(stderr, "stasis: warning: {}\n", kept.error().ToString());
+  return Ok();
 }
 
 void SessionNetDump::WaitSessionGone() {
@@ -64,14 +82,14 @@ SessionNetDump::~SessionNetDump() {
   inside_.reset();
   sys::SetFlowLocksCoveredByLink(false);
   AllowSessionNetns("");
-  netns_.reset();
-  if (killed_) WaitSessionGone();
   if (locked_ && !killed_) {
-    Status up = sys::SetHostLinkUp(net_.host_link, true);
+    Status up = Unlock();
     if (!up.ok()) {
       fmt::print(stderr, "stasis: warning: network lock: {}\n", up.error().ToString());
     }
   }
+  netns_.reset();
+  if (killed_) WaitSessionGone();
 }
 
 }  // namespace stasis::checkpoint

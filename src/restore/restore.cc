@@ -23,6 +23,7 @@
 #include "sys/kernel_abi.h"
 #include "sys/netlock.h"
 #include "sys/netns.h"
+#include "sys/packet_keeper.h"
 
 namespace stasis::restore {
 namespace {
@@ -298,6 +299,8 @@ struct SessionNet {
   std::optional<sys::NetConfig> config;
   std::optional<sys::IsolatedNet> net;
   std::optional<sys::ScopedNetns> inside;
+  // The restorer's own: the dump's packet keeper listens there.
+  sys::UniqueFd host_netns;
 
   static Result<SessionNet> Enter(const image::Manifest& manifest, const RestoreOptions& options) {
     SessionNet s;
@@ -309,6 +312,8 @@ struct SessionNet {
     s.config = STASIS_TRY(image::NetFromProto(manifest.net()));
     s.net.emplace(STASIS_TRY_CTX(sys::IsolatedNet::Create(&*s.config, /*host_up=*/false),
                                  "rebuild the session network"));
+    s.host_netns.reset(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+    if (!s.host_netns.valid()) return Error::Errno("open /proc/thread-self/ns/net");
     s.inside.emplace(STASIS_TRY(sys::ScopedNetns::Enter(s.net->netns_fd())));
     return s;
   }
@@ -322,6 +327,11 @@ struct SessionNet {
       fmt::print(stderr, "stasis: warning: session link {} is not forwarding yet\n",
                  config->host_link);
     }
+    // What the outside peers sent while the session was away, kept by the
+    // dump's keeper if it ran here.
+    sys::ScopedNetns host = STASIS_TRY(sys::ScopedNetns::Enter(host_netns.get()));
+    std::string kept = STASIS_TRY(sys::ReleaseLinkKeeper(config->host_link));
+    if (!kept.empty()) fmt::print(stderr, "stasis: {}\n", kept);
     return Ok();
   }
 

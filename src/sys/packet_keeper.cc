@@ -5,18 +5,22 @@
 #include <fmt/format.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 
+#include "sys/isolated_net.h"
 #include "sys/nft.h"
 #include "sys/unique_fd.h"
 
@@ -42,9 +46,17 @@ struct Kept {
   int ifindex;  // where it came in: the scope of an IPv6 link-local address
 };
 
+std::string LinkName(const std::string& host_link) { return "link/" + host_link; }
+
 class Keeper {
  public:
-  Status Open(const std::string& table, std::vector<TcpFlow> flows);
+  // A table's keeper (name: the table) or, with `link`, a link's.
+  void Prepare(std::string name, std::vector<TcpFlow> flows, std::optional<LinkKeeperSpec> link) {
+    name_ = std::move(name);
+    flows_ = std::move(flows);
+    link_ = std::move(link);
+  }
+  Status Open();
   int Run();
 
  private:
@@ -54,9 +66,12 @@ class Keeper {
   bool Serve(int conn);
   std::string Release();
   size_t Replay();
+  Result<size_t> ReplayIntoLink();
 
-  std::string table_;
+  std::string name_;
   std::vector<TcpFlow> flows_;
+  std::optional<LinkKeeperSpec> link_;
+  int bridge_index_ = 0;
   UniqueFd capture_, control_;
   std::vector<Kept> kept_;
   size_t kept_bytes_ = 0;
@@ -64,7 +79,7 @@ class Keeper {
 };
 
 Status Keeper::AttachFilter() {
-  std::vector<sock_filter> prog = CaptureFilter(flows_);
+  std::vector<sock_filter> prog = link_ ? LinkCaptureFilter(link_->address) : CaptureFilter(flows_);
   sock_fprog fprog = {static_cast<unsigned short>(prog.size()), prog.data()};
   if (setsockopt(capture_.get(), SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof(fprog)) < 0) {
     return Error::Errno("attach the capture filter");
@@ -72,9 +87,8 @@ Status Keeper::AttachFilter() {
   return Ok();
 }
 
-Status Keeper::Open(const std::string& table, std::vector<TcpFlow> flows) {
-  table_ = table;
-  flows_ = std::move(flows);
+Status Keeper::Open() {
+  if (link_) bridge_index_ = static_cast<int>(if_nametoindex(link_->bridge.c_str()));
   // Protocol 0 until the filter is on: nothing unfiltered is queued.
   capture_.reset(socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!capture_.valid()) return Error::Errno("socket(AF_PACKET)");
@@ -89,10 +103,10 @@ Status Keeper::Open(const std::string& table, std::vector<TcpFlow> flows) {
   }
   control_.reset(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   socklen_t len;
-  sockaddr_un addr = ControlAddress(table_, &len);
+  sockaddr_un addr = ControlAddress(name_, &len);
   if (!control_.valid() || bind(control_.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0 ||
       listen(control_.get(), 8) < 0) {
-    return Error::Errno("control socket of the packet keeper of " + table_);
+    return Error::Errno("control socket of the packet keeper of " + name_);
   }
   return Ok();
 }
@@ -111,7 +125,9 @@ void Keeper::Capture() {
       continue;
     }
     std::string packet(buf, static_cast<size_t>(n));
-    if (!FromPeer(packet, flows_)) continue;
+    bool ours = link_ ? from.sll_ifindex != bridge_index_ && ToAddress(packet, link_->address)
+                      : FromPeer(packet, flows_);
+    if (!ours) continue;
     kept_bytes_ += packet.size();
     kept_.push_back({std::move(packet), from.sll_ifindex});
   }
@@ -142,14 +158,50 @@ size_t Keeper::Replay() {
   return sent;
 }
 
+Result<size_t> Keeper::ReplayIntoLink() {
+  int index = static_cast<int>(if_nametoindex(link_->host_link.c_str()));
+  if (index == 0) return Error::Errno("no link " + link_->host_link);
+  UniqueFd out(socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!out.valid()) return Error::Errno("socket(AF_PACKET)");
+  ifreq ifr = {};
+  std::snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", link_->host_link.c_str());
+  size_t mtu = ioctl(out.get(), SIOCGIFMTU, &ifr) == 0 ? static_cast<size_t>(ifr.ifr_mtu) : 1500;
+  sockaddr_ll to = {};
+  to.sll_family = AF_PACKET;
+  to.sll_protocol = htons(ETH_P_IP);
+  to.sll_ifindex = index;
+  to.sll_halen = ETH_ALEN;
+  std::memcpy(to.sll_addr, link_->mac.data(), ETH_ALEN);
+  size_t sent = 0;
+  for (const Kept& k : kept_) {
+    bool whole = true;
+    for (std::string& seg : SegmentTcp4(k.packet, mtu)) {
+      whole = whole && FixTcpChecksum(&seg) &&
+              sendto(out.get(), seg.data(), seg.size(), 0, reinterpret_cast<sockaddr*>(&to),
+                     sizeof(to)) == static_cast<ssize_t>(seg.size());
+    }
+    if (whole) sent++;
+  }
+  return sent;
+}
+
 std::string Keeper::Release() {
-  // The table goes first: what is sent again must get through.
-  Status lifted =
-      RunNft({"-f", "-"}, fmt::format("table inet {0} {{}}\ndelete table inet {0}\n", table_));
-  if (!lifted.ok()) return "error: lift the network lock: " + lifted.error().ToString();
-  Capture();
-  capture_.reset();
-  size_t sent = Replay();
+  size_t sent = 0;
+  if (link_) {
+    Capture();
+    capture_.reset();
+    Result<size_t> replayed = ReplayIntoLink();
+    if (!replayed.ok()) return "error: " + replayed.error().ToString();
+    sent = *replayed;
+  } else {
+    // The table goes first: what is sent again must get through.
+    Status lifted =
+        RunNft({"-f", "-"}, fmt::format("table inet {0} {{}}\ndelete table inet {0}\n", name_));
+    if (!lifted.ok()) return "error: lift the network lock: " + lifted.error().ToString();
+    Capture();
+    capture_.reset();
+    sent = Replay();
+  }
   return fmt::format(
       "ok: {} packets the peers sent meanwhile handed to the restored sockets{}", sent,
       lost_ + (kept_.size() - sent) == 0 ? ""
@@ -219,22 +271,39 @@ void Ready(const std::string& message) {
   close(kReadyFd);
 }
 
+// argv: stasis-netlock __netlock-keeper NAME table FLOW...
+//       stasis-netlock __netlock-keeper NAME link HOST_LINK BRIDGE MAC ADDRESS
+Result<Keeper> ParseKeeper(int argc, char** argv) {
+  if (argc < 4) return Error::Invalid("usage: __netlock-keeper NAME table|link ...");
+  std::string name = argv[2], mode = argv[3];
+  std::vector<TcpFlow> flows;
+  std::optional<LinkKeeperSpec> link;
+  if (mode == "table") {
+    for (int i = 4; i < argc; i++) flows.push_back(STASIS_TRY(DecodeFlow(argv[i])));
+  } else if (mode == "link" && argc == 8) {
+    link.emplace();
+    link->host_link = argv[4];
+    link->bridge = argv[5];
+    link->mac = STASIS_TRY(ParseMac(argv[6]));
+    link->address = STASIS_TRY(ParseIp4(argv[7]));
+  } else {
+    return Error::Invalid("__netlock-keeper: bad mode " + mode);
+  }
+  Keeper keeper;
+  keeper.Prepare(std::move(name), std::move(flows), std::move(link));
+  return keeper;
+}
+
 }  // namespace
 
 int KeeperMain(int argc, char** argv) {
-  if (argc < 3) return 2;
   signal(SIGPIPE, SIG_IGN);
-  std::string table = argv[2];
-  std::vector<TcpFlow> flows;
-  for (int i = 3; i < argc; i++) {
-    Result<TcpFlow> flow = DecodeFlow(argv[i]);
-    if (!flow.ok()) {
-      Ready("E" + flow.error().ToString());
-      return 2;
-    }
-    flows.push_back(*flow);
+  Result<Keeper> keeper = ParseKeeper(argc, argv);
+  if (!keeper.ok()) {
+    Ready("E" + keeper.error().ToString());
+    return 2;
   }
-  // Detached: StartKeeper waits for this first process only, and the
+  // Detached: the starter waits for this first process only, and the
   // keeper outlives the dump.
   pid_t child = fork();
   if (child < 0) {
@@ -244,17 +313,21 @@ int KeeperMain(int argc, char** argv) {
   if (child > 0) _exit(0);
   setsid();
   prctl(PR_SET_NAME, "stasis-netlock");
-  Keeper keeper;
-  Status opened = keeper.Open(table, std::move(flows));
+  Status opened = keeper->Open();
   if (!opened.ok()) {
     Ready("E" + opened.error().ToString());
     return 1;
   }
   Ready("R");
-  return keeper.Run();
+  return keeper->Run();
 }
 
-Status StartKeeper(const std::string& table, const std::vector<TcpFlow>& flows) {
+namespace {
+
+Status Spawn(std::vector<std::string> args) {
+  // An earlier keeper of the same lock (a dump never restored here) gives
+  // way to this one.
+  (void)TellKeeper(args[2], "quit");
   int ends[2];
   if (pipe2(ends, O_CLOEXEC) < 0) return Error::Errno("pipe");
   // Above kReadyFd, so that dup2 onto it really dups (and drops CLOEXEC).
@@ -262,8 +335,6 @@ Status StartKeeper(const std::string& table, const std::vector<TcpFlow>& flows) 
   UniqueFd write_end(fcntl(ends[1], F_DUPFD_CLOEXEC, 10));
   close(ends[0]);
   close(ends[1]);
-  std::vector<std::string> args = {"stasis-netlock", kKeeperCommand, table};
-  for (const TcpFlow& f : flows) args.push_back(EncodeFlow(f));
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -289,6 +360,26 @@ Status StartKeeper(const std::string& table, const std::vector<TcpFlow>& flows) 
     return Error(ErrorCode::kFailed, "packet keeper: " + std::string(buf + 1, n - 1));
   }
   return Error(ErrorCode::kFailed, "the packet keeper did not start");
+}
+
+}  // namespace
+
+Status StartKeeper(const std::string& table, const std::vector<TcpFlow>& flows) {
+  std::vector<std::string> args = {"stasis-netlock", kKeeperCommand, table, "table"};
+  for (const TcpFlow& f : flows) args.push_back(EncodeFlow(f));
+  return Spawn(std::move(args));
+}
+
+Status StartLinkKeeper(const LinkKeeperSpec& spec) {
+  return Spawn({"stasis-netlock", kKeeperCommand, LinkName(spec.host_link), "link", spec.host_link,
+                spec.bridge, FormatMac(spec.mac), FormatIp4(spec.address)});
+}
+
+Result<std::string> ReleaseLinkKeeper(const std::string& host_link) {
+  Result<std::optional<std::string>> kept = TellKeeper(LinkName(host_link), "release");
+  if (!kept.ok()) return std::move(kept).error();
+  if (!kept->has_value()) return std::string();
+  return fmt::format("session link {}: {}", host_link, kept->value().substr(4));
 }
 
 Result<std::optional<std::string>> TellKeeper(const std::string& table,

@@ -137,6 +137,61 @@ TEST(PacketKeeper, FixesTheTcpChecksum) {
   EXPECT_FALSE(FixTcpChecksum(&cut));
 }
 
+TEST(PacketKeeper, LinkFilterTakesTcpToTheSessionAddress) {
+  uint32_t session;
+  inet_pton(AF_INET, "198.18.5.2", &session);
+  std::vector<sock_filter> prog = LinkCaptureFilter(session);
+  EXPECT_TRUE(Passes(prog, Tcp4("198.18.5.3", 40000, "198.18.5.2", 8888, "x")));
+  EXPECT_TRUE(Passes(prog, Tcp4("203.0.113.1", 1, "198.18.5.2", 2, "")));  // any peer, any port
+  EXPECT_FALSE(Passes(prog, Tcp4("198.18.5.2", 8888, "198.18.5.3", 40000, "")));
+  std::string udp = Tcp4("198.18.5.3", 40000, "198.18.5.2", 8888, "");
+  udp[9] = IPPROTO_UDP;
+  EXPECT_FALSE(Passes(prog, udp));
+  EXPECT_FALSE(Passes(prog, Tcp6("2001:db8::77", 61000, "2001:db8::1", 443, "")));
+  EXPECT_TRUE(ToAddress(Tcp4("198.18.5.3", 40000, "198.18.5.2", 8888, ""), session));
+  EXPECT_FALSE(ToAddress(udp, session));
+}
+
+uint32_t Seq(const std::string& p) {
+  size_t t = static_cast<size_t>(p[0] & 0xf) * 4;
+  uint32_t v = 0;
+  for (int i = 0; i < 4; i++) v = v << 8 | static_cast<uint8_t>(p[t + 4 + i]);
+  return v;
+}
+
+TEST(PacketKeeper, CutsABigPacketToTheMtu) {
+  std::string data;
+  for (int i = 0; i < 5000; i++) data += static_cast<char>('a' + i % 26);
+  std::string big = Tcp4("198.18.5.3", 40000, "198.18.5.2", 8888, data);
+  big[24 + 4] = 0x10;   // seq 0x10000000
+  big[24 + 13] = 0x19;  // FIN PSH ACK
+  std::vector<std::string> segs = SegmentTcp4(big, 1500);
+  ASSERT_EQ(segs.size(), 4u);  // 1456 bytes each (24 + 20 bytes of headers)
+  std::string joined;
+  uint32_t seq = 0x10000000;
+  for (size_t i = 0; i < segs.size(); i++) {
+    std::string& s = segs[i];
+    EXPECT_LE(s.size(), 1500u);
+    EXPECT_EQ(static_cast<size_t>(static_cast<uint8_t>(s[2]) << 8 | static_cast<uint8_t>(s[3])),
+              s.size());
+    EXPECT_EQ(Seq(s), seq);
+    bool last = i + 1 == segs.size();
+    EXPECT_EQ(static_cast<uint8_t>(s[24 + 13]), last ? 0x19 : 0x10);
+    // The IP header's checksum is right: its sum folds to 0xffff.
+    uint32_t sum = 0;
+    for (int b = 0; b < 24; b += 2)
+      sum += static_cast<uint8_t>(s[b]) << 8 | static_cast<uint8_t>(s[b + 1]);
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    EXPECT_EQ(sum, 0xffffu);
+    ASSERT_TRUE(FixTcpChecksum(&s));
+    EXPECT_EQ(Verify(s, true), 0xffff);
+    joined += s.substr(44);
+    seq += static_cast<uint32_t>(s.size() - 44);
+  }
+  EXPECT_EQ(joined, data);
+  EXPECT_EQ(SegmentTcp4(big, 65535), std::vector<std::string>{big});
+}
+
 TEST(PacketKeeper, FlowsTravelAsText) {
   for (const TcpFlow& f : kFlows) EXPECT_EQ(DecodeFlow(EncodeFlow(f)).value(), f);
   EXPECT_FALSE(DecodeFlow("abc").ok());

@@ -4,6 +4,7 @@
 #include <linux/if_packet.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "sys/packet_keeper.h"
@@ -146,6 +147,71 @@ std::vector<sock_filter> CaptureFilter(const std::vector<TcpFlow>& flows) {
   prog.insert(prog.end(), body4.begin(), body4.end());
   prog.insert(prog.end(), body6.begin(), body6.end());
   return prog;
+}
+
+std::vector<sock_filter> LinkCaptureFilter(uint32_t address) {
+  return {
+      // Not what a device sends: a packet crossing the bridge shows going
+      // out of every other port.
+      Stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_PKTTYPE),
+      Jump(BPF_JMP | BPF_JEQ | BPF_K, PACKET_OUTGOING, 0, 1),
+      Stmt(BPF_RET | BPF_K, 0),
+      Stmt(BPF_LD | BPF_B | BPF_ABS, 0),
+      Stmt(BPF_ALU | BPF_RSH | BPF_K, 4),
+      Jump(BPF_JMP | BPF_JEQ | BPF_K, 4, 1, 0),
+      Stmt(BPF_RET | BPF_K, 0),
+      Stmt(BPF_LD | BPF_B | BPF_ABS, 9),
+      Jump(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_TCP, 1, 0),
+      Stmt(BPF_RET | BPF_K, 0),
+      Stmt(BPF_LD | BPF_W | BPF_ABS, 16),
+      Jump(BPF_JMP | BPF_JEQ | BPF_K, ntohl(address), 1, 0),
+      Stmt(BPF_RET | BPF_K, 0),
+      Stmt(BPF_RET | BPF_K, kAccept),
+  };
+}
+
+bool ToAddress(const std::string& packet, uint32_t address) {
+  const auto* p = reinterpret_cast<const uint8_t*>(packet.data());
+  return packet.size() >= 40 && p[0] >> 4 == 4 && p[9] == IPPROTO_TCP &&
+         std::memcmp(p + 16, &address, 4) == 0;
+}
+
+std::vector<std::string> SegmentTcp4(const std::string& packet, size_t mtu) {
+  const auto* p = reinterpret_cast<const uint8_t*>(packet.data());
+  size_t n = packet.size();
+  if (n <= mtu || n < 40 || p[0] >> 4 != 4 || p[9] != IPPROTO_TCP) return {packet};
+  size_t ip_len = static_cast<size_t>(p[0] & 0xf) * 4;
+  size_t tcp_len = static_cast<size_t>(p[ip_len + 12] >> 4) * 4;
+  size_t head = ip_len + tcp_len;
+  if (head >= mtu || head > n) return {packet};
+  size_t mss = mtu - head;
+  uint32_t seq = static_cast<uint32_t>(p[ip_len + 4] << 24 | p[ip_len + 5] << 16 |
+                                       p[ip_len + 6] << 8 | p[ip_len + 7]);
+  uint16_t id = static_cast<uint16_t>(p[4] << 8 | p[5]);
+  uint8_t flags = p[ip_len + 13];
+  std::vector<std::string> out;
+  for (size_t off = head; off < n; off += mss) {
+    size_t len = std::min(mss, n - off);
+    std::string seg = packet.substr(0, head) + packet.substr(off, len);
+    auto* q = reinterpret_cast<uint8_t*>(seg.data());
+    uint16_t total = static_cast<uint16_t>(seg.size());
+    q[2] = static_cast<uint8_t>(total >> 8);
+    q[3] = static_cast<uint8_t>(total & 0xff);
+    q[4] = static_cast<uint8_t>(id >> 8);
+    q[5] = static_cast<uint8_t>(id & 0xff);
+    id++;
+    uint32_t s = seq + static_cast<uint32_t>(off - head);
+    for (int i = 0; i < 4; i++) q[ip_len + 4 + i] = static_cast<uint8_t>(s >> (24 - 8 * i));
+    bool last = off + len >= n;
+    // FIN and PSH belong to the last piece only.
+    q[ip_len + 13] = last ? flags : static_cast<uint8_t>(flags & ~(0x01 | 0x08));
+    q[10] = q[11] = 0;
+    uint16_t check = Fold(Sum16(q, ip_len, 0));
+    q[10] = static_cast<uint8_t>(check >> 8);
+    q[11] = static_cast<uint8_t>(check & 0xff);
+    out.push_back(std::move(seg));
+  }
+  return out;
 }
 
 bool FromPeer(const std::string& packet, const std::vector<TcpFlow>& flows) {
