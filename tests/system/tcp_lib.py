@@ -79,10 +79,11 @@ def to_eof(s):
         out += d
 
 
-def dump_and_restore(stasis, server, img, pause=0.3):
+def dump_and_restore(stasis, server, img, pause=0.3, report=None):
     """Dumps the tree of server (a Popen) to img, waits pause seconds (the
     peer's packets hit the network lock meanwhile), restores it; returns the
-    restored pid. Fails the test on any error."""
+    restored pid. Fails the test on any error. The restore's stderr is
+    appended to report (a list), if given."""
     d = subprocess.run([stasis, "dump", "-t", str(server.pid), "-D", img], capture_output=True, text=True)
     server.wait()
     if d.returncode != 0:
@@ -91,6 +92,8 @@ def dump_and_restore(stasis, server, img, pause=0.3):
     r = subprocess.run([stasis, "restore", "-D", img], capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit("FAIL: restore: " + r.stderr)
+    if report is not None:
+        report.append(r.stderr)
     return int(r.stdout.split()[-1])
 
 

@@ -5,6 +5,7 @@ back once, in order, with no reset; prints the longest stall the client saw.
 """
 import argparse
 import os
+import re
 import shutil
 import socket
 import sys
@@ -29,13 +30,29 @@ def main():
         got, stalls, errors = [], [0.0], []
         t = threading.Thread(target=read_words, args=(sock, a.words, got, errors, stalls))
         t.start()
+        report, cycle = [], []
+
+        def cycle_server():
+            cycle.append(dump_and_restore(a.stasis, server, os.path.join(work, "img"),
+                                          report=report))
+
+        c = threading.Thread(target=cycle_server)
         for i in range(a.words):
             sock.sendall(f"word {i}\n".encode())
             time.sleep(0.005)
             if i == a.words // 3:
-                # The peer keeps sending into the lock between the two.
-                restored = dump_and_restore(a.stasis, server, os.path.join(work, "img"))
+                # The peer keeps sending into the lock meanwhile.
+                c.start()
+        c.join(timeout=30)
+        restored = cycle[0] if cycle else None
         t.join(timeout=30)
+        # What the peer sent while the lock was up was kept and handed to
+        # the restored socket, not left to its retransmissions.
+        handed = re.search(r"network lock \S+ lifted: (\d+) packets", "".join(report))
+        if not handed or int(handed.group(1)) == 0:
+            raise SystemExit("FAIL: the restore handed no kept packet to the socket: " +
+                             "".join(report))
+        print(f"the restore handed {handed.group(1)} packets kept by the network lock")
         if errors:
             raise SystemExit("FAIL: " + "; ".join(errors))
         if got != list(range(a.words)):
