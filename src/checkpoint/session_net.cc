@@ -27,6 +27,7 @@ SessionNetDump::SessionNetDump(SessionNetDump&& o) noexcept
     : net_(std::move(o.net_)),
       netns_(std::move(o.netns_)),
       inside_(std::move(o.inside_)),
+      neighbours_(std::move(o.neighbours_)),
       locked_(o.locked_),
       killed_(o.killed_),
       active_(std::exchange(o.active_, false)) {
@@ -34,6 +35,14 @@ SessionNetDump::SessionNetDump(SessionNetDump&& o) noexcept
 }
 
 Status SessionNetDump::Lock() {
+  {
+    // Before the link goes down: eth0 loses its carrier with it, and the
+    // kernel then evicts every entry that is not PERMANENT. The tree is
+    // frozen already, so the cache can only change by what peers send.
+    sys::ScopedNetns inside = STASIS_TRY(sys::ScopedNetns::Enter(netns_.get()));
+    neighbours_ = STASIS_TRY_CTX(sys::ReadSessionNeighbours(), "session network");
+    STASIS_TRY(inside.Leave());
+  }
   STASIS_TRY(sys::SetHostLinkUp(net_.host_link, false));
   locked_ = true;
   sys::SetFlowLocksCoveredByLink(true);

@@ -305,6 +305,11 @@ struct SessionNet {
     s.net.emplace(STASIS_TRY_CTX(sys::IsolatedNet::Create(&*s.config, /*host_up=*/false),
                                  "rebuild the session network"));
     s.inside.emplace(STASIS_TRY(sys::ScopedNetns::Enter(s.net->netns_fd())));
+    // Before any socket exists: what the sockets send once the link is up
+    // goes out at once, instead of waiting for an address resolution whose
+    // first request, sent while the link was still down, was lost.
+    std::vector<sys::Neighbour> cache = STASIS_TRY(image::NeighboursFromProto(manifest.net()));
+    STASIS_TRY_CTX(sys::AddSessionNeighbours(cache), "rebuild the session network");
     return s;
   }
 
