@@ -47,7 +47,12 @@ Status SessionNetDump::Lock() {
   locked_ = true;
   sys::SetFlowLocksCoveredByLink(true);
   inside_.emplace(STASIS_TRY(sys::ScopedNetns::Enter(netns_.get())));
-  return Ok();
+  // The cache comes back at once (STALE, as at a restore): a session that
+  // goes on running (--leave-running, a failed dump) would otherwise
+  // resolve its peers anew, and the requests it sends while the link is
+  // down are lost, holding its packets for a second.
+  (void)sys::WaitNeighboursEvicted(neighbours_, std::chrono::milliseconds(100));
+  return sys::AddSessionNeighbours(neighbours_);
 }
 
 Status SessionNetDump::Unlock() {

@@ -4,8 +4,9 @@
 //
 // Lock() reads the session's neighbour cache (the image carries it), takes
 // the session's host link down (the network lock: nothing reaches the
-// outside peers, nothing comes in) and moves the dumping thread into the
-// session's namespace, where sock_diag sees the session's sockets.
+// outside peers, nothing comes in), puts back the cache entries the
+// carrier loss evicted, and moves the dumping thread into the session's
+// namespace, where sock_diag sees the session's sockets.
 // Unless the tree was killed (MarkKilled), destruction puts everything back:
 // the thread returns and the link comes up again (failed dump,
 // --leave-running). After a kill, destruction deletes the veth pair (the

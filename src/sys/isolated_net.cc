@@ -256,6 +256,29 @@ Status AddSessionNeighbours(const std::vector<Neighbour>& carried) {
   return Ok();
 }
 
+bool WaitNeighboursEvicted(const std::vector<Neighbour>& carried,
+                           std::chrono::milliseconds timeout) {
+  auto same = [](const Neighbour& a, const Neighbour& b) {
+    return a.family == b.family && a.dst == b.dst;
+  };
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  Result<Rtnl> rtnl = Rtnl::Open();
+  Result<int> eth = rtnl.ok() ? rtnl->IndexOf(kSessionLink) : Result<int>(Error::NotFound("eth0"));
+  while (eth.ok()) {
+    Result<std::vector<Neighbour>> now = rtnl->Neighbours(*eth);
+    if (!now.ok()) return false;
+    bool left = std::any_of(now->begin(), now->end(), [&](const Neighbour& n) {
+      return CarriedNeighbour(n) && !(n.state & NUD_PERMANENT) &&
+             std::any_of(carried.begin(), carried.end(),
+                         [&](const Neighbour& c) { return same(c, n); });
+    });
+    if (!left) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return false;
+}
+
 namespace {
 
 std::string ReadSysfs(const std::string& path) {

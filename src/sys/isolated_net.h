@@ -118,6 +118,13 @@ Neighbour RestoredNeighbour(const Neighbour& dumped);
 // before any socket is made there; an entry that cannot be added is an
 // error naming it.
 Status AddSessionNeighbours(const std::vector<Neighbour>& carried);
+// Taking the host link down takes eth0's carrier, and the kernel then
+// evicts every entry of eth0 that is not PERMANENT, asynchronously (link
+// watch). Waits until none of `carried` is left in a usable state (from
+// inside the session's namespace), so that entries added back after it
+// stay; false on timeout (a kernel that keeps them).
+bool WaitNeighboursEvicted(const std::vector<Neighbour>& carried,
+                           std::chrono::milliseconds timeout);
 
 // The lock on a running session's host link (by name, in the caller's
 // namespace).

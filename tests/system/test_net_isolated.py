@@ -4,7 +4,8 @@ and a client on another test "host" (a network namespace on the same
 bridge), streaming numbered words across dump and restore.
 
 Checks: every word echoed once, in order, no reset (prints the longest
-stall); the listener comes back on the same address; loopback inside the
+stall); the restored session's neighbour cache holds the client (the
+image carries it); the listener comes back on the same address; loopback inside the
 session works, over a connection made before the dump and a new one; ps
 shows the address; a restore while the original still runs fails cleanly
 (address in use) and leaves it running; a dump with --leave-running lifts
@@ -146,6 +147,10 @@ class Net:
         sh("ip", "-n", self.ns, "link", "set", "eth0", "up")
         sh("ip", "-n", self.ns, "link", "set", "lo", "up")
 
+    def client_mac(self):
+        link = json.loads(sh("ip", "-n", self.ns, "-j", "link", "show", "eth0").stdout)
+        return link[0]["address"]
+
     def run_in_client(self, code, *args, **kw):
         return subprocess.Popen(["ip", "netns", "exec", self.ns, "/usr/bin/python3", "-c", code,
                                  *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -249,7 +254,23 @@ def dump_restore(net, st, work, name, addr, host_link, cycle):
         fail(f"restored session: {info}")
     mac = sh("ip", "-n", net.ns, "neigh", "show", addr, check=False).stdout.strip()
     print("  client's neighbour entry after restore:", mac)
+    check_session_neighbour(net, info)
     return info
+
+
+def check_session_neighbour(net, info):
+    """The restored session knows the client's MAC already: the dump carried
+    its neighbour cache (else its first packets wait for an ARP reply)."""
+    out = sh("nsenter", f"--net=/proc/{info['init_pid']}/ns/net", "ip", "-j", "neigh", "show",
+             net.client_addr, "dev", "eth0").stdout
+    entries = json.loads(out or "[]")
+    want = net.client_mac()
+    print("  session's neighbour entry for the client after restore:", entries)
+    if not entries or entries[0].get("lladdr") != want:
+        fail(f"the restored session has no neighbour entry {net.client_addr} lladdr {want}")
+    state = entries[0].get("state", [])
+    if not set(state) & {"STALE", "DELAY", "PROBE", "REACHABLE"}:
+        fail(f"the session's neighbour entry for the client is {state}")
 
 
 def full_cycle(a, net, st, work, name, addr, host_link, client):
