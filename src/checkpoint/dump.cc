@@ -325,7 +325,10 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   }
   manifest.set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest.add_session_command(arg);
-  if (options.session_net) image::NetToProto(*options.session_net, manifest.mutable_net());
+  if (options.session_net) {
+    image::NetToProto(*options.session_net, manifest.mutable_net());
+    image::NeighboursToProto(net->neighbours(), manifest.mutable_net());
+  }
   image::Writer writer(*file_sink);
   STASIS_TRY_CTX(WriteHead(tree, manifest, writer), "write image");
   std::vector<std::unique_ptr<PageStore>> stores;

@@ -28,6 +28,7 @@ SessionNetDump::SessionNetDump(SessionNetDump&& o) noexcept
     : net_(std::move(o.net_)),
       netns_(std::move(o.netns_)),
       inside_(std::move(o.inside_)),
+      neighbours_(std::move(o.neighbours_)),
       locked_(o.locked_),
       killed_(o.killed_),
       active_(std::exchange(o.active_, false)) {
@@ -35,6 +36,14 @@ SessionNetDump::SessionNetDump(SessionNetDump&& o) noexcept
 }
 
 Status SessionNetDump::Lock() {
+  {
+    // Before the link goes down: eth0 loses its carrier with it, and the
+    // kernel then evicts every entry that is not PERMANENT. The tree is
+    // frozen already, so the cache can only change by what peers send.
+    sys::ScopedNetns inside = STASIS_TRY(sys::ScopedNetns::Enter(netns_.get()));
+    neighbours_ = STASIS_TRY_CTX(sys::ReadSessionNeighbours(), "session network");
+    STASIS_TRY(inside.Leave());
+  }
   // What outside peers send while the link is down is kept, and sent in
   // again once it is up (the dump's own, or a restore's).
   Status keeper = sys::StartLinkKeeper({net_.host_link, net_.bridge, net_.mac, net_.address});
@@ -48,7 +57,12 @@ Status SessionNetDump::Lock() {
   locked_ = true;
   sys::SetFlowLocksCoveredByLink(true);
   inside_.emplace(STASIS_TRY(sys::ScopedNetns::Enter(netns_.get())));
-  return Ok();
+  // The cache comes back at once (STALE, as at a restore): a session that
+  // goes on running (--leave-running, a failed dump) would otherwise
+  // resolve its peers anew, and the requests it sends while the link is
+  // down are lost, holding its packets for a second.
+  (void)sys::WaitNeighboursEvicted(neighbours_, std::chrono::milliseconds(100));
+  return sys::AddSessionNeighbours(neighbours_);
 }
 
 Status SessionNetDump::Unlock() {

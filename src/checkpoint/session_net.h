@@ -2,9 +2,11 @@
 // session's network namespace, which the dump accepts only when it is the
 // namespace of the session's own init (a stasis init) and the root's.
 //
-// Lock() takes the session's host link down (the network lock: nothing
-// reaches the outside peers, nothing comes in) and moves the dumping thread
-// into the session's namespace, where sock_diag sees the session's sockets.
+// Lock() reads the session's neighbour cache (the image carries it), takes
+// the session's host link down (the network lock: nothing reaches the
+// outside peers, nothing comes in), puts back the cache entries the
+// carrier loss evicted, and moves the dumping thread into the session's
+// namespace, where sock_diag sees the session's sockets.
 // Unless the tree was killed (MarkKilled), destruction puts everything back:
 // the thread returns and the link comes up again (failed dump,
 // --leave-running). After a kill, destruction deletes the veth pair (the
@@ -18,6 +20,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "sys/isolated_net.h"
 #include "sys/netns.h"
@@ -36,6 +39,8 @@ class SessionNetDump {
   // Lifts the lock now (the dumping thread leaves, the link comes up).
   Status Unlock();
   void MarkKilled() { killed_ = true; }
+  // eth0's neighbour entries as Lock() found them.
+  const std::vector<sys::Neighbour>& neighbours() const { return neighbours_; }
 
  private:
   void WaitSessionGone();
@@ -43,6 +48,7 @@ class SessionNetDump {
   sys::NetConfig net_;
   sys::UniqueFd netns_;
   std::optional<sys::ScopedNetns> inside_;
+  std::vector<sys::Neighbour> neighbours_;
   bool locked_ = false;
   bool killed_ = false;
   bool active_ = true;

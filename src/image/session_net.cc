@@ -1,9 +1,14 @@
 #include "image/session_net.h"
 
+#include <fmt/format.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 
 namespace stasis::image {
 namespace {
+
+constexpr size_t kMaxLinkAddress = 32;  // the kernel's MAX_ADDR_LEN
 
 Result<sys::Mac> MacFrom(const std::string& bytes, const char* what) {
   if (bytes.size() != 6) return Error::Corrupt(std::string("session network: bad ") + what);
@@ -38,6 +43,39 @@ Result<sys::NetConfig> NetFromProto(const SessionNet& in) {
     return Error::Corrupt("session network: bad address, bridge or link name");
   }
   return net;
+}
+
+void NeighboursToProto(const std::vector<sys::Neighbour>& in, SessionNet* out) {
+  out->clear_neighbours();
+  for (const sys::Neighbour& n : in) {
+    Neighbour* p = out->add_neighbours();
+    p->set_family(n.family);
+    p->set_address(std::string(n.dst.begin(), n.dst.end()));
+    p->set_lladdr(std::string(n.lladdr.begin(), n.lladdr.end()));
+    p->set_state(n.state);
+    p->set_flags(n.flags);
+  }
+}
+
+Result<std::vector<sys::Neighbour>> NeighboursFromProto(const SessionNet& in) {
+  std::vector<sys::Neighbour> out;
+  for (const Neighbour& p : in.neighbours()) {
+    sys::Neighbour n;
+    n.family = static_cast<uint8_t>(p.family());
+    n.dst.assign(p.address().begin(), p.address().end());
+    n.lladdr.assign(p.lladdr().begin(), p.lladdr().end());
+    n.state = static_cast<uint16_t>(p.state());
+    n.flags = static_cast<uint8_t>(p.flags());
+    bool address_ok = (p.family() == AF_INET && n.dst.size() == 4) ||
+                      (p.family() == AF_INET6 && n.dst.size() == 16);
+    if (!address_ok || n.lladdr.size() > kMaxLinkAddress || p.state() > 0xffff ||
+        p.flags() > 0xff || !sys::CarriedNeighbour(n)) {
+      return Error::Corrupt(
+          fmt::format("session network: bad neighbour entry {}", sys::FormatNeighbour(n)));
+    }
+    out.push_back(std::move(n));
+  }
+  return out;
 }
 
 }  // namespace stasis::image

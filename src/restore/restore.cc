@@ -143,8 +143,11 @@ Status CheckHost(const ImageHead& head) {
 // Once every file exists and the kinds' finishers ran (sockets left repair
 // mode), the network locks are lifted and link_up brings an isolated
 // session's link up, before what must reach the outside peers is sent.
+// link_down takes it down again when a step after it fails, before the
+// sockets close.
 Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell_job,
-                               const std::function<Status()>& link_up) {
+                               const std::function<Status()>& link_up,
+                               const std::function<void()>& link_down) {
   kinds::RestoreContext ctx;
   ctx.shell_job = shell_job;
   LocalFiles out;
@@ -165,7 +168,11 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell
     if (!done.empty()) fmt::print(stderr, "stasis: {}\n", done);
   }
   STASIS_TRY(link_up());
-  for (auto& step : ctx.after_unlock) STASIS_TRY(step());
+  for (auto& step : ctx.after_unlock) {
+    Status done = step();
+    if (!done.ok()) link_down();
+    STASIS_TRY(std::move(done));
+  }
   return out;
 }
 
@@ -221,15 +228,17 @@ Status ReadTrailer(Records& records, uint64_t pages) {
   return Ok();
 }
 
-// Kills the tree unless the restore completed. As their tracer we must
-// also reap every task: the namespace init, when killed next, waits for
-// every task of the namespace to be reaped, and a traced zombie waits for
-// its tracer.
+// Kills the tree unless the restore completed, after before_kill. As their
+// tracer we must also reap every task: the namespace init, when killed
+// next, waits for every task of the namespace to be reaped, and a traced
+// zombie waits for its tracer.
 class TreeGuard {
  public:
-  explicit TreeGuard(std::vector<TreeProcess>* tree) : tree_(tree) {}
+  TreeGuard(std::vector<TreeProcess>* tree, std::function<void()> before_kill)
+      : tree_(tree), before_kill_(std::move(before_kill)) {}
   ~TreeGuard() {
     if (tree_ == nullptr) return;
+    before_kill_();
     for (TreeProcess& t : *tree_) {
       t.build.reset();  // its Injector would touch the task: stop using it first
       if (t.leader) kill(t.host_pid, SIGKILL);
@@ -247,6 +256,7 @@ class TreeGuard {
     }
   }
   std::vector<TreeProcess>* tree_;
+  std::function<void()> before_kill_;
 };
 
 // FdKind::after_tree, once per File, in the first live process holding it.
@@ -315,6 +325,11 @@ struct SessionNet {
     s.host_netns.reset(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
     if (!s.host_netns.valid()) return Error::Errno("open /proc/thread-self/ns/net");
     s.inside.emplace(STASIS_TRY(sys::ScopedNetns::Enter(s.net->netns_fd())));
+    // Before any socket exists: what the sockets send once the link is up
+    // goes out at once, instead of waiting for an address resolution whose
+    // first request, sent while the link was still down, was lost.
+    std::vector<sys::Neighbour> cache = STASIS_TRY(image::NeighboursFromProto(manifest.net()));
+    STASIS_TRY_CTX(sys::AddSessionNeighbours(cache), "rebuild the session network");
     return s;
   }
 
@@ -330,17 +345,42 @@ struct SessionNet {
     // What the outside peers sent while the session was away, kept by the
     // dump's keeper if it ran here.
     sys::ScopedNetns host = STASIS_TRY(sys::ScopedNetns::Enter(host_netns.get()));
-    std::string kept = STASIS_TRY(sys::ReleaseLinkKeeper(config->host_link));
-    if (!kept.empty()) fmt::print(stderr, "stasis: {}\n", kept);
+    Result<std::string> kept = sys::ReleaseLinkKeeper(config->host_link);
+    if (!kept.ok()) {
+      fmt::print(stderr, "stasis: warning: {}\n", kept.error().ToString());
+    } else if (!kept->empty()) {
+      fmt::print(stderr, "stasis: {}\n", *kept);
+    }
     return Ok();
+  }
+
+  // A restore that fails once the link is up takes it down before the
+  // session's sockets close (the tree killed, the restorer's fds dropped):
+  // what they send then (FIN, RST) must not reach the peers, whose
+  // connections the image still holds. With the neighbour cache carried,
+  // nothing else would hold it back.
+  void DownUnlessCommitted() {
+    if (!net || committed) return;
+    Status down = net->SetHostUp(false);
+    if (!down.ok()) fmt::print(stderr, "stasis: warning: {}\n", down.error().ToString());
   }
 
   // The tree runs: the network is the session's now.
   Status Commit() {
     if (!net) return Ok();
+    committed = true;
     net->Commit();
     return inside->Leave();
   }
+
+  bool committed = false;
+};
+
+// Runs SessionNet::DownUnlessCommitted when it goes: declared after what
+// holds the session's sockets, it runs before they close.
+struct SessionLinkGuard {
+  SessionNet& net;
+  ~SessionLinkGuard() { net.DownUnlessCommitted(); }
 };
 
 }  // namespace
@@ -354,8 +394,10 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   ImageHead head = STASIS_TRY(ReadFiles(records));
   STASIS_TRY(CheckShellJob(head, options));
   SessionNet net = STASIS_TRY(SessionNet::Enter(head.manifest, options));
-  LocalFiles files =
-      STASIS_TRY(CreateFiles(head.files, options.shell_job, [&net] { return net.LinkUp(); }));
+  LocalFiles files = STASIS_TRY(CreateFiles(
+      head.files, options.shell_job, [&net] { return net.LinkUp(); },
+      [&net] { net.DownUnlessCommitted(); }));
+  SessionLinkGuard link_guard{net};
   STASIS_TRY(FillShmem(records, files));
   STASIS_TRY(ReadProcesses(records, &head));
   STASIS_TRY(CheckHost(head));
@@ -372,7 +414,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   result.pid = head.procs[0].pid();
   Spawner spawner = STASIS_TRY(Spawner::Start(options.new_pid_ns));
   std::vector<TreeProcess> tree;
-  TreeGuard guard(&tree);
+  TreeGuard guard(&tree, [&net] { net.DownUnlessCommitted(); });
   std::map<uint64_t, const image::File*> image_files;
   for (const image::File& f : head.files) image_files[f.id()] = &f;
   TreeFiles tree_files = {&files, &image_files};

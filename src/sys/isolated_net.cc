@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fmt/format.h>
 
+#include <linux/neighbour.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -219,6 +220,63 @@ Status DeleteHostLink(const std::string& host_link) {
   Status deleted = host.Request(del, "delete the session link " + host_link);
   if (!deleted.ok() && deleted.error().errnum() == ENODEV) return Ok();
   return deleted;
+}
+
+bool CarriedNeighbour(const Neighbour& n) {
+  constexpr uint16_t kUsable = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT;
+  return !n.lladdr.empty() && (n.state & kUsable) != 0;
+}
+
+Neighbour RestoredNeighbour(const Neighbour& dumped) {
+  Neighbour n = dumped;
+  n.state = (dumped.state & NUD_PERMANENT) ? NUD_PERMANENT : NUD_STALE;
+  n.flags = dumped.flags & NTF_ROUTER;
+  return n;
+}
+
+Result<std::vector<Neighbour>> ReadSessionNeighbours() {
+  Rtnl rtnl = STASIS_TRY(Rtnl::Open());
+  int eth = STASIS_TRY(rtnl.IndexOf(kSessionLink));
+  std::vector<Neighbour> all = STASIS_TRY_CTX(rtnl.Neighbours(eth), "read the neighbour cache");
+  std::vector<Neighbour> carried;
+  for (Neighbour& n : all) {
+    if (CarriedNeighbour(n)) carried.push_back(std::move(n));
+  }
+  return carried;
+}
+
+Status AddSessionNeighbours(const std::vector<Neighbour>& carried) {
+  if (carried.empty()) return Ok();
+  Rtnl rtnl = STASIS_TRY(Rtnl::Open());
+  int eth = STASIS_TRY(rtnl.IndexOf(kSessionLink));
+  for (const Neighbour& n : carried) {
+    NlMessage add = BuildNewNeigh(eth, RestoredNeighbour(n));
+    STASIS_TRY(rtnl.Request(add, "add neighbour entry " + FormatNeighbour(n) + " to the session"));
+  }
+  return Ok();
+}
+
+bool WaitNeighboursEvicted(const std::vector<Neighbour>& carried,
+                           std::chrono::milliseconds timeout) {
+  auto same = [](const Neighbour& a, const Neighbour& b) {
+    return a.family == b.family && a.dst == b.dst;
+  };
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  Result<Rtnl> rtnl = Rtnl::Open();
+  Result<int> eth = rtnl.ok() ? rtnl->IndexOf(kSessionLink) : Result<int>(Error::NotFound("eth0"));
+  while (eth.ok()) {
+    Result<std::vector<Neighbour>> now = rtnl->Neighbours(*eth);
+    if (!now.ok()) return false;
+    bool left = std::any_of(now->begin(), now->end(), [&](const Neighbour& n) {
+      return CarriedNeighbour(n) && !(n.state & NUD_PERMANENT) &&
+             std::any_of(carried.begin(), carried.end(),
+                         [&](const Neighbour& c) { return same(c, n); });
+    });
+    if (!left) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return false;
 }
 
 namespace {

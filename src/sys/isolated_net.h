@@ -20,6 +20,11 @@
 // direction, so its outside peers see neither FIN nor RST nor ICMP. The
 // dump takes it down before any socket is touched; a restore builds the
 // namespace with it down and brings it up once every socket is back.
+//
+// The session's neighbour cache (ARP, NDP entries of eth0) goes along: a
+// new namespace starts with an empty one, and the first request to resolve
+// a peer would be sent while the link is still down and lost, holding
+// everything for that peer until the next solicitation a second later.
 #pragma once
 
 #include <stdint.h>
@@ -98,6 +103,28 @@ class IsolatedNet {
   int host_index_ = 0;
   bool committed_ = false;
 };
+
+// The entries of the session's eth0 (in the calling thread's namespace:
+// call it from inside the session's) worth carrying to a restore: those with
+// a link-layer address in a state the kernel sends on (REACHABLE, STALE,
+// DELAY, PROBE, PERMANENT). NOARP ones the kernel makes itself.
+Result<std::vector<Neighbour>> ReadSessionNeighbours();
+bool CarriedNeighbour(const Neighbour& n);
+// What a carried entry becomes in the new namespace: PERMANENT stays so,
+// the rest is STALE, which the kernel uses at once and re-verifies by
+// itself (DELAY, then a unicast probe). Only NTF_ROUTER is kept. Pure.
+Neighbour RestoredNeighbour(const Neighbour& dumped);
+// Adds them to the session's eth0 (from inside the session's namespace),
+// before any socket is made there; an entry that cannot be added is an
+// error naming it.
+Status AddSessionNeighbours(const std::vector<Neighbour>& carried);
+// Taking the host link down takes eth0's carrier, and the kernel then
+// evicts every entry of eth0 that is not PERMANENT, asynchronously (link
+// watch). Waits until none of `carried` is left in a usable state (from
+// inside the session's namespace), so that entries added back after it
+// stay; false on timeout (a kernel that keeps them).
+bool WaitNeighboursEvicted(const std::vector<Neighbour>& carried,
+                           std::chrono::milliseconds timeout);
 
 // The lock on a running session's host link (by name, in the caller's
 // namespace).

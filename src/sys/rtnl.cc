@@ -5,6 +5,7 @@
 #include <linux/if.h>
 #include <linux/if_addr.h>
 #include <linux/if_link.h>
+#include <linux/neighbour.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
 #include <sys/socket.h>
@@ -220,39 +221,113 @@ Result<int> Rtnl::IndexOf(const std::string& name) {
   }
 }
 
-Result<std::vector<std::pair<uint32_t, int>>> Rtnl::Addresses4(int ifindex) {
-  NlMessage m(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP);
-  ifaddrmsg ifa = {};
-  ifa.ifa_family = AF_INET;
-  m.Fixed(&ifa, sizeof(ifa));
-  m.header()->nlmsg_seq = ++seq_;
-  if (send(fd_.get(), m.bytes().data(), m.bytes().size(), 0) < 0) {
-    return Error::Errno("send(RTM_GETADDR)");
+Status Rtnl::Dump(NlMessage& msg, const char* what,
+                  const std::function<void(const nlmsghdr*)>& each) {
+  msg.header()->nlmsg_seq = ++seq_;
+  if (send(fd_.get(), msg.bytes().data(), msg.bytes().size(), 0) < 0) {
+    return Error::Errno(fmt::format("send({})", what));
   }
-  std::vector<std::pair<uint32_t, int>> out;
   for (;;) {
     std::vector<uint8_t> buf = STASIS_TRY(Receive());
     int len = static_cast<int>(buf.size());
     for (nlmsghdr* r = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(r, len);
          r = NLMSG_NEXT(r, len)) {
       if (r->nlmsg_seq != seq_) continue;
-      if (r->nlmsg_type == NLMSG_DONE) return out;
+      if (r->nlmsg_type == NLMSG_DONE) return Ok();
       if (r->nlmsg_type == NLMSG_ERROR) {
-        return Error::FromErrno("RTM_GETADDR", -static_cast<const nlmsgerr*>(NLMSG_DATA(r))->error);
+        return Error::FromErrno(what, -static_cast<const nlmsgerr*>(NLMSG_DATA(r))->error);
       }
-      if (r->nlmsg_type != RTM_NEWADDR) continue;
-      const ifaddrmsg* a = static_cast<const ifaddrmsg*>(NLMSG_DATA(r));
-      if (static_cast<int>(a->ifa_index) != ifindex) continue;
-      int alen = static_cast<int>(IFA_PAYLOAD(r));
-      for (const rtattr* at = IFA_RTA(a); RTA_OK(at, alen); at = RTA_NEXT(at, alen)) {
-        if (at->rta_type == IFA_LOCAL && RTA_PAYLOAD(at) == 4) {
-          uint32_t v;
-          std::memcpy(&v, RTA_DATA(at), 4);
-          out.emplace_back(v, a->ifa_prefixlen);
-        }
-      }
+      each(r);
     }
   }
+}
+
+Result<std::vector<std::pair<uint32_t, int>>> Rtnl::Addresses4(int ifindex) {
+  NlMessage m(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP);
+  ifaddrmsg ifa = {};
+  ifa.ifa_family = AF_INET;
+  m.Fixed(&ifa, sizeof(ifa));
+  std::vector<std::pair<uint32_t, int>> out;
+  STASIS_TRY(Dump(m, "RTM_GETADDR", [&](const nlmsghdr* r) {
+    if (r->nlmsg_type != RTM_NEWADDR) return;
+    const ifaddrmsg* a = static_cast<const ifaddrmsg*>(NLMSG_DATA(r));
+    if (static_cast<int>(a->ifa_index) != ifindex) return;
+    int alen = static_cast<int>(IFA_PAYLOAD(r));
+    for (const rtattr* at = IFA_RTA(a); RTA_OK(at, alen); at = RTA_NEXT(at, alen)) {
+      if (at->rta_type == IFA_LOCAL && RTA_PAYLOAD(at) == 4) {
+        uint32_t v;
+        std::memcpy(&v, RTA_DATA(at), 4);
+        out.emplace_back(v, a->ifa_prefixlen);
+      }
+    }
+  }));
+  return out;
+}
+
+std::string FormatNeighbour(const Neighbour& n) {
+  char addr[INET6_ADDRSTRLEN] = "?";
+  if ((n.family == AF_INET && n.dst.size() == 4) || (n.family == AF_INET6 && n.dst.size() == 16)) {
+    inet_ntop(n.family, n.dst.data(), addr, sizeof(addr));
+  }
+  std::string ll;
+  for (uint8_t b : n.lladdr) ll += fmt::format("{}{:02x}", ll.empty() ? "" : ":", b);
+  return fmt::format("{} lladdr {}", addr, ll.empty() ? "none" : ll);
+}
+
+NlMessage BuildNewNeigh(int ifindex, const Neighbour& n) {
+  NlMessage m(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE);
+  ndmsg nd = {};
+  nd.ndm_family = n.family;
+  nd.ndm_ifindex = ifindex;
+  nd.ndm_state = n.state;
+  nd.ndm_flags = n.flags;
+  nd.ndm_type = RTN_UNICAST;
+  m.Fixed(&nd, sizeof(nd));
+  m.Attr(NDA_DST, n.dst.data(), n.dst.size());
+  if (!n.lladdr.empty()) m.Attr(NDA_LLADDR, n.lladdr.data(), n.lladdr.size());
+  return m;
+}
+
+NlMessage BuildGetNeigh() {
+  NlMessage m(RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP);
+  ndmsg nd = {};
+  nd.ndm_family = AF_UNSPEC;  // every table: ARP and NDP
+  m.Fixed(&nd, sizeof(nd));
+  return m;
+}
+
+std::optional<Neighbour> ParseNeighbour(const nlmsghdr* msg, int ifindex) {
+  if (msg->nlmsg_type != RTM_NEWNEIGH || msg->nlmsg_len < NLMSG_LENGTH(sizeof(ndmsg))) {
+    return std::nullopt;
+  }
+  const ndmsg* nd = static_cast<const ndmsg*>(NLMSG_DATA(msg));
+  if (nd->ndm_ifindex != ifindex || (nd->ndm_family != AF_INET && nd->ndm_family != AF_INET6)) {
+    return std::nullopt;
+  }
+  Neighbour n;
+  n.family = nd->ndm_family;
+  n.state = nd->ndm_state;
+  n.flags = nd->ndm_flags;
+  // The attributes follow the ndmsg (uapi has no NDA_RTA).
+  int len = static_cast<int>(msg->nlmsg_len - NLMSG_LENGTH(NLMSG_ALIGN(sizeof(ndmsg))));
+  const rtattr* first = reinterpret_cast<const rtattr*>(reinterpret_cast<const uint8_t*>(nd) +
+                                                        NLMSG_ALIGN(sizeof(ndmsg)));
+  for (const rtattr* at = first; RTA_OK(at, len); at = RTA_NEXT(at, len)) {
+    const uint8_t* p = static_cast<const uint8_t*>(RTA_DATA(at));
+    if (at->rta_type == NDA_DST) n.dst.assign(p, p + RTA_PAYLOAD(at));
+    if (at->rta_type == NDA_LLADDR) n.lladdr.assign(p, p + RTA_PAYLOAD(at));
+  }
+  if (n.dst.size() != (n.family == AF_INET ? 4u : 16u)) return std::nullopt;
+  return n;
+}
+
+Result<std::vector<Neighbour>> Rtnl::Neighbours(int ifindex) {
+  NlMessage m = BuildGetNeigh();
+  std::vector<Neighbour> out;
+  STASIS_TRY(Dump(m, "RTM_GETNEIGH", [&](const nlmsghdr* r) {
+    if (std::optional<Neighbour> n = ParseNeighbour(r, ifindex)) out.push_back(std::move(*n));
+  }));
+  return out;
 }
 
 }  // namespace stasis::sys

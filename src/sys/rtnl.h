@@ -1,5 +1,6 @@
-// rtnetlink, spoken directly: the few link, address and route requests an
-// isolated session's network needs (session netns, veth pair, bridge), with
+// rtnetlink, spoken directly: the few link, address, route and neighbour
+// requests an isolated session's network needs (session netns, veth pair,
+// bridge, the session's neighbour cache), with
 // no `ip` command in between. A Rtnl socket belongs to the network
 // namespace of the thread that opened it, for good: open one per namespace.
 #pragma once
@@ -8,6 +9,8 @@
 #include <stdint.h>
 
 #include <array>
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,6 +60,26 @@ NlMessage BuildNewAddr4(int ifindex, uint32_t addr, int prefix);
 // IPv4 default route via gateway (network byte order) out of ifindex.
 NlMessage BuildDefaultRoute4(int ifindex, uint32_t gateway);
 
+// One entry of a neighbour cache (ARP for IPv4, NDP for IPv6), as
+// RTM_NEWNEIGH shows it.
+struct Neighbour {
+  uint8_t family = 0;           // AF_INET or AF_INET6
+  std::vector<uint8_t> dst;     // the peer's address, 4 or 16 bytes
+  std::vector<uint8_t> lladdr;  // its link-layer address; empty if none known
+  uint16_t state = 0;           // NUD_*
+  uint8_t flags = 0;            // NTF_* (NTF_ROUTER: an IPv6 router)
+  bool operator==(const Neighbour&) const = default;
+};
+// "198.18.0.3 lladdr 02:..:ff" for messages.
+std::string FormatNeighbour(const Neighbour& n);
+// Adds or replaces the entry on ifindex, with n.state and n.flags.
+NlMessage BuildNewNeigh(int ifindex, const Neighbour& n);
+// Dumps the neighbour caches of every family.
+NlMessage BuildGetNeigh();
+// The IPv4 or IPv6 entry an RTM_NEWNEIGH message of a dump describes, if it
+// is on ifindex (other families, links and messages: none). Pure.
+std::optional<Neighbour> ParseNeighbour(const nlmsghdr* msg, int ifindex);
+
 class Rtnl {
  public:
   // A NETLINK_ROUTE socket in the calling thread's network namespace.
@@ -68,10 +91,14 @@ class Rtnl {
   Result<int> IndexOf(const std::string& name);
   // The IPv4 addresses (with prefix lengths) on ifindex.
   Result<std::vector<std::pair<uint32_t, int>>> Addresses4(int ifindex);
+  // The IPv4 and IPv6 neighbour entries of ifindex, whatever their state.
+  Result<std::vector<Neighbour>> Neighbours(int ifindex);
 
  private:
   explicit Rtnl(UniqueFd fd) : fd_(std::move(fd)) {}
   Result<std::vector<uint8_t>> Receive();
+  // Sends a dump request and hands each answer of it to `each`.
+  Status Dump(NlMessage& msg, const char* what, const std::function<void(const nlmsghdr*)>& each);
   UniqueFd fd_;
   uint32_t seq_ = 0;
 };

@@ -4,7 +4,9 @@ and a client on another test "host" (a network namespace on the same
 bridge), streaming numbered words across dump and restore.
 
 Checks: every word echoed once, in order, no reset (prints the longest
-stall); the listener comes back on the same address; loopback inside the
+stall); the session's neighbour cache (the client's, the gateway's, a
+PERMANENT and an IPv6 router's entry) survives the network lock and is
+back after each restore (the image carries it); the listener comes back on the same address; loopback inside the
 session works, over a connection made before the dump and a new one; ps
 shows the address; a restore while the original still runs fails cleanly
 (address in use) and leaves it running; a dump with --leave-running lifts
@@ -16,6 +18,7 @@ bridge.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -137,6 +140,7 @@ class Net:
         self.veth = f"sttc{tag}"
         self.subnet = subnet
         self.client_addr = f"{subnet}.3"
+        self.gateway = f"{subnet}.1"  # stasis gives the bridge it makes the first host
 
     def attach_client(self):
         sh("ip", "netns", "add", self.ns)
@@ -145,6 +149,13 @@ class Net:
         sh("ip", "-n", self.ns, "addr", "add", f"{self.client_addr}/24", "dev", "eth0")
         sh("ip", "-n", self.ns, "link", "set", "eth0", "up")
         sh("ip", "-n", self.ns, "link", "set", "lo", "up")
+
+    def client_mac(self):
+        link = json.loads(sh("ip", "-n", self.ns, "-j", "link", "show", "eth0").stdout)
+        return link[0]["address"]
+
+    def bridge_mac(self):
+        return json.loads(sh("ip", "-j", "link", "show", self.bridge).stdout)[0]["address"]
 
     def run_in_client(self, code, *args, **kw):
         return subprocess.Popen(["ip", "netns", "exec", self.ns, "/usr/bin/python3", "-c", code,
@@ -207,11 +218,13 @@ def scenario(a, net, st, work):
         fail("client did not connect: " + client.stderr.read())
     time.sleep(0.8)
     loop_check(net, addr)
+    seed_session_neighbours(net, info)
 
     # A dump that leaves the session running lifts its lock again, and a
     # restore of it while the original runs is refused: its address is taken.
     img0 = os.path.join(work, "img0")
     st("dump", "--session", name, "-D", img0, "--leave-running")
+    check_session_neighbours(net, info, "after a dump with --leave-running")
     r = st("restore", "-D", img0, "--name", name + "-copy", check=False)
     if r.returncode == 0 or "in use" not in r.stderr:
         fail(f"restore while the original runs: rc {r.returncode}: {r.stderr.strip()}")
@@ -240,16 +253,74 @@ def dump_restore(net, st, work, name, addr, host_link, cycle):
             fail("a failed restore left the session link " + host_link)
     time.sleep(0.3)  # the client keeps sending into the lock meanwhile
     t1 = time.monotonic()
-    st("restore", "-D", img)
+    r = st("restore", "-D", img)
     restored = time.monotonic()
     print(f"cycle {cycle}: dump {1000 * (dumped - t0):.0f} ms, restore {1000 * (restored - t1):.0f} ms"
           f" (stasis commands, wall clock); session link down for {1000 * (restored - t0):.0f} ms")
+    # The client kept sending while the link was down: the dump's packet
+    # keeper sent that into the link once it was up again. (In cycle 1 the
+    # failed restore above took it: it had brought the link up.)
+    handed = re.search(r"session link \S+: (\d+) packets", r.stderr)
+    if cycle > 1 and (not handed or int(handed.group(1)) == 0):
+        fail("the restore handed no kept packet to the session: " + r.stderr.strip())
+    if handed:
+        print(f"  the restore handed {handed.group(1)} packets kept while the link was down")
     info = st.ps()[name]
     if info["state"] != "running" or info.get("address") != f"{addr}/24":
         fail(f"restored session: {info}")
     mac = sh("ip", "-n", net.ns, "neigh", "show", addr, check=False).stdout.strip()
     print("  client's neighbour entry after restore:", mac)
+    check_session_neighbours(net, info, "after restore")
     return info
+
+
+# Entries of the other kinds a session's neighbour cache may hold.
+PERMANENT_V4, PERMANENT_MAC = ".50", "02:74:65:73:74:50"
+ROUTER_V6, ROUTER_MAC = "fe80::74:50", "02:74:65:73:74:51"
+
+
+def in_session(info, *cmd):
+    return sh("nsenter", f"--net=/proc/{info['init_pid']}/ns/net", *cmd)
+
+
+def session_neighbour(info, addr):
+    out = in_session(info, "ip", "-j", "neigh", "show", addr, "dev", "eth0").stdout
+    entries = json.loads(out or "[]")
+    return entries[0] if entries else {}
+
+
+def seed_session_neighbours(net, info):
+    """The gateway's entry (a datagram from inside resolves it), a PERMANENT
+    one and an IPv6 router's, besides the client's."""
+    in_session(info, "/usr/bin/python3", "-c",
+               "import socket, sys\n"
+               "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', (sys.argv[1], 9))",
+               net.gateway)
+    wait_for(lambda: session_neighbour(info, net.gateway).get("lladdr"),
+             "the session did not resolve its gateway")
+    in_session(info, "ip", "neigh", "replace", net.subnet + PERMANENT_V4, "lladdr", PERMANENT_MAC,
+               "dev", "eth0", "nud", "permanent")
+    in_session(info, "ip", "-6", "neigh", "replace", ROUTER_V6, "lladdr", ROUTER_MAC, "dev", "eth0",
+               "nud", "reachable", "router")
+
+
+def check_session_neighbours(net, info, when):
+    """The session knows its peers' MACs: the dump carried its neighbour
+    cache and the network lock kept it (else its first packets wait for an
+    address resolution whose first request the down link lost)."""
+    usable = {"STALE", "DELAY", "PROBE", "REACHABLE"}
+    want = [(net.client_addr, net.client_mac(), usable), (net.gateway, net.bridge_mac(), usable),
+            (net.subnet + PERMANENT_V4, PERMANENT_MAC, {"PERMANENT"}),
+            (ROUTER_V6, ROUTER_MAC, usable)]
+    for addr, mac, states in want:
+        entry = session_neighbour(info, addr)
+        if addr == net.client_addr:
+            print(f"  session's neighbour entry for the client {when}:", entry)
+        if entry.get("lladdr") != mac or not set(entry.get("state", [])) & states:
+            fail(f"{when}, the session's neighbour entry for {addr} is {entry or 'missing'}, "
+                 f"not {mac} {'/'.join(sorted(states))}")
+        if addr == ROUTER_V6 and "router" not in entry:
+            fail(f"{when}, the session's entry for {addr} lost its router flag: {entry}")
 
 
 def full_cycle(a, net, st, work, name, addr, host_link, client):
