@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 
 #include "sys/nft.h"
 #include "sys/packet_keeper.h"
@@ -14,31 +15,13 @@
 namespace stasis::sys {
 namespace {
 
-struct Endpoint {
-  bool v4;
-  std::string addr;
-  int port;
-};
-
-// v4-mapped IPv6 addresses travel as IPv4 packets: match them as such.
-Result<Endpoint> ParseEndpoint(const std::string& raw) {
+// The address as nft writes it.
+Result<std::pair<std::string, int>> ParseEndpoint(const std::string& raw, bool* v4) {
+  FlowEnd e = STASIS_TRY(ParseFlowEnd(raw));
   char host[INET6_ADDRSTRLEN];
-  const sockaddr* sa = reinterpret_cast<const sockaddr*>(raw.data());
-  if (raw.size() >= sizeof(sockaddr_in) && sa->sa_family == AF_INET) {
-    auto* in = reinterpret_cast<const sockaddr_in*>(sa);
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-    return Endpoint{true, host, ntohs(in->sin_port)};
-  }
-  if (raw.size() >= sizeof(sockaddr_in6) && sa->sa_family == AF_INET6) {
-    auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
-    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
-      inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], host, sizeof(host));
-      return Endpoint{true, host, ntohs(in6->sin6_port)};
-    }
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-    return Endpoint{false, host, ntohs(in6->sin6_port)};
-  }
-  return Error::Invalid("network lock: not an IPv4 or IPv6 address");
+  inet_ntop(e.v4 ? AF_INET : AF_INET6, e.addr.data(), host, sizeof(host));
+  *v4 = e.v4;
+  return std::make_pair(std::string(host), static_cast<int>(e.port));
 }
 
 // A set element: local address . local port . peer address . peer port.
@@ -48,10 +31,11 @@ struct Element {
 };
 
 Result<Element> FlowElement(const TcpFlow& flow) {
-  Endpoint l = STASIS_TRY(ParseEndpoint(flow.local));
-  Endpoint p = STASIS_TRY(ParseEndpoint(flow.peer));
-  if (l.v4 != p.v4) return Error::Invalid("network lock: flow between IPv4 and IPv6");
-  return Element{l.v4, fmt::format("{} . {} . {} . {}", l.addr, l.port, p.addr, p.port)};
+  bool local_v4, peer_v4;
+  auto [local, local_port] = STASIS_TRY(ParseEndpoint(flow.local, &local_v4));
+  auto [peer, peer_port] = STASIS_TRY(ParseEndpoint(flow.peer, &peer_v4));
+  if (local_v4 != peer_v4) return Error::Invalid("network lock: flow between IPv4 and IPv6");
+  return Element{local_v4, fmt::format("{} . {} . {} . {}", local, local_port, peer, peer_port)};
 }
 
 std::string SetDecl(const char* name, const char* addr_type, const std::vector<std::string>& els) {
@@ -61,16 +45,31 @@ std::string SetDecl(const char* name, const char* addr_type, const std::vector<s
   return decl + " }\n";
 }
 
-std::string DeleteTableCommand(const std::string& table) {
-  // Declaring it first makes the deletion of a table already gone a no-op.
-  return fmt::format("table inet {0} {{}}\ndelete table inet {0}\n", table);
-}
-
 std::atomic<bool> g_covered_by_link{false};
 
 }  // namespace
 
 void SetFlowLocksCoveredByLink(bool covered) { g_covered_by_link = covered; }
+
+Result<FlowEnd> ParseFlowEnd(const std::string& raw) {
+  const sockaddr* sa = reinterpret_cast<const sockaddr*>(raw.data());
+  FlowEnd e;
+  if (raw.size() >= sizeof(sockaddr_in) && sa->sa_family == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+    e.v4 = true;
+    std::memcpy(e.addr.data(), &in->sin_addr, 4);
+    e.port = ntohs(in->sin_port);
+    return e;
+  }
+  if (raw.size() >= sizeof(sockaddr_in6) && sa->sa_family == AF_INET6) {
+    auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    e.v4 = IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr);
+    std::memcpy(e.addr.data(), &in6->sin6_addr.s6_addr[e.v4 ? 12 : 0], e.v4 ? 4 : 16);
+    e.port = ntohs(in6->sin6_port);
+    return e;
+  }
+  return Error::Invalid("network lock: not an IPv4 or IPv6 address");
+}
 
 Result<std::string> LockRuleset(const std::string& table, const std::vector<TcpFlow>& flows) {
   std::vector<std::string> v4, v6;
@@ -119,8 +118,6 @@ Result<std::unique_ptr<FlowLock>> FlowLock::Take(const std::vector<TcpFlow>& flo
   return std::unique_ptr<FlowLock>(new FlowLock(table, flows));
 }
 
-FlowLock::~FlowLock() = default;
-
 bool FlowLock::Covers(const TcpFlow& flow) const {
   return std::find(flows_.begin(), flows_.end(), flow) != flows_.end();
 }
@@ -148,7 +145,7 @@ Result<std::string> ReleaseFlowLock(const std::string& table) {
     return fmt::format("network lock {} lifted: {}", table, kept->value().substr(4));
   }
   std::string why = kept.ok() ? "its packet keeper is gone" : kept.error().ToString();
-  STASIS_TRY_CTX(RunNft({"-f", "-"}, DeleteTableCommand(table)), "lift the network lock " + table);
+  STASIS_TRY_CTX(DeleteNftTable(table), "lift the network lock " + table);
   return fmt::format("network lock {} lifted ({}: the peers resend on their own)", table, why);
 }
 

@@ -16,6 +16,9 @@
 // Needs the `nft` command (Debian's nftables) and CAP_NET_ADMIN.
 #pragma once
 
+#include <stdint.h>
+
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,6 +34,15 @@ struct TcpFlow {
   bool operator==(const TcpFlow&) const = default;
 };
 
+// One end of a flow as its packets carry it: a v4-mapped IPv6 address
+// travels as IPv4.
+struct FlowEnd {
+  bool v4 = false;
+  std::array<uint8_t, 16> addr = {};  // network order; IPv4 in the first 4 bytes
+  uint16_t port = 0;                  // host order
+};
+Result<FlowEnd> ParseFlowEnd(const std::string& sockaddr_bytes);
+
 // While set (dumping an isolated session, whose host link is down: see
 // sys/isolated_net.h), no flow needs a table: FlowLock::Take makes a lock
 // named kLinkLock that does nothing. Its flows are still marked as held, so
@@ -44,11 +56,11 @@ class FlowLock {
   // Locks `flows` (which may be empty) in one table, with a keeper for what
   // their peers send.
   static Result<std::unique_ptr<FlowLock>> Take(const std::vector<TcpFlow>& flows);
-  ~FlowLock();
 
   const std::string& table() const { return table_; }
   bool Covers(const TcpFlow& flow) const;
-  // Locks a flow that was not known when the lock was taken.
+  // Locks a flow that was not known when the lock was taken: the kernel
+  // may finish a handshake while the tree is frozen.
   Status Add(const TcpFlow& flow);
   // For a tree that keeps running (--leave-running, a failed dump), once
   // its sockets left repair mode: lifts the lock and hands them what the

@@ -45,4 +45,9 @@ Status RunNft(const std::vector<std::string>& args, const std::string& input) {
   return Ok();
 }
 
+Status DeleteNftTable(const std::string& table) {
+  // Declaring it first makes the deletion of a table already gone a no-op.
+  return RunNft({"-f", "-"}, fmt::format("table inet {0} {{}}\ndelete table inet {0}\n", table));
+}
+
 }  // namespace stasis::sys

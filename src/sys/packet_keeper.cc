@@ -195,8 +195,7 @@ std::string Keeper::Release() {
     sent = *replayed;
   } else {
     // The table goes first: what is sent again must get through.
-    Status lifted =
-        RunNft({"-f", "-"}, fmt::format("table inet {0} {{}}\ndelete table inet {0}\n", name_));
+    Status lifted = DeleteNftTable(name_);
     if (!lifted.ok()) return "error: lift the network lock: " + lifted.error().ToString();
     Capture();
     capture_.reset();

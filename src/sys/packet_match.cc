@@ -23,29 +23,15 @@ struct End {
 };
 
 bool ParseEnd(const std::string& raw, End* end) {
-  const sockaddr* sa = reinterpret_cast<const sockaddr*>(raw.data());
-  if (raw.size() >= sizeof(sockaddr_in) && sa->sa_family == AF_INET) {
-    const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
-    end->v4 = true;
-    end->words[0] = ntohl(in->sin_addr.s_addr);
-    end->port = ntohs(in->sin_port);
-    return true;
+  Result<FlowEnd> e = ParseFlowEnd(raw);
+  if (!e.ok()) return false;
+  end->v4 = e->v4;
+  end->port = e->port;
+  for (int i = 0; i < (e->v4 ? 1 : 4); i++) {
+    const uint8_t* b = e->addr.data() + 4 * i;
+    end->words[i] = static_cast<uint32_t>(b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3]);
   }
-  if (raw.size() >= sizeof(sockaddr_in6) && sa->sa_family == AF_INET6) {
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
-    uint32_t w[4];
-    std::memcpy(w, &in6->sin6_addr, sizeof(w));
-    end->port = ntohs(in6->sin6_port);
-    // A v4-mapped address travels as IPv4.
-    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
-      end->v4 = true;
-      end->words[0] = ntohl(w[3]);
-      return true;
-    }
-    for (int i = 0; i < 4; i++) end->words[i] = ntohl(w[i]);
-    return true;
-  }
-  return false;
+  return true;
 }
 
 sock_filter Stmt(uint16_t code, uint32_t k) { return {code, 0, 0, k}; }
