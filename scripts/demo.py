@@ -99,7 +99,11 @@ def main():
 
         step("Timings")
         for name, wall, msg in timings:
-            say(f"{name:>10}: {wall * 1000:.0f} ms wall clock; {msg.splitlines()[0].split(': ', 1)[-1]}")
+            # stasis's own summary line ("dumped ..." / "restored ..."), not
+            # what it said about the network lock before it.
+            lines = msg.splitlines()
+            summary = next((l for l in lines if ": dumped " in l or ": restored pid" in l), lines[0])
+            say(f"{name:>10}: {wall * 1000:.0f} ms wall clock; {summary.split(': ', 1)[-1]}")
         return 0
     except jl.Failure as e:
         print(f"demo failed: {e}\n--- server log ---\n{s.log_tail()}", file=sys.stderr)
