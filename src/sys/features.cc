@@ -113,4 +113,17 @@ bool KernelFeatures::AllRequiredPresent() const {
   return true;
 }
 
+bool KernelFeatures::Has(std::string_view name) const {
+  for (const Feature& f : features_) {
+    if (f.name == name) return f.present;
+  }
+  return false;
+}
+
+KernelFeatures KernelFeatures::With(std::vector<Feature> features) {
+  KernelFeatures k;
+  k.features_ = std::move(features);
+  return k;
+}
+
 }  // namespace stasis::sys

@@ -1,8 +1,10 @@
 // KernelFeatures: what this kernel offers the engine, probed once at start.
-// `stasis check` prints it; nothing reads a global.
+// `stasis check` prints it; dump and restore consult it through their
+// Env (sys/env.h); nothing reads a global.
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace stasis::sys {
@@ -19,6 +21,12 @@ class KernelFeatures {
   static KernelFeatures Probe();
   const std::vector<Feature>& all() const { return features_; }
   bool AllRequiredPresent() const;
+  // Whether the feature of this name (as `stasis check` lists it) is
+  // present; false for a name never probed.
+  bool Has(std::string_view name) const;
+  // A set with exactly these present, for tests of the paths taken without
+  // a feature.
+  static KernelFeatures With(std::vector<Feature> features);
 
  private:
   std::vector<Feature> features_;
