@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
-#include "sys/isolated_net.h"
+#include "net/isolated_net.h"
 #include "sys/rtnl.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 namespace {
 
 // The attributes of a region: (type without flags, payload).
@@ -43,8 +43,9 @@ std::string Find(const std::vector<std::pair<int, std::string>>& attrs, int type
 }
 
 TEST(Rtnl, VethRequestNestsThePeerWithItsOwnIfinfomsg) {
-  VethSpec spec = {"st0a530002", {2, 0x48, 10, 83, 0, 2}, 7, "eth0", {2, 0x53, 10, 83, 0, 2}, 9};
-  NlMessage m = BuildNewVeth(spec);
+  sys::VethSpec spec = {"st0a530002", {2, 0x48, 10, 83, 0, 2}, 7,
+                        "eth0",       {2, 0x53, 10, 83, 0, 2}, 9};
+  sys::NlMessage m = sys::BuildNewVeth(spec);
   const std::vector<uint8_t>& b = m.bytes();
   const nlmsghdr* h = reinterpret_cast<const nlmsghdr*>(b.data());
   ASSERT_EQ(h->nlmsg_len, b.size());
@@ -75,7 +76,7 @@ TEST(Rtnl, VethRequestNestsThePeerWithItsOwnIfinfomsg) {
 
 TEST(Rtnl, AddressRequestCarriesLocalAndBroadcast) {
   uint32_t addr = inet_addr("198.18.5.2");
-  NlMessage m = BuildNewAddr4(3, addr, 24);
+  sys::NlMessage m = sys::BuildNewAddr4(3, addr, 24);
   const std::vector<uint8_t>& b = m.bytes();
   ifaddrmsg ifa;
   std::memcpy(&ifa, b.data() + NLMSG_HDRLEN, sizeof(ifa));
@@ -91,7 +92,7 @@ TEST(Rtnl, AddressRequestCarriesLocalAndBroadcast) {
 }
 
 TEST(Rtnl, SetUpChangesOnlyIffUp) {
-  NlMessage m = BuildSetUp(5, false);
+  sys::NlMessage m = sys::BuildSetUp(5, false);
   ifinfomsg ifi;
   std::memcpy(&ifi, m.bytes().data() + NLMSG_HDRLEN, sizeof(ifi));
   EXPECT_EQ(ifi.ifi_index, 5);
@@ -126,7 +127,7 @@ TEST(IsolatedNet, BadAddressesAreRefused) {
 }
 
 TEST(IsolatedNet, MacRoundTrips) {
-  Result<Mac> m = ParseMac("02:53:c6:12:05:02");
+  Result<sys::Mac> m = ParseMac("02:53:c6:12:05:02");
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(FormatMac(*m), "02:53:c6:12:05:02");
   EXPECT_FALSE(ParseMac("02:53:c6:12:05").ok());
@@ -135,4 +136,4 @@ TEST(IsolatedNet, MacRoundTrips) {
 }
 
 }  // namespace
-}  // namespace stasis::sys
+}  // namespace stasis::net
