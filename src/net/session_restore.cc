@@ -11,8 +11,8 @@
 
 namespace stasis::net {
 
-Result<SessionNetRestore> SessionNetRestore::Build(const image::Manifest& manifest,
-                                                   bool new_pid_ns, Logger& log) {
+Result<SessionNetRestore> SessionNetRestore::Build(const image::Manifest& manifest, bool new_pid_ns,
+                                                   Logger& log) {
   SessionNetRestore s(log);
   if (!manifest.has_net()) return s;
   if (!new_pid_ns) {

@@ -16,8 +16,8 @@
 #include <string>
 #include <utility>
 
-#include "process.pb.h"
 #include "net/isolated_net.h"
+#include "process.pb.h"
 #include "sys/log.h"
 #include "sys/netns.h"
 #include "sys/result.h"
