@@ -3,10 +3,10 @@
 #include <arpa/inet.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 
 #include "net/nft.h"
 #include "net/packet_keeper.h"
@@ -77,8 +77,13 @@ std::unique_ptr<FlowLock> FlowLock::CoveredByLink(const std::vector<sys::TcpFlow
 
 Result<std::unique_ptr<FlowLock>> FlowLock::Take(const std::vector<sys::TcpFlow>& flows,
                                                  Logger& log) {
-  static std::atomic<int> seq{0};
-  std::string table = fmt::format("stasis_lock_{}_{}", getpid(), seq++);
+  // Unique among the locks of every operation of this process (an agent
+  // runs several) without a counter shared between them: the taking
+  // thread and the time.
+  timespec now = {};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  std::string table =
+      fmt::format("stasis_lock_{}_{}_{}{:09}", getpid(), gettid(), now.tv_sec, now.tv_nsec);
   std::string rules = STASIS_TRY(LockRuleset(table, flows));
   // The keeper captures before the table drops, so nothing is dropped
   // unseen. Without one the lock still holds; the peers resend later.

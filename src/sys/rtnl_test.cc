@@ -43,8 +43,7 @@ std::string Find(const std::vector<std::pair<int, std::string>>& attrs, int type
 }
 
 TEST(Rtnl, VethRequestNestsThePeerWithItsOwnIfinfomsg) {
-  VethSpec spec = {"st0a530002", {2, 0x48, 10, 83, 0, 2}, 7,
-                        "eth0",       {2, 0x53, 10, 83, 0, 2}, 9};
+  VethSpec spec = {"st0a530002", {2, 0x48, 10, 83, 0, 2}, 7, "eth0", {2, 0x53, 10, 83, 0, 2}, 9};
   NlMessage m = BuildNewVeth(spec);
   const std::vector<uint8_t>& b = m.bytes();
   const nlmsghdr* h = reinterpret_cast<const nlmsghdr*>(b.data());
