@@ -271,15 +271,6 @@ class InterimLogger final : public Logger {
   }
 };
 
-// The tree's tasks may live in the session's network namespace
-// (task_dump.h) while `net` holds it.
-struct AllowSessionNetnsWhile {
-  explicit AllowSessionNetnsWhile(const net::SessionNetDump& net) {
-    AllowSessionNetns(net.netns_name());
-  }
-  ~AllowSessionNetnsWhile() { AllowSessionNetns(""); }
-};
-
 // The tree, collected from inside the session's namespace when there is one
 // (sock_diag sees only the sockets of the caller's); the calling thread is
 // back in its own when it returns.
@@ -304,13 +295,13 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   pid_t pid = options.pid;
   if (pid == getpid()) return Error::Invalid("stasis cannot dump itself");
   std::optional<net::SessionNetDump> net;
-  std::optional<AllowSessionNetnsWhile> allow_netns;
   if (options.session_net) {
     net.emplace(STASIS_TRY(
         net::SessionNetDump::Begin(options.session_init_pid, pid, *options.session_net, log)));
-    allow_netns.emplace(*net);
   }
-  STASIS_TRY(PrecheckTree(pid));
+  // The tasks of an isolated session live in its network namespace.
+  std::string session_netns = net ? net->netns_name() : "";
+  STASIS_TRY(PrecheckTree(pid, session_netns));
   STASIS_TRY(MakeDir(options.dir));
   PendingImage pending(options.dir);
   auto file_sink = STASIS_TRY(image::FdSink::CreateFile(pending.temp()));
@@ -320,13 +311,13 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   Clock::time_point frozen_at = Clock::now();
   std::vector<TreeTask> frozen;
   if (options.freeze_cgroup.empty()) {
-    frozen = STASIS_TRY(FreezeTree(pid));
+    frozen = STASIS_TRY(FreezeTree(pid, session_netns));
   } else {
     // The v2 freezer stops every task at once; ptrace works on frozen tasks
     // (kernel-notes.md), and once seized they stay stopped after the thaw.
     sys::Cgroup cgroup = STASIS_TRY(sys::Cgroup::Open(options.freeze_cgroup));
     sys::FrozenCgroup freeze = STASIS_TRY(sys::FrozenCgroup::Freeze(cgroup));
-    frozen = STASIS_TRY(FreezeTree(pid));
+    frozen = STASIS_TRY(FreezeTree(pid, session_netns));
     STASIS_TRY(freeze.Thaw());
   }
   if (precopy) precopy->Settle();
