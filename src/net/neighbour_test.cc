@@ -1,5 +1,5 @@
 // The neighbour-cache requests and answers of sys/rtnl.h, and what an
-// isolated session carries of its cache (sys/isolated_net.h).
+// isolated session carries of its cache (net/isolated_net.h).
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <linux/neighbour.h>

@@ -325,15 +325,18 @@ int KeeperMain(int argc, char** argv) {
 
 namespace {
 
-// The keeper's program: installed beside the running one (stasis,
-// stasisd, a test binary).
+// The keeper's program: beside the running one (stasis, an agent, a test
+// binary, in the build tree or installed), else where `cmake --install`
+// put it (a stasis copied elsewhere on its own).
 Result<std::string> KeeperPath() {
   std::string self = STASIS_TRY(sys::proc::ReadLink("/proc/self/exe"));
-  std::string path = self.substr(0, self.rfind('/') + 1) + kKeeperProgram;
-  if (access(path.c_str(), X_OK) < 0) {
-    return Error::Errno(fmt::format("the packet keeper {} (installed beside {})", path, self));
-  }
-  return path;
+  std::string beside = self.substr(0, self.rfind('/') + 1) + kKeeperProgram;
+  if (access(beside.c_str(), X_OK) == 0) return beside;
+  if (access(STASIS_KEEPER_INSTALLED, X_OK) == 0) return std::string(STASIS_KEEPER_INSTALLED);
+  return Error::NotFound(fmt::format(
+      "the packet keeper {} is missing (looked beside {} and at {}; `cmake --install` puts it "
+      "beside stasis)",
+      kKeeperProgram, self, STASIS_KEEPER_INSTALLED));
 }
 
 Status Spawn(std::vector<std::string> args) {

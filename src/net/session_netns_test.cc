@@ -19,26 +19,26 @@
 namespace stasis::net {
 namespace {
 
-constexpr char kBridge[] = "stnstest0";
-
 ino_t ThreadNetns() {
   struct stat st = {};
   EXPECT_EQ(stat("/proc/thread-self/ns/net", &st), 0);
   return st.st_ino;
 }
 
-NetConfig Planned(const char* cidr) {
-  Result<NetConfig> net = PlanNet(cidr, kBridge, {});
+// Each test has a bridge of its own: ctest runs them at once, and each
+// deletes its bridge at the end.
+NetConfig Planned(const char* cidr, const char* bridge) {
+  Result<NetConfig> net = PlanNet(cidr, bridge, {});
   EXPECT_TRUE(net.ok());
   return *net;
 }
 
 // Removes the test's bridge and session link, whatever the test left.
 struct NetCleanup {
-  std::string host_link;
+  const NetConfig& net;
   ~NetCleanup() {
-    (void)DeleteHostLink(host_link);
-    (void)DeleteHostLink(kBridge);
+    (void)DeleteHostLink(net.host_link);
+    (void)DeleteHostLink(net.bridge);
   }
 };
 
@@ -76,8 +76,8 @@ class ProcessIn {
 
 TEST(SessionNetns, RestoreEntersOnlyAroundItsSteps) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root";
-  NetConfig config = Planned("198.18.91.2/24");
-  NetCleanup cleanup{config.host_link};
+  NetConfig config = Planned("198.18.91.2/24", "stnstest1");
+  NetCleanup cleanup{config};
   image::Manifest manifest;
   NetToProto(config, manifest.mutable_net());
   MemoryLogger log;
@@ -111,7 +111,7 @@ TEST(SessionNetns, RestoreEntersOnlyAroundItsSteps) {
 }
 
 TEST(SessionNetns, RestoreRefusesTheHostPidNamespaceWithoutEnteringAnything) {
-  NetConfig config = Planned("198.18.92.2/24");
+  NetConfig config = Planned("198.18.92.2/24", "stnstest2");
   image::Manifest manifest;
   NetToProto(config, manifest.mutable_net());
   MemoryLogger log;
@@ -123,8 +123,8 @@ TEST(SessionNetns, RestoreRefusesTheHostPidNamespaceWithoutEnteringAnything) {
 
 TEST(SessionNetns, DumpLocksAndEntersOnlyAroundItsSteps) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root";
-  NetConfig config = Planned("198.18.93.2/24");
-  NetCleanup cleanup{config.host_link};
+  NetConfig config = Planned("198.18.93.2/24", "stnstest3");
+  NetCleanup cleanup{config};
   ino_t own = ThreadNetns();
   Result<IsolatedNet> session = IsolatedNet::Create(&config, /*host_up=*/true);
   ASSERT_TRUE(session.ok()) << session.error().ToString();
@@ -153,8 +153,8 @@ TEST(SessionNetns, DumpLocksAndEntersOnlyAroundItsSteps) {
 
 TEST(SessionNetns, DumpOfAProcessOutsideTheSessionIsRefused) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root";
-  NetConfig config = Planned("198.18.94.2/24");
-  NetCleanup cleanup{config.host_link};
+  NetConfig config = Planned("198.18.94.2/24", "stnstest4");
+  NetCleanup cleanup{config};
   ino_t own = ThreadNetns();
   Result<IsolatedNet> session = IsolatedNet::Create(&config, /*host_up=*/true);
   ASSERT_TRUE(session.ok()) << session.error().ToString();
