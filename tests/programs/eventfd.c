@@ -9,6 +9,10 @@
  * After the trigger: same fds, flags, counters (in fdinfo and by reading),
  * semaphore mode, and the shared description of E and E2.
  */
+// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
+// ${PROGRAM} is this program):
+// stasis-case: program.eventfd ${PROGRAM}
+// stasis-selftest: selftest.eventfd ${PROGRAM}
 #include "common.h"
 
 #include <inttypes.h>

@@ -9,6 +9,11 @@
  * order and only once; descriptions of one FIFO share its buffer; f3 still
  * has no writer.
  */
+// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
+// ${PROGRAM} is this program):
+// stasis-selftest: selftest.fifo ${PROGRAM}
+// stasis-case: program.fifo ${PROGRAM}
+// stasis-case: program.fifo.cycles3 ${PROGRAM} --cycles 3
 #include "common.h"
 
 #include <limits.h>

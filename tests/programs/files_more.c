@@ -16,6 +16,14 @@
  * offset and contents; the unlinked ones are still unlinked and nothing
  * was left in DIR; reading the directory goes on where it stopped.
  */
+// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
+// ${PROGRAM} is this program):
+// stasis-selftest: selftest.files_more ${PROGRAM}
+// Unlinked and O_TMPFILE files (contents in the image), O_APPEND, O_DIRECT,
+// O_PATH of four file types, a directory read part way.
+// stasis-case: program.files_more ${PROGRAM} --inspect
+// stasis-case: program.files_more.cycles3 ${PROGRAM} --cycles 3
+// stasis-case: program.files_more.nobody ${PROGRAM} --user nobody
 #include "common.h"
 
 #include <dirent.h>

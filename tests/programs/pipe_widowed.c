@@ -4,6 +4,10 @@
  * are carried as they are: after restore the reads give the data and then
  * EOF, and a write fails with EPIPE.
  */
+// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
+// ${PROGRAM} is this program):
+// Pipe ends whose other end nobody holds (a Jupyter kernel's stdin).
+// stasis-case: program.pipe_widowed ${PROGRAM}
 #include "common.h"
 
 int main(void) {

@@ -8,6 +8,13 @@
  * it with " $((6*7)) $(tty)" and expects "ahead 42 /dev/pts/N", N being
  * the pty's index now. Then bash exits.
  */
+// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
+// ${PROGRAM} is this program):
+// stasis-selftest: selftest.pty_shell ${PROGRAM}
+// bash -i on a pty with a foreground job and typed-ahead input, as a
+// jupyter-server terminal.
+// stasis-case: program.pty_shell ${PROGRAM}
+// stasis-case: program.pty_shell.cycles3 ${PROGRAM} --cycles 3
 #include "common.h"
 
 #include <poll.h>

@@ -15,6 +15,12 @@ lets it go. The temporary file is still unlinked, with its contents and
 offset.
 Run as: /usr/bin/python3 py_sqlite.py
 """
+# Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
+# ${PROGRAM} is this program):
+# stasis-selftest: selftest.py_sqlite ${PROGRAM}
+# stasis-case: program.py_sqlite ${PROGRAM}
+# stasis-case: program.py_sqlite.cycles3 ${PROGRAM} --cycles 3
+# stasis-case: program.py_sqlite.nobody ${PROGRAM} --user nobody
 import fcntl
 import hashlib
 import os

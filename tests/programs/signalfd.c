@@ -6,6 +6,10 @@
  * are pending at the dump. After the trigger: same masks (fdinfo), flags,
  * and reading A gives the pending signals; B has none.
  */
+// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
+// ${PROGRAM} is this program):
+// stasis-selftest: selftest.signalfd ${PROGRAM}
+// stasis-case: program.signalfd ${PROGRAM}
 #include "common.h"
 
 #include <inttypes.h>

@@ -3,6 +3,10 @@
  * restore every byte arrives on the right connection, in order, and every
  * connection still talks.
  */
+// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
+// ${PROGRAM} is this program):
+// 100 established loopback connections, data in flight both ways on each.
+// stasis-case: program.tcp_many SERIAL ${PROGRAM}
 #include "common.h"
 
 #include <arpa/inet.h>

@@ -5,6 +5,11 @@
  * checks its own TID, TLS, mask, name and altstack, then finishes its wait
  * the normal way (woken by main) and reports; main checks the reports.
  */
+// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
+// ${PROGRAM} is this program):
+// Seven threads parked in futex, read, nanosleep, poll, sigwaitinfo or computing.
+// stasis-case: program.threads ${PROGRAM}
+// stasis-case: program.threads.cycles5 ${PROGRAM} --cycles 5
 #include "common.h" /* first: it defines _GNU_SOURCE */
 
 #include <poll.h>

@@ -3,6 +3,10 @@
  * unbound one with SO_BROADCAST. After restore: same addresses and peers,
  * options and flags, and datagrams still flow with the right source.
  */
+// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
+// ${PROGRAM} is this program):
+// UDP: bound, connected, IPv6, broadcast; addresses, options and flags.
+// stasis-case: program.udp SERIAL ${PROGRAM}
 #include "common.h"
 
 #include <arpa/inet.h>
