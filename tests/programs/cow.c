@@ -4,8 +4,7 @@
  * 64 MiB are still shared: the parent's smaps must show them Shared_Dirty
  * (asserted). The tree's RSS before and after is printed to the log.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // Pages shared copy-on-write after fork stay shared: the pre-copy and the
 // frozen reads must not unshare them (process_vm_readv pins, and pinning
 // unshares), which the program checks after the trigger.

@@ -9,8 +9,7 @@
  * After the trigger: same fds, flags, counters (in fdinfo and by reading),
  * semaphore mode, and the shared description of E and E2.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-case: program.eventfd ${PROGRAM}
 // stasis-selftest: selftest.eventfd ${PROGRAM}
 #include "common.h"

@@ -9,8 +9,7 @@
  * order and only once; descriptions of one FIFO share its buffer; f3 still
  * has no writer.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-selftest: selftest.fifo ${PROGRAM}
 // stasis-case: program.fifo ${PROGRAM}
 // stasis-case: program.fifo.cycles3 ${PROGRAM} --cycles 3

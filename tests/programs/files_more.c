@@ -16,8 +16,7 @@
  * offset and contents; the unlinked ones are still unlinked and nothing
  * was left in DIR; reading the directory goes on where it stopped.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-selftest: selftest.files_more ${PROGRAM}
 // Unlinked and O_TMPFILE files (contents in the image), O_APPEND, O_DIRECT,
 // O_PATH of four file types, a directory read part way.

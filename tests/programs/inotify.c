@@ -11,8 +11,7 @@
  * mask, handle); changes to the files raise events with the right wds; a
  * new watch gets a wd no watch has.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-selftest: selftest.inotify ${PROGRAM}
 // stasis-case: program.inotify ${PROGRAM} --inspect
 // stasis-case: program.inotify.cycles3 ${PROGRAM} --cycles 3

@@ -17,8 +17,7 @@
  *   when dumped. After the restore it must be waiting again, and get the
  *   lock once P unlocks.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-selftest: selftest.locks ${PROGRAM}
 // POSIX, OFD and flock locks; a checker child stays locked out, a child
 // blocked in F_SETLKW waits again and gets the lock once it is released.

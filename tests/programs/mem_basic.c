@@ -7,8 +7,7 @@
  *
  * Usage: mem_basic [DIR]   (DIR for the temp file; default $TMPDIR or ".")
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-case: program.mem_basic ${PROGRAM} --inspect
 // stasis-case: program.mem_basic.cycles10 ${PROGRAM} --cycles 10
 // Restored into this PID namespace: the PID is free once the original is reaped.

@@ -14,8 +14,7 @@
  * seals, size, mode and contents, and each seal must still forbid what it
  * forbids while the mappings still allow what they allowed.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-selftest: selftest.memfd_seals ${PROGRAM}
 // stasis-case: program.memfd_seals ${PROGRAM} --inspect
 // stasis-case: program.memfd_seals.cycles3 ${PROGRAM} --cycles 3

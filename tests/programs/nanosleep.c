@@ -8,8 +8,7 @@
  * An EINTR means the engine did not restart the sleep. No trigger: the
  * program ends by itself.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // Blocked in clock_nanosleep (230); the program ends by itself.
 // stasis-case: program.nanosleep_rel ${PROGRAM} rel --expect-syscall 230 --trigger none
 // stasis-case: program.nanosleep_abs ${PROGRAM} abs --expect-syscall 230 --trigger none

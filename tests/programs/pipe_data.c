@@ -7,8 +7,7 @@
  * After the trigger: same fds, same pipes (by inode), exact data, sizes,
  * status and fd flags; shared description; then the pipes still work.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-case: program.pipe_data ${PROGRAM}
 // stasis-selftest: selftest.pipe_data ${PROGRAM}
 #include "common.h"

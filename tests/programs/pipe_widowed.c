@@ -4,8 +4,7 @@
  * are carried as they are: after restore the reads give the data and then
  * EOF, and a write fails with EPIPE.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // Pipe ends whose other end nobody holds (a Jupyter kernel's stdin).
 // stasis-case: program.pipe_widowed ${PROGRAM}
 #include "common.h"

@@ -4,8 +4,7 @@
  * disarmed one. After restore: the same timer IDs, intervals, time left no
  * more than before, and the periodic one keeps firing with its value.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // timer_create timers keep their ids, clocks, targets, time left and interval.
 // stasis-case: program.posix_timers ${PROGRAM}
 // stasis-case: program.posix_timers.cycles3 ${PROGRAM} --cycles 3

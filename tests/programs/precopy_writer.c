@@ -16,8 +16,7 @@
  * The writers run in bursts with short sleeps, so that the dump always
  * finds them writing without taking a whole core.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // Three threads rewriting a 64 MiB region while --leave-running pre-copies
 // it (src/checkpoint/precopy.h); each image is restored in place of the
 // original, and the writers catch any page from the wrong moment.

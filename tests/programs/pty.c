@@ -18,8 +18,7 @@
  * controlling terminal (tcgetsid, tcgetpgrp, ttyname, /proc tty_nr,
  * /dev/tty); g checks its group and reads "one\n", "two", "parrest\n".
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-selftest: selftest.pty ${PROGRAM}
 // stasis-case: program.pty ${PROGRAM} --inspect
 // Dumped again once restored: its ptys are then in a PID namespace of ours.

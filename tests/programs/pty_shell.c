@@ -8,8 +8,7 @@
  * it with " $((6*7)) $(tty)" and expects "ahead 42 /dev/pts/N", N being
  * the pty's index now. Then bash exits.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-selftest: selftest.pty_shell ${PROGRAM}
 // bash -i on a pty with a foreground job and typed-ahead input, as a
 // jupyter-server terminal.

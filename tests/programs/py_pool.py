@@ -10,8 +10,7 @@ array must be seen by the workers (it is still shared), and the pool must
 still shut down cleanly. Prints the tree's total RSS before and after, so a
 restore that multiplied shared memory would show.
 """
-# Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-# ${PROGRAM} is this program):
+# Cases (the format is in CMakeLists.txt):
 # stasis-case: program.py_pool SERIAL ${PROGRAM}
 # stasis-case: program.py_pool.cycles3 SERIAL ${PROGRAM} --cycles 3
 # stasis-case: program.py_pool.nobody SERIAL ${PROGRAM} --user nobody

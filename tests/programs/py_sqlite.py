@@ -15,8 +15,7 @@ lets it go. The temporary file is still unlinked, with its contents and
 offset.
 Run as: /usr/bin/python3 py_sqlite.py
 """
-# Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-# ${PROGRAM} is this program):
+# Cases (the format is in CMakeLists.txt):
 # stasis-selftest: selftest.py_sqlite ${PROGRAM}
 # stasis-case: program.py_sqlite ${PROGRAM}
 # stasis-case: program.py_sqlite.cycles3 ${PROGRAM} --cycles 3

@@ -5,8 +5,7 @@
  * has to resume the interrupted read transparently. An EINTR, a short or a
  * different result is a failure; there is deliberately no retry loop.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // Blocked in read (0): the read must resume, not fail with EINTR.
 // stasis-case: program.read_block ${PROGRAM} --expect-syscall 0
 // stasis-selftest: selftest.read_block ${PROGRAM} --expect-syscall 0

@@ -6,8 +6,7 @@
  * (through an eventfd write the grandchild makes on request), no tracer is
  * left and the fds are the same.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // The epoll is fd 3; its item's file is held only by a grandchild.
 // stasis-case: program.epoll_refuse_orphan ${PROGRAM} --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*\bfd\W{0,3}3\b)(?=.*no fd of the task holds)]=]
 // stasis-selftest: selftest.refuse_epoll_orphan ${PROGRAM}

@@ -12,8 +12,7 @@
  * "JOB-OUT tty=NAME rows=R cols=C" through /dev/tty (the runner checks the
  * name and the size it gave that terminal) and reads the line typed back.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-selftest: selftest.shell_job ${PROGRAM} --on-terminal
 // The first restore, without --shell-job, must be refused, naming it.
 // stasis-case: program.shell_job ${PROGRAM} --on-terminal --dump-arg=--shell-job --restore-arg=--shell-job --inspect --expect-restore-failure=--shell-job

@@ -6,8 +6,7 @@
  * are pending at the dump. After the trigger: same masks (fdinfo), flags,
  * and reading A gives the pending signals; B has none.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-selftest: selftest.signalfd ${PROGRAM}
 // stasis-case: program.signalfd ${PROGRAM}
 #include "common.h"

@@ -6,8 +6,7 @@
  * signal is unblocked in turn and its handler must run with the right
  * siginfo, in queue order, on the alternate stack where SA_ONSTACK says so.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-case: program.signals ${PROGRAM}
 // stasis-selftest: selftest.signals ${PROGRAM}
 #include "common.h"

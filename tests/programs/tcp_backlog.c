@@ -21,8 +21,7 @@
  * pid, the listener's fd and address and the peer. The program then checks
  * the same things without a restore (and answers the helper).
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // Loopback connections waiting in accept queues (IPv4, IPv6, dual-stack),
 // with data, one with part of it still in the client's send queue
 // (src/kinds/tcp_pending.cc).

@@ -18,8 +18,7 @@
  * after our own shutdown and work before it; the closed socket gives its
  * bytes, EOF, EPIPE and no error; the bound socket keeps its port.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // Half-closed, closing and ended TCP connections (FIN_WAIT1/2, CLOSE_WAIT,
 // LAST_ACK, CLOSING, CLOSE with unread bytes), IPv4 and IPv6: bytes, EOF
 // once, EPIPE.

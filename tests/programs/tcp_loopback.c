@@ -6,8 +6,7 @@
  * restore: every byte arrives once, in order; the connections still talk;
  * the listener still accepts; addresses and ports are the same.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // TCP on loopback, both ends in the tree, IPv4 and IPv6, 1 MB in flight.
 // SERIAL: the restore rebinds the same ports in the host's network namespace,
 // which a test running alongside could take in between.

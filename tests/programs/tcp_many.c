@@ -3,8 +3,7 @@
  * restore every byte arrives on the right connection, in order, and every
  * connection still talks.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // 100 established loopback connections, data in flight both ways on each.
 // stasis-case: program.tcp_many SERIAL ${PROGRAM}
 #include "common.h"

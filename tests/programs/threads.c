@@ -5,8 +5,7 @@
  * checks its own TID, TLS, mask, name and altstack, then finishes its wait
  * the normal way (woken by main) and reports; main checks the reports.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // Seven threads parked in futex, read, nanosleep, poll, sigwaitinfo or computing.
 // stasis-case: program.threads ${PROGRAM}
 // stasis-case: program.threads.cycles5 ${PROGRAM} --cycles 5

@@ -15,8 +15,7 @@
  * children to check, collects their exit statuses and exits 0 or 1. root
  * also checks the zombie's status and the shared offset.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // A fork tree: three levels, pipes between them, two sessions, a group whose
 // leader exited, a zombie, an open file shared by two processes.
 // stasis-case: program.tree ${PROGRAM}

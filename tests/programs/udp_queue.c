@@ -13,8 +13,7 @@
  * With the argument "pending-error": a connected socket with ECONNREFUSED
  * pending (an ICMP port unreachable) must be refused by the dump.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // UDP with queued datagrams from several senders, IPv4, IPv6 and v4-mapped:
 // order, boundaries, source addresses, the program's SO_PEEK_OFF.
 // stasis-case: program.udp_queue SERIAL ${PROGRAM}

@@ -23,8 +23,7 @@
  * before taking anything (the listener's fdinfo counts them); the program
  * then checks the same things without a restore.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // Stream and seqpacket listeners with four waiting connections each: data,
 // message boundaries, credentials, a shut-down client, one from a child.
 // stasis-case: program.unix_backlog ${PROGRAM} --inspect

@@ -21,8 +21,7 @@
  * and options are kept, except the abstract peer name, which its live
  * holder keeps (the restored socket's peer is then unnamed).
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-selftest: selftest.unix_external_close ${PROGRAM}
 // stasis-case: program.unix_external_close ${PROGRAM} --dump-arg=--external-unix=close --inspect
 // Left running, the original keeps its live peers (the dump only peeks).

@@ -13,8 +13,7 @@
  * and gid, names, options and flags, the half-closed state, and every pair
  * still talks both ways.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // AF_UNIX sockets (src/kinds/unix_socket*.cc): socketpairs of the three types
 // with queued data, credentials, options and a half-closed pair; a path
 // listener with an accepted connection, one waiting in its backlog and an

@@ -18,8 +18,7 @@
  * refuse (accept() would take the connection); the program then checks the
  * same things without a restore.
  */
-// Cases, read by CMakeLists.txt (stasis-case: NAME [SERIAL] ARGS, as CMake arguments;
-// ${PROGRAM} is this program):
+// Cases (the format is in CMakeLists.txt):
 // stasis-case: program.unix_tree ${PROGRAM}
 // stasis-case: program.unix_tree.cycles3 ${PROGRAM} --cycles 3
 // stasis-case: program.unix_tree.nobody ${PROGRAM} --user nobody
