@@ -18,7 +18,7 @@
 // tcp_states.h.
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::tcp_socket {
 
@@ -28,5 +28,7 @@ bool Matches(const FdDumpInput& in);
 Result<std::vector<sys::TcpFlow>> Flows(DumpContext& ctx, const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 
 }  // namespace stasis::kinds::tcp_socket
