@@ -17,13 +17,13 @@
 
 #include "checkpoint/files_dump.h"
 #include "checkpoint/precopy.h"
-#include "checkpoint/session_net.h"
 #include "checkpoint/task_dump.h"
 #include "checkpoint/tree.h"
-#include "image/session_net.h"
 #include "image/stream.h"
 #include "kinds/pty.h"
 #include "kinds/shmem.h"
+#include "net/session_dump.h"
+#include "net/session_image.h"
 #include "sys/cgroup.h"
 #include "sys/kernel_abi.h"
 
@@ -173,7 +173,7 @@ std::vector<TreeTask*> DepthFirst(std::vector<TreeTask>& frozen) {
 
 Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* manifest,
                               std::vector<std::function<void()>>* undo_if_kept,
-                              const kinds::DumpPolicy& policy) {
+                              const kinds::DumpPolicy& policy, const FlowLocking& locking) {
   TreeImage tree;
   std::map<pid_t, pid_t> own_pid;  // host pid -> pid in the tree's namespace
   std::map<pid_t, size_t> index;   // host pid -> tree.tasks index
@@ -201,8 +201,8 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
   for (size_t i = 0; i < order.size(); ++i) {
     if (!order[i]->zombie) fd_tasks.push_back({order[i]->host_pid, &tree.tasks[i].proc});
   }
-  STASIS_TRY(
-      CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem, undo_if_kept, &tree.late, policy));
+  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem, undo_if_kept, &tree.late, policy,
+                              locking));
   std::vector<kinds::shmem::TaskVmas> vma_tasks;
   for (const TreeFdsInput& t : fd_tasks) vma_tasks.push_back({t.host_pid, t.proc});
   uint64_t next_id = tree.files.size();
@@ -261,19 +261,47 @@ Status KillAndWait(std::vector<TreeTask>& frozen) {
   return Ok();
 }
 
+// MERGE: env.log. Until Dump takes an Env, its messages go where the CLI
+// printed them before.
+class InterimLogger final : public Logger {
+ public:
+  void Write(LogLevel level, std::string_view message) override {
+    if (level == LogLevel::kDebug) return;
+    fmt::print(stderr, "stasis: {}{}\n", level == LogLevel::kWarning ? "warning: " : "", message);
+  }
+};
+
+// The tree, collected from inside the session's namespace when there is one
+// (sock_diag sees only the sockets of the caller's); the calling thread is
+// back in its own when it returns.
+Result<TreeImage> CollectTreeIn(const std::optional<net::SessionNetDump>& net,
+                                std::vector<TreeTask>& frozen, image::Manifest* manifest,
+                                std::vector<std::function<void()>>* undo_if_kept,
+                                const kinds::DumpPolicy& policy, Logger& log) {
+  FlowLocking locking{log, net.has_value()};
+  if (!net) return CollectTree(frozen, manifest, undo_if_kept, policy, locking);
+  sys::ScopedNetns inside = STASIS_TRY(net->Enter());
+  TreeImage tree = STASIS_TRY(CollectTree(frozen, manifest, undo_if_kept, policy, locking));
+  STASIS_TRY_CTX(inside.Leave(), "leave the session's network");
+  return tree;
+}
+
 }  // namespace
 
 Result<DumpStats> Dump(const DumpOptions& options) {
+  InterimLogger log;  // MERGE: env.log
   Clock::time_point start = Clock::now();
   DumpStats stats;
   pid_t pid = options.pid;
   if (pid == getpid()) return Error::Invalid("stasis cannot dump itself");
-  std::optional<SessionNetDump> net;
+  std::optional<net::SessionNetDump> net;
   if (options.session_net) {
-    net.emplace(
-        STASIS_TRY(SessionNetDump::Begin(options.session_init_pid, pid, *options.session_net)));
+    net.emplace(STASIS_TRY(
+        net::SessionNetDump::Begin(options.session_init_pid, pid, *options.session_net, log)));
   }
-  STASIS_TRY(PrecheckTree(pid));
+  // The tasks of an isolated session live in its network namespace.
+  std::string session_netns = net ? net->netns_name() : "";
+  STASIS_TRY(PrecheckTree(pid, session_netns));
   STASIS_TRY(MakeDir(options.dir));
   PendingImage pending(options.dir);
   auto file_sink = STASIS_TRY(image::FdSink::CreateFile(pending.temp()));
@@ -283,13 +311,13 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   Clock::time_point frozen_at = Clock::now();
   std::vector<TreeTask> frozen;
   if (options.freeze_cgroup.empty()) {
-    frozen = STASIS_TRY(FreezeTree(pid));
+    frozen = STASIS_TRY(FreezeTree(pid, session_netns));
   } else {
     // The v2 freezer stops every task at once; ptrace works on frozen tasks
     // (kernel-notes.md), and once seized they stay stopped after the thaw.
     sys::Cgroup cgroup = STASIS_TRY(sys::Cgroup::Open(options.freeze_cgroup));
     sys::FrozenCgroup freeze = STASIS_TRY(sys::FrozenCgroup::Freeze(cgroup));
-    frozen = STASIS_TRY(FreezeTree(pid));
+    frozen = STASIS_TRY(FreezeTree(pid, session_netns));
     STASIS_TRY(freeze.Thaw());
   }
   if (precopy) precopy->Settle();
@@ -308,8 +336,8 @@ Result<DumpStats> Dump(const DumpOptions& options) {
     }
     ~UndoIfKept() { Run(); }
   } undo;
-  TreeImage tree =
-      STASIS_TRY_CTX(CollectTree(frozen, &manifest, &undo.steps, options.policy), "dump");
+  TreeImage tree = STASIS_TRY_CTX(
+      CollectTreeIn(net, frozen, &manifest, &undo.steps, options.policy, log), "dump");
   if (options.leave_running && !tree.late.empty()) {
     const kinds::LateStep& step = tree.late.front();
     return Error::Unsupported(fmt::format(
@@ -326,8 +354,8 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   manifest.set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest.add_session_command(arg);
   if (options.session_net) {
-    image::NetToProto(*options.session_net, manifest.mutable_net());
-    image::NeighboursToProto(net->neighbours(), manifest.mutable_net());
+    net::NetToProto(*options.session_net, manifest.mutable_net());
+    net::NeighboursToProto(net->neighbours(), manifest.mutable_net());
   }
   image::Writer writer(*file_sink);
   STASIS_TRY_CTX(WriteHead(tree, manifest, writer), "write image");

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "sys/isolated_net.h"
+#include "net/isolated_net.h"
 #include "sys/result.h"
 
 namespace stasis::restore {
@@ -27,7 +27,7 @@ struct RestoreResult {
   bool shell_job = false;
   std::string session_name;  // from the manifest
   std::vector<std::string> session_command;
-  std::optional<sys::NetConfig> net;  // an isolated session's network, rebuilt
+  std::optional<net::NetConfig> net;  // an isolated session's network, rebuilt
 };
 
 struct RestoreOptions {
