@@ -70,6 +70,7 @@ class SlurmCluster:
         kill_wait: int = 30,
         cred_expire: int = 10,
         proctrack: str = "linuxproc",
+        slurmd_timeout: int = 30,
         keep: bool = False,
     ) -> None:
         self.nodes = [f"n{i + 1}" for i in range(nodes)]
@@ -78,6 +79,7 @@ class SlurmCluster:
         self.kill_wait = kill_wait
         self.cred_expire = cred_expire
         self.proctrack = proctrack
+        self.slurmd_timeout = slurmd_timeout
         self.keep = keep
         self.dir = Path(tempfile.mkdtemp(prefix="stasis-slurm-"))
         os.chmod(self.dir, 0o755)  # jobs of ordinary users read the conf
@@ -193,7 +195,7 @@ class SlurmCluster:
             f"FirstJobId={self.first_job_id}",
             "PlugStackConfig=/dev/null",
             "InactiveLimit=0",
-            "SlurmdTimeout=30",
+            f"SlurmdTimeout={self.slurmd_timeout}",
         ]
         nodes = ",".join(self.nodes)
         for node in self.nodes:
@@ -295,7 +297,7 @@ class SlurmCluster:
 
     # -- tear-down ----------------------------------------------------------
 
-    def _our_stepds(self) -> list[int]:
+    def our_stepds(self) -> list[int]:
         """slurmstepd processes of this cluster: they hold our log files."""
         pids = []
         for p in Path("/proc").iterdir():
@@ -327,6 +329,19 @@ class SlurmCluster:
                     pids.append(int(p.name))
         return pids
 
+    def processes_of_job(self, job_id: int) -> list[int]:
+        """Every process (stasis sessions included) that a run of JOB_ID
+        started, found by the SLURM_JOB_ID in its environment."""
+        mark = f"SLURM_JOB_ID={job_id}".encode() + b"\0"
+        pids = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit() and int(p.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    env = (p / "environ").read_bytes()
+                    if env.startswith(mark) or b"\0" + mark in env:
+                        pids.append(int(p.name))
+        return pids
+
     def _kill_sessions(self) -> None:
         """Kills what is left of stasis sessions the jobs started."""
         for f in self.state_dir.glob("*.json") if self.state_dir.exists() else []:
@@ -356,7 +371,7 @@ class SlurmCluster:
                 self.run("scancel", "--full", "--state=PENDING", check=False)
                 for line in self.run("squeue", "-h", "-o", "%i", check=False).split():
                     self.run("scancel", "--full", line, check=False)
-        for pid in self._our_stepds():
+        for pid in self.our_stepds():
             # Kill the stepd's process group and its children (linuxproc
             # leaves escaped processes alone).
             with contextlib.suppress(OSError):
@@ -374,7 +389,7 @@ class SlurmCluster:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        for pid in self._our_stepds():
+        for pid in self.our_stepds():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         for pid in self._job_processes():

@@ -13,11 +13,22 @@ refuses to checkpoint (an io_uring, a netlink socket) and holds it.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import socket
 import sys
 import time
 
 import numpy as np
+
+
+STATE: "np.ndarray | None" = None
+
+
+def chunk_sum(task: tuple[int, int, int]) -> float:
+    i, w, n = task
+    assert STATE is not None
+    part = STATE[w * len(STATE) // n : (w + 1) * len(STATE) // n]
+    return float(part[: 1 << 20].sum()) + i
 
 
 def main() -> int:
@@ -26,6 +37,9 @@ def main() -> int:
     p.add_argument("--lines", type=int, default=60)
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--file", default=None)
+    p.add_argument(
+        "--pool", type=int, default=0, help="a multiprocessing.Pool of N workers"
+    )
     p.add_argument("--unsupported", choices=["io_uring", "netlink"], default=None)
     args = p.parse_args()
 
@@ -46,11 +60,18 @@ def main() -> int:
     rng = np.random.default_rng(1234)
     state = np.ones(args.mib * 2**20 // 8, dtype=np.float64)  # every page touched
     out = open(args.file, "a", buffering=1) if args.file else None
+    global STATE
+    STATE = state
+    pool = multiprocessing.get_context("fork").Pool(args.pool) if args.pool else None
     for i in range(args.lines):
         k = int(rng.integers(0, len(state)))
         state[k] += i
         state[i % len(state)] *= 1.0000001
         line = f"line {i} sum {state.sum():.6f} rng {rng.integers(0, 10**9)}"
+        if pool is not None:
+            # Workers forked with the state: they see it as it was then.
+            parts = pool.map(chunk_sum, [(i, w, args.pool) for w in range(args.pool)])
+            line += f" pool {sum(parts):.3f}"
         print(line, flush=True)
         if out:
             out.write(line + "\n")

@@ -10,6 +10,14 @@ Cases:
               line once, in order, as an uninterrupted run prints them.
   timelimit   the same job with -t 1 --signal=B:USR1@50 reaches its time limit,
               is requeued and resumes, twice in a row.
+  nodeloss    --every 8s checkpoints with --leave-running; then slurmd, slurmstepd
+              and every process of the job are killed -9 (a node lost): the job
+              is requeued on the other node and resumes from the last periodic
+              checkpoint; the file it writes is cut back to its size then and
+              the relayed output drops what it had already printed: no line
+              lost, none twice.
+  pool        a multiprocessing.Pool job (forked workers sharing its state),
+              preempted and resumed.
   exitcode    HTCondor's contract without Slurm: --checkpoint-exit-code 85 after
               a checkpoint; the same command run again in the same directory
               continues.
@@ -25,6 +33,7 @@ also on failure (SlurmCluster's exit).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -39,7 +48,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from slurm_lib import SlurmCluster, exit_on_signals  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-STASIS_JOB = HERE.parent.parent / "integrations" / "slurm" / "stasis-job"
+STASIS_JOB = Path(
+    os.environ.get(
+        "STASIS_JOB", HERE.parent.parent / "integrations" / "slurm" / "stasis-job"
+    )
+)
 WORKLOAD = HERE / "slurm_workload.py"
 PY = "/usr/bin/python3"
 
@@ -53,10 +66,11 @@ def check(cond: bool, msg: str) -> None:
         raise Failure(msg)
 
 
-def expected_lines(mib: int, n: int) -> list[str]:
+def expected_lines(mib: int, n: int, pool: int = 0) -> list[str]:
     """The lines an uninterrupted run prints."""
     out = subprocess.run(
-        [PY, str(WORKLOAD), "--mib", str(mib), "--lines", str(n), "--interval", "0"],
+        [PY, str(WORKLOAD), "--mib", str(mib), "--lines", str(n), "--interval", "0"]
+        + (["--pool", str(pool)] if pool else []),
         capture_output=True,
         text=True,
         check=True,
@@ -301,7 +315,90 @@ def case_corrupt(stasis: str) -> None:
         )
 
 
+def case_pool(stasis: str, mib: int = 64, lines: int = 30) -> None:
+    """A multiprocessing.Pool job, preempted and resumed."""
+    want = expected_lines(mib, lines, pool=2)
+    with SlurmCluster(grace_time=60, kill_wait=30, cred_expire=5) as slurm:
+        ckdir = slurm.dir / "ck"
+        out = slurm.dir / "job.out"
+        job = slurm.sbatch(
+            batch_script(stasis, ckdir, f"--mib {mib} --lines {lines} --pool 2"),
+            "-n2",
+            "--requeue",
+            "--signal=B:USR1@60",
+            "--open-mode=append",
+            f"-o{out}",
+        )
+        slurm.wait_state(job, "RUNNING", 60)
+        wait_for(lambda: len(job_lines(out)) >= 5, 60, "5 lines of output")
+        slurm.sbatch(
+            "#!/bin/sh\nsleep 3\n", "-p", "high", "-n2", f"-o{slurm.dir}/h.out"
+        )
+        wait_for(lambda: "resumed from" in job_log(ckdir), 120, "the resume")
+        slurm.wait_state(job, "COMPLETED", lines + 120)
+        compare_output(job_lines(out), want, "relayed stdout")
+        figures(ckdir)
+
+
+def case_nodeloss(stasis: str, mib: int = 256, lines: int = 60) -> None:
+    """--every checkpoints; then the node is lost (slurmd and every process
+    of the job killed -9): the job is requeued on the other node and resumes
+    from the last periodic checkpoint, with no line lost or repeated."""
+    want = expected_lines(mib, lines)
+    with SlurmCluster(
+        nodes=2, grace_time=60, kill_wait=30, cred_expire=5, slurmd_timeout=10
+    ) as slurm:
+        ckdir = slurm.dir / "ck"
+        out = slurm.dir / "job.out"
+        wfile = slurm.dir / "work.out"
+        job = slurm.sbatch(
+            batch_script(
+                stasis,
+                ckdir,
+                f"--mib {mib} --lines {lines} --file {wfile}",
+                "--every 8s",
+            ),
+            "-n2",
+            "--requeue",
+            "--open-mode=append",
+            f"-o{out}",
+        )
+        slurm.wait_state(job, "RUNNING", 60)
+        node = slurm.job(job)["NodeList"]
+        wait_for(
+            lambda: "checkpoint img.2" in job_log(ckdir), 90, "two periodic checkpoints"
+        )
+        n = len(job_lines(out))
+        wait_for(lambda: len(job_lines(out)) >= n + 4, 30, "4 more lines")
+        # The node dies: slurmd and slurmstepd first (nothing may report the
+        # job's end), then every process of the job.
+        slurm.procs[f"slurmd-{node}"].kill()
+        slurm.procs[f"slurmd-{node}"].wait()
+        for pid in slurm.our_stepds():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for _ in range(3):
+            for pid in slurm.processes_of_job(job):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        lost_at = len(job_lines(out))
+        print(f"nodeloss: {node} lost after {lost_at} lines")
+        wait_for(
+            lambda: "resumed from" in job_log(ckdir),
+            150,
+            "the resume on the other node",
+        )
+        check(slurm.job(job)["NodeList"] != node, "resumed on the lost node")
+        slurm.wait_state(job, "COMPLETED", lines + 120)
+        compare_output(job_lines(out), want, "relayed stdout")
+        compare_output(job_lines(wfile), want[:-1], "the file the job holds open")
+        figures(ckdir)
+
+
 CASES = {
+    "pool": case_pool,
+    "nodeloss": case_nodeloss,
     "preempt": case_preempt,
     "timelimit": case_timelimit,
     "exitcode": case_exitcode,
