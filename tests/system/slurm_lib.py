@@ -69,7 +69,7 @@ class SlurmCluster:
         grace_time: int = 40,
         kill_wait: int = 30,
         cred_expire: int = 10,
-        proctrack: str = "linuxproc",
+        proctrack: str = os.environ.get("STASIS_SLURM_PROCTRACK", "linuxproc"),
         slurmd_timeout: int = 30,
         keep: bool = False,
     ) -> None:
@@ -213,6 +213,11 @@ class SlurmCluster:
             "PreemptMode=OFF OverSubscribe=NO State=UP"
         )
         self.conf.write_text("\n".join(lines) + "\n")
+        # proctrack/cgroup: cgroup/v1's freezer here (a hybrid hierarchy);
+        # slurmd finds cgroup.conf next to slurm.conf.
+        (d / "cgroup.conf").write_text(
+            "CgroupPlugin=autodetect\nCgroupMountpoint=/sys/fs/cgroup\nConstrainCores=no\n"
+        )
         os.chmod(self.conf, 0o644)
 
     # -- helpers ------------------------------------------------------------

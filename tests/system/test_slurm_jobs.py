@@ -8,6 +8,8 @@ Cases:
               the grace time, is requeued, resumes once the preemptor ended;
               its output (relayed stdout, and a file it holds open) has every
               line once, in order, as an uninterrupted run prints them.
+  preempt_cgroup  the same with proctrack/cgroup (cgroup/v1 freezer here): the
+              restored session is inside the requeued job's cgroup.
   timelimit   the same job with -t 1 --signal=B:USR1@50 reaches its time limit,
               is requeued and resumes, twice in a row.
   nodeloss    --every 8s checkpoints with --leave-running; then slurmd, slurmstepd
@@ -130,9 +132,17 @@ def figures(ckdir: Path) -> None:
             print("  " + ln.split(": ", 1)[1], flush=True)
 
 
-def case_preempt(stasis: str, mib: int = 256, lines: int = 45) -> None:
+def case_preempt_cgroup(stasis: str) -> None:
+    case_preempt(stasis, proctrack="cgroup")
+
+
+def case_preempt(
+    stasis: str, mib: int = 256, lines: int = 45, proctrack: str = "linuxproc"
+) -> None:
     want = expected_lines(mib, lines)
-    with SlurmCluster(grace_time=60, kill_wait=30, cred_expire=5) as slurm:
+    with SlurmCluster(
+        grace_time=60, kill_wait=30, cred_expire=5, proctrack=proctrack
+    ) as slurm:
         ckdir = slurm.dir / "ck"
         out = slurm.dir / "job.out"
         err = slurm.dir / "job.err"
@@ -165,6 +175,16 @@ def case_preempt(stasis: str, mib: int = 256, lines: int = 45) -> None:
         )
         slurm.wait_state(high, "COMPLETED", 120)
         wait_for(lambda: "resumed from" in job_log(ckdir), 120, "the resume")
+        if proctrack == "cgroup":
+            # The restored session is inside the requeued job's cgroup: Slurm
+            # signals, freezes and accounts it as the job.
+            for pid in slurm.processes_of_job(job):
+                with contextlib.suppress(OSError):
+                    cg = Path(f"/proc/{pid}/cgroup").read_text()
+                    check(
+                        f"/job_{job}/" in cg,
+                        f"pid {pid} is outside the job's cgroup: {cg}",
+                    )
         slurm.wait_state(job, "COMPLETED", lines + 120)
         compare_output(job_lines(out), want, "relayed stdout")
         compare_output(job_lines(wfile), want[:-1], "the file the job holds open")
@@ -400,6 +420,7 @@ CASES = {
     "pool": case_pool,
     "nodeloss": case_nodeloss,
     "preempt": case_preempt,
+    "preempt_cgroup": case_preempt_cgroup,
     "timelimit": case_timelimit,
     "exitcode": case_exitcode,
     "failing": case_failing,
