@@ -18,8 +18,9 @@ Cases:
               checkpoint; the file it writes is cut back to its size then and
               the relayed output drops what it had already printed: no line
               lost, none twice.
-  pool        a multiprocessing.Pool job (forked workers sharing its state),
-              preempted and resumed.
+  pool        a multiprocessing.Pool job (forked workers sharing its state):
+              `scancel --signal=USR2 --batch` checkpoints it and it goes on;
+              then it is preempted and resumed.
   exitcode    HTCondor's contract without Slurm: --checkpoint-exit-code 85 after
               a checkpoint; the same command run again in the same directory
               continues.
@@ -351,6 +352,11 @@ def case_pool(stasis: str, mib: int = 64, lines: int = 30) -> None:
         )
         slurm.wait_state(job, "RUNNING", 60)
         wait_for(lambda: len(job_lines(out)) >= 5, 60, "5 lines of output")
+        # The operator's "checkpoint now": the job goes on.
+        slurm.run("scancel", "--signal=USR2", "--batch", str(job))
+        wait_for(
+            lambda: "img.1 (left running)" in job_log(ckdir), 30, "the USR2 checkpoint"
+        )
         slurm.sbatch(
             "#!/bin/sh\nsleep 3\n", "-p", "high", "-n2", f"-o{slurm.dir}/h.out"
         )
