@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 
 def free_port() -> int:
@@ -223,7 +223,7 @@ class SlurmCluster:
     # -- helpers ------------------------------------------------------------
 
     @staticmethod
-    def _wait(cond: "callable[[], bool]", timeout: float, what: str) -> None:  # type: ignore[valid-type]
+    def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if cond():

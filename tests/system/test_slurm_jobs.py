@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
 from slurm_lib import SlurmCluster, exit_on_signals  # noqa: E402
@@ -92,7 +93,7 @@ def job_lines(path: Path) -> list[str]:
     ]
 
 
-def wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -129,7 +130,16 @@ def job_log(ckdir: Path) -> str:
 
 def figures(ckdir: Path) -> None:
     for ln in job_log(ckdir).splitlines():
-        if "checkpoint img" in ln or "resumed from" in ln or "CMD ended" in ln:
+        if any(
+            w in ln
+            for w in (
+                "checkpoint img",
+                "resumed from",
+                "CMD ended",
+                "cut back",
+                "dropping",
+            )
+        ):
             print("  " + ln.split(": ", 1)[1], flush=True)
 
 
