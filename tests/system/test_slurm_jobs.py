@@ -21,6 +21,7 @@ Cases:
   pool        a multiprocessing.Pool job (forked workers sharing its state):
               `scancel --signal=USR2 --batch` checkpoints it and it goes on;
               then it is preempted and resumed.
+  scancel     a plain scancel ends the job: no checkpoint, no requeue.
   exitcode    HTCondor's contract without Slurm: --checkpoint-exit-code 85 after
               a checkpoint; the same command run again in the same directory
               continues.
@@ -432,7 +433,34 @@ def case_nodeloss(stasis: str, mib: int = 256, lines: int = 60) -> None:
         figures(ckdir)
 
 
+def case_scancel(stasis: str) -> None:
+    """A plain scancel ends the job: no checkpoint, no requeue."""
+    with SlurmCluster(grace_time=30, kill_wait=10, cred_expire=5) as slurm:
+        ckdir = slurm.dir / "ck"
+        out, err = slurm.dir / "job.out", slurm.dir / "job.err"
+        job = slurm.sbatch(
+            batch_script(stasis, ckdir, "--mib 16 --lines 100"),
+            "--requeue",
+            "--signal=B:USR1@60",
+            f"-o{out}",
+            f"-e{err}",
+        )
+        slurm.wait_state(job, "RUNNING", 60)
+        wait_for(lambda: len(job_lines(out)) >= 3, 60, "3 lines of output")
+        slurm.run("scancel", str(job))
+        state = slurm.wait_state(
+            job, {"CANCELLED", "PENDING", "COMPLETED", "FAILED"}, 60
+        )
+        check(state == "CANCELLED", f"job {state} after scancel, want CANCELLED")
+        time.sleep(8)  # a requeue would show by now (cred_expire 5 s)
+        state = slurm.state(job)
+        check(state == "CANCELLED", f"job {state} 8 s after scancel, want CANCELLED")
+        check(not list(ckdir.glob("img.*")), "scancel took a checkpoint")
+        print("scancel: " + job_log(ckdir).strip().splitlines()[-1].split(": ", 1)[1])
+
+
 CASES = {
+    "scancel": case_scancel,
     "pool": case_pool,
     "nodeloss": case_nodeloss,
     "preempt": case_preempt,
