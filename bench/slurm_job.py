@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STASIS_JOB = ROOT / "integrations" / "slurm" / "stasis-job"
 PY = "/usr/bin/python3"
+STASIS = "stasis"
 
 HOLD = """
 import numpy as np, sys, time
@@ -91,6 +92,16 @@ def run_job(
             p.wait()
 
 
+def cleanup(work: Path) -> None:
+    # A checkpoint leaves the killed session's cgroup and state file, which
+    # `stasis ps` removes; stasis-job does it itself, this is for a bench
+    # that failed half way.
+    subprocess.run(
+        [STASIS, "ps", "--state-dir", str(work / "sessions")], capture_output=True
+    )
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def log_figure(text: str, pattern: str) -> float:
     m = re.search(pattern, text)
     return float(m.group(1)) if m else float("nan")
@@ -117,7 +128,7 @@ def bench_size(stasis: str, mib: int) -> dict[str, float]:
             "resume_s": log_figure(log, r"resumed from img\.1 in ([\d.]+) s"),
         }
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        cleanup(work)
 
 
 def rate(out: str) -> float:
@@ -158,7 +169,7 @@ def bench_every(stasis: str, mib: int, seconds: float) -> dict[str, float]:
                         float(p[2]) for p in periodic
                     ) / len(periodic)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            cleanup(work)
     res["slowdown_pct"] = 100.0 * (1 - res["rate_every"] / res["rate_plain"])
     return res
 
@@ -171,6 +182,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=45)
     args = p.parse_args()
     stasis = str(Path(args.stasis).resolve())
+    global STASIS
+    STASIS = stasis
     print("| job memory | checkpoint | image | resume |\n|---|---|---|---|")
     for mib in args.mib:
         r = bench_size(stasis, mib)
