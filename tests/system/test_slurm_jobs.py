@@ -267,9 +267,13 @@ def case_exitcode(stasis: str) -> None:
                 rc == want_rc, f"run {run}: exit {rc}, want {want_rc}: {errs.decode()}"
             )
         compare_output(outs, want, "three runs' stdout")
-        check(
-            (work / ".stasis-job" / "job.log").exists(), "no job.log in ./.stasis-job"
-        )
+        log = (work / ".stasis-job" / "job.log").read_text()
+        name = re.search(r"as session (\S+);", log)
+        check(name is not None, f"no session in job.log:\n{log}")
+        assert name is not None
+        for mount in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+            left = Path(mount, "stasis", name.group(1))
+            check(not left.exists(), f"{left} left behind")
     finally:
         subprocess.run(
             [stasis, "ps", "--state-dir", str(work / "sessions")], capture_output=True
