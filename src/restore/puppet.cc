@@ -184,7 +184,7 @@ TaskBuild::~TaskBuild() = default;
 
 Result<std::unique_ptr<TaskBuild>> TaskBuild::StartFresh(sys::Tracee& leader, pid_t host_pid,
                                                          const PuppetPlan& plan,
-                                                         const PageFeeder& feed_pages) {
+                                                         mem::PageStore& pages) {
   sys::Injector inj =
       STASIS_TRY(sys::Injector::Create(leader, STASIS_TRY(PuppetSyscallIp(host_pid))));
   STASIS_TRY(UnregisterOwnRseq(leader, inj));
@@ -192,14 +192,14 @@ Result<std::unique_ptr<TaskBuild>> TaskBuild::StartFresh(sys::Tracee& leader, pi
   // An empty address space but for the scratch page that holds `syscall`.
   b->scratch_ = STASIS_TRY(MapScratch(b->inj_, host_pid, *plan.proc));
   STASIS_TRY(UnmapAllExcept(b->inj_, {{b->scratch_, b->scratch_ + kScratchSize}}));
-  STASIS_TRY(b->RestoreMemory(feed_pages, /*vdso_in_place=*/false));
+  STASIS_TRY(b->MapMemory(pages, /*vdso_in_place=*/false));
   return b;
 }
 
 Result<std::unique_ptr<TaskBuild>> TaskBuild::StartForked(sys::Tracee& leader, pid_t host_pid,
                                                           const PuppetPlan& plan,
                                                           const ForkOrigin& origin,
-                                                          const PageFeeder& feed_pages) {
+                                                          mem::PageStore& pages) {
   // The child is a copy of its parent: run from the parent's scratch page.
   sys::Injector inj = STASIS_TRY(sys::Injector::Create(leader, origin.parent_scratch));
   std::unique_ptr<TaskBuild> b(new TaskBuild(leader, host_pid, plan, std::move(inj)));
@@ -215,11 +215,11 @@ Result<std::unique_ptr<TaskBuild>> TaskBuild::StartForked(sys::Tracee& leader, p
     for (const Range& r : VdsoBlock(*plan.proc)) keep.push_back(r);
   }
   STASIS_TRY(UnmapAllExcept(b->inj_, keep));
-  STASIS_TRY(b->RestoreMemory(feed_pages, vdso_in_place));
+  STASIS_TRY(b->MapMemory(pages, vdso_in_place));
   return b;
 }
 
-Status TaskBuild::RestoreMemory(const PageFeeder& feed_pages, bool vdso_in_place) {
+Status TaskBuild::MapMemory(mem::PageStore& pages, bool vdso_in_place) {
   const image::Process& proc = *plan_.proc;
   task_ = std::make_unique<kinds::RemoteTask>(host_pid_, inj_, scratch_ + kScratchArgs,
                                               kScratchSize - kScratchArgs);
@@ -231,9 +231,12 @@ Status TaskBuild::RestoreMemory(const PageFeeder& feed_pages, bool vdso_in_place
     return it->second.get();
   };
   STASIS_TRY(kinds::memory::MapVmas(*task_, proc, local_fd));
-  STASIS_TRY(feed_pages(proc));
-  STASIS_TRY(kinds::memory::FinishVmas(*task_, proc));
-  return kinds::mm::Restore(*task_, proc);
+  return pages.Attach(proc.pid(), std::make_unique<mem::ProcessMemorySink>(host_pid_));
+}
+
+Status TaskBuild::FinishMemory() {
+  STASIS_TRY(kinds::memory::FinishVmas(*task_, *plan_.proc));
+  return kinds::mm::Restore(*task_, *plan_.proc);
 }
 
 Result<pid_t> TaskBuild::ForkChild(int pid, int exit_signal) {

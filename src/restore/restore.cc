@@ -16,6 +16,7 @@
 #include "kinds/registry.h"
 #include "kinds/shmem.h"
 #include "kinds/vdso.h"
+#include "mem/page_store.h"
 #include "pty.pb.h"
 #include "restore/puppet.h"
 #include "restore/spawn.h"
@@ -176,16 +177,15 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell
   return out;
 }
 
-// Writes this process's page records (they are consecutive in the image)
-// into its puppet.
-Status FeedPages(Records& records, pid_t host_pid, const image::Process& proc, uint64_t* pages) {
+// Hands this process's page records (they are consecutive in the image)
+// to the page store, which writes them into its puppet.
+Status FeedPages(Records& records, mem::PageStore& store, const image::Process& proc) {
   for (;; records.Consume()) {
     image::Record* rec = STASIS_TRY(records.Peek());
     if (rec->type != image::RecordType::kPages) return Ok();
     image::PageRun run = STASIS_TRY(image::ParsePageRun(*rec));
     if (static_cast<int>(run.pid) != proc.pid()) return Ok();
-    STASIS_TRY(kinds::memory::RestorePageRun(host_pid, proc, run));
-    *pages += run.npages;
+    STASIS_TRY(store.Add(run));
   }
 }
 
@@ -279,7 +279,7 @@ struct TreeRestore {
   Records& records;
   std::vector<TreeProcess>& tree;
   const std::map<uint64_t, const image::File*>& image_files;
-  uint64_t pages = 0;
+  mem::PageStore& store;
 
   // Phase 1 of tree[i], then its children (depth first, the image's order:
   // they consume their page records in turn), then its phase 2.
@@ -287,12 +287,11 @@ struct TreeRestore {
     TreeProcess& t = tree[i];
     if (t.proc->zombie()) return Ok();
     PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot, &image_files};
-    auto feed = [&](const image::Process& proc) {
-      return FeedPages(records, t.host_pid, proc, &pages);
-    };
-    t.build = i == 0
-                  ? STASIS_TRY(TaskBuild::StartFresh(*t.leader, t.host_pid, plan, feed))
-                  : STASIS_TRY(TaskBuild::StartForked(*t.leader, t.host_pid, plan, t.origin, feed));
+    t.build =
+        i == 0 ? STASIS_TRY(TaskBuild::StartFresh(*t.leader, t.host_pid, plan, store))
+               : STASIS_TRY(TaskBuild::StartForked(*t.leader, t.host_pid, plan, t.origin, store));
+    STASIS_TRY(FeedPages(records, store, *t.proc));
+    STASIS_TRY(t.build->FinishMemory());
     for (const image::Process& c : head.procs) {
       if (&c == head.procs.data() || c.ppid() != t.proc->pid()) continue;
       size_t j = STASIS_TRY(ForkInto(tree[i], c, {&files, &image_files}, &tree));
@@ -420,11 +419,13 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   TreeFiles tree_files = {&files, &image_files};
   STASIS_TRY_CTX(CreateRoot(spawner, head.procs, tree_files, &tree), "restore tree");
   result.host_pid = tree[0].host_pid;
-  TreeRestore builder{head, files, records, tree, image_files};
+  mem::PageStore store;
+  for (const image::Process& p : head.procs) store.Expect(p);
+  TreeRestore builder{head, files, records, tree, image_files, store};
   STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
   STASIS_TRY(ApplyLate(records, head, files));
-  STASIS_TRY(ReadTrailer(records, builder.pages));
-  result.pages = builder.pages;
+  STASIS_TRY(ReadTrailer(records, store.pages_received()));
+  result.pages = store.pages_received();
   // A shell job joins the restorer's group, the job the shell knows.
   bool job = options.shell_job && head.manifest.shell_job().has_ctty() &&
              head.procs[0].sid() != head.procs[0].pid();
