@@ -145,6 +145,12 @@ std::optional<Range> PageStore::NextHeld(int pid) const {
   return Range{start, h.end};
 }
 
+void PageStore::Drop(int pid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = procs_.find(pid);
+  if (it != procs_.end()) it->second.held.clear();
+}
+
 std::vector<Range> PageStore::Missing(int pid) const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<Range> out;

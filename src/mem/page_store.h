@@ -75,6 +75,8 @@ class PageStore {
   // Some range still held for pid, for a background push; none when every
   // received page was delivered.
   std::optional<Range> NextHeld(int pid) const;
+  // Forgets what is held for pid (its process is gone).
+  void Drop(int pid);
   // What pid's source declared and has not sent yet.
   std::vector<Range> Missing(int pid) const;
   // The source is done (or failed): waits for missing pages end with why.

@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <thread>
+#include <vector>
 
 namespace stasis::mem {
 namespace {
@@ -46,6 +47,17 @@ class RecordingSink : public PageSink {
 
  private:
   std::map<uint64_t, uint8_t>* pages_;
+};
+
+// Kills and reaps the forked process and closes the pipes, also when an
+// assertion ends the test early (a child blocked on a pipe then sees EOF).
+struct Cleanup {
+  pid_t pid = -1;
+  std::vector<int> fds;
+  ~Cleanup() {
+    for (int fd : fds) close(fd);
+    if (pid > 0 && kill(pid, SIGKILL) == 0) waitpid(pid, nullptr, 0);
+  }
 };
 
 TEST(RangeSet, MergesSplitsAndFindsGaps) {
@@ -159,10 +171,14 @@ TEST(PageStore, ChildSeesOnlyWhatWasFilledBeforeItsFork) {
   int to_child[2], from_child[2];
   ASSERT_EQ(pipe(to_child), 0);
   ASSERT_EQ(pipe(from_child), 0);
+  Cleanup cleanup;
+  cleanup.fds = {to_child[0], to_child[1], from_child[0], from_child[1]};
   pid_t parent = fork();
   ASSERT_GE(parent, 0);
+  if (parent > 0) cleanup.pid = parent;
   if (parent == 0) {
     // The "parent" of the restored pair: forks the child on request.
+    cleanup.fds.clear();
     char c;
     if (read(to_child[0], &c, 1) != 1) _exit(1);
     pid_t child = fork();
@@ -175,6 +191,8 @@ TEST(PageStore, ChildSeesOnlyWhatWasFilledBeforeItsFork) {
     if (write(from_child[1], &child, sizeof child) != sizeof child) _exit(1);
     int st;
     waitpid(child, &st, 0);
+    // Stays until the test has read its memory.
+    if (read(to_child[0], &c, 1) != 1) _exit(1);
     _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 1);
   }
   PageStore store;
@@ -203,10 +221,11 @@ TEST(PageStore, ChildSeesOnlyWhatWasFilledBeforeItsFork) {
   struct iovec local = {in_parent.data(), kLen}, remote = {region, kLen};
   ASSERT_EQ(process_vm_readv(parent, &local, 1, &remote, 1, 0), static_cast<ssize_t>(kLen));
   EXPECT_EQ(in_parent, second);
+  ASSERT_EQ(write(to_child[1], "x", 1), 1);
   int st = 0;
   ASSERT_EQ(waitpid(parent, &st, 0), parent);
+  cleanup.pid = -1;
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-  for (int fd : {to_child[0], to_child[1], from_child[0], from_child[1]}) close(fd);
   munmap(region, kLen);
 }
 

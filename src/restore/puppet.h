@@ -17,6 +17,7 @@
 
 #include "image/stream.h"
 #include "kinds/context.h"
+#include "mem/lazy_pager.h"
 #include "mem/page_store.h"
 #include "restore/spawn.h"
 
@@ -31,6 +32,9 @@ struct PuppetPlan {
   const LocalFiles* files;
   int pidfd_slot;  // where the puppet holds the restorer's pidfd
   const std::map<uint64_t, const image::File*>* image_files;  // by id, for kind hooks
+  // restore --lazy: the pager that serves the task's private anonymous
+  // pages on fault (mem/lazy_pager.h); null to write every page before it runs.
+  mem::LazyPager* lazy = nullptr;
 };
 
 // Where a forked child starts from: its parent's image and the parent's
@@ -52,9 +56,14 @@ class TaskBuild {
                                                         const PuppetPlan& plan,
                                                         const ForkOrigin& origin,
                                                         mem::PageStore& pages);
-  // The end of phase 1, once the store holds every page of the task (or,
-  // lazy, once it was attached for faults): final protections, mm fields.
+  // The end of phase 1, once the store received every page of the task:
+  // (lazy: the pages outside the ranges served on fault are written now)
+  // final protections, mm fields.
   Status FinishMemory();
+  // Lazy: makes the ranges a child about to be forked inherits complete
+  // (a registration is not inherited, and a page written into this task
+  // after the fork would not reach the child).
+  Status CompleteInherited(const image::Process& child);
   ~TaskBuild();
 
   // Forks a child with this PID; it stops, auto-attached (PTRACE_O_TRACEFORK).
@@ -75,6 +84,7 @@ class TaskBuild {
  private:
   TaskBuild(sys::Tracee& leader, pid_t host_pid, const PuppetPlan& plan, sys::Injector inj);
   Status MapMemory(mem::PageStore& pages, bool vdso_in_place);
+  Status ServeLazily();
 
   sys::Tracee& leader_;
   pid_t host_pid_;
@@ -82,6 +92,8 @@ class TaskBuild {
   sys::Injector inj_;
   uint64_t scratch_ = 0;
   std::unique_ptr<kinds::RemoteTask> task_;
+  mem::PageStore* pages_ = nullptr;
+  std::vector<mem::Range> lazy_ranges_;
   std::vector<sys::Tracee*> thread_tracees_;
 };
 

@@ -280,13 +280,14 @@ struct TreeRestore {
   std::vector<TreeProcess>& tree;
   const std::map<uint64_t, const image::File*>& image_files;
   mem::PageStore& store;
+  mem::LazyPager* lazy;
 
   // Phase 1 of tree[i], then its children (depth first, the image's order:
   // they consume their page records in turn), then its phase 2.
   Status BuildSubtree(size_t i) {
     TreeProcess& t = tree[i];
     if (t.proc->zombie()) return Ok();
-    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot, &image_files};
+    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot, &image_files, lazy};
     t.build =
         i == 0 ? STASIS_TRY(TaskBuild::StartFresh(*t.leader, t.host_pid, plan, store))
                : STASIS_TRY(TaskBuild::StartForked(*t.leader, t.host_pid, plan, t.origin, store));
@@ -294,6 +295,7 @@ struct TreeRestore {
     STASIS_TRY(t.build->FinishMemory());
     for (const image::Process& c : head.procs) {
       if (&c == head.procs.data() || c.ppid() != t.proc->pid()) continue;
+      STASIS_TRY(tree[i].build->CompleteInherited(c));
       size_t j = STASIS_TRY(ForkInto(tree[i], c, {&files, &image_files}, &tree));
       STASIS_TRY_CTX(BuildSubtree(j), fmt::format("restore pid {}", c.pid()));
     }
@@ -412,6 +414,12 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   RestoreResult result;
   result.pid = head.procs[0].pid();
   Spawner spawner = STASIS_TRY(Spawner::Start(options.new_pid_ns));
+  // Before the tree: a failed restore kills the tree, then stops the pager.
+  auto store = std::make_unique<mem::PageStore>();
+  for (const image::Process& p : head.procs) store->Expect(p);
+  std::shared_ptr<mem::LazyPager> lazy;
+  if (options.lazy) lazy = std::make_shared<mem::LazyPager>(std::move(store));
+  mem::PageStore& pages = lazy ? lazy->store() : *store;
   std::vector<TreeProcess> tree;
   TreeGuard guard(&tree, [&net] { net.DownUnlessCommitted(); });
   std::map<uint64_t, const image::File*> image_files;
@@ -419,13 +427,12 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   TreeFiles tree_files = {&files, &image_files};
   STASIS_TRY_CTX(CreateRoot(spawner, head.procs, tree_files, &tree), "restore tree");
   result.host_pid = tree[0].host_pid;
-  mem::PageStore store;
-  for (const image::Process& p : head.procs) store.Expect(p);
-  TreeRestore builder{head, files, records, tree, image_files, store};
+  TreeRestore builder{head, files, records, tree, image_files, pages, lazy.get()};
   STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
   STASIS_TRY(ApplyLate(records, head, files));
-  STASIS_TRY(ReadTrailer(records, store.pages_received()));
-  result.pages = store.pages_received();
+  STASIS_TRY(ReadTrailer(records, pages.pages_received()));
+  pages.Close(Ok());
+  result.pages = pages.pages_received();
   // A shell job joins the restorer's group, the job the shell knows.
   bool job = options.shell_job && head.manifest.shell_job().has_ctty() &&
              head.procs[0].sid() != head.procs[0].pid();
@@ -456,6 +463,8 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   guard.Release();
   STASIS_TRY(spawner.Commit(result.pid));
   STASIS_TRY(net.Commit());
+  if (lazy) lazy->Release();
+  result.pager = std::move(lazy);
   result.processes = tree.size();
   result.total_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
