@@ -55,15 +55,15 @@ void PageStore::Forget(Process& p, uint64_t start, uint64_t end) {
     uint64_t s = it->first;
     Held h = std::move(it->second);
     it = p.held.erase(it);
-    if (s < start) p.held[s] = {start, h.data, h.buffer};
+    if (s < start) p.held[s] = {start, h.data, h.owner};
     if (h.end > end) {
-      p.held[end] = {h.end, h.data + (end - s), h.buffer};
+      p.held[end] = {h.end, h.data + (end - s), h.owner};
       break;
     }
   }
 }
 
-Status PageStore::Add(const image::PageRun& run) {
+Status PageStore::Add(const image::PageRun& run, std::shared_ptr<const void> owner) {
   uint64_t end = run.addr + uint64_t{run.npages} * kPage;
   std::unique_lock<std::mutex> lock(mu_);
   Process* p = STASIS_TRY(Find(static_cast<int>(run.pid)));
@@ -72,15 +72,20 @@ Status PageStore::Add(const image::PageRun& run) {
   if (p->sink != nullptr && p->delivery == Delivery::kEager) {
     STASIS_TRY(p->sink->Write(run.addr, run.data, end - run.addr));
   } else {
-    // The record's bytes live only as long as the reader's current record.
-    std::shared_ptr<uint8_t[]> copy(new (std::nothrow) uint8_t[end - run.addr]);
-    if (copy == nullptr) {
-      return Error(ErrorCode::kFailed,
-                   fmt::format("pid {}: no memory to hold {} pages", run.pid, run.npages));
+    const uint8_t* data = run.data;
+    if (owner == nullptr) {
+      // Else the bytes live only as long as the reader's current record.
+      std::shared_ptr<uint8_t[]> copy(new (std::nothrow) uint8_t[end - run.addr]);
+      if (copy == nullptr) {
+        return Error(ErrorCode::kFailed,
+                     fmt::format("pid {}: no memory to hold {} pages", run.pid, run.npages));
+      }
+      memcpy(copy.get(), run.data, end - run.addr);
+      data = copy.get();
+      owner = std::move(copy);
     }
-    memcpy(copy.get(), run.data, end - run.addr);
     Forget(*p, run.addr, end);
-    p->held[run.addr] = {end, copy.get(), std::move(copy)};
+    p->held[run.addr] = {end, data, std::move(owner)};
   }
   p->received.Add(run.addr, end);
   lock.unlock();

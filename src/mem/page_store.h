@@ -63,8 +63,9 @@ class PageStore {
   void Expect(const image::Process& proc);
   // The source will send the pages of [start, end) of pid.
   Status Declare(int pid, uint64_t start, uint64_t end);
-  // One page run of some round.
-  Status Add(const image::PageRun& run);
+  // One page run of some round. Its bytes are copied if they must be held,
+  // unless owner keeps them valid (an image mapped whole).
+  Status Add(const image::PageRun& run, std::shared_ptr<const void> owner = nullptr);
   // The address space of pid exists (its VMAs mapped): its pages go
   // through sink from now on.
   Status Attach(int pid, std::unique_ptr<PageSink> sink, Delivery delivery = Delivery::kEager);
@@ -90,7 +91,7 @@ class PageStore {
   struct Held {
     uint64_t end;
     const uint8_t* data;
-    std::shared_ptr<const uint8_t[]> buffer;
+    std::shared_ptr<const void> owner;
   };
   struct Process {
     std::map<uint64_t, uint64_t> carrying;  // VMAs that carry pages: start -> end

@@ -179,13 +179,14 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell
 
 // Hands this process's page records (they are consecutive in the image)
 // to the page store, which writes them into its puppet.
-Status FeedPages(Records& records, mem::PageStore& store, const image::Process& proc) {
+Status FeedPages(Records& records, mem::PageStore& store, const image::Process& proc,
+                 const std::shared_ptr<const void>& image) {
   for (;; records.Consume()) {
     image::Record* rec = STASIS_TRY(records.Peek());
     if (rec->type != image::RecordType::kPages) return Ok();
     image::PageRun run = STASIS_TRY(image::ParsePageRun(*rec));
     if (static_cast<int>(run.pid) != proc.pid()) return Ok();
-    STASIS_TRY(store.Add(run));
+    STASIS_TRY(store.Add(run, image));
   }
 }
 
@@ -281,6 +282,9 @@ struct TreeRestore {
   const std::map<uint64_t, const image::File*>& image_files;
   mem::PageStore& store;
   mem::LazyPager* lazy;
+  // Keeps the page records' bytes valid, when they are read in place from
+  // an image mapped whole: held pages then need no copy.
+  std::shared_ptr<const void> image;
 
   // Phase 1 of tree[i], then its children (depth first, the image's order:
   // they consume their page records in turn), then its phase 2.
@@ -291,7 +295,7 @@ struct TreeRestore {
     t.build =
         i == 0 ? STASIS_TRY(TaskBuild::StartFresh(*t.leader, t.host_pid, plan, store))
                : STASIS_TRY(TaskBuild::StartForked(*t.leader, t.host_pid, plan, t.origin, store));
-    STASIS_TRY(FeedPages(records, store, *t.proc));
+    STASIS_TRY(FeedPages(records, store, *t.proc, image));
     STASIS_TRY(t.build->FinishMemory());
     for (const image::Process& c : head.procs) {
       if (&c == head.procs.data() || c.ppid() != t.proc->pid()) continue;
@@ -388,7 +392,8 @@ struct SessionLinkGuard {
 
 Result<RestoreResult> Restore(const RestoreOptions& options) {
   auto start = std::chrono::steady_clock::now();
-  auto source = STASIS_TRY(image::MappedFileSource::Open(image::ImagePath(options.dir)));
+  std::shared_ptr<image::MappedFileSource> source =
+      STASIS_TRY(image::MappedFileSource::Open(image::ImagePath(options.dir)));
   image::Reader reader(*source);
   STASIS_TRY(reader.Begin());
   Records records(reader);
@@ -427,7 +432,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   TreeFiles tree_files = {&files, &image_files};
   STASIS_TRY_CTX(CreateRoot(spawner, head.procs, tree_files, &tree), "restore tree");
   result.host_pid = tree[0].host_pid;
-  TreeRestore builder{head, files, records, tree, image_files, pages, lazy.get()};
+  TreeRestore builder{head, files, records, tree, image_files, pages, lazy.get(), source};
   STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
   STASIS_TRY(ApplyLate(records, head, files));
   STASIS_TRY(ReadTrailer(records, pages.pages_received()));
