@@ -61,6 +61,8 @@ LazyPager::LazyPager(std::unique_ptr<PageStore> store)
 
 LazyPager::~LazyPager() {
   stop_ = true;
+  // A fault waiting for a page that will not come now.
+  store_->Close(Error(ErrorCode::kFailed, "the lazy pager stopped"));
   uint64_t one = 1;
   if (wake_.valid()) (void)!write(wake_.get(), &one, sizeof one);
   if (thread_.joinable()) thread_.join();
