@@ -73,4 +73,21 @@ Status Restore(RemoteTask& task, const image::Process& proc) {
   return Ok();
 }
 
+namespace {
+
+Status DumpRow(const ProcessDumpInput& in, image::Process* proc) { return Dump(*in.task, proc); }
+
+}  // namespace
+
+const ProcessKind kKind = {
+    .name = "limits",
+    .summary =
+        "Resource limits and interval timers (setitimer); without CAP_SYS_RESOURCE a hard limit "
+        "above the restorer's is lowered, with a warning",
+    .dump_phase = DumpPhase::kInjected,
+    .dump = DumpRow,
+    .restore_phase = RestorePhase::kAttributes,
+    .restore = Restore,
+};
+
 }  // namespace stasis::kinds::limits
