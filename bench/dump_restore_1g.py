@@ -35,7 +35,7 @@ DUMP_RE = re.compile(r"dumped pid .*: ([\d.]+) MiB resident, image ([\d.]+) MiB,
 RESTORE_RE = re.compile(r"restored pid .* in ([\d.]+) ms")
 
 
-def run_once(stasis, size, workdir):
+def run_once(stasis, size, workdir, restore_args=()):
     log = open(os.path.join(workdir, "holder.log"), "w+")
     holder = subprocess.Popen(["/usr/bin/python3", "-c", HOLDER, str(size)], stdout=log,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -53,7 +53,8 @@ def run_once(stasis, size, workdir):
         if d.returncode != 0 or not m:
             raise SystemExit("dump failed: " + d.stderr)
         resident_mib, image_mib, dump_ms = float(m[1]), float(m[2]), float(m[3])
-        r = subprocess.run([stasis, "restore", "-D", img], capture_output=True, text=True)
+        r = subprocess.run([stasis, "restore", "-D", img, *restore_args], capture_output=True,
+                           text=True)
         m2 = RESTORE_RE.search(r.stderr)
         if r.returncode != 0 or not m2:
             raise SystemExit("restore failed: " + r.stderr)
@@ -71,13 +72,15 @@ def main():
     ap.add_argument("--stasis", default=shutil.which("stasis") or "build/stasis")
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=5)
+    # e.g. --restore-arg=--lazy: restore ms is then until the tree runs.
+    ap.add_argument("--restore-arg", action="append", default=[])
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="stasis-bench-")
     rows = []
     print(f"{'run':>3} {'resident MiB':>12} {'image MiB':>9} {'dump ms':>8} {'dump GB/s':>9} "
           f"{'restore ms':>10} {'restore GB/s':>12}")
     for i in range(args.runs):
-        res, img, dms, rms = run_once(args.stasis, args.size_mib << 20, workdir)
+        res, img, dms, rms = run_once(args.stasis, args.size_mib << 20, workdir, args.restore_arg)
         gb = res * 1048576 / 1e9
         rows.append((res, img, dms, rms))
         print(f"{i:>3} {res:>12.1f} {img:>9.1f} {dms:>8.1f} {gb / (dms / 1e3):>9.2f} "

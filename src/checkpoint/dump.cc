@@ -16,12 +16,12 @@
 #include <optional>
 
 #include "checkpoint/files_dump.h"
-#include "checkpoint/precopy.h"
 #include "checkpoint/task_dump.h"
 #include "checkpoint/tree.h"
 #include "image/stream.h"
 #include "kinds/pty.h"
 #include "kinds/shmem.h"
+#include "mem/precopy.h"
 #include "net/session_dump.h"
 #include "net/session_image.h"
 #include "sys/cgroup.h"
@@ -106,14 +106,15 @@ Status WriteHead(TreeImage& tree, const image::Manifest& manifest, image::Writer
 // The page records (read from the tasks, or from `stores` when given: one
 // per task), the late records and the trailer.
 Status WriteTail(TreeImage& tree, image::Writer& writer, DumpStats* stats,
-                 const std::vector<std::unique_ptr<PageStore>>* stores = nullptr) {
-  kinds::memory::PageStats pages;
+                 const std::vector<std::unique_ptr<mem::PageCopies>>* stores = nullptr) {
+  mem::PageStats pages;
+  mem::PageWriter page_writer;
   for (size_t i = 0; i < tree.tasks.size(); ++i) {
     const CollectedTask& task = tree.tasks[i];
     if (task.proc.zombie()) continue;
-    const PageStore* source = stores ? (*stores)[i].get() : nullptr;
-    STASIS_TRY(kinds::memory::WritePages(tree.host_pids[i], task.proc.pid(), task.pages, writer,
-                                         &pages, source));
+    const mem::PageCopies* source = stores ? (*stores)[i].get() : nullptr;
+    STASIS_TRY(
+        page_writer.Write(tree.host_pids[i], task.proc.pid(), task.pages, writer, &pages, source));
   }
   STASIS_TRY(WriteLate(tree.late, writer));
   image::Trailer trailer;
@@ -182,8 +183,8 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
   tree.tasks.reserve(order.size());
   for (TreeTask* tp : order) {
     TreeTask& t = *tp;
-    kinds::memory::ParentView parent_view;
-    const kinds::memory::ParentView* parent = nullptr;
+    mem::ParentView parent_view;
+    const mem::ParentView* parent = nullptr;
     auto p = index.find(t.parent_host_pid);
     if (p != index.end() && !tree.tasks[p->second].proc.zombie()) {
       parent_view = {t.parent_host_pid, &tree.tasks[p->second].proc};
@@ -240,8 +241,9 @@ Status MakeDir(const std::string& dir) {
 // With --leave-running the tree runs again as soon as its pages are in
 // memory: most were copied while it ran (precopy.h), only those written
 // since are read while it is frozen; the page records are encoded after.
-Result<std::vector<std::unique_ptr<PageStore>>> TakePages(TreeImage& tree, Precopy& precopy) {
-  std::vector<std::unique_ptr<PageStore>> stores(tree.tasks.size());
+Result<std::vector<std::unique_ptr<mem::PageCopies>>> TakePages(TreeImage& tree,
+                                                                mem::Precopy& precopy) {
+  std::vector<std::unique_ptr<mem::PageCopies>> stores(tree.tasks.size());
   for (size_t i = 0; i < tree.tasks.size(); ++i) {
     if (tree.tasks[i].proc.zombie()) continue;
     stores[i] = STASIS_TRY(precopy.Take(tree.host_pids[i], tree.tasks[i].pages));
@@ -305,8 +307,8 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   STASIS_TRY(MakeDir(options.dir));
   PendingImage pending(options.dir);
   auto file_sink = STASIS_TRY(image::FdSink::CreateFile(pending.temp()));
-  std::optional<Precopy> precopy;
-  if (options.leave_running) precopy = Precopy::Start(pid);
+  std::optional<mem::Precopy> precopy;
+  if (options.leave_running) precopy = mem::Precopy::Start(pid);
 
   Clock::time_point frozen_at = Clock::now();
   std::vector<TreeTask> frozen;
@@ -359,7 +361,7 @@ Result<DumpStats> Dump(const DumpOptions& options) {
   }
   image::Writer writer(*file_sink);
   STASIS_TRY_CTX(WriteHead(tree, manifest, writer), "write image");
-  std::vector<std::unique_ptr<PageStore>> stores;
+  std::vector<std::unique_ptr<mem::PageCopies>> stores;
   if (options.leave_running) {
     stores = STASIS_TRY_CTX(TakePages(tree, *precopy), "dump: read pages");
     // Put back before the tree runs again: a socket still in repair mode

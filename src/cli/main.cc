@@ -67,6 +67,16 @@ int RunRestore(const stasis::restore::RestoreOptions& options) {
   fmt::print(stderr, "stasis: restored pid {} (host pid {}) from {} in {:.1f} ms\n", result->pid,
              result->host_pid, options.dir, result->total_ms);
   fmt::print("{}\n", result->host_pid);
+  if (result->pager) {
+    // restore --lazy: the tree runs; its pages are served from here until
+    // every one is in, and only then may we go.
+    std::fflush(stdout);
+    stasis::Status done = result->pager->Wait();
+    if (!done.ok()) return Fail(done.error());
+    stasis::mem::LazyStats lazy = result->pager->stats();
+    fmt::print(stderr, "stasis: every page is in: {} faults, {} zero pages, {} pages pushed\n",
+               lazy.faults, lazy.zero_faults, lazy.pushed_pages);
+  }
   if (result->shell_job) return WaitForJob(*result);
   return 0;
 }
@@ -153,6 +163,10 @@ int main(int argc, char** argv) {
                    "new: a fresh PID namespace where the task keeps its PID (default); "
                    "host: this namespace, if the PID is free")
       ->check(CLI::IsMember({"new", "host"}));
+  restore_cmd->add_flag("--lazy", restore.lazy,
+                        "Let the tree run before its private anonymous pages are written: "
+                        "they are served on fault and pushed in the background; the command "
+                        "returns once every page is in");
   restore_cmd->add_flag("--tcp-established", tcp_established, "Accepted for CRIU users: always on");
   restore_cmd->add_flag("--shell-job", restore.shell_job,
                         "The image was dumped with --shell-job: give its terminal fds this "

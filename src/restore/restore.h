@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "mem/lazy_pager.h"
 #include "net/isolated_net.h"
 #include "sys/result.h"
 
@@ -28,6 +29,9 @@ struct RestoreResult {
   std::string session_name;  // from the manifest
   std::vector<std::string> session_command;
   std::optional<net::NetConfig> net;  // an isolated session's network, rebuilt
+  // restore --lazy: the tree runs while this serves its pages; the caller
+  // must keep it (and Wait for it) until every page is in.
+  std::shared_ptr<mem::LazyPager> pager;
 };
 
 struct RestoreOptions {
@@ -36,6 +40,9 @@ struct RestoreOptions {
   // --shell-job: the image's external terminal is this process's terminal
   // (stdin, its controlling terminal), and the tree a job on it.
   bool shell_job = false;
+  // Release the tree before its private anonymous pages are written: they
+  // are served on fault and pushed in the background (RestoreResult::pager).
+  bool lazy = false;
   // Runs once the tree is built, while every task is still stopped (e.g. to
   // move it into a session's cgroup before anything can fork); a failure
   // fails the restore.
