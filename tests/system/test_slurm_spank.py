@@ -14,7 +14,10 @@ Cases:
             output (relayed stdout and a file it holds open) has every line
             once, in order, as an uninterrupted run prints them.
   refused   --stasis=bogus is refused by sbatch; a job of an ordinary user
-            (nobody) with --stasis is refused by sbatch, with the reason.
+            (nobody) with --stasis is refused by sbatch, with the reason, and
+            by slurmstepd when root submits it with --uid=nobody (the job
+            fails, its error file says why); without --stasis a job of
+            nobody runs as usual.
 
 Needs root (stasis, the Slurm daemons). Everything is removed at the end,
 also on failure (SlurmCluster's exit).
@@ -141,6 +144,19 @@ def case_refused(stasis: str, plugin: str) -> None:
             print(f"refused: {' / '.join(str(e).splitlines())}")
         else:
             raise Failure("sbatch --stasis as nobody was accepted")
+        # Past sbatch (root submits it with --uid), slurmstepd refuses it
+        # too: the job fails and its error file says why.
+        nobody = slurm.dir / "nobody"
+        nobody.mkdir()
+        os.chown(nobody, 65534, 65534)
+        job = slurm.sbatch(
+            script, "--stasis", "--uid=nobody", f"-o{nobody}/out", f"-e{nobody}/err"
+        )
+        state = slurm.wait_state(job, {"FAILED", "COMPLETED"}, 60)
+        err = (nobody / "err").read_text() if (nobody / "err").exists() else ""
+        check(state == "FAILED", f"--stasis --uid=nobody: job {state}, want FAILED")
+        check("ordinary users" in err, f"--uid=nobody: error file says {err!r}")
+        print(f"refused in slurmstepd: {err.strip()}")
         # Without the option the plugin changes nothing, for root and others.
         job = slurm.sbatch(script, "-o/dev/null", user="nobody")
         slurm.wait_state(job, "COMPLETED", 60)

@@ -39,7 +39,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -175,8 +174,7 @@ int slurm_spank_task_init(spank_t sp, int /*ac*/, char** /*av*/) {
   if (step != SLURM_BATCH_SCRIPT) return 0;
   uid_t uid = 0;
   if (spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS || uid != 0) {
-    // stderr is the job's error file here: the user reads why.
-    std::fprintf(stderr, "%s\n", kUserRefused);
+    // In the task slurm_error also writes to the job's error file.
     slurm_error("%s", kUserRefused);
     return -1;
   }
@@ -188,9 +186,8 @@ int slurm_spank_task_init(spank_t sp, int /*ac*/, char** /*av*/) {
     return -1;
   }
   if (access(g_state.stasis_job.c_str(), X_OK) != 0) {
-    std::fprintf(stderr, "stasis: --stasis: cannot run %s: %s\n", g_state.stasis_job.c_str(),
-                 std::strerror(errno));
-    slurm_error("stasis: cannot run %s: %m", g_state.stasis_job.c_str());
+    slurm_error("stasis: --stasis: cannot run %s: %s", g_state.stasis_job.c_str(),
+                std::strerror(errno));
     return -1;
   }
   if (spank_setenv(sp, "STASIS_SPANK_ARGV0", argv[0], 1) != ESPANK_SUCCESS ||
