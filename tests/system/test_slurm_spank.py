@@ -13,6 +13,8 @@ Cases:
             checkpointed within the grace time, requeued and resumed; its
             output (relayed stdout and a file it holds open) has every line
             once, in order, as an uninterrupted run prints them.
+  preempt_cgroup  the same with proctrack/cgroup: the restored session is in
+            the requeued job's cgroup.
   refused   --stasis=bogus is refused by sbatch; a job of an ordinary user
             (nobody) with --stasis is refused by sbatch, with the reason, and
             by slurmstepd when root submits it with --uid=nobody (the job
@@ -26,6 +28,7 @@ also on failure (SlurmCluster's exit).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -53,10 +56,24 @@ def plugstack(plugin: str, stasis: str) -> str:
     return f"required {plugin} stasis_job={STASIS_JOB} stasis={stasis}"
 
 
-def case_preempt(stasis: str, plugin: str, mib: int = 256, lines: int = 45) -> None:
+def case_preempt_cgroup(stasis: str, plugin: str) -> None:
+    case_preempt(stasis, plugin, proctrack="cgroup")
+
+
+def case_preempt(
+    stasis: str,
+    plugin: str,
+    mib: int = 256,
+    lines: int = 45,
+    proctrack: str = "linuxproc",
+) -> None:
     want = expected_lines(mib, lines)
     with SlurmCluster(
-        grace_time=60, kill_wait=30, cred_expire=5, plugstack=plugstack(plugin, stasis)
+        grace_time=60,
+        kill_wait=30,
+        cred_expire=5,
+        proctrack=proctrack,
+        plugstack=plugstack(plugin, stasis),
     ) as slurm:
         home = slurm.dir / "home"  # the job's $HOME: its images go under it
         home.mkdir()
@@ -110,6 +127,15 @@ def case_preempt(stasis: str, plugin: str, mib: int = 256, lines: int = 45) -> N
         )
         slurm.wait_state(high, "COMPLETED", 120)
         wait_for(lambda: "resumed from" in job_log(ckdir), 120, "the resume")
+        if proctrack == "cgroup":
+            # The restored session is inside the requeued job's cgroup.
+            for pid in slurm.processes_of_job(job):
+                with contextlib.suppress(OSError):
+                    cg = Path(f"/proc/{pid}/cgroup").read_text()
+                    check(
+                        f"/job_{job}/" in cg,
+                        f"pid {pid} is outside the job's cgroup: {cg}",
+                    )
         slurm.wait_state(job, "COMPLETED", lines + 120)
         got = job_lines(out)
         compare_output(got, want, "relayed stdout")
@@ -162,7 +188,11 @@ def case_refused(stasis: str, plugin: str) -> None:
         slurm.wait_state(job, "COMPLETED", 60)
 
 
-CASES = {"preempt": case_preempt, "refused": case_refused}
+CASES = {
+    "preempt": case_preempt,
+    "preempt_cgroup": case_preempt_cgroup,
+    "refused": case_refused,
+}
 
 
 def main() -> int:
