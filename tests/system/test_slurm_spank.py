@@ -20,6 +20,8 @@ Cases:
             by slurmstepd when root submits it with --uid=nobody (the job
             fails, its error file says why); without --stasis a job of
             nobody runs as usual.
+  srun      an srun step in a --stasis job runs (it reads the option back
+            from the job's environment) and is left alone.
 
 Needs root (stasis, the Slurm daemons). Everything is removed at the end,
 also on failure (SlurmCluster's exit).
@@ -188,10 +190,39 @@ def case_refused(stasis: str, plugin: str) -> None:
         slurm.wait_state(job, "COMPLETED", 60)
 
 
+def case_srun(stasis: str, plugin: str) -> None:
+    """srun in a --stasis job reads the option back from the job's
+    environment (sbatch exports it as "(null)" when given without argument):
+    the step runs, and is not wrapped (only the batch step is)."""
+    with SlurmCluster(plugstack=plugstack(plugin, stasis)) as slurm:
+        home = slurm.dir / "home"
+        home.mkdir()
+        out, err = slurm.dir / "job.out", slurm.dir / "job.err"
+        script = (
+            "#!/bin/bash\n"
+            "srun -n1 /bin/sh -c 'echo step $STASIS_SPANK_ARGV0-'\n"
+            "echo script done\n"
+        )
+        job = slurm.sbatch(
+            script, "--stasis", f"--export=ALL,HOME={home}", f"-o{out}", f"-e{err}"
+        )
+        state = slurm.wait_state(job, {"COMPLETED", "FAILED"}, 60)
+        text = out.read_text() if out.exists() else ""
+        errs = err.read_text() if err.exists() else ""
+        check(state == "COMPLETED", f"job {state}: {errs}")
+        check(
+            "step -" in text, f"the srun step did not run as itself: {text!r} {errs!r}"
+        )
+        check("script done" in text, f"the script did not finish: {text!r}")
+        ckdir = home / ".stasis" / "jobs" / str(job)
+        check("as session job-" in job_log(ckdir), "the batch step was not wrapped")
+
+
 CASES = {
     "preempt": case_preempt,
     "preempt_cgroup": case_preempt_cgroup,
     "refused": case_refused,
+    "srun": case_srun,
 }
 
 

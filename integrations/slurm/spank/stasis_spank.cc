@@ -91,8 +91,16 @@ bool IsInterval(std::string_view s) {
 
 // The option's argument: none, or "every:INTERVAL". Returns the interval
 // ("" for none), or nothing when the argument is not understood.
+//
+// "(null)" is none too: sbatch 22.05 exports an option given without its
+// optional argument to the job as SLURM_SPANK__SLURM_SPANK_OPTION_stasis_stasis
+// =(null) (a NULL printed with %s), and every srun in the job script reads
+// the option back from there (measured: without this, srun fails with
+// "Invalid argument ((null)) for environment variable").
 std::optional<std::string> ParseOptionArg(const char* arg) {
-  if (arg == nullptr || *arg == '\0') return std::string();
+  if (arg == nullptr || *arg == '\0' || std::string_view(arg) == "(null)") {
+    return std::string();
+  }
   std::string_view a(arg);
   constexpr std::string_view kEvery = "every:";
   if (a.substr(0, kEvery.size()) != kEvery) return std::nullopt;
