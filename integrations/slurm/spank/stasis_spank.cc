@@ -7,8 +7,8 @@
 // the requeued run restores it. See integrations/slurm/README.md.
 //
 // How the task comes to run under stasis-job. SPANK in Slurm 22.05 has no
-// spank_prepend_task_argv (it came with 23.02), and S_JOB_ARGV's array may not
-// be grown. slurm_spank_task_init runs in the forked task, just before
+// spank_prepend_task_argv (added after 22.05, in 23.x), and S_JOB_ARGV's array
+// may not be grown. slurm_spank_task_init runs in the forked task, just before
 // slurmstepd's execve(task->argv[0], task->argv, job->env): the plugin puts
 // the absolute path of stasis-job in argv[0] (execve takes its path from
 // there) and the script's own path in STASIS_SPANK_ARGV0 of the task's
@@ -24,11 +24,12 @@
 //
 // Jobs of ordinary users are refused, at submission (sbatch) and again in
 // slurmstepd: `stasis` needs root (clone3 with new PID and mount namespaces),
-// and its restore recreates the processes with the credentials in an image
-// that the job's user can write. See "Jobs of ordinary users" in the README.
+// and a root restore takes the processes' credentials from the image and
+// reopens their files by path as root, which an image or a path the user
+// controls turns into root's. See "Jobs of ordinary users" in the README.
 //
 // plugstack.conf:
-//   optional /usr/local/lib/slurm/stasis.so [stasis_job=PATH] [stasis=PATH]
+//   required /usr/local/lib/slurm/stasis.so [stasis_job=PATH] [stasis=PATH]
 // stasis_job: the stasis-job to run (default: the one installed next to
 // stasis); stasis: passed to it as $STASIS (default: stasis-job's own lookup).
 //
@@ -207,8 +208,12 @@ int slurm_spank_task_init(spank_t sp, int /*ac*/, char** /*av*/) {
   }
   // This process execs argv[0] next and nothing else reads the old pointer:
   // the copy is never freed, deliberately.
-  argv[0] = strdup(g_state.stasis_job.c_str());
-  if (argv[0] == nullptr) return -1;
+  char* path = strdup(g_state.stasis_job.c_str());
+  if (path == nullptr) {
+    slurm_error("stasis: strdup: out of memory");
+    return -1;
+  }
+  argv[0] = path;
   return 0;
 }
 
