@@ -20,7 +20,6 @@ Result<SessionNetDump> SessionNetDump::Begin(pid_t init_pid, pid_t root,
         "pid {} is not in the network namespace of its session's init (pid {})", root, init_pid));
   }
   sys::UniqueFd fd = STASIS_TRY(sys::OpenNetnsOf(init_pid));
-  AllowSessionNetns(ns);
   return SessionNetDump(net, std::move(fd));
 }
 
@@ -95,7 +94,6 @@ SessionNetDump::~SessionNetDump() {
   if (!active_) return;
   inside_.reset();
   sys::SetFlowLocksCoveredByLink(false);
-  AllowSessionNetns("");
   if (locked_ && !killed_) {
     Status up = Unlock();
     if (!up.ok()) {

@@ -134,9 +134,7 @@ namespace {
 // come back changed, its sockets in another network, so it is refused. A
 // nested PID namespace was checked to be stasis's own (tree.cc); its tasks
 // then also have that namespace's own mount namespace.
-std::string g_session_netns;  // AllowSessionNetns
-
-Status CheckNamespaces(pid_t pid) {
+Status CheckNamespaces(pid_t pid, const std::string& session_netns) {
   std::string own_pidns = STASIS_TRY(sys::proc::ReadLink("/proc/self/ns/pid"));
   std::string pidns = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/pid", pid)));
   std::vector<const char*> kinds = {"user", "net", "ipc", "uts", "cgroup", "time"};
@@ -144,7 +142,8 @@ Status CheckNamespaces(pid_t pid) {
   for (const char* kind : kinds) {
     std::string own = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/self/ns/{}", kind)));
     std::string theirs = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/{}", pid, kind)));
-    if (theirs != own && !(kind == std::string_view("net") && theirs == g_session_netns)) {
+    if (theirs != own &&
+        !(kind == std::string_view("net") && !session_netns.empty() && theirs == session_netns)) {
       if (kind == std::string_view("net")) {
         return Error::Unsupported(fmt::format(
             "pid {} lives in another net namespace ({}); only an isolated session's own "
@@ -160,8 +159,6 @@ Status CheckNamespaces(pid_t pid) {
 
 }  // namespace
 
-void AllowSessionNetns(const std::string& netns) { g_session_netns = netns; }
-
 void SetOwnIds(pid_t host_pid, const sys::proc::ProcStatus& status, const sys::proc::ProcStat& stat,
                image::Process* proc) {
   auto own = [](const std::vector<int>& ns, int outside) {
@@ -173,7 +170,7 @@ void SetOwnIds(pid_t host_pid, const sys::proc::ProcStatus& status, const sys::p
   proc->set_exit_signal(stat.exit_signal);
 }
 
-Status PrecheckTask(pid_t pid) {
+Status PrecheckTask(pid_t pid, const std::string& session_netns) {
   if (pid == getpid()) return Error::Invalid("stasis cannot dump itself");
   Result<sys::proc::ProcStatus> status = ReadStatus(pid);
   if (!status.ok()) return Error::NotFound(fmt::format("no process {}", pid));
@@ -187,7 +184,7 @@ Status PrecheckTask(pid_t pid) {
   if (status->state == 'Z' || stat.state == 'Z') {
     return Error::Unsupported(fmt::format("pid {} is a zombie", pid));
   }
-  STASIS_TRY(CheckNamespaces(pid));
+  STASIS_TRY(CheckNamespaces(pid, session_netns));
   if (status->seccomp != 0) {
     return Error::Unsupported(fmt::format("pid {}: seccomp filters are not supported yet", pid));
   }

@@ -23,7 +23,7 @@ bool Known(const std::vector<TreeTask>& tasks, pid_t pid) {
                      [pid](const TreeTask& t) { return t.host_pid == pid; });
 }
 
-Result<TreeTask> Freeze(pid_t pid, pid_t parent) {
+Result<TreeTask> Freeze(pid_t pid, pid_t parent, const std::string& session_netns) {
   TreeTask task;
   task.host_pid = pid;
   task.parent_host_pid = parent;
@@ -31,20 +31,20 @@ Result<TreeTask> Freeze(pid_t pid, pid_t parent) {
     task.zombie = true;
     return task;
   }
-  STASIS_TRY(PrecheckTask(pid));
+  STASIS_TRY(PrecheckTask(pid, session_netns));
   task.threads = STASIS_TRY(SeizeThreads(pid));
   return task;
 }
 
 // Seizes children not yet in `tasks`; true if any was added.
-Result<bool> AddNewChildren(std::vector<TreeTask>& tasks) {
+Result<bool> AddNewChildren(std::vector<TreeTask>& tasks, const std::string& session_netns) {
   bool added = false;
   for (size_t i = 0; i < tasks.size(); ++i) {
     if (tasks[i].zombie) continue;
     pid_t parent = tasks[i].host_pid;
     for (int child : STASIS_TRY(sys::proc::ListChildren(parent))) {
       if (Known(tasks, child)) continue;
-      Result<TreeTask> t = Freeze(child, parent);
+      Result<TreeTask> t = Freeze(child, parent, session_netns);
       // Reaped between the listing and now: it is no longer part of the tree.
       if (!t.ok() && t.error().code() == ErrorCode::kNotFound) continue;
       tasks.push_back(STASIS_TRY(std::move(t)));
@@ -96,18 +96,18 @@ Status CheckPidNamespace(pid_t root) {
 
 }  // namespace
 
-Status PrecheckTree(pid_t root) {
+Status PrecheckTree(pid_t root, const std::string& session_netns) {
   if (STASIS_TRY(StateOf(root)) == 'Z') {
     return Error::Unsupported(fmt::format("pid {} is a zombie", root));
   }
   STASIS_TRY(CheckPidNamespace(root));
-  return PrecheckTask(root);
+  return PrecheckTask(root, session_netns);
 }
 
-Result<std::vector<TreeTask>> FreezeTree(pid_t root) {
+Result<std::vector<TreeTask>> FreezeTree(pid_t root, const std::string& session_netns) {
   std::vector<TreeTask> tasks;
-  tasks.push_back(STASIS_TRY(Freeze(root, 0)));
-  while (STASIS_TRY(AddNewChildren(tasks))) {
+  tasks.push_back(STASIS_TRY(Freeze(root, 0, session_netns)));
+  while (STASIS_TRY(AddNewChildren(tasks, session_netns))) {
   }
   return tasks;
 }

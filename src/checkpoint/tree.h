@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <string>
 #include <vector>
 
 #include "sys/result.h"
@@ -21,11 +22,13 @@ struct TreeTask {
   std::vector<sys::Tracee> threads;  // leader first; empty for zombies
 };
 
-// Parents come before their children.
-Result<std::vector<TreeTask>> FreezeTree(pid_t root);
+// Parents come before their children. session_netns: the isolated
+// session's network namespace the tasks may live in ("" for none), as
+// PrecheckTask (task_dump.h) takes it.
+Result<std::vector<TreeTask>> FreezeTree(pid_t root, const std::string& session_netns);
 
 // Refuses a task that cannot be dumped, before anything is touched.
-Status PrecheckTree(pid_t root);
+Status PrecheckTree(pid_t root, const std::string& session_netns);
 
 // The exit status of a zombie (/proc/PID/stat exit_code, field 52).
 Result<int> ZombieExitStatus(pid_t pid);

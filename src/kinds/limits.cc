@@ -23,14 +23,14 @@ Result<rlimit> GetLimit(RemoteTask& task, int resource) {
   return lim;
 }
 
-Status SetLimit(RemoteTask& task, const image::Rlimit& in) {
+Status SetLimit(RemoteTask& task, const image::Rlimit& in, Logger& log) {
   rlimit want = {in.cur(), in.max()};
   rlimit now = STASIS_TRY(GetLimit(task, static_cast<int>(in.resource())));
   if (want.rlim_max > now.rlim_max) {
-    fmt::print(stderr,
-               "stasis: warning: rlimit {} hard limit {} is above this restorer's {} "
-               "(raising it needs CAP_SYS_RESOURCE); restoring {}\n",
-               in.resource(), want.rlim_max, now.rlim_max, now.rlim_max);
+    log.Warn(
+        fmt::format("rlimit {} hard limit {} is above this restorer's {} (raising it needs "
+                    "CAP_SYS_RESOURCE); restoring {}",
+                    in.resource(), want.rlim_max, now.rlim_max, now.rlim_max));
     want.rlim_max = now.rlim_max;
     want.rlim_cur = std::min(want.rlim_cur, want.rlim_max);
   }
@@ -62,8 +62,8 @@ Status Dump(RemoteTask& task, image::Process* proc) {
   return Ok();
 }
 
-Status Restore(RemoteTask& task, const image::Process& proc) {
-  for (const image::Rlimit& lim : proc.rlimits()) STASIS_TRY(SetLimit(task, lim));
+Status Restore(RemoteTask& task, const image::Process& proc, Logger& log) {
+  for (const image::Rlimit& lim : proc.rlimits()) STASIS_TRY(SetLimit(task, lim, log));
   for (const image::Itimer& timer : proc.itimers()) {
     if (timer.value_us() == 0) continue;  // disarmed, as in a new task
     itimerval val = {FromMicros(timer.interval_us()), FromMicros(timer.value_us())};

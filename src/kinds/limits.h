@@ -5,10 +5,12 @@
 #pragma once
 
 #include "kinds/context.h"
+#include "sys/log.h"
 
 namespace stasis::kinds::limits {
 
 Status Dump(RemoteTask& task, image::Process* proc);
-Status Restore(RemoteTask& task, const image::Process& proc);
+// A hard limit above the restorer's is lowered to it, and said in `log`.
+Status Restore(RemoteTask& task, const image::Process& proc, Logger& log);
 
 }  // namespace stasis::kinds::limits

@@ -258,7 +258,7 @@ Status TaskBuild::RestoreAttributes(std::vector<sys::Tracee>* threads) {
   const image::Process& proc = *plan_.proc;
   STASIS_TRY(InstallFds(*task_, plan_));
   STASIS_TRY(kinds::fs_context::Restore(*task_, proc));
-  STASIS_TRY(kinds::limits::Restore(*task_, proc));
+  STASIS_TRY(kinds::limits::Restore(*task_, proc, *plan_.log));
   STASIS_TRY(kinds::signals::Restore(*task_, proc));
   // Threads after everything they share is in place, before credentials.
   STASIS_TRY(CreateThreads(*task_, scratch_, proc, threads));

@@ -17,6 +17,7 @@
 #include "image/stream.h"
 #include "kinds/context.h"
 #include "restore/spawn.h"
+#include "sys/log.h"
 
 namespace stasis::restore {
 
@@ -32,6 +33,7 @@ struct PuppetPlan {
   const LocalFiles* files;
   int pidfd_slot;  // where the puppet holds the restorer's pidfd
   const std::map<uint64_t, const image::File*>* image_files;  // by id, for kind hooks
+  Logger* log;                                                // the restore's (sys/env.h)
 };
 
 // Where a forked child starts from: its parent's image and the parent's

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <set>
 
+#include "image/endpoint.h"
 #include "image/session_net.h"
 #include "kinds/memory.h"
 #include "kinds/pty.h"
@@ -145,7 +146,7 @@ Status CheckHost(const ImageHead& head) {
 // session's link up, before what must reach the outside peers is sent.
 // link_down takes it down again when a step after it fails, before the
 // sockets close.
-Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell_job,
+Result<LocalFiles> CreateFiles(Logger& log, const std::vector<image::File>& files, bool shell_job,
                                const std::function<Status()>& link_up,
                                const std::function<void()>& link_down) {
   kinds::RestoreContext ctx;
@@ -165,7 +166,7 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell
   for (auto& finish : ctx.finishers) STASIS_TRY(finish());
   for (const std::string& table : ctx.flow_locks) {
     std::string done = STASIS_TRY(sys::ReleaseFlowLock(table));
-    if (!done.empty()) fmt::print(stderr, "stasis: {}\n", done);
+    if (!done.empty()) log.Info(done);
   }
   STASIS_TRY(link_up());
   for (auto& step : ctx.after_unlock) {
@@ -178,7 +179,8 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell
 
 // Writes this process's page records (they are consecutive in the image)
 // into its puppet.
-Status FeedPages(Records& records, pid_t host_pid, const image::Process& proc, uint64_t* pages) {
+Status FeedPages(const sys::Env& env, Records& records, pid_t host_pid, const image::Process& proc,
+                 uint64_t* pages) {
   for (;; records.Consume()) {
     image::Record* rec = STASIS_TRY(records.Peek());
     if (rec->type != image::RecordType::kPages) return Ok();
@@ -186,6 +188,7 @@ Status FeedPages(Records& records, pid_t host_pid, const image::Process& proc, u
     if (static_cast<int>(run.pid) != proc.pid()) return Ok();
     STASIS_TRY(kinds::memory::RestorePageRun(host_pid, proc, run));
     *pages += run.npages;
+    env.Report("pages", *pages * image::kPageSize);
   }
 }
 
@@ -274,6 +277,7 @@ Status RunAfterTree(std::vector<TreeProcess>& tree) {
 }
 
 struct TreeRestore {
+  const sys::Env& env;
   const ImageHead& head;
   const LocalFiles& files;
   Records& records;
@@ -286,9 +290,9 @@ struct TreeRestore {
   Status BuildSubtree(size_t i) {
     TreeProcess& t = tree[i];
     if (t.proc->zombie()) return Ok();
-    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot, &image_files};
+    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot, &image_files, &env.log};
     auto feed = [&](const image::Process& proc) {
-      return FeedPages(records, t.host_pid, proc, &pages);
+      return FeedPages(env, records, t.host_pid, proc, &pages);
     };
     t.build = i == 0
                   ? STASIS_TRY(TaskBuild::StartFresh(*t.leader, t.host_pid, plan, feed))
@@ -383,19 +387,42 @@ struct SessionLinkGuard {
   ~SessionLinkGuard() { net.DownUnlessCommitted(); }
 };
 
+// What every restore needs from the kernel (sys/features.cc names them).
+Status CheckFeatures(const sys::KernelFeatures& features, const RestoreOptions& options) {
+  STASIS_TRY(features.Require({"CAP_SYS_PTRACE", "CAP_CHECKPOINT_RESTORE", "pidfd_open",
+                               "pidfd_getfd", "clone3", "PR_SET_MM_MAP", "yama ptrace_scope"},
+                              "restore"));
+  if (options.new_pid_ns) STASIS_TRY(features.Require({"CAP_SYS_ADMIN"}, "restore"));
+  return Ok();
+}
+
+// A stream, read to its end first (restore.h says why).
+Result<std::unique_ptr<image::MappedFileSource>> Spool(const sys::Env& env,
+                                                       const RestoreOptions& options,
+                                                       image::Source& source) {
+  if (source.IsWhole()) return std::unique_ptr<image::MappedFileSource>();
+  env.Report("read");
+  return image::SpoolImage(source, options.spool_dir,
+                           [&env](uint64_t bytes) { env.Report("read", bytes); });
+}
+
 }  // namespace
 
-Result<RestoreResult> Restore(const RestoreOptions& options) {
+Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options,
+                              image::Source& source) {
   auto start = std::chrono::steady_clock::now();
-  auto source = STASIS_TRY(image::MappedFileSource::Open(image::ImagePath(options.dir)));
-  image::Reader reader(*source);
+  STASIS_TRY(CheckFeatures(env.features, options));
+  std::unique_ptr<image::MappedFileSource> spooled = STASIS_TRY(Spool(env, options, source));
+  env.Report("read");
+  image::Reader reader(spooled ? *spooled : source);
   STASIS_TRY(reader.Begin());
   Records records(reader);
   ImageHead head = STASIS_TRY(ReadFiles(records));
   STASIS_TRY(CheckShellJob(head, options));
   SessionNet net = STASIS_TRY(SessionNet::Enter(head.manifest, options));
+  env.Report("files");
   LocalFiles files = STASIS_TRY(CreateFiles(
-      head.files, options.shell_job, [&net] { return net.LinkUp(); },
+      env.log, head.files, options.shell_job, [&net] { return net.LinkUp(); },
       [&net] { net.DownUnlessCommitted(); }));
   SessionLinkGuard link_guard{net};
   STASIS_TRY(FillShmem(records, files));
@@ -410,6 +437,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
       kinds::shmem::AddSeals(head.files, head.procs, fd_of, kinds::shmem::SealTime::kBeforeMapping),
       "restore memfd seals");
 
+  env.Report("tree");
   RestoreResult result;
   result.pid = head.procs[0].pid();
   Spawner spawner = STASIS_TRY(Spawner::Start(options.new_pid_ns));
@@ -420,11 +448,12 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   TreeFiles tree_files = {&files, &image_files};
   STASIS_TRY_CTX(CreateRoot(spawner, head.procs, tree_files, &tree), "restore tree");
   result.host_pid = tree[0].host_pid;
-  TreeRestore builder{head, files, records, tree, image_files};
+  TreeRestore builder{env, head, files, records, tree, image_files};
   STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
   STASIS_TRY(ApplyLate(records, head, files));
   STASIS_TRY(ReadTrailer(records, builder.pages));
   result.pages = builder.pages;
+  env.Report("pages", result.pages * image::kPageSize, result.pages * image::kPageSize);
   // A shell job joins the restorer's group, the job the shell knows.
   bool job = options.shell_job && head.manifest.shell_job().has_ctty() &&
              head.procs[0].sid() != head.procs[0].pid();
@@ -444,6 +473,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
                                 head.manifest.session_command().end());
   result.net = net.config;
   if (options.before_release) STASIS_TRY(options.before_release(result));
+  env.Report("release");
   // The restorer's references must be gone before the tree runs: a reader
   // waits for EOF until every write end of its pipe is closed.
   files.clear();
