@@ -148,8 +148,7 @@ Result<std::unique_ptr<MappedFileSource>> SpoolImage(
         "nothing was restored from it");
   }
   if (!whole.ok()) {
-    return std::move(whole).error().Context(
-        "read image stream (nothing was restored from it)");
+    return std::move(whole).error().Context("read image stream (nothing was restored from it)");
   }
   STASIS_TRY_CTX(copy.Flush(), "write spool file in " + spool_dir);
   if (progress) progress(tee.total());

@@ -131,7 +131,16 @@ uint64_t OwnXfeatures() {
   return (uint64_t{hi} << 32) | lo;
 }
 
-Status CheckHost(const ImageHead& head) {
+Status CheckHost(const sys::KernelFeatures& features, const ImageHead& head) {
+  for (const image::Process& proc : head.procs) {
+    for (const image::Thread& thread : proc.threads()) {
+      if (thread.rseq_abi() != 0 && !features.Has("rseq")) {
+        return Error::Unsupported(
+            fmt::format("pid {} thread {} registered rseq, which this kernel lacks (4.18+)",
+                        proc.pid(), thread.tid()));
+      }
+    }
+  }
   uint64_t own = OwnXfeatures();
   if ((head.manifest.xfeatures() & ~own) != 0) {
     return Error::Unsupported(fmt::format(
@@ -427,7 +436,7 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
   SessionLinkGuard link_guard{net};
   STASIS_TRY(FillShmem(records, files));
   STASIS_TRY(ReadProcesses(records, &head));
-  STASIS_TRY(CheckHost(head));
+  STASIS_TRY(CheckHost(env.features, head));
   auto fd_of = [&files](uint64_t id) -> Result<int> {
     auto it = files.find(id);
     if (it == files.end()) return Error::Corrupt(fmt::format("no file {} to seal", id));
