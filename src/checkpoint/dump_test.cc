@@ -55,12 +55,18 @@ class SleepChild {
     pid_ = 0;
     return status;
   }
-  // Runs, not stopped and not traced: as a failed dump must leave it.
+  // Not stopped and not traced, as a failed dump must leave it. Right after
+  // the detach it may still be running its way back into nanosleep.
   bool Untouched() const {
-    auto text = sys::proc::ReadFile("/proc/" + std::to_string(pid_) + "/status");
-    if (!text.ok()) return false;
-    auto status = sys::proc::ParseStatus(*text);
-    return status.ok() && status->tracer_pid == 0 && status->state == 'S';
+    for (int i = 0; i < 1000; ++i) {
+      auto text = sys::proc::ReadFile("/proc/" + std::to_string(pid_) + "/status");
+      if (!text.ok()) return false;
+      auto status = sys::proc::ParseStatus(*text);
+      if (!status.ok()) return false;
+      if (status->tracer_pid == 0 && status->state == 'S') return true;
+      usleep(1000);
+    }
+    return false;
   }
 
  private:
