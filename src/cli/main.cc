@@ -21,6 +21,7 @@
 #include "sys/features.h"
 #include "sys/packet_keeper.h"
 #include "sys/proc.h"
+#include "sys/unique_fd.h"
 
 namespace {
 
@@ -119,10 +120,9 @@ stasis::Result<std::unique_ptr<stasis::image::Source>> OpenImageSource(
   stasis::image::FdSource stdin_source(STDIN_FILENO);
   auto spooled = STASIS_TRY(stasis::image::SpoolImage(
       stdin_source, spool_dir, [&env](uint64_t bytes) { env.Report("read", bytes); }));
-  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (null_fd < 0) return Error::Errno("open /dev/null");
-  if (dup2(null_fd, STDIN_FILENO) < 0) return Error::Errno("dup2 /dev/null onto stdin");
-  close(null_fd);
+  stasis::sys::UniqueFd null_fd(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!null_fd.valid()) return Error::Errno("open /dev/null");
+  if (dup2(null_fd.get(), STDIN_FILENO) < 0) return Error::Errno("dup2 /dev/null onto stdin");
   return std::unique_ptr<Source>(std::move(spooled));
 }
 
