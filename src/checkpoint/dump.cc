@@ -229,7 +229,7 @@ class CommitOrAbort {
     if (!committed_) sink_.Abort();
   }
   Status Commit() {
-    STASIS_TRY_CTX(sink_.Commit(), "write image to " + sink_.Describe());
+    STASIS_TRY_CTX(sink_.Commit(), "commit image");
     committed_ = true;
     return Ok();
   }

@@ -68,6 +68,10 @@ stasis::Result<std::unique_ptr<stasis::image::ImageSink>> OpenImageSink(const st
   }
   if (isatty(STDOUT_FILENO)) return Error::Invalid("refusing to write an image to a terminal");
   WidenPipe(STDOUT_FILENO);
+  // A reader that goes away must fail the write (EPIPE), not kill the
+  // dumper: dying with the tree frozen would skip what puts it back (its
+  // sockets out of repair mode, the network lock lifted).
+  signal(SIGPIPE, SIG_IGN);
   return std::unique_ptr<stasis::image::ImageSink>(
       new stasis::image::StreamSink(STDOUT_FILENO, "stdout"));
 }

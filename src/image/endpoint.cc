@@ -61,14 +61,14 @@ StreamSink::StreamSink(int fd, std::string name) : out_(fd), name_(std::move(nam
 
 Status StreamSink::Write(const void* data, size_t len) {
   if (aborted_) return Error::Invalid("image stream to " + name_ + ": write after abort");
-  STASIS_TRY_CTX(out_.Write(data, len), "write image to " + name_);
+  STASIS_TRY_CTX(out_.Write(data, len), name_);
   bytes_ += len;
   return Ok();
 }
 
 Status StreamSink::Flush() {
   if (aborted_) return Error::Invalid("image stream to " + name_ + ": flush after abort");
-  STASIS_TRY_CTX(out_.Flush(), "write image to " + name_);
+  STASIS_TRY_CTX(out_.Flush(), name_);
   return Ok();
 }
 

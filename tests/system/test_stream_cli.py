@@ -57,6 +57,17 @@ def main():
                 "restore -i - --shell-job")
         refused([s, "restore", "-i", "-"], "refusing to read an image from a terminal",
                 "stdin on a terminal", stdin=slave)
+        # A reader that goes away: the dump fails (EPIPE), and does not die
+        # of SIGPIPE with the tree frozen.
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        d = subprocess.run([s, "dump", "-t", pid, "-o", "-"], stdin=subprocess.DEVNULL,
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+        os.close(write_end)
+        if d.returncode != 1 or "EPIPE" not in d.stderr:
+            fail(f"dump into a pipe nobody reads: exit {d.returncode}, expected 1 naming EPIPE: "
+                 f"{d.stderr.strip()}")
+        print(f"a reader gone: dump failed ({d.stderr.strip().splitlines()[-1]})", flush=True)
         if not untouched(tree.pid):
             fail("the tree is not running untouched after the refusals")
         # The real thing: a stream into a file, inspected and verified from stdin.
