@@ -62,8 +62,8 @@ Status AssignFileIds(std::vector<FdEntry>& fds) {
 }
 
 Result<const kinds::FdKind*> KindOf(const kinds::FdDumpInput& in) {
-  for (const kinds::FdKind& k : kinds::FdKinds()) {
-    if (k.matches(in)) return &k;
+  for (const kinds::FdKind* k : kinds::FdKinds()) {
+    if (k->matches(in)) return k;
   }
   return kinds::UnsupportedFd(in);
 }

@@ -8,14 +8,8 @@
 
 #include <algorithm>
 
-#include "kinds/creds.h"
-#include "kinds/fs_context.h"
-#include "kinds/limits.h"
-#include "kinds/mm.h"
-#include "kinds/posix_timers.h"
-#include "kinds/signals.h"
+#include "kinds/registry.h"
 #include "kinds/thread.h"
-#include "kinds/vdso.h"
 
 namespace stasis::checkpoint {
 namespace {
@@ -116,11 +110,9 @@ Status CollectInjected(pid_t pid, std::vector<sys::Tracee>& threads,
     STASIS_TRY(
         CollectThread(pid, threads[i], syscall_ip, scratch.addr(), own, proc->add_threads()));
   }
-  STASIS_TRY(kinds::signals::Dump(task, threads[0], proc));
-  STASIS_TRY(kinds::creds::Dump(task, status, proc->mutable_creds()));
-  STASIS_TRY(kinds::limits::Dump(task, proc));
-  STASIS_TRY(kinds::posix_timers::Dump(task, proc));
-  STASIS_TRY(kinds::mm::Dump(task, stat, proc));
+  kinds::ProcessDumpInput in = {
+      .pid = pid, .task = &task, .leader = &threads[0], .status = &status, .stat = &stat};
+  STASIS_TRY(kinds::DumpProcessKinds(kinds::DumpPhase::kInjected, in, proc));
   STASIS_TRY(scratch.Unmap());
   return inj.Finish();
 }
@@ -219,9 +211,10 @@ Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
   sys::proc::ProcStat stat = STASIS_TRY(ReadStat(pid));
   SetOwnIds(pid, status, stat, &proc);
   STASIS_TRY(CollectInjected(pid, threads, status, stat, &proc));
-  STASIS_TRY(kinds::fs_context::Dump(pid, status, &proc));
   STASIS_TRY(kinds::memory::DumpVmas(pid, &proc));
-  STASIS_TRY(kinds::vdso::Dump(pid, proc, manifest));
+  kinds::ProcessDumpInput in = {
+      .pid = pid, .leader = &threads[0], .status = &status, .stat = &stat, .manifest = manifest};
+  STASIS_TRY(kinds::DumpProcessKinds(kinds::DumpPhase::kAfterVmas, in, &proc));
   out.pages = STASIS_TRY(kinds::memory::PlanPages(pid, &proc, parent));
   return out;
 }

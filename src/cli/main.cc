@@ -18,6 +18,7 @@
 #include "image/endpoint.h"
 #include "image/inspect.h"
 #include "image/stream.h"
+#include "kinds/registry.h"
 #include "restore/restore.h"
 #include "sys/features.h"
 #include "sys/packet_keeper.h"
@@ -313,6 +314,9 @@ int main(int argc, char** argv) {
   CLI::App* check_cmd =
       app.add_subcommand("check", "List the kernel features Stasis needs and whether they exist");
 
+  CLI::App* kinds_cmd = app.add_subcommand(
+      "kinds", "List the kinds of kernel objects Stasis carries, from its registry (markdown)");
+
   stasis::cli::SessionCommands session_cmds(app);
 
   CLI11_PARSE(app, argc, argv);
@@ -359,6 +363,10 @@ int main(int argc, char** argv) {
   if (*inspect_cmd)
     return inspect_verify ? RunVerify(inspect_dir) : RunInspect(inspect_dir, inspect_pages);
   if (*check_cmd) return RunCheck();
+  if (*kinds_cmd) {
+    fmt::print("{}", stasis::kinds::KindsMarkdown());
+    return 0;
+  }
   if (auto code = session_cmds.Run()) return *code;
   return 2;
 }

@@ -64,4 +64,12 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   return fd;
 }
 
+const FdKind kKind = {
+    .name = kName,
+    .summary = "Memory devices: /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+};
+
 }  // namespace stasis::kinds::chardev

@@ -3,7 +3,7 @@
 // for the device number, with the original flags.
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::chardev {
 
@@ -11,5 +11,7 @@ inline constexpr const char* kName = "chardev";
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 
 }  // namespace stasis::kinds::chardev

@@ -16,12 +16,14 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <typeindex>
 #include <utility>
 #include <vector>
 
 #include "kinds/policy.h"
 #include "late.pb.h"
 #include "process.pb.h"
+#include "sys/log.h"
 #include "sys/netlock.h"
 #include "sys/proc.h"
 #include "sys/result.h"
@@ -49,6 +51,10 @@ class RemoteTask {
   // Pulls the restorer's fd `local_fd` into the task (pidfd_getfd through
   // the restorer's pidfd the task holds) and returns its number there.
   void set_restorer_pidfd(int fd_in_task) { restorer_pidfd_ = fd_in_task; }
+  // The operation's log (sys/env.h), for what a kind changes on its own and
+  // must say (a hard rlimit lowered); nullptr: said nowhere.
+  void set_log(Logger* log) { log_ = log; }
+  Logger* log() const { return log_; }
   Result<int> PullFd(int local_fd);
   // Pulls local_fd in, calls fn(remote_fd), closes the remote fd.
   template <typename Fn>
@@ -72,6 +78,7 @@ class RemoteTask {
   uint64_t scratch_;
   size_t scratch_size_;
   int restorer_pidfd_ = -1;
+  Logger* log_ = nullptr;
 };
 
 // One fd of the dumped task, as the checkpoint layer found it.
@@ -112,14 +119,28 @@ struct LateStep {
   std::function<Result<image::LateRecord>()> run;
 };
 
-namespace tcp_pending {
-struct Queues;
-}
+// What kinds keep across the files of one dump or restore (a pipe's ends,
+// the tree's unix socket graph), one slot per type, made empty on first
+// use. Each kind defines its own state type in its own file, so the
+// contexts below know no kind.
+class KindStates {
+ public:
+  template <typename T>
+  T& Get() {
+    auto [it, fresh] = slots_.try_emplace(std::type_index(typeid(T)));
+    if (fresh) it->second = std::make_shared<T>();
+    return *static_cast<T*>(it->second.get());
+  }
+
+ private:
+  std::map<std::type_index, std::shared_ptr<void>> slots_;
+};
 
 struct DumpContext {
   DumpPolicy policy;
   std::vector<FdIndexEntry> fd_index;
-  // Shared-memory objects found through fds so far (shmem.h).
+  // Objects whose contents the dump writes after the files (shmem.h),
+  // once each: handed to the dump orchestration, which writes them.
   std::vector<ContentSource> content_sources;
   // Every fd of the tree, with its stolen description: a socket looks for
   // its peer among them.
@@ -128,45 +149,30 @@ struct DumpContext {
   // keeps running (a dump that fails, or --leave-running): called then.
   // When the tree is killed instead they are dropped, unrun.
   std::vector<std::function<void()>> undo_if_kept;
-  // /proc/locks, read once per dump (file_locks.h): the tree is frozen, so
-  // its own lines cannot change meanwhile.
-  std::optional<std::string> proc_locks;
   // File id of each fd of the task being dumped, assigned before any kind
   // dumps, so a kind can refer to other files (epoll targets).
   std::map<int, uint64_t> file_of_fd;
-  // Objects whose shared state (a pipe's buffered data) is already in the
-  // image: "kind:inode".
-  std::set<std::string> dumped_objects;
   // Run at the point of no return, in order; their records go into the
   // image after the pages (image::RecordType::kLate).
   std::vector<LateStep> late;
-  // The accept queues of the tree's TCP listeners, found once per dump
-  // (tcp_pending.h).
-  std::shared_ptr<tcp_pending::Queues> tcp_pending;
   // The network lock on the tree's connections to outside peers, taken
   // once for all of them by the first such socket dumped (sys/netlock.h).
   std::shared_ptr<sys::FlowLock> flow_lock;
-};
 
-// A pipe recreated by the restorer. The first description asked of each end
-// is the one pipe2() made; later ones are new descriptions of the same end.
-struct RestoredPipe {
-  sys::UniqueFd ends[2];  // [0] read, [1] write
-  bool taken[2] = {false, false};
-};
+  // The state of kind T for this dump: ctx.State<pipe::DumpState>().
+  template <typename T>
+  T& State() {
+    return states_.Get<T>();
+  }
 
-namespace unix_socket {
-struct Sockets;
-}
+ private:
+  KindStates states_;
+};
 
 struct RestoreContext {
-  std::map<uint64_t, RestoredPipe> pipes;  // by pipe inode at dump time
   // Files restored so far: image file id -> fd in the restorer. Kinds that
   // restore after the others (FdKind::restore_last) find their targets here.
   std::map<uint64_t, int> local_fds;
-  // Shared-memory objects created so far, by (dev, ino) at dump time: the
-  // file id of their first File.
-  std::map<std::pair<uint64_t, uint64_t>, uint64_t> shmem_objects;
   // Run once every File exists, in order: a TCP socket leaves repair mode
   // only when its peer exists too.
   std::vector<std::function<Status()>> finishers;
@@ -181,11 +187,17 @@ struct RestoreContext {
   // Descriptions the restorer keeps until the end (an object's read-write
   // handle when the task only had a read-only one).
   std::vector<sys::UniqueFd> keep_alive;
-  // AF_UNIX sockets, all built with the first unix socket File, each taken
-  // by its own File's restore (unix_socket_internal.h).
-  std::shared_ptr<unix_socket::Sockets> unix_sockets;
   // restore --shell-job: the external terminal is the restorer's stdin.
   bool shell_job = false;
+
+  // The state of kind T for this restore: ctx.State<pipe::RestoreState>().
+  template <typename T>
+  T& State() {
+    return states_.Get<T>();
+  }
+
+ private:
+  KindStates states_;
 };
 
 // What a late record (LateStep) is applied with: the tree is built, every

@@ -106,4 +106,27 @@ Status Restore(RemoteTask& task, const image::Creds& creds) {
   return Ok();
 }
 
+namespace {
+
+Status DumpRow(const ProcessDumpInput& in, image::Process* proc) {
+  return Dump(*in.task, *in.status, proc->mutable_creds());
+}
+
+Status RestoreRow(RemoteTask& task, const image::Process& proc) {
+  return Restore(task, proc.creds());
+}
+
+}  // namespace
+
+const ProcessKind kKind = {
+    .name = "creds",
+    .summary =
+        "Credentials: uids, gids, groups, capability sets, securebits, no_new_privs, dumpable; "
+        "restored per thread, last",
+    .dump_phase = DumpPhase::kInjected,
+    .dump = DumpRow,
+    .restore_phase = RestorePhase::kCredentials,
+    .restore = RestoreRow,
+};
+
 }  // namespace stasis::kinds::creds

@@ -355,4 +355,13 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   return ep;
 }
 
+const FdKind kKind = {
+    .name = kName,
+    .summary = "epoll: interest lists with events, cookies and one-shot state, nested epolls",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+    .restore_last = true,
+};
+
 }  // namespace stasis::kinds::epoll

@@ -5,7 +5,7 @@
 // cannot recreate it).
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::eventfd {
 
@@ -13,5 +13,7 @@ inline constexpr const char* kName = "eventfd";
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 
 }  // namespace stasis::kinds::eventfd

@@ -6,12 +6,20 @@
 #include <unistd.h>
 
 #include <climits>
+#include <set>
+#include <string>
 
 #include "fifo.pb.h"
 #include "kinds/pipe.h"
 
 namespace stasis::kinds::fifo {
 namespace {
+
+// FIFOs whose unread data is already in the image: Key followed by the id
+// of the File that carries it.
+struct DumpState {
+  std::set<std::string> with_data;
+};
 
 // F_SETFL changes only these; the access mode comes from the open.
 constexpr uint32_t kSettableFlags = O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME | O_NONBLOCK;
@@ -78,11 +86,12 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   state.set_dev(in.st.st_dev);
   state.set_ino(in.st.st_ino);
   std::string key = Key(in.st);
-  auto it = ctx.dumped_objects.lower_bound(key);
-  if (it != ctx.dumped_objects.end() && it->starts_with(key)) {
+  std::set<std::string>& dumped = ctx.State<DumpState>().with_data;
+  auto it = dumped.lower_bound(key);
+  if (it != dumped.end() && it->starts_with(key)) {
     state.set_same_fifo_as(std::stoull(it->substr(key.size())));
   } else {
-    ctx.dumped_objects.insert(key + std::to_string(file->id()));
+    dumped.insert(key + std::to_string(file->id()));
     state.set_has_data(true);
     state.set_data(STASIS_TRY(pipe::PeekPipeData(in, static_cast<uint32_t>(size))));
   }
@@ -114,5 +123,13 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   }
   return fd;
 }
+
+const FdKind kKind = {
+    .name = kName,
+    .summary = "Named FIFOs, with their unread data",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+};
 
 }  // namespace stasis::kinds::fifo

@@ -13,7 +13,7 @@
 // and its data would be doubled).
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::fifo {
 
@@ -21,5 +21,7 @@ inline constexpr const char* kName = "fifo";
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 
 }  // namespace stasis::kinds::fifo

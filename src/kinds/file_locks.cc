@@ -11,6 +11,7 @@
 #include <charconv>
 #include <chrono>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "sys/pidfds.h"
@@ -18,6 +19,10 @@
 
 namespace stasis::kinds::file_locks {
 namespace {
+
+struct DumpState {
+  std::optional<std::string> proc_locks;
+};
 
 // The dumped processes were SIGKILLed just before a restore on the same
 // host and may still be exiting, holding their locks until they are gone.
@@ -228,8 +233,11 @@ Result<std::vector<image::FileLock>> Dump(DumpContext& ctx, const FdDumpInput& i
   std::set<pid_t> tree;
   for (const FdIndexEntry& e : ctx.fd_index) tree.insert(e.pid);
   tree.insert(in.pid);
-  if (!ctx.proc_locks) ctx.proc_locks = STASIS_TRY(ReadLocksConsistently());
-  const std::string& text = *ctx.proc_locks;
+  // /proc/locks, read once per dump: the tree is frozen, so its own lines
+  // cannot change meanwhile.
+  std::optional<std::string>& proc_locks = ctx.State<DumpState>().proc_locks;
+  if (!proc_locks) proc_locks = STASIS_TRY(ReadLocksConsistently());
+  const std::string& text = *proc_locks;
   // A line about another file that this parser does not understand must
   // not stop the dump; one that names this inode does.
   std::string inode =

@@ -52,4 +52,21 @@ Status Restore(RemoteTask& task, const image::Process& proc) {
   return Ok();
 }
 
+namespace {
+
+Status DumpRow(const ProcessDumpInput& in, image::Process* proc) {
+  return Dump(in.pid, *in.status, proc);
+}
+
+}  // namespace
+
+const ProcessKind kKind = {
+    .name = "fs_context",
+    .summary = "cwd, root and umask",
+    .dump_phase = DumpPhase::kAfterVmas,
+    .dump = DumpRow,
+    .restore_phase = RestorePhase::kAttributes,
+    .restore = Restore,
+};
+
 }  // namespace stasis::kinds::fs_context

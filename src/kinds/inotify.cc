@@ -263,4 +263,12 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   return fd;
 }
 
+const FdKind kKind = {
+    .name = kName,
+    .summary = "inotify: watches with their masks and descriptors",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+};
+
 }  // namespace stasis::kinds::inotify

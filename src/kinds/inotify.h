@@ -24,7 +24,7 @@
 
 #include <string_view>
 
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::inotify {
 
@@ -34,6 +34,8 @@ inline constexpr int kMaxSkippedWds = 1 << 20;
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 
 // One fdinfo watch line, after the "inotify" word:
 // "wd:2 ino:a72088 sdev:fe00000 mask:4000002 ignored_mask:0 fhandle-bytes:8

@@ -23,14 +23,16 @@ Result<rlimit> GetLimit(RemoteTask& task, int resource) {
   return lim;
 }
 
-Status SetLimit(RemoteTask& task, const image::Rlimit& in, Logger& log) {
+Status SetLimit(RemoteTask& task, const image::Rlimit& in) {
   rlimit want = {in.cur(), in.max()};
   rlimit now = STASIS_TRY(GetLimit(task, static_cast<int>(in.resource())));
   if (want.rlim_max > now.rlim_max) {
-    log.Warn(
-        fmt::format("rlimit {} hard limit {} is above this restorer's {} (raising it needs "
-                    "CAP_SYS_RESOURCE); restoring {}",
-                    in.resource(), want.rlim_max, now.rlim_max, now.rlim_max));
+    if (task.log() != nullptr) {
+      task.log()->Warn(
+          fmt::format("rlimit {} hard limit {} is above this restorer's {} (raising it needs "
+                      "CAP_SYS_RESOURCE); restoring {}",
+                      in.resource(), want.rlim_max, now.rlim_max, now.rlim_max));
+    }
     want.rlim_max = now.rlim_max;
     want.rlim_cur = std::min(want.rlim_cur, want.rlim_max);
   }
@@ -62,8 +64,8 @@ Status Dump(RemoteTask& task, image::Process* proc) {
   return Ok();
 }
 
-Status Restore(RemoteTask& task, const image::Process& proc, Logger& log) {
-  for (const image::Rlimit& lim : proc.rlimits()) STASIS_TRY(SetLimit(task, lim, log));
+Status Restore(RemoteTask& task, const image::Process& proc) {
+  for (const image::Rlimit& lim : proc.rlimits()) STASIS_TRY(SetLimit(task, lim));
   for (const image::Itimer& timer : proc.itimers()) {
     if (timer.value_us() == 0) continue;  // disarmed, as in a new task
     itimerval val = {FromMicros(timer.interval_us()), FromMicros(timer.value_us())};
@@ -72,5 +74,22 @@ Status Restore(RemoteTask& task, const image::Process& proc, Logger& log) {
   }
   return Ok();
 }
+
+namespace {
+
+Status DumpRow(const ProcessDumpInput& in, image::Process* proc) { return Dump(*in.task, proc); }
+
+}  // namespace
+
+const ProcessKind kKind = {
+    .name = "limits",
+    .summary =
+        "Resource limits and interval timers (setitimer); without CAP_SYS_RESOURCE a hard limit "
+        "above the restorer's is lowered, with a warning",
+    .dump_phase = DumpPhase::kInjected,
+    .dump = DumpRow,
+    .restore_phase = RestorePhase::kAttributes,
+    .restore = Restore,
+};
 
 }  // namespace stasis::kinds::limits

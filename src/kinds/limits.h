@@ -4,13 +4,14 @@
 // CAP_SYS_RESOURCE; it is lowered to the restorer's, with a warning.
 #pragma once
 
-#include "kinds/context.h"
-#include "sys/log.h"
+#include "kinds/process_kind.h"
 
 namespace stasis::kinds::limits {
 
 Status Dump(RemoteTask& task, image::Process* proc);
-// A hard limit above the restorer's is lowered to it, and said in `log`.
-Status Restore(RemoteTask& task, const image::Process& proc, Logger& log);
+Status Restore(RemoteTask& task, const image::Process& proc);
+
+// Its row in the registry (registry.cc).
+extern const ProcessKind kKind;
 
 }  // namespace stasis::kinds::limits

@@ -77,4 +77,23 @@ Status Restore(RemoteTask& task, const image::Process& proc) {
   });
 }
 
+namespace {
+
+Status DumpRow(const ProcessDumpInput& in, image::Process* proc) {
+  return Dump(*in.task, *in.stat, proc);
+}
+
+}  // namespace
+
+const ProcessKind kKind = {
+    .name = "mm",
+    .summary =
+        "The PR_SET_MM_MAP fields (code, data, brk, stack, arg and env boundaries, auxv, exe) and "
+        "the personality",
+    .dump_phase = DumpPhase::kInjected,
+    .dump = DumpRow,
+    .restore_phase = RestorePhase::kMemory,
+    .restore = Restore,
+};
+
 }  // namespace stasis::kinds::mm

@@ -3,7 +3,7 @@
 // CAP_SYS_RESOURCE), and the personality, which shapes the mmap layout.
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/process_kind.h"
 
 namespace stasis::kinds::mm {
 
@@ -11,5 +11,8 @@ Status Dump(RemoteTask& task, const sys::proc::ProcStat& stat, image::Process* p
 // Needs the address space in place: the kernel checks the addresses, and
 // the old exe must no longer be mapped.
 Status Restore(RemoteTask& task, const image::Process& proc);
+
+// Its row in the registry (registry.cc).
+extern const ProcessKind kKind;
 
 }  // namespace stasis::kinds::mm

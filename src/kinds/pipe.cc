@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <climits>
+#include <map>
+#include <set>
 
 #include "fd_kinds.pb.h"
 
@@ -29,6 +31,24 @@ bool Widowed(const FdDumpInput& in) {
   return write_end ? (p.revents & POLLERR) != 0 : (p.revents & POLLHUP) != 0;
 }
 
+// Pipes whose buffered data is already in the image, by inode: one of
+// their ends carries it.
+struct DumpState {
+  std::set<uint64_t> with_data;
+};
+
+// A pipe recreated by the restorer. The first description asked of each end
+// is the one pipe2() made; later ones are new descriptions of the same end.
+struct RestoredPipe {
+  sys::UniqueFd ends[2];  // [0] read, [1] write
+  bool taken[2] = {false, false};
+};
+
+// The pipes recreated so far, by pipe inode at dump time.
+struct RestoreState {
+  std::map<uint64_t, RestoredPipe> pipes;
+};
+
 bool OtherEndInTree(const DumpContext& ctx, const FdDumpInput& in) {
   bool want_write = !IsWriteEnd(in.info.flags);
   for (const FdIndexEntry& e : ctx.fd_index) {
@@ -41,7 +61,7 @@ Result<RestoredPipe*> CreatePipe(RestoreContext& ctx, const image::PipeEndState&
   std::string what = fmt::format("pipe:[{}]", state.pipe_ino());
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) < 0) return Error::Errno(what + ": pipe2");
-  RestoredPipe& pipe = ctx.pipes[state.pipe_ino()];
+  RestoredPipe& pipe = ctx.State<RestoreState>().pipes[state.pipe_ino()];
   pipe.ends[0].reset(fds[0]);
   pipe.ends[1].reset(fds[1]);
   if (state.pipe_size() != kDefaultPipeSize && fcntl(fds[1], F_SETPIPE_SZ, state.pipe_size()) < 0) {
@@ -119,8 +139,7 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   state.set_flags(in.info.flags & ~O_CLOEXEC);
   state.set_pipe_size(static_cast<uint32_t>(size));
   state.set_widowed(widowed);
-  std::string key = fmt::format("pipe:{}", in.st.st_ino);
-  if (ctx.dumped_objects.insert(key).second) {
+  if (ctx.State<DumpState>().with_data.insert(in.st.st_ino).second) {
     state.set_has_data(true);
     state.set_data(STASIS_TRY(PeekPipeData(in, static_cast<uint32_t>(size))));
   }
@@ -132,8 +151,9 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   image::PipeEndState state;
   if (!file.state().UnpackTo(&state)) return Error::Corrupt("pipe state does not parse");
   std::string what = fmt::format("pipe:[{}]", state.pipe_ino());
-  auto it = ctx.pipes.find(state.pipe_ino());
-  RestoredPipe* pipe = it != ctx.pipes.end() ? &it->second : STASIS_TRY(CreatePipe(ctx, state));
+  std::map<uint64_t, RestoredPipe>& pipes = ctx.State<RestoreState>().pipes;
+  auto it = pipes.find(state.pipe_ino());
+  RestoredPipe* pipe = it != pipes.end() ? &it->second : STASIS_TRY(CreatePipe(ctx, state));
   if (state.has_data()) STASIS_TRY(FillPipe(state, pipe->ends[1].get()));
   int end = state.write_end() ? 1 : 0;
   // Nobody held the other end: neither does anyone now.
@@ -153,5 +173,13 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   }
   return fd;
 }
+
+const FdKind kKind = {
+    .name = kName,
+    .summary = "Pipes between processes of the tree, with their unread data",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+};
 
 }  // namespace stasis::kinds::pipe

@@ -4,7 +4,7 @@
 // Refused: a pipe with an end held outside the tree, packet-mode pipes.
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::pipe {
 
@@ -12,6 +12,8 @@ inline constexpr const char* kName = "pipe";
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 
 // The unread bytes of the pipe or FIFO behind in.local, left in place: tee()
 // from a fresh read description into a scratch pipe of pipe_size bytes.

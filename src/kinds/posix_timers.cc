@@ -128,4 +128,19 @@ Status Restore(RemoteTask& task, const image::Process& proc) {
   return Ok();
 }
 
+namespace {
+
+Status DumpRow(const ProcessDumpInput& in, image::Process* proc) { return Dump(*in.task, proc); }
+
+}  // namespace
+
+const ProcessKind kKind = {
+    .name = "posix_timers",
+    .summary = "POSIX timers (timer_create): ids, clocks, targets, time left and interval",
+    .dump_phase = DumpPhase::kInjected,
+    .dump = DumpRow,
+    .restore_phase = RestorePhase::kAfterThreads,
+    .restore = Restore,
+};
+
 }  // namespace stasis::kinds::posix_timers

@@ -5,7 +5,7 @@
 // dump (the kernel offers no way to set it).
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/process_kind.h"
 
 namespace stasis::kinds::posix_timers {
 
@@ -15,5 +15,8 @@ Status Restore(RemoteTask& task, const image::Process& proc);
 
 // Pure parser of /proc/PID/timers text; notify_tid stays a host TID.
 Result<std::vector<image::PosixTimer>> ParseTimers(std::string_view text);
+
+// Its row in the registry (registry.cc).
+extern const ProcessKind kKind;
 
 }  // namespace stasis::kinds::posix_timers

@@ -9,10 +9,19 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <map>
+#include <utility>
+
 #include "kinds/pty_internal.h"
 
 namespace stasis::kinds::pty {
 namespace {
+
+// Masters restored so far, by their pair's devpts (dev, slave ino) at dump
+// time: the File id of the master, whose slaves open their end through it.
+struct RestoreState {
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> masters;
+};
 
 // Status flags a tty description keeps (the kernel's O_LARGEFILE, which
 // glibc defines as 0 on x86_64, comes with every 64-bit open); the rest is
@@ -177,7 +186,7 @@ Status DumpMaster(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   state.set_input_tail(std::move(q.tail));
   state.set_output(std::move(q.output));
   state.set_slave_closed(slaves.empty());
-  ctx.dumped_objects.insert(JobRecord(st.st_dev, st.st_ino, state.job()));
+  ctx.State<DumpState>().records.insert(JobRecord(st.st_dev, st.st_ino, state.job()));
   file->mutable_state()->PackFrom(state);
   return Ok();
 }
@@ -191,7 +200,8 @@ Status DumpSlave(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
     return Error::Errno(what + ": TIOCGWINSZ");
   }
   uint32_t index = SlaveIndex(in.st.st_rdev);
-  std::optional<image::PtyJob> job = FindJobRecord(ctx.dumped_objects, in.st.st_dev, in.st.st_ino);
+  std::optional<image::PtyJob> job =
+      FindJobRecord(ctx.State<DumpState>().records, in.st.st_dev, in.st.st_ino);
   if (!job) {
     std::vector<FdRef> masters = STASIS_TRY(MasterFds(ctx, index));
     if (masters.empty()) return DumpExternal(ctx, in, file);
@@ -262,7 +272,7 @@ Result<sys::UniqueFd> RestoreMaster(RestoreContext& ctx, const image::File& file
   if (fcntl(m.get(), F_SETFL, state.flags() & kSettableFlags) < 0) {
     return Error::Errno(fmt::format("{}: F_SETFL {:#o}", what, state.flags()));
   }
-  ctx.shmem_objects[{state.devpts_dev(), state.slave_ino()}] = file.id();
+  ctx.State<RestoreState>().masters[{state.devpts_dev(), state.slave_ino()}] = file.id();
   // Our slave stays open until every File exists: closing the last slave
   // would mark the pair hung up for the master.
   if (!state.slave_closed()) ctx.keep_alive.push_back(std::move(slave));
@@ -272,10 +282,10 @@ Result<sys::UniqueFd> RestoreMaster(RestoreContext& ctx, const image::File& file
 Result<sys::UniqueFd> RestoreSlave(RestoreContext& ctx, const image::PtySlaveState& state) {
   std::string what = fmt::format("/dev/pts/{} (as dumped)", state.index());
   // The master's restore filed the pair under its dump-time devpts (dev,
-  // ino), a key no shared-memory object can have.
-  auto owner = ctx.shmem_objects.find({state.devpts_dev(), state.slave_ino()});
-  auto master =
-      owner == ctx.shmem_objects.end() ? ctx.local_fds.end() : ctx.local_fds.find(owner->second);
+  // ino).
+  const auto& masters = ctx.State<RestoreState>().masters;
+  auto owner = masters.find({state.devpts_dev(), state.slave_ino()});
+  auto master = owner == masters.end() ? ctx.local_fds.end() : ctx.local_fds.find(owner->second);
   if (master == ctx.local_fds.end()) {
     return Error::Corrupt(what + ": the image has no master for this slave before it");
   }
@@ -355,5 +365,18 @@ Status AfterTree(RemoteTask& task, const image::Process& proc, const image::File
                  fmt::format("foreground group {}", job.foreground_pgrp()));
   return Ok();
 }
+
+const FdKind kKind = {
+    .name = kName,
+    .summary =
+        "Pseudo-terminals: /dev/ptmx masters and /dev/pts slaves, termios, window size, unread "
+        "data both ways, controlling terminal and foreground group; --shell-job",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+    .after_install = AfterInstall,
+    .after_tree = AfterTree,
+    .after_setsid = AfterInstall,
+};
 
 }  // namespace stasis::kinds::pty

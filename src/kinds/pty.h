@@ -39,7 +39,7 @@
 
 #include <vector>
 
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::pty {
 
@@ -47,6 +47,8 @@ inline constexpr const char* kName = "pty";
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 Status AfterInstall(RemoteTask& task, const image::Process& proc, const image::File& file, int fd);
 Status AfterTree(RemoteTask& task, const image::Process& proc, const image::File& file, int fd);
 

@@ -50,14 +50,15 @@ Result<dev_t> CttyOf(pid_t pid) {
 // One external terminal per image: the restore has one terminal to give.
 Status CheckOneTerminal(DumpContext& ctx, dev_t tty, const std::string& what) {
   std::string key = fmt::format("{}{}:{}", kKeyPrefix, major(tty), minor(tty));
-  auto it = ctx.dumped_objects.lower_bound(std::string(kKeyPrefix));
-  if (it != ctx.dumped_objects.end() && it->starts_with(kKeyPrefix) && *it != key) {
+  std::set<std::string>& records = ctx.State<DumpState>().records;
+  auto it = records.lower_bound(std::string(kKeyPrefix));
+  if (it != records.end() && it->starts_with(kKeyPrefix) && *it != key) {
     return Error::Unsupported(fmt::format(
         "{}: a second terminal outside the dumped tree ({} is the first); --shell-job carries "
         "one, which restore replaces with its own",
         what, it->substr(kKeyPrefix.size())));
   }
-  ctx.dumped_objects.insert(key);
+  records.insert(key);
   return Ok();
 }
 

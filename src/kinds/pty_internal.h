@@ -100,9 +100,15 @@ bool IsExternalOnlyRdev(dev_t rdev);
 Status DumpExternal(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> RestoreExternal(RestoreContext& ctx, const image::ExternalTtyState& state);
 
-// A pair's job state travels from its master's dump to its slaves' dumps
-// through DumpContext::dumped_objects, whose entry also says the master is
-// in the image: "pty:<dev>:<ino>:<session>:<foreground>".
+// What the pty files of one dump tell each other (DumpContext::State).
+struct DumpState {
+  // A pair's job state, from its master's dump to its slaves' dumps; its
+  // entry also says the master is in the image (JobRecord), and
+  // "external-tty:<major>:<minor>" marks the one external terminal.
+  std::set<std::string> records;
+};
+
+// "pty:<dev>:<ino>:<session>:<foreground>"
 std::string JobRecord(uint64_t dev, uint64_t ino, const image::PtyJob& job);
 std::optional<image::PtyJob> FindJobRecord(const std::set<std::string>& records, uint64_t dev,
                                            uint64_t ino);

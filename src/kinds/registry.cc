@@ -3,55 +3,110 @@
 #include <fmt/format.h>
 #include <sys/sysmacros.h>
 
+#include <map>
+
 #include "kinds/chardev.h"
+#include "kinds/creds.h"
 #include "kinds/epoll.h"
 #include "kinds/eventfd.h"
 #include "kinds/fifo.h"
+#include "kinds/fs_context.h"
 #include "kinds/inotify.h"
+#include "kinds/limits.h"
+#include "kinds/mm.h"
 #include "kinds/pipe.h"
+#include "kinds/posix_timers.h"
 #include "kinds/pty.h"
 #include "kinds/regular_file.h"
 #include "kinds/shmem.h"
 #include "kinds/signalfd.h"
-#include "kinds/tcp_pending.h"
+#include "kinds/signals.h"
 #include "kinds/tcp_socket.h"
 #include "kinds/timerfd.h"
 #include "kinds/udp_socket.h"
 #include "kinds/unix_socket.h"
+#include "kinds/vdso.h"
 
 namespace stasis::kinds {
+namespace {
 
-const std::vector<FdKind>& FdKinds() {
-  static const std::vector<FdKind> kinds = {
-      // Before regular_file: an unlinked tmpfs file is a shared-memory object.
-      {shmem::kName, shmem::Matches, shmem::Dump, shmem::Restore},
-      // Before chardev and fifo: it takes O_PATH fds of every file type.
-      {regular_file::kName, regular_file::Matches, regular_file::Dump, regular_file::Restore,
-       /*restore_last=*/false, regular_file::AfterInstall},
-      {chardev::kName, chardev::Matches, chardev::Dump, chardev::Restore},
-      {pty::kName, pty::Matches, pty::Dump, pty::Restore, /*restore_last=*/false, pty::AfterInstall,
-       pty::AfterTree, pty::AfterInstall},
-      {pipe::kName, pipe::Matches, pipe::Dump, pipe::Restore},
-      {tcp_socket::kName, tcp_socket::Matches, tcp_socket::Dump, tcp_socket::Restore,
-       /*restore_last=*/false, nullptr, nullptr, nullptr, tcp_pending::ApplyLate},
-      {udp_socket::kName, udp_socket::Matches, udp_socket::Dump, udp_socket::Restore},
-      {eventfd::kName, eventfd::Matches, eventfd::Dump, eventfd::Restore},
-      {fifo::kName, fifo::Matches, fifo::Dump, fifo::Restore},
-      {signalfd::kName, signalfd::Matches, signalfd::Dump, signalfd::Restore},
-      {timerfd::kName, timerfd::Matches, timerfd::Dump, timerfd::Restore},
-      {inotify::kName, inotify::Matches, inotify::Dump, inotify::Restore},
-      {unix_socket::kName, unix_socket::Matches, unix_socket::Dump, unix_socket::Restore,
-       /*restore_last=*/false, nullptr, nullptr, nullptr, unix_socket::ApplyLate},
-      {epoll::kName, epoll::Matches, epoll::Dump, epoll::Restore, /*restore_last=*/true},
-  };
-  return kinds;
+// Match order matters where two kinds could claim one fd.
+constexpr const FdKind* kFdKinds[] = {
+    // Before regular_file: an unlinked tmpfs file is a shared-memory object.
+    &shmem::kKind,
+    // Before chardev and fifo: it takes O_PATH fds of every file type.
+    &regular_file::kKind,
+    &chardev::kKind,
+    &pty::kKind,
+    &pipe::kKind,
+    &tcp_socket::kKind,
+    &udp_socket::kKind,
+    &eventfd::kKind,
+    &fifo::kKind,
+    &signalfd::kKind,
+    &timerfd::kKind,
+    &inotify::kKind,
+    &unix_socket::kKind,
+    // Last only for readability: it restores after the others anyway
+    // (restore_last), once its targets exist.
+    &epoll::kKind,
+};
+
+// Dump order, and restore order within a phase (ProcessKind::phase).
+constexpr const ProcessKind* kProcessKinds[] = {
+    // The restore order within each phase is the one the puppet always had.
+    &fs_context::kKind, &limits::kKind, &signals::kKind, &posix_timers::kKind,
+    &creds::kKind,      &mm::kKind,     &vdso::kKind,
+};
+
+template <typename Kind>
+const Kind* FindByName(std::span<const Kind* const> kinds, std::string_view name) {
+  // Built once, read-only afterwards; the tables are short but an image
+  // looks a kind up per File.
+  static const std::map<std::string_view, const Kind*> by_name = [kinds] {
+    std::map<std::string_view, const Kind*> out;
+    for (const Kind* kind : kinds) out.emplace(kind->name, kind);
+    return out;
+  }();
+  auto it = by_name.find(name);
+  return it == by_name.end() ? nullptr : it->second;
 }
 
-const FdKind* FindFdKind(std::string_view name) {
-  for (const FdKind& kind : FdKinds()) {
-    if (name == kind.name) return &kind;
+}  // namespace
+
+std::span<const FdKind* const> FdKinds() { return kFdKinds; }
+
+const FdKind* FindFdKind(std::string_view name) { return FindByName(FdKinds(), name); }
+
+std::span<const ProcessKind* const> ProcessKinds() { return kProcessKinds; }
+
+const ProcessKind* FindProcessKind(std::string_view name) {
+  return FindByName(ProcessKinds(), name);
+}
+
+Status DumpProcessKinds(DumpPhase phase, const ProcessDumpInput& in, image::Process* proc) {
+  for (const ProcessKind* kind : ProcessKinds()) {
+    if (kind->dump_phase == phase) STASIS_TRY(kind->dump(in, proc));
   }
-  return nullptr;
+  return Ok();
+}
+
+Status RestoreProcessKinds(RestorePhase phase, RemoteTask& task, const image::Process& proc) {
+  for (const ProcessKind* kind : ProcessKinds()) {
+    if (kind->restore_phase == phase) STASIS_TRY(kind->restore(task, proc));
+  }
+  return Ok();
+}
+
+std::string KindsMarkdown() {
+  std::string out = "Per-process kinds (src/kinds/, registry.cc):\n\n";
+  for (const ProcessKind* kind : ProcessKinds()) {
+    out += fmt::format("- `{}`: {}\n", kind->name, kind->summary);
+  }
+  out += "\nFd kinds, in match order (src/kinds/, registry.cc):\n\n";
+  for (const FdKind* kind : FdKinds())
+    out += fmt::format("- `{}`: {}\n", kind->name, kind->summary);
+  return out;
 }
 
 Error UnsupportedFd(const FdDumpInput& in) {

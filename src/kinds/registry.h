@@ -1,48 +1,35 @@
-// The table of fd kinds. Adding a kind is writing src/kinds/X.{h,cc}, its
-// proto, its test program, and one line in registry.cc.
+// The tables of kinds. An fd kind exports its row (FdKind, fd_kind.h) from
+// its own file and registry.cc lists it in one line, in match order; a
+// per-process kind does the same with a ProcessKind (process_kind.h).
+// The tables are constant and built at compile time: no self-registration
+// (a static library drops objects nothing references) and nothing mutable.
 #pragma once
 
+#include <span>
+#include <string>
 #include <string_view>
-#include <vector>
 
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
+#include "kinds/process_kind.h"
 
 namespace stasis::kinds {
 
-struct FdKind {
-  const char* name;
-  // True when this kind handles the fd. Called in table order.
-  bool (*matches)(const FdDumpInput& in);
-  // Fills file->state. May refuse with ErrorCode::kUnsupported.
-  Status (*dump)(DumpContext& ctx, const FdDumpInput& in, image::File* file);
-  // Creates a new open file description in the restorer from the image.
-  Result<sys::UniqueFd> (*restore)(RestoreContext& ctx, const image::File& file);
-  // Restore after every kind without this flag, in image order: for kinds
-  // whose state refers to other files (an epoll's targets).
-  bool restore_last = false;
-  // Optional, run inside a restored process right after this File was
-  // installed there at fd number `fd` (once per fd): for state that belongs
-  // to the process rather than the file, like POSIX record locks.
-  Status (*after_install)(RemoteTask& task, const image::Process& proc, const image::File& file,
-                          int fd) = nullptr;
-  // Optional, run once per File after the whole tree exists (process groups
-  // included), in the first live process that holds it, at fd number `fd`:
-  // for state that refers to other processes, like a terminal's foreground
-  // process group.
-  Status (*after_tree)(RemoteTask& task, const image::Process& proc, const image::File& file,
-                       int fd) = nullptr;
-  // Optional, run in a session leader right after its setsid(), before its
-  // children are made, with the File pulled in at a temporary fd `fd`:
-  // for the controlling terminal, which the children then inherit. The task
-  // has no scratch memory yet: only system calls without memory arguments.
-  Status (*after_setsid)(RemoteTask& task, const image::Process& proc, const image::File& file,
-                         int fd) = nullptr;
-  // Optional, applies a late record (LateStep, LateRestore) this kind wrote.
-  Status (*apply_late)(const LateRestore& ctx, const image::LateRecord& record) = nullptr;
-};
-
-const std::vector<FdKind>& FdKinds();
+// In match order: the dump gives an fd to the first kind that matches it.
+std::span<const FdKind* const> FdKinds();
+// By FdKind::name (the image's File.kind); nullptr when none has it.
 const FdKind* FindFdKind(std::string_view name);
+
+// In the order they dump, and restore within one phase.
+std::span<const ProcessKind* const> ProcessKinds();
+const ProcessKind* FindProcessKind(std::string_view name);
+
+// Runs the rows of one phase, in table order.
+Status DumpProcessKinds(DumpPhase phase, const ProcessDumpInput& in, image::Process* proc);
+Status RestoreProcessKinds(RestorePhase phase, RemoteTask& task, const image::Process& proc);
+
+// The registered kinds as a markdown list, one line each: what `stasis
+// kinds` prints, docs/kinds.md holds, and the README's list must match.
+std::string KindsMarkdown();
 
 // The error for an fd no kind handles, naming what the object is.
 Error UnsupportedFd(const FdDumpInput& in);

@@ -4,6 +4,9 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <set>
+#include <string>
+
 #include "fd_kinds.pb.h"
 #include "kinds/file_locks.h"
 
@@ -84,15 +87,22 @@ Status ReadContents(const FdDumpInput& in, image::RegularFileState* state) {
   return Ok();
 }
 
+// Unlinked files whose contents are already in the image: UnlinkedKey
+// followed by the id of the File that carries them.
+struct DumpState {
+  std::set<std::string> unlinked;
+};
+
 Status DumpUnlinked(DumpContext& ctx, const FdDumpInput& in, image::File* file,
                     image::RegularFileState* state) {
   std::string key = UnlinkedKey(in.st);
-  auto it = ctx.dumped_objects.lower_bound(key);
-  if (it != ctx.dumped_objects.end() && it->starts_with(key)) {
+  std::set<std::string>& unlinked = ctx.State<DumpState>().unlinked;
+  auto it = unlinked.lower_bound(key);
+  if (it != unlinked.end() && it->starts_with(key)) {
     state->set_same_inode_as(std::stoull(it->substr(key.size())));
     return Ok();
   }
-  ctx.dumped_objects.insert(key + std::to_string(file->id()));
+  unlinked.insert(key + std::to_string(file->id()));
   return ReadContents(in, state);
 }
 
@@ -261,5 +271,16 @@ Status AfterInstall(RemoteTask& task, const image::Process& proc, const image::F
   if (!file.state().UnpackTo(&state)) return Error::Corrupt("regular file state does not parse");
   return file_locks::TakeProcessLocks(task, proc, fd, state.locks());
 }
+
+const FdKind kKind = {
+    .name = kName,
+    .summary =
+        "Regular files and directories: path, flags, offset; O_PATH, O_DIRECT, O_APPEND; deleted "
+        "and O_TMPFILE files with their contents; POSIX, OFD and flock() locks",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+    .after_install = AfterInstall,
+};
 
 }  // namespace stasis::kinds::regular_file

@@ -21,7 +21,7 @@
 #include <cstdint>
 
 #include "image/stream.h"
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::regular_file {
 
@@ -32,6 +32,8 @@ inline constexpr uint64_t kMaxUnlinkedContents = image::kMaxRecordPayload - (1u 
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 // Retakes the POSIX locks the process owns on the file, and its flock
 // (file_locks.h).
 Status AfterInstall(RemoteTask& task, const image::Process& proc, const image::File& file, int fd);

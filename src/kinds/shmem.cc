@@ -269,17 +269,24 @@ Result<sys::UniqueFd> Reopen(int fd, int flags) {
 
 }  // namespace
 
+// Objects created so far, by (dev, ino) at dump time: the File id of their
+// first File, whose description later ones reopen.
+struct RestoreState {
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> objects;
+};
+
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   image::ShmemState state;
   if (!file.state().UnpackTo(&state)) return Error::Corrupt("shmem state does not parse");
   int accmode = state.is_fd() ? static_cast<int>(state.flags() & O_ACCMODE) : O_RDWR;
   sys::UniqueFd fd;
-  auto known = ctx.shmem_objects.find({state.dev(), state.ino()});
-  if (known != ctx.shmem_objects.end()) {
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t>& objects = ctx.State<RestoreState>().objects;
+  auto known = objects.find({state.dev(), state.ino()});
+  if (known != objects.end()) {
     fd = STASIS_TRY(Reopen(ctx.local_fds.at(known->second), accmode));
   } else {
     fd = STASIS_TRY(CreateObject(state));
-    ctx.shmem_objects[{state.dev(), state.ino()}] = file.id();
+    objects[{state.dev(), state.ino()}] = file.id();
     if (accmode != O_RDWR) {
       // Keep the object alive in ctx through a read-write description, so
       // its contents can still be written; hand out the original mode.
@@ -309,5 +316,15 @@ Status FillPages(int fd, const image::PageRun& run, uint64_t object_size) {
   }
   return Ok();
 }
+
+const FdKind kKind = {
+    .name = kName,
+    .summary =
+        "Shared memory objects: MAP_SHARED|MAP_ANONYMOUS, unlinked /dev/shm files and memfds "
+        "(name, mode, owner, seals), contents carried once",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+};
 
 }  // namespace stasis::kinds::shmem

@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "image/stream.h"
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::shmem {
 
@@ -38,6 +38,8 @@ inline constexpr const char* kName = "shmem";
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 
 // Mapping side: true for a shared mapping whose object is carried here.
 bool IsShmemPath(const std::string& path);

@@ -54,4 +54,12 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   return fd;
 }
 
+const FdKind kKind = {
+    .name = kName,
+    .summary = "signalfd: signal mask and status flags",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+};
+
 }  // namespace stasis::kinds::signalfd

@@ -70,4 +70,21 @@ Status QueueSignals(RemoteTask& task, int tgid, int tid,
   return Ok();
 }
 
+namespace {
+
+Status DumpRow(const ProcessDumpInput& in, image::Process* proc) {
+  return Dump(*in.task, *in.leader, proc);
+}
+
+}  // namespace
+
+const ProcessKind kKind = {
+    .name = "signals",
+    .summary = "Signal dispositions and the process-directed pending queue with full siginfo",
+    .dump_phase = DumpPhase::kInjected,
+    .dump = DumpRow,
+    .restore_phase = RestorePhase::kAttributes,
+    .restore = Restore,
+};
+
 }  // namespace stasis::kinds::signals

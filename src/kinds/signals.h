@@ -4,7 +4,7 @@
 // queues live in thread.h.
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/process_kind.h"
 
 namespace stasis::kinds::signals {
 
@@ -16,5 +16,8 @@ Status Restore(RemoteTask& task, const image::Process& proc);
 // Queues raw 128-byte siginfo records on the process (tid == 0) or a thread.
 Status QueueSignals(RemoteTask& task, int tgid, int tid,
                     const google::protobuf::RepeatedPtrField<std::string>& infos);
+
+// Its row in the registry (registry.cc).
+extern const ProcessKind kKind;
 
 }  // namespace stasis::kinds::signals

@@ -59,6 +59,8 @@ struct NsQueues {
   std::vector<TreeSock> tree;
 };
 
+// The accept queues of the tree's TCP listeners, found once per dump
+// (DumpContext::State).
 struct Queues {
   std::map<uint64_t, NsQueues> by_netns;  // by namespace inode
 };
@@ -249,9 +251,9 @@ bool IsTcp(const FdDumpInput& in) {
 Result<NsQueues*> Find(DumpContext& ctx, int sock) {
   sys::UniqueFd netns = STASIS_TRY(NetnsOf(sock));
   uint64_t ino = STASIS_TRY(Inode(netns.get()));
-  if (!ctx.tcp_pending) ctx.tcp_pending = std::make_shared<Queues>();
-  auto found = ctx.tcp_pending->by_netns.find(ino);
-  if (found != ctx.tcp_pending->by_netns.end()) return &found->second;
+  Queues& queues = ctx.State<Queues>();
+  auto found = queues.by_netns.find(ino);
+  if (found != queues.by_netns.end()) return &found->second;
   NsQueues fresh;
   NsQueues* q = &fresh;
   sys::UniqueFd nl = STASIS_TRY(DiagSocketIn(netns.get()));
@@ -271,7 +273,7 @@ Result<NsQueues*> Find(DumpContext& ctx, int sock) {
     }
     q->tree.push_back(std::move(t));
   }
-  return &(ctx.tcp_pending->by_netns[ino] = std::move(fresh));
+  return &(queues.by_netns[ino] = std::move(fresh));
 }
 
 // A queued (not accepted) server end: no inode, since no file holds it.

@@ -413,4 +413,15 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   return fd;
 }
 
+const FdKind kKind = {
+    .name = kName,
+    .summary =
+        "TCP, IPv4 and IPv6: listeners with their accept queues, established and closing "
+        "connections with TCP_REPAIR",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+    .apply_late = tcp_pending::ApplyLate,
+};
+
 }  // namespace stasis::kinds::tcp_socket

@@ -16,7 +16,7 @@
 // tcp_states.h.
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::tcp_socket {
 
@@ -24,5 +24,7 @@ inline constexpr const char* kName = "tcp";
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 
 }  // namespace stasis::kinds::tcp_socket

@@ -144,4 +144,12 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   return fd;
 }
 
+const FdKind kKind = {
+    .name = kName,
+    .summary = "timerfd: clock, time left, interval and unread ticks",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+};
+
 }  // namespace stasis::kinds::timerfd

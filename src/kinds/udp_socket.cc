@@ -88,4 +88,14 @@ Result<sys::UniqueFd> Restore(RestoreContext&, const image::File& file) {
   return fd;
 }
 
+const FdKind kKind = {
+    .name = kName,
+    .summary =
+        "UDP, IPv4 and IPv6: bound and connected sockets, options, queued datagrams with their "
+        "sources",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+};
+
 }  // namespace stasis::kinds::udp_socket

@@ -3,7 +3,7 @@
 // carried yet: multicast memberships.
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::udp_socket {
 
@@ -11,5 +11,7 @@ inline constexpr const char* kName = "udp";
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 
 }  // namespace stasis::kinds::udp_socket

@@ -12,7 +12,6 @@ namespace {
 
 // F_SETFL changes only these; a socket is always O_RDWR.
 constexpr uint32_t kSettableFlags = O_APPEND | O_ASYNC | O_NOATIME | O_NONBLOCK;
-constexpr const char* kGraphKey = "unix:graph";
 // Linux 6.5+; glibc 2.36 and the 6.1 headers lack it.
 constexpr int kSoPasspidfd = 76;
 // The socket options this kind carries as plain ints (SOL_SOCKET).
@@ -144,10 +143,10 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   state.set_flags(in.info.flags & ~O_CLOEXEC);
   // Before the graph, which changes SO_PEEK_OFF and SO_PASSCRED for a while.
   STASIS_TRY_CTX(DumpOptions(in.local.get(), &state), what);
-  if (ctx.dumped_objects.insert(kGraphKey).second) {
+  if (!std::exchange(ctx.State<DumpState>().graph_dumped, true)) {
     STASIS_TRY(DumpGraph(ctx, in, state.mutable_graph()));
   }
-  if (!ctx.dumped_objects.contains(fmt::format("unix:{}", in.st.st_ino))) {
+  if (!ctx.State<DumpState>().in_graph.contains(in.st.st_ino)) {
     return Error::Unsupported(what +
                               ": sock_diag does not list it: a unix socket of another network "
                               "namespace is not supported yet");
@@ -160,15 +159,24 @@ Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   image::UnixSocketState state;
   if (!file.state().UnpackTo(&state)) return Error::Corrupt("unix socket state does not parse");
   std::string what = fmt::format("socket:[{}]", state.ino());
-  if (!ctx.unix_sockets) ctx.unix_sockets = std::make_shared<Sockets>();
-  if (state.has_graph()) {
-    STASIS_TRY_CTX(BuildGraph(state.graph(), ctx.unix_sockets.get()), "unix sockets");
-  }
-  auto built = ctx.unix_sockets->by_ino.extract(state.ino());
+  Sockets& sockets = ctx.State<Sockets>();
+  if (state.has_graph()) STASIS_TRY_CTX(BuildGraph(state.graph(), &sockets), "unix sockets");
+  auto built = sockets.by_ino.extract(state.ino());
   if (built.empty()) return Error::Corrupt(what + ": not in the image's unix socket graph");
   sys::UniqueFd fd = std::move(built.mapped());
   STASIS_TRY_CTX(RestoreOptions(fd.get(), state), what);
   return fd;
 }
+
+const FdKind kKind = {
+    .name = kName,
+    .summary =
+        "Unix sockets of all three types: pairs, bound and listening sockets with their backlog, "
+        "queued data with boundaries and credentials, options; --external-unix=close",
+    .matches = Matches,
+    .dump = Dump,
+    .restore = Restore,
+    .apply_late = ApplyLate,
+};
 
 }  // namespace stasis::kinds::unix_socket

@@ -14,7 +14,7 @@
 //
 // The first unix socket File of the tree carries every unix socket of the
 // tree (sock_diag: names, peers, backlogs), which its restore builds at once;
-// each File then takes its own socket (RestoreContext::unix_sockets).
+// each File then takes its own socket (RestoreContext::State<Sockets>).
 //
 // Refused (ErrorCode::kUnsupported, naming pid, fd, socket and name): a peer
 // outside the dumped tree (its inode, name and a process holding it); a
@@ -39,7 +39,7 @@
 // Needs CAP_NET_ADMIN (SIOCUNIXFILE, SO_SNDBUFFORCE); SO_PEEK_OFF (3.4+).
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/fd_kind.h"
 
 namespace stasis::kinds::unix_socket {
 
@@ -47,6 +47,8 @@ inline constexpr const char* kName = "unix_socket";
 bool Matches(const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
+// Its row in the registry (registry.cc).
+extern const FdKind kKind;
 // Sends again what waiting clients had sent (unix_socket_pending.cc).
 Status ApplyLate(const LateRestore& ctx, const image::LateRecord& record);
 

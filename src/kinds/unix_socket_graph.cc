@@ -115,7 +115,8 @@ class GraphDump {
     for (Member& m : members_) STASIS_TRY(ResolveSharedName(m));
     for (Member& m : members_) STASIS_TRY(CheckDatagram(m));
     STASIS_TRY(CheckSize());
-    for (Member& m : members_) ctx_.dumped_objects.insert(fmt::format("unix:{}", m.node->ino()));
+    DumpState& dumped = ctx_.State<DumpState>();
+    for (Member& m : members_) dumped.in_graph.insert(m.node->ino());
     return AddPending();
   }
 

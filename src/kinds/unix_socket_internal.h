@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,8 +25,16 @@
 
 namespace stasis::kinds::unix_socket {
 
+// What the dump knows once the first unix socket File made the graph
+// (DumpContext::State): the graph is in that File, and these sockets are
+// its nodes.
+struct DumpState {
+  bool graph_dumped = false;
+  std::set<uint64_t> in_graph;  // inodes
+};
+
 // Sockets the graph build made, waiting for their File's Restore to take
-// them; by inode at dump. Lives in RestoreContext::unix_sockets.
+// them; by inode at dump (RestoreContext::State).
 struct Sockets {
   std::map<uint64_t, sys::UniqueFd> by_ino;
 };
@@ -125,7 +134,7 @@ Status RaiseSndbuf(int fd, uint64_t bytes);
 
 // Every unix socket of the tree (ctx.fd_index), with names, peers, backlogs
 // and queues; `in` is the File being dumped (its fd is already in the
-// dumper). Marks "unix:<ino>" in ctx.dumped_objects for every node.
+// dumper). Adds every node to DumpState::in_graph.
 Status DumpGraph(DumpContext& ctx, const FdDumpInput& in, image::UnixSocketGraph* graph);
 // Checks that the graph is whole (peers and clients are nodes, one type per
 // connection); restore validates before it builds anything.

@@ -113,4 +113,23 @@ Status Restore(RemoteTask& task, const image::Process& proc) {
   return Ok();
 }
 
+namespace {
+
+Status DumpRow(const ProcessDumpInput& in, image::Process* proc) {
+  return Dump(in.pid, *proc, in.manifest);
+}
+
+}  // namespace
+
+const ProcessKind kKind = {
+    .name = "vdso",
+    .summary =
+        "The [vdso]/[vvar]/[vvar_vclock] block, moved together; refused on a kernel whose vdso "
+        "differs",
+    .dump_phase = DumpPhase::kAfterVmas,
+    .dump = DumpRow,
+    .restore_phase = RestorePhase::kMemory,
+    .restore = Restore,
+};
+
 }  // namespace stasis::kinds::vdso

@@ -6,7 +6,7 @@
 // otherwise restore refuses (proxy trampolines are future work).
 #pragma once
 
-#include "kinds/context.h"
+#include "kinds/process_kind.h"
 
 namespace stasis::kinds::vdso {
 
@@ -17,5 +17,8 @@ Status Dump(pid_t pid, const image::Process& proc, image::Manifest* manifest);
 Status CheckCompatible(const image::Manifest& manifest, const image::Process& proc);
 // Maps the block at its dumped place; everything there must be unmapped.
 Status Restore(RemoteTask& task, const image::Process& proc);
+
+// Its row in the registry (registry.cc).
+extern const ProcessKind kKind;
 
 }  // namespace stasis::kinds::vdso

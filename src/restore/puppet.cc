@@ -9,14 +9,9 @@
 
 #include <algorithm>
 
-#include "kinds/creds.h"
-#include "kinds/fs_context.h"
-#include "kinds/limits.h"
 #include "kinds/memory.h"
 #include "kinds/mm.h"
-#include "kinds/posix_timers.h"
 #include "kinds/registry.h"
-#include "kinds/signals.h"
 #include "kinds/thread.h"
 #include "kinds/vdso.h"
 
@@ -126,7 +121,7 @@ Status RestoreThread(sys::Tracee& tracee, pid_t host_pid, uint64_t scratch,
   kinds::RemoteTask task(host_pid, inj, scratch + kScratchArgs, kScratchSize - kScratchArgs);
   STASIS_TRY(kinds::thread::Restore(task, proc.pid(), thread));
   // Raw setresuid and capset change one thread only.
-  STASIS_TRY(kinds::creds::Restore(task, proc.creds()));
+  STASIS_TRY(kinds::RestoreProcessKinds(kinds::RestorePhase::kCredentials, task, proc));
   inj.Abandon();
   return kinds::thread::RestoreRegisters(tracee, thread);
 }
@@ -224,6 +219,7 @@ Status TaskBuild::RestoreMemory(const PageFeeder& feed_pages, bool vdso_in_place
   task_ = std::make_unique<kinds::RemoteTask>(host_pid_, inj_, scratch_ + kScratchArgs,
                                               kScratchSize - kScratchArgs);
   task_->set_restorer_pidfd(plan_.pidfd_slot);
+  task_->set_log(plan_.log);
   if (!vdso_in_place) STASIS_TRY(kinds::vdso::Restore(*task_, proc));
   auto local_fd = [this](uint64_t id) -> Result<int> {
     auto it = plan_.files->find(id);
@@ -257,12 +253,10 @@ Result<long> TaskBuild::Call(const char* name, long nr, uint64_t a1, uint64_t a2
 Status TaskBuild::RestoreAttributes(std::vector<sys::Tracee>* threads) {
   const image::Process& proc = *plan_.proc;
   STASIS_TRY(InstallFds(*task_, plan_));
-  STASIS_TRY(kinds::fs_context::Restore(*task_, proc));
-  STASIS_TRY(kinds::limits::Restore(*task_, proc, *plan_.log));
-  STASIS_TRY(kinds::signals::Restore(*task_, proc));
+  STASIS_TRY(kinds::RestoreProcessKinds(kinds::RestorePhase::kAttributes, *task_, proc));
   // Threads after everything they share is in place, before credentials.
   STASIS_TRY(CreateThreads(*task_, scratch_, proc, threads));
-  STASIS_TRY(kinds::posix_timers::Restore(*task_, proc));
+  STASIS_TRY(kinds::RestoreProcessKinds(kinds::RestorePhase::kAfterThreads, *task_, proc));
   return kinds::thread::Restore(*task_, proc.pid(), proc.threads(0));
 }
 
@@ -283,7 +277,7 @@ Status TaskBuild::RunAfterTree(const std::vector<uint64_t>& ids) {
 
 Status TaskBuild::Finish() {
   const image::Process& proc = *plan_.proc;
-  STASIS_TRY(kinds::creds::Restore(*task_, proc.creds()));
+  STASIS_TRY(kinds::RestoreProcessKinds(kinds::RestorePhase::kCredentials, *task_, proc));
   STASIS_TRY(task_->Call("close(restorer pidfd)", SYS_close, plan_.pidfd_slot));
   // Remove the scratch area, running the last call from the real vdso.
   inj_.set_syscall_ip(STASIS_TRY(PuppetSyscallIp(host_pid_)));

@@ -4,6 +4,14 @@
  * 64 MiB are still shared: the parent's smaps must show them Shared_Dirty
  * (asserted). The tree's RSS before and after is printed to the log.
  */
+// Cases (the format is in CMakeLists.txt):
+// Pages shared copy-on-write after fork stay shared: the pre-copy and the
+// frozen reads must not unshare them (process_vm_readv pins, and pinning
+// unshares), which the program checks after the trigger.
+// stasis-case: program.cow.leave_running ${PROGRAM} --leave-running
+// 64 MiB shared copy-on-write by a parent and two children stays shared.
+// stasis-case: program.cow ${PROGRAM}
+// stasis-case: program.cow.cycles3 ${PROGRAM} --cycles 3
 #include "common.h"
 
 #include <sys/mman.h>

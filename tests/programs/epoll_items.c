@@ -17,6 +17,10 @@
  * again without the edge-triggered and one-shot ones; items are keyed by
  * the numbers they were added under; the fired one-shot item re-arms.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-case: program.epoll_items ${PROGRAM} --inspect
+// stasis-case: program.epoll_items.cycles3 ${PROGRAM} --cycles 3
+// stasis-selftest: selftest.epoll_items ${PROGRAM}
 #include "common.h"
 
 #include <inttypes.h>

@@ -6,6 +6,10 @@
  * must report exactly P with its cookie. Then the interest list must be the
  * restored one (re-adding P or Q gives EEXIST) and epoll_ctl must work.
  */
+// Cases (the format is in CMakeLists.txt):
+// Blocked in epoll_wait (232) or epoll_pwait (281).
+// stasis-case: program.epoll_wait ${PROGRAM} --expect-syscall 232,281
+// stasis-selftest: selftest.epoll_wait ${PROGRAM} --expect-syscall 232,281
 #include "common.h"
 
 #include <sys/epoll.h>

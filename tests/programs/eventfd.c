@@ -9,6 +9,9 @@
  * After the trigger: same fds, flags, counters (in fdinfo and by reading),
  * semaphore mode, and the shared description of E and E2.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-case: program.eventfd ${PROGRAM}
+// stasis-selftest: selftest.eventfd ${PROGRAM}
 #include "common.h"
 
 #include <inttypes.h>

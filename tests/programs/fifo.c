@@ -9,6 +9,10 @@
  * order and only once; descriptions of one FIFO share its buffer; f3 still
  * has no writer.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.fifo ${PROGRAM}
+// stasis-case: program.fifo ${PROGRAM}
+// stasis-case: program.fifo.cycles3 ${PROGRAM} --cycles 3
 #include "common.h"
 
 #include <limits.h>

@@ -6,6 +6,10 @@
  * (O_RDWR, dup()'d: the two fds share one offset). The runner's
  * --change-file-size test appends to DIR/data.bin while the image waits.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-case: program.file_size_changed ${PROGRAM} --change-file-size data.bin
+// stasis-case: program.files ${PROGRAM}
+// stasis-selftest: selftest.files ${PROGRAM}
 #include "common.h"
 
 #include <dirent.h>

@@ -16,6 +16,13 @@
  * offset and contents; the unlinked ones are still unlinked and nothing
  * was left in DIR; reading the directory goes on where it stopped.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.files_more ${PROGRAM}
+// Unlinked and O_TMPFILE files (contents in the image), O_APPEND, O_DIRECT,
+// O_PATH of four file types, a directory read part way.
+// stasis-case: program.files_more ${PROGRAM} --inspect
+// stasis-case: program.files_more.cycles3 ${PROGRAM} --cycles 3
+// stasis-case: program.files_more.nobody ${PROGRAM} --user nobody
 #include "common.h"
 
 #include <dirent.h>

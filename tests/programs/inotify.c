@@ -11,6 +11,10 @@
  * mask, handle); changes to the files raise events with the right wds; a
  * new watch gets a wd no watch has.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.inotify ${PROGRAM}
+// stasis-case: program.inotify ${PROGRAM} --inspect
+// stasis-case: program.inotify.cycles3 ${PROGRAM} --cycles 3
 #include "common.h"
 
 #include <limits.h>

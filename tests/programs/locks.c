@@ -17,6 +17,13 @@
  *   when dumped. After the restore it must be waiting again, and get the
  *   lock once P unlocks.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.locks ${PROGRAM}
+// POSIX, OFD and flock locks; a checker child stays locked out, a child
+// blocked in F_SETLKW waits again and gets the lock once it is released.
+// stasis-case: program.locks ${PROGRAM} --inspect
+// stasis-case: program.locks.cycles3 ${PROGRAM} --cycles 3
+// stasis-case: program.locks.nobody ${PROGRAM} --user nobody
 #include "common.h"
 
 #include <poll.h>

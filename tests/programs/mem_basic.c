@@ -7,6 +7,15 @@
  *
  * Usage: mem_basic [DIR]   (DIR for the temp file; default $TMPDIR or ".")
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-case: program.mem_basic ${PROGRAM} --inspect
+// stasis-case: program.mem_basic.cycles10 ${PROGRAM} --cycles 10
+// Restored into this PID namespace: the PID is free once the original is reaped.
+// stasis-case: program.mem_basic.pid_ns_host ${PROGRAM} --restore-arg=--pid-ns=host
+// stasis-case: program.mem_basic.leave_running ${PROGRAM} --leave-running
+// stasis-case: program.corrupt_page ${PROGRAM} --corrupt flip-page
+// stasis-case: program.truncated ${PROGRAM} --corrupt truncate
+// stasis-selftest: selftest.mem_basic ${PROGRAM}
 #include "common.h"
 
 #include <sys/auxv.h>

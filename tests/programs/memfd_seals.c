@@ -14,6 +14,10 @@
  * seals, size, mode and contents, and each seal must still forbid what it
  * forbids while the mappings still allow what they allowed.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.memfd_seals ${PROGRAM}
+// stasis-case: program.memfd_seals ${PROGRAM} --inspect
+// stasis-case: program.memfd_seals.cycles3 ${PROGRAM} --cycles 3
 #include "common.h"
 
 #include <sys/mman.h>

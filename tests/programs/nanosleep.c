@@ -8,6 +8,12 @@
  * An EINTR means the engine did not restart the sleep. No trigger: the
  * program ends by itself.
  */
+// Cases (the format is in CMakeLists.txt):
+// Blocked in clock_nanosleep (230); the program ends by itself.
+// stasis-case: program.nanosleep_rel ${PROGRAM} rel --expect-syscall 230 --trigger none
+// stasis-case: program.nanosleep_abs ${PROGRAM} abs --expect-syscall 230 --trigger none
+// stasis-selftest: selftest.nanosleep_rel ${PROGRAM} rel --expect-syscall 230 --trigger none
+// stasis-selftest: selftest.nanosleep_abs ${PROGRAM} abs --expect-syscall 230 --trigger none
 #include "common.h"
 
 int main(int argc, char **argv) {

@@ -7,6 +7,9 @@
  * After the trigger: same fds, same pipes (by inode), exact data, sizes,
  * status and fd flags; shared description; then the pipes still work.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-case: program.pipe_data ${PROGRAM}
+// stasis-selftest: selftest.pipe_data ${PROGRAM}
 #include "common.h"
 
 #include <dirent.h>

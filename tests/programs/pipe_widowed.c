@@ -4,6 +4,9 @@
  * are carried as they are: after restore the reads give the data and then
  * EOF, and a write fails with EPIPE.
  */
+// Cases (the format is in CMakeLists.txt):
+// Pipe ends whose other end nobody holds (a Jupyter kernel's stdin).
+// stasis-case: program.pipe_widowed ${PROGRAM}
 #include "common.h"
 
 int main(void) {

@@ -4,6 +4,10 @@
  * disarmed one. After restore: the same timer IDs, intervals, time left no
  * more than before, and the periodic one keeps firing with its value.
  */
+// Cases (the format is in CMakeLists.txt):
+// timer_create timers keep their ids, clocks, targets, time left and interval.
+// stasis-case: program.posix_timers ${PROGRAM}
+// stasis-case: program.posix_timers.cycles3 ${PROGRAM} --cycles 3
 #include "common.h"
 
 #include <sys/syscall.h>

@@ -16,6 +16,15 @@
  * The writers run in bursts with short sleeps, so that the dump always
  * finds them writing without taking a whole core.
  */
+// Cases (the format is in CMakeLists.txt):
+// Three threads rewriting a 64 MiB region while --leave-running pre-copies
+// it (src/checkpoint/precopy.h); each image is restored in place of the
+// original, and the writers catch any page from the wrong moment.
+// stasis-case: program.precopy_writer.leave_running ${PROGRAM} --leave-running --restore-left-running --cycles 4
+// As nobody: the injected userfaultfd is UFFD_USER_MODE_ONLY, allowed without
+// CAP_SYS_PTRACE.
+// stasis-case: program.precopy_writer.leave_running.nobody ${PROGRAM} --leave-running --restore-left-running --cycles 2 --user nobody
+// stasis-selftest: selftest.precopy_writer ${PROGRAM}
 #include "common.h" /* first: it defines _GNU_SOURCE */
 
 #include <pthread.h>

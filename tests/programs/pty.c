@@ -18,6 +18,14 @@
  * controlling terminal (tcgetsid, tcgetpgrp, ttyname, /proc tty_nr,
  * /dev/tty); g checks its group and reads "one\n", "two", "parrest\n".
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.pty ${PROGRAM}
+// stasis-case: program.pty ${PROGRAM} --inspect
+// Dumped again once restored: its ptys are then in a PID namespace of ours.
+// stasis-case: program.pty.cycles3 ${PROGRAM} --cycles 3
+// The queues are read out of the pairs and must be back in the original.
+// stasis-case: program.pty.leave_running ${PROGRAM} --leave-running
+// stasis-case: program.pty.nobody ${PROGRAM} --user nobody
 #include "common.h"
 
 #include <poll.h>

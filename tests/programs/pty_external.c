@@ -2,6 +2,10 @@
  * outside the tree, like the terminal of a shell job. The dump must refuse,
  * naming the pid, the fd and the terminal; the program goes on unharmed.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.pty_external ${PROGRAM}
+// fd 3 is a terminal whose master is outside the tree (criu --shell-job's case).
+// stasis-case: program.pty_external ${PROGRAM} --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*\bfd\W{0,3}3\b)(?=.*/dev/pts/\d)(?=.*master is outside)(?=.*--shell-job)]=]
 #include "common.h"
 
 #include <termios.h>

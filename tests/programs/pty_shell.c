@@ -8,6 +8,12 @@
  * it with " $((6*7)) $(tty)" and expects "ahead 42 /dev/pts/N", N being
  * the pty's index now. Then bash exits.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.pty_shell ${PROGRAM}
+// bash -i on a pty with a foreground job and typed-ahead input, as a
+// jupyter-server terminal.
+// stasis-case: program.pty_shell ${PROGRAM}
+// stasis-case: program.pty_shell.cycles3 ${PROGRAM} --cycles 3
 #include "common.h"
 
 #include <poll.h>

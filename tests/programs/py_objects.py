@@ -7,6 +7,10 @@ flock, and a unix listener with a connection waiting in its backlog, with
 data its client sent on it (only accept() reaches that data: the dump reads
 it at its point of no return). All must be intact after restore.
 """
+# Cases (the format is in CMakeLists.txt):
+# The objects of a real session, all at once, in one python3 process.
+# stasis-case: program.py_objects ${PROGRAM}
+# stasis-case: program.py_objects.cycles3 ${PROGRAM} --cycles 3
 import fcntl
 import os
 import select

@@ -10,6 +10,10 @@ array must be seen by the workers (it is still shared), and the pool must
 still shut down cleanly. Prints the tree's total RSS before and after, so a
 restore that multiplied shared memory would show.
 """
+# Cases (the format is in CMakeLists.txt):
+# stasis-case: program.py_pool SERIAL ${PROGRAM}
+# stasis-case: program.py_pool.cycles3 SERIAL ${PROGRAM} --cycles 3
+# stasis-case: program.py_pool.nobody SERIAL ${PROGRAM} --user nobody
 import hashlib
 import multiprocessing as mp
 import os

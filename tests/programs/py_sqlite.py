@@ -15,6 +15,11 @@ lets it go. The temporary file is still unlinked, with its contents and
 offset.
 Run as: /usr/bin/python3 py_sqlite.py
 """
+# Cases (the format is in CMakeLists.txt):
+# stasis-selftest: selftest.py_sqlite ${PROGRAM}
+# stasis-case: program.py_sqlite ${PROGRAM}
+# stasis-case: program.py_sqlite.cycles3 ${PROGRAM} --cycles 3
+# stasis-case: program.py_sqlite.nobody ${PROGRAM} --user nobody
 import fcntl
 import hashlib
 import os

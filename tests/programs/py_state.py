@@ -5,6 +5,11 @@ sha256 is recorded; waits for SIGUSR2 in a loop of time.sleep(0.05); then
 checks the objects against freshly built ones and the sha256.
 Run as: /usr/bin/python3 py_state.py
 """
+# Cases (the format is in CMakeLists.txt):
+# ~130 MB resident per process and a 100 MB image per cycle.
+# stasis-case: program.py_state SERIAL ${PROGRAM}
+# stasis-case: program.py_state.cycles3 SERIAL ${PROGRAM} --cycles 3
+# stasis-selftest: selftest.py_state ${PROGRAM}
 import hashlib
 import os
 import random

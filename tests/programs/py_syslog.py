@@ -13,6 +13,10 @@ Where a real syslog daemon already holds /dev/log, its messages cannot be
 read back here: the program then only checks that syslog() still works and
 that the socket it holds is connected to /dev/log again.
 """
+# Cases (the format is in CMakeLists.txt):
+# stasis-selftest: selftest.py_syslog SERIAL ${PROGRAM}
+# stasis-case: program.py_syslog SERIAL ${PROGRAM} --dump-arg=--external-unix=close
+# stasis-case: program.py_syslog.refused SERIAL ${PROGRAM} --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*/dev/log)(?=.*--external-unix=close)]=]
 import os
 import signal
 import socket

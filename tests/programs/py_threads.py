@@ -5,6 +5,10 @@ Event with a timeout, and a few computing. After restore every thread must
 still be there (same native id, same name), finish its wait the normal way,
 and the computing threads must still be computing correctly.
 """
+# Cases (the format is in CMakeLists.txt):
+# A python3 process with 12 threads, parked in every way a kernel's are.
+# stasis-case: program.py_threads ${PROGRAM}
+# stasis-case: program.py_threads.cycles3 ${PROGRAM} --cycles 3
 import os
 import queue
 import signal

@@ -5,6 +5,10 @@
  * has to resume the interrupted read transparently. An EINTR, a short or a
  * different result is a failure; there is deliberately no retry loop.
  */
+// Cases (the format is in CMakeLists.txt):
+// Blocked in read (0): the read must resume, not fail with EINTR.
+// stasis-case: program.read_block ${PROGRAM} --expect-syscall 0
+// stasis-selftest: selftest.read_block ${PROGRAM} --expect-syscall 0
 #include "common.h"
 
 static int p[2];

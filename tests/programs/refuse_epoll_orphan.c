@@ -6,6 +6,10 @@
  * (through an eventfd write the grandchild makes on request), no tracer is
  * left and the fds are the same.
  */
+// Cases (the format is in CMakeLists.txt):
+// The epoll is fd 3; its item's file is held only by a grandchild.
+// stasis-case: program.epoll_refuse_orphan ${PROGRAM} --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*\bfd\W{0,3}3\b)(?=.*no fd of the task holds)]=]
+// stasis-selftest: selftest.refuse_epoll_orphan ${PROGRAM}
 #include "common.h"
 
 #include <dirent.h>

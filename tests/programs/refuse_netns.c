@@ -2,6 +2,9 @@
  * come back in the host's network, its sockets there: the dump must refuse
  * it, naming the pid and the namespace, and leave it running.
  */
+// Cases (the format is in CMakeLists.txt):
+// In a network namespace of its own: refused, naming pid and namespace.
+// stasis-case: program.refuse_netns ${PROGRAM} --expect-dump-failure [=[(?is)^(?=.*\bpid {pid}\b)(?=.*another net namespace)]=]
 #include "common.h"
 
 #include <sched.h>

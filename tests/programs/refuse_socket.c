@@ -6,6 +6,10 @@
  * untouched: after the trigger the socket still works, no tracer is left,
  * and the memory layout, fds and signal mask are what they were.
  */
+// Cases (the format is in CMakeLists.txt):
+// The socket is fd 7; the error must name the pid, the fd and the kind.
+// stasis-case: program.refuse_socket ${PROGRAM} --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*\bfd\W{0,3}7\b)(?=.*socket)]=]
+// stasis-selftest: selftest.refuse_socket ${PROGRAM}
 #include "common.h"
 
 #include <arpa/inet.h>

@@ -1,6 +1,9 @@
 /* A process traced by someone else (here its own child, which seized it)
  * must be refused at dump, naming the tracer, and left running untouched.
  */
+// Cases (the format is in CMakeLists.txt):
+// Traced by someone else (its own child): refused, naming the tracer.
+// stasis-case: program.refuse_traced ${PROGRAM} --expect-dump-failure [=[(?i)traced by pid]=]
 #include "common.h"
 
 #include <sys/ptrace.h>

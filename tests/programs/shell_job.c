@@ -12,6 +12,13 @@
  * "JOB-OUT tty=NAME rows=R cols=C" through /dev/tty (the runner checks the
  * name and the size it gave that terminal) and reads the line typed back.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.shell_job ${PROGRAM} --on-terminal
+// The first restore, without --shell-job, must be refused, naming it.
+// stasis-case: program.shell_job ${PROGRAM} --on-terminal --dump-arg=--shell-job --restore-arg=--shell-job --inspect --expect-restore-failure=--shell-job
+// Each restore on a new terminal; the job talks on the last one.
+// stasis-case: program.shell_job.cycles3 ${PROGRAM} --on-terminal --dump-arg=--shell-job --restore-arg=--shell-job --cycles 3
+// stasis-case: program.shell_job.refused ${PROGRAM} --on-terminal --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*\bfd\W{0,3}0\b)(?=.*outside the dumped tree)(?=.*--shell-job)]=]
 #include "common.h"
 
 #include <sys/ioctl.h>

@@ -6,6 +6,10 @@
  * it (they are still one object), the contents from before are intact, and
  * /proc/self/maps names each mapping as before.
  */
+// Cases (the format is in CMakeLists.txt):
+// Shared anonymous memory, unlinked POSIX shm, a memfd and a named /dev/shm
+// file, all shared by a parent and its child.
+// stasis-case: program.shmem ${PROGRAM}
 #include "common.h"
 
 #include <sys/mman.h>

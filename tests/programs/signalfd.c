@@ -6,6 +6,9 @@
  * are pending at the dump. After the trigger: same masks (fdinfo), flags,
  * and reading A gives the pending signals; B has none.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.signalfd ${PROGRAM}
+// stasis-case: program.signalfd ${PROGRAM}
 #include "common.h"
 
 #include <inttypes.h>

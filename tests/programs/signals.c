@@ -6,6 +6,9 @@
  * signal is unblocked in turn and its handler must run with the right
  * siginfo, in queue order, on the alternate stack where SA_ONSTACK says so.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-case: program.signals ${PROGRAM}
+// stasis-selftest: selftest.signals ${PROGRAM}
 #include "common.h"
 
 #include <sys/syscall.h>

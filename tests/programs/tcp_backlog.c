@@ -21,6 +21,18 @@
  * pid, the listener's fd and address and the peer. The program then checks
  * the same things without a restore (and answers the helper).
  */
+// Cases (the format is in CMakeLists.txt):
+// Loopback connections waiting in accept queues (IPv4, IPv6, dual-stack),
+// with data, one with part of it still in the client's send queue
+// (src/kinds/tcp_pending.cc).
+// stasis-case: program.tcp_backlog SERIAL ${PROGRAM} --inspect
+// stasis-case: program.tcp_backlog.cycles3 SERIAL ${PROGRAM} --cycles 3
+// --leave-running would take them from the program: refused.
+// stasis-case: program.tcp_backlog.leave_running SERIAL ${PROGRAM} --leave-running --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*TCP listener)(?=.*accept queue)(?=.*--leave-running)]=]
+// A waiting connection from a helper outside the tree: refused, naming the
+// pid, the listener's fd and address and the peer.
+// stasis-case: program.tcp_backlog_outside SERIAL ${PROGRAM} outside --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*\bfd\W{0,3}3\b)(?=.*TCP listener 127\.0\.0\.1:\d+)(?=.*from 127\.0\.0\.1:\d+)(?=.*outside the dumped tree)]=]
+// stasis-selftest: selftest.tcp_backlog ${PROGRAM}
 #include "common.h"
 
 #include <arpa/inet.h>

@@ -18,6 +18,17 @@
  * after our own shutdown and work before it; the closed socket gives its
  * bytes, EOF, EPIPE and no error; the bound socket keeps its port.
  */
+// Cases (the format is in CMakeLists.txt):
+// Half-closed, closing and ended TCP connections (FIN_WAIT1/2, CLOSE_WAIT,
+// LAST_ACK, CLOSING, CLOSE with unread bytes), IPv4 and IPv6: bytes, EOF
+// once, EPIPE.
+// stasis-case: program.tcp_halfclosed SERIAL ${PROGRAM}
+// stasis-case: program.tcp_halfclosed.cycles3 SERIAL ${PROGRAM} --cycles 3
+// Refused, naming pid, fd, state and addresses: a connect() in progress, and
+// a reset connection whose error (ECONNRESET) is still pending.
+// stasis-case: program.tcp_refuse_syn_sent ${PROGRAM} syn-sent --expect-dump-failure [=[(?is)pid {pid}\b.*fd \d+.*127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+ in state SYN_SENT]=]
+// stasis-case: program.tcp_refuse_reset ${PROGRAM} reset --expect-dump-failure [=[(?is)pid {pid}\b.*fd \d+.*state CLOSE has a pending error]=]
+// stasis-selftest: selftest.tcp_halfclosed ${PROGRAM}
 #include "common.h"
 
 #include <arpa/inet.h>

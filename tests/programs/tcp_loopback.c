@@ -6,6 +6,12 @@
  * restore: every byte arrives once, in order; the connections still talk;
  * the listener still accepts; addresses and ports are the same.
  */
+// Cases (the format is in CMakeLists.txt):
+// TCP on loopback, both ends in the tree, IPv4 and IPv6, 1 MB in flight.
+// SERIAL: the restore rebinds the same ports in the host's network namespace,
+// which a test running alongside could take in between.
+// stasis-case: program.tcp_loopback SERIAL ${PROGRAM}
+// stasis-case: program.tcp_loopback.cycles3 SERIAL ${PROGRAM} --cycles 3
 #include "common.h"
 
 #include <arpa/inet.h>

@@ -5,6 +5,10 @@
  * checks its own TID, TLS, mask, name and altstack, then finishes its wait
  * the normal way (woken by main) and reports; main checks the reports.
  */
+// Cases (the format is in CMakeLists.txt):
+// Seven threads parked in futex, read, nanosleep, poll, sigwaitinfo or computing.
+// stasis-case: program.threads ${PROGRAM}
+// stasis-case: program.threads.cycles5 ${PROGRAM} --cycles 5
 #include "common.h" /* first: it defines _GNU_SOURCE */
 
 #include <poll.h>

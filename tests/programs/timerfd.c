@@ -12,6 +12,10 @@
  * more than at the dump; absolute: the same deadline), and the unread
  * expirations (B: at least as many as at READY; D: exactly 1).
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.timerfd ${PROGRAM}
+// stasis-case: program.timerfd ${PROGRAM}
+// stasis-case: program.timerfd.cycles3 ${PROGRAM} --cycles 3
 #include "common.h"
 
 #include <inttypes.h>

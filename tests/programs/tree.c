@@ -15,6 +15,12 @@
  * children to check, collects their exit statuses and exits 0 or 1. root
  * also checks the zombie's status and the shared offset.
  */
+// Cases (the format is in CMakeLists.txt):
+// A fork tree: three levels, pipes between them, two sessions, a group whose
+// leader exited, a zombie, an open file shared by two processes.
+// stasis-case: program.tree ${PROGRAM}
+// stasis-case: program.tree.cycles3 ${PROGRAM} --cycles 3
+// stasis-case: program.tree.nobody ${PROGRAM} --user nobody
 #include "common.h"
 
 #include <sys/wait.h>

@@ -3,6 +3,9 @@
  * unbound one with SO_BROADCAST. After restore: same addresses and peers,
  * options and flags, and datagrams still flow with the right source.
  */
+// Cases (the format is in CMakeLists.txt):
+// UDP: bound, connected, IPv6, broadcast; addresses, options and flags.
+// stasis-case: program.udp SERIAL ${PROGRAM}
 #include "common.h"
 
 #include <arpa/inet.h>

@@ -13,6 +13,13 @@
  * With the argument "pending-error": a connected socket with ECONNREFUSED
  * pending (an ICMP port unreachable) must be refused by the dump.
  */
+// Cases (the format is in CMakeLists.txt):
+// UDP with queued datagrams from several senders, IPv4, IPv6 and v4-mapped:
+// order, boundaries, source addresses, the program's SO_PEEK_OFF.
+// stasis-case: program.udp_queue SERIAL ${PROGRAM}
+// stasis-case: program.udp_queue.cycles3 SERIAL ${PROGRAM} --cycles 3
+// stasis-case: program.udp_refuse_pending_error ${PROGRAM} pending-error --expect-dump-failure [=[(?is)pid {pid}\b.*fd \d+.*pending error]=]
+// stasis-selftest: selftest.udp_queue ${PROGRAM}
 #include "common.h"
 
 #include <arpa/inet.h>

@@ -23,6 +23,14 @@
  * before taking anything (the listener's fdinfo counts them); the program
  * then checks the same things without a restore.
  */
+// Cases (the format is in CMakeLists.txt):
+// Stream and seqpacket listeners with four waiting connections each: data,
+// message boundaries, credentials, a shut-down client, one from a child.
+// stasis-case: program.unix_backlog ${PROGRAM} --inspect
+// stasis-case: program.unix_backlog.cycles3 ${PROGRAM} --cycles 3
+// An fd passed on a waiting connection: refused before anything is taken.
+// stasis-case: program.unix_backlog_fds ${PROGRAM} fds --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*b\.sock)(?=.*in flight \(SCM_RIGHTS\))(?=.*waiting in its backlog)]=]
+// stasis-selftest: selftest.unix_backlog ${PROGRAM}
 #include "common.h"
 
 #include <stddef.h>

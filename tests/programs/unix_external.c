@@ -6,6 +6,10 @@
  * there, SO_PEEK_OFF and SO_PASSCRED (which the dump uses while peeking)
  * are back, and the helper still answers.
  */
+// Cases (the format is in CMakeLists.txt):
+// fd 7's peer belongs to a helper outside the tree: the error names both.
+// stasis-case: program.unix_external ${PROGRAM} --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*\bfd\W{0,3}7\b)(?=.*outside the dumped tree)(?=.*held by pid)]=]
+// stasis-selftest: selftest.unix_external ${PROGRAM}
 #include "common.h"
 
 #include <sys/socket.h>

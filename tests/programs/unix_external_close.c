@@ -21,6 +21,14 @@
  * and options are kept, except the abstract peer name, which its live
  * holder keeps (the restored socket's peer is then unnamed).
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-selftest: selftest.unix_external_close ${PROGRAM}
+// stasis-case: program.unix_external_close ${PROGRAM} --dump-arg=--external-unix=close --inspect
+// Left running, the original keeps its live peers (the dump only peeks).
+// No cycles case: a reset still unread after one restore is a pending
+// SO_ERROR, which a second dump cannot read without taking it.
+// stasis-case: program.unix_external_close.leave_running ${PROGRAM} --dump-arg=--external-unix=close --leave-running
+// stasis-case: program.unix_external_close.refused ${PROGRAM} --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*outside the dumped tree)(?=.*--external-unix=close)]=]
 #include "common.h"
 
 #include <poll.h>

@@ -13,6 +13,16 @@
  * and gid, names, options and flags, the half-closed state, and every pair
  * still talks both ways.
  */
+// Cases (the format is in CMakeLists.txt):
+// AF_UNIX sockets (src/kinds/unix_socket*.cc): socketpairs of the three types
+// with queued data, credentials, options and a half-closed pair; a path
+// listener with an accepted connection, one waiting in its backlog and an
+// abstract datagram exchange across two processes.
+// stasis-case: program.unix_pair ${PROGRAM} --inspect
+// stasis-case: program.unix_pair.cycles3 ${PROGRAM} --cycles 3
+// The peeked queues and the options the dump borrows are back in the original.
+// stasis-case: program.unix_pair.leave_running ${PROGRAM} --leave-running
+// stasis-selftest: selftest.unix_pair ${PROGRAM}
 #include "common.h"
 
 #include <sys/socket.h>

@@ -11,6 +11,10 @@ After restore the event loop runs the pending callback, the child and the
 parent read each other's queued message and talk again, and the names of
 the listener, the accepted socket and the child's peer are the same.
 """
+# Cases (the format is in CMakeLists.txt):
+# stasis-case: program.unix_py ${PROGRAM}
+# stasis-case: program.unix_py.cycles3 ${PROGRAM} --cycles 3
+# stasis-selftest: selftest.unix_py ${PROGRAM}
 import asyncio
 import os
 import signal

@@ -18,6 +18,17 @@
  * refuse (accept() would take the connection); the program then checks the
  * same things without a restore.
  */
+// Cases (the format is in CMakeLists.txt):
+// stasis-case: program.unix_tree ${PROGRAM}
+// stasis-case: program.unix_tree.cycles3 ${PROGRAM} --cycles 3
+// stasis-case: program.unix_tree.nobody ${PROGRAM} --user nobody
+// Data sent on a connection still waiting in the backlog: read with accept()
+// at the dump's point of no return (unix_socket_pending.cc).
+// stasis-case: program.unix_backlog_data ${PROGRAM} backlog-data
+// ... which --leave-running cannot do without taking the connection.
+// stasis-case: program.unix_backlog_data.leave_running ${PROGRAM} backlog-data --leave-running --expect-dump-failure [=[(?is)^(?=.*\b{pid}\b)(?=.*l\.sock)(?=.*waiting in its backlog)(?=.*accept\(\))(?=.*--leave-running)]=]
+// stasis-selftest: selftest.unix_tree ${PROGRAM}
+// stasis-selftest: selftest.unix_backlog_data ${PROGRAM} backlog-data
 #include "common.h"
 
 #include <stddef.h>
