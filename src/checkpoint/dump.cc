@@ -13,13 +13,13 @@
 
 #include "checkpoint/files_dump.h"
 #include "checkpoint/precopy.h"
-#include "checkpoint/session_net.h"
 #include "checkpoint/task_dump.h"
 #include "checkpoint/tree.h"
-#include "image/session_net.h"
 #include "image/stream.h"
 #include "kinds/pty.h"
 #include "kinds/shmem.h"
+#include "net/session_dump.h"
+#include "net/session_image.h"
 #include "sys/cgroup.h"
 #include "sys/kernel_abi.h"
 #include "sys/proc.h"
@@ -183,7 +183,7 @@ std::vector<TreeTask*> DepthFirst(std::vector<TreeTask>& frozen) {
 
 Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* manifest,
                               std::vector<std::function<void()>>* undo_if_kept,
-                              const kinds::DumpPolicy& policy) {
+                              const kinds::DumpPolicy& policy, const FlowLocking& locking) {
   TreeImage tree;
   std::map<pid_t, pid_t> own_pid;  // host pid -> pid in the tree's namespace
   std::map<pid_t, size_t> index;   // host pid -> tree.tasks index
@@ -211,8 +211,8 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
   for (size_t i = 0; i < order.size(); ++i) {
     if (!order[i]->zombie) fd_tasks.push_back({order[i]->host_pid, &tree.tasks[i].proc});
   }
-  STASIS_TRY(
-      CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem, undo_if_kept, &tree.late, policy));
+  STASIS_TRY(CollectTreeFiles(fd_tasks, &tree.files, &tree.shmem, undo_if_kept, &tree.late, policy,
+                              locking));
   std::vector<kinds::shmem::TaskVmas> vma_tasks;
   for (const TreeFdsInput& t : fd_tasks) vma_tasks.push_back({t.host_pid, t.proc});
   uint64_t next_id = tree.files.size();
@@ -284,7 +284,7 @@ Result<std::vector<TreeTask>> Freeze(const DumpOptions& options, const std::stri
 
 // The manifest's fields beyond the tree's own.
 Status CompleteManifest(const DumpOptions& options, const TreeImage& tree,
-                        const std::optional<SessionNetDump>& net, image::Manifest* manifest) {
+                        const std::optional<net::SessionNetDump>& net, image::Manifest* manifest) {
   FillManifest(tree.tasks[0].proc, manifest);
   if (options.policy.shell_job) {
     *manifest->mutable_shell_job() =
@@ -293,8 +293,8 @@ Status CompleteManifest(const DumpOptions& options, const TreeImage& tree,
   manifest->set_session_name(options.session_name);
   for (const std::string& arg : options.session_command) manifest->add_session_command(arg);
   if (options.session_net) {
-    image::NetToProto(*options.session_net, manifest->mutable_net());
-    image::NeighboursToProto(net->neighbours(), manifest->mutable_net());
+    net::NetToProto(*options.session_net, manifest->mutable_net());
+    net::NeighboursToProto(net->neighbours(), manifest->mutable_net());
   }
   return Ok();
 }
@@ -311,6 +311,21 @@ Status CheckLeaveRunning(const TreeImage& tree) {
       step.what, step.why));
 }
 
+// The tree, collected from inside the session's namespace when there is one
+// (sock_diag sees only the sockets of the caller's); the calling thread is
+// back in its own when it returns.
+Result<TreeImage> CollectTreeIn(const std::optional<net::SessionNetDump>& net,
+                                std::vector<TreeTask>& frozen, image::Manifest* manifest,
+                                std::vector<std::function<void()>>* undo_if_kept,
+                                const kinds::DumpPolicy& policy, Logger& log) {
+  FlowLocking locking{log, net.has_value()};
+  if (!net) return CollectTree(frozen, manifest, undo_if_kept, policy, locking);
+  sys::ScopedNetns inside = STASIS_TRY(net->Enter());
+  TreeImage tree = STASIS_TRY(CollectTree(frozen, manifest, undo_if_kept, policy, locking));
+  STASIS_TRY_CTX(inside.Leave(), "leave the session's network");
+  return tree;
+}
+
 }  // namespace
 
 Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::ImageSink& sink) {
@@ -320,14 +335,13 @@ Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::I
   pid_t pid = options.pid;
   if (pid == getpid()) return Error::Invalid("stasis cannot dump itself");
   STASIS_TRY(CheckFeatures(env.features));
-  std::string session_netns;
-  std::optional<SessionNetDump> net;
+  std::optional<net::SessionNetDump> net;
   if (options.session_net) {
-    session_netns =
-        STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/net", options.session_init_pid)));
-    net.emplace(
-        STASIS_TRY(SessionNetDump::Begin(options.session_init_pid, pid, *options.session_net)));
+    net.emplace(STASIS_TRY(
+        net::SessionNetDump::Begin(options.session_init_pid, pid, *options.session_net, env.log)));
   }
+  // The tasks of an isolated session live in its network namespace.
+  std::string session_netns = net ? net->netns_name() : "";
   STASIS_TRY(PrecheckTree(pid, session_netns));
   std::optional<Precopy> precopy;
   if (options.leave_running) {
@@ -360,8 +374,8 @@ Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::I
     ~UndoIfKept() { Run(); }
   } undo;
   env.Report("collect");
-  TreeImage tree =
-      STASIS_TRY_CTX(CollectTree(frozen, &manifest, &undo.steps, options.policy), "dump");
+  TreeImage tree = STASIS_TRY_CTX(
+      CollectTreeIn(net, frozen, &manifest, &undo.steps, options.policy, env.log), "dump");
   if (options.leave_running) STASIS_TRY(CheckLeaveRunning(tree));
   STASIS_TRY(CompleteManifest(options, tree, net, &manifest));
   env.Report("write");

@@ -16,8 +16,8 @@
 
 #include "image/endpoint.h"
 #include "kinds/policy.h"
+#include "net/isolated_net.h"
 #include "sys/env.h"
-#include "sys/isolated_net.h"
 #include "sys/result.h"
 
 namespace stasis::checkpoint {
@@ -36,9 +36,9 @@ struct DumpOptions {
   std::vector<std::string> session_command;
   // An isolated session (--net=isolated): its network goes into the image,
   // its tasks may live in its network namespace, and its host link is the
-  // network lock (checkpoint/session_net.h).
+  // network lock (net/session_dump.h).
   pid_t session_init_pid = 0;
-  std::optional<sys::NetConfig> session_net;
+  std::optional<net::NetConfig> session_net;
   // Objects tied to the outside of the tree the user lets through.
   kinds::DumpPolicy policy;
 };

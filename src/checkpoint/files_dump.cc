@@ -4,9 +4,12 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <map>
+#include <memory>
 
 #include "kinds/registry.h"
+#include "net/netlock.h"
 #include "sys/pidfds.h"
 
 namespace stasis::checkpoint {
@@ -68,12 +71,65 @@ Result<const kinds::FdKind*> KindOf(const kinds::FdDumpInput& in) {
   return kinds::UnsupportedFd(in);
 }
 
+// The network lock of the tree's connections to outside peers: taken at
+// once for every flow the kinds declared, before any socket is put in
+// repair mode, or on the first flow asked for when none was (a handshake
+// the kernel finished meanwhile).
+class TreeFlowLock {
+ public:
+  TreeFlowLock(kinds::DumpContext& ctx, const FlowLocking& locking)
+      : ctx_(ctx), locking_(locking) {}
+
+  Status Take(const std::vector<sys::TcpFlow>& flows) {
+    lock_ = locking_.covered_by_link ? net::FlowLock::CoveredByLink(flows)
+                                     : STASIS_TRY(net::FlowLock::Take(flows, locking_.log));
+    // Registered before any socket's way out of repair mode, so it runs
+    // after them all (undo runs last change first).
+    ctx_.undo_if_kept.push_back([lock = lock_, &log = locking_.log] {
+      Result<std::string> released = lock->Release();
+      if (!released.ok()) {
+        log.Warn(released.error().ToString());
+      } else if (!released->empty()) {
+        log.Debug(*released);
+      }
+    });
+    return Ok();
+  }
+
+  Result<std::string> Hold(const sys::TcpFlow& flow) {
+    if (!lock_) STASIS_TRY(Take({}));
+    if (!lock_->Covers(flow)) STASIS_TRY(lock_->Add(flow));
+    return lock_->table();
+  }
+
+ private:
+  kinds::DumpContext& ctx_;
+  const FlowLocking& locking_;
+  std::shared_ptr<net::FlowLock> lock_;
+};
+
+// The flows the kinds of the tree's descriptions declare, each once (one
+// socket may be behind several descriptions' fds).
+Result<std::vector<sys::TcpFlow>> DeclaredFlows(kinds::DumpContext& ctx,
+                                                const std::vector<FdEntry>& fds,
+                                                const std::vector<const kinds::FdKind*>& kind_of) {
+  std::vector<sys::TcpFlow> flows;
+  for (size_t i = 0; i < fds.size(); ++i) {
+    if (kind_of[i] == nullptr || kind_of[i]->flows == nullptr) continue;
+    for (sys::TcpFlow& f : STASIS_TRY(kind_of[i]->flows(ctx, fds[i].in))) {
+      if (std::find(flows.begin(), flows.end(), f) == flows.end()) flows.push_back(std::move(f));
+    }
+  }
+  return flows;
+}
+
 }  // namespace
 
 Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files,
                         std::vector<kinds::ContentSource>* contents,
                         std::vector<std::function<void()>>* undo,
-                        std::vector<kinds::LateStep>* late, const kinds::DumpPolicy& policy) {
+                        std::vector<kinds::LateStep>* late, const kinds::DumpPolicy& policy,
+                        const FlowLocking& locking) {
   std::vector<FdEntry> fds;
   for (const TreeFdsInput& t : tasks) STASIS_TRY(OpenFds(t.host_pid, t.proc, &fds));
   STASIS_TRY(AssignFileIds(fds));
@@ -92,14 +148,27 @@ Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<imag
     ctx.fd_index.push_back({e.in.pid, e.in.fd, e.in.link, e.in.info.flags});
     file_of_fd[e.in.pid][e.in.fd] = e.file_id;
   }
+  // The kind of each description, at its first fd.
+  std::vector<const kinds::FdKind*> kind_of(fds.size(), nullptr);
+  uint64_t seen = 0;
+  for (size_t i = 0; i < fds.size(); ++i) {
+    if (fds[i].file_id <= seen) continue;
+    seen = fds[i].file_id;
+    kind_of[i] = STASIS_TRY(KindOf(fds[i].in));
+  }
+  TreeFlowLock lock(ctx, locking);
+  std::vector<sys::TcpFlow> flows = STASIS_TRY(DeclaredFlows(ctx, fds, kind_of));
+  if (!flows.empty()) STASIS_TRY(lock.Take(flows));
+  ctx.hold_flow = [&lock](const sys::TcpFlow& flow) { return lock.Hold(flow); };
   pid_t current = 0;
-  for (FdEntry& e : fds) {
-    if (files->size() < e.file_id) {  // the first fd of this description
+  for (size_t i = 0; i < fds.size(); ++i) {
+    FdEntry& e = fds[i];
+    if (kind_of[i] != nullptr) {  // the first fd of this description
       if (e.in.pid != current) {
         current = e.in.pid;
         ctx.file_of_fd = file_of_fd[current];
       }
-      const kinds::FdKind* kind = STASIS_TRY(KindOf(e.in));
+      const kinds::FdKind* kind = kind_of[i];
       image::File file;
       file.set_id(e.file_id);
       file.set_kind(kind->name);

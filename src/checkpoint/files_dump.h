@@ -8,6 +8,7 @@
 
 #include "kinds/context.h"
 #include "process.pb.h"
+#include "sys/log.h"
 #include "sys/result.h"
 
 namespace stasis::checkpoint {
@@ -17,6 +18,16 @@ struct TreeFdsInput {
   image::Process* proc;  // its fds are appended here
 };
 
+// How the tree's connections to outside peers are held (net/netlock.h).
+struct FlowLocking {
+  Logger& log;
+  // An isolated session's host link, down, holds them all
+  // (net/session_dump.h): no table is made.
+  bool covered_by_link = false;
+};
+
+// Before any fd is dumped, the flows the kinds declare (FdKind::flows) are
+// locked at once, for the whole tree, with `locking`.
 // Also lists, once per object, where to read the contents of the
 // shared-memory objects found through fds (kinds/shmem.h).
 // *undo gets what must run if the tree is to keep running after all
@@ -25,6 +36,7 @@ struct TreeFdsInput {
 Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<image::File>* files,
                         std::vector<kinds::ContentSource>* contents,
                         std::vector<std::function<void()>>* undo,
-                        std::vector<kinds::LateStep>* late, const kinds::DumpPolicy& policy = {});
+                        std::vector<kinds::LateStep>* late, const kinds::DumpPolicy& policy,
+                        const FlowLocking& locking);
 
 }  // namespace stasis::checkpoint

@@ -125,7 +125,8 @@ namespace {
 // mount namespace of its own): a task living in any other namespace would
 // come back changed, its sockets in another network, so it is refused. A
 // nested PID namespace was checked to be stasis's own (tree.cc); its tasks
-// then also have that namespace's own mount namespace.
+// then also have that namespace's own mount namespace. An isolated
+// session's tasks live in its network namespace, `session_netns`.
 Status CheckNamespaces(pid_t pid, const std::string& session_netns) {
   std::string own_pidns = STASIS_TRY(sys::proc::ReadLink("/proc/self/ns/pid"));
   std::string pidns = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/pid", pid)));
@@ -134,8 +135,7 @@ Status CheckNamespaces(pid_t pid, const std::string& session_netns) {
   for (const char* kind : kinds) {
     std::string own = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/self/ns/{}", kind)));
     std::string theirs = STASIS_TRY(sys::proc::ReadLink(fmt::format("/proc/{}/ns/{}", pid, kind)));
-    if (theirs != own &&
-        !(kind == std::string_view("net") && !session_netns.empty() && theirs == session_netns)) {
+    if (theirs != own && !(kind == std::string_view("net") && theirs == session_netns)) {
       if (kind == std::string_view("net")) {
         return Error::Unsupported(fmt::format(
             "pid {} lives in another net namespace ({}); only an isolated session's own "

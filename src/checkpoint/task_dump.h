@@ -33,7 +33,7 @@ Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
 void SetOwnIds(pid_t host_pid, const sys::proc::ProcStatus& status, const sys::proc::ProcStat& stat,
                image::Process* proc);
 
-// Refuses what cannot be dumped before the task is touched. session_netns
+// Refuses what cannot be dumped before the task is touched. `session_netns`
 // is the network namespace (its /proc/PID/ns/net link) of the isolated
 // session being dumped, which its tasks may live in; "" for none.
 Status PrecheckTask(pid_t pid, const std::string& session_netns);

@@ -22,13 +22,13 @@ struct TreeTask {
   std::vector<sys::Tracee> threads;  // leader first; empty for zombies
 };
 
-// Parents come before their children. session_netns: the isolated
-// session's network namespace the tasks may live in ("" for none), as
-// PrecheckTask (task_dump.h) takes it.
-Result<std::vector<TreeTask>> FreezeTree(pid_t root, const std::string& session_netns);
+// Parents come before their children. `session_netns`: see PrecheckTree.
+Result<std::vector<TreeTask>> FreezeTree(pid_t root, const std::string& session_netns = "");
 
-// Refuses a task that cannot be dumped, before anything is touched.
-Status PrecheckTree(pid_t root, const std::string& session_netns);
+// Refuses a task that cannot be dumped, before anything is touched. The
+// tasks of an isolated session may live in its network namespace,
+// `session_netns` (its /proc/PID/ns/net link); "" for none.
+Status PrecheckTree(pid_t root, const std::string& session_netns = "");
 
 // The exit status of a zombie (/proc/PID/stat exit_code, field 52).
 Result<int> ZombieExitStatus(pid_t pid);

@@ -21,7 +21,6 @@
 #include "kinds/registry.h"
 #include "restore/restore.h"
 #include "sys/features.h"
-#include "sys/packet_keeper.h"
 #include "sys/proc.h"
 #include "sys/unique_fd.h"
 
@@ -226,11 +225,6 @@ int RunCheck() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // The network lock's packet keeper (sys/packet_keeper.h): not a command
-  // for users, started by dumps.
-  if (argc >= 2 && std::string(argv[1]) == stasis::sys::kKeeperCommand) {
-    return stasis::sys::KeeperMain(argc, argv);
-  }
   CLI::App app{"stasis: checkpoint, restore and migrate running Linux processes"};
   app.require_subcommand(1);
 

@@ -74,7 +74,7 @@ void PrintTable(const std::vector<Row>& rows) {
              "INIT", "PID", "PROCS", "MEMORY", "ADDRESS", "COMMAND");
   for (const Row& row : rows) {
     const SessionInfo& s = *row.info;
-    std::string address = s.net ? sys::FormatCidr(s.net->address, s.net->prefix) : "host";
+    std::string address = s.net ? net::FormatCidr(s.net->address, s.net->prefix) : "host";
     fmt::print("{:<{}}  {:<7}  {:>7}  {:>7}  {:>5}  {:>7}  {:<18}  {}\n", s.name, name_width,
                session::StateName(s.state), s.init_pid, s.root_pid, row.usage.processes,
                HumanBytes(row.usage.memory_bytes), address, JoinCommand(s.command));
@@ -95,9 +95,9 @@ void PrintJson(const std::vector<Row>& rows) {
         {"created", session::FormatUtc(s.created_unix)},
         {"origin", s.origin},
         {"image", s.image},
-        {"address", s.net ? sys::FormatCidr(s.net->address, s.net->prefix) : ""},
+        {"address", s.net ? net::FormatCidr(s.net->address, s.net->prefix) : ""},
         {"bridge", s.net ? s.net->bridge : ""},
-        {"mac", s.net ? sys::FormatMac(s.net->mac) : ""},
+        {"mac", s.net ? net::FormatMac(s.net->mac) : ""},
         {"processes", row.usage.processes},
         {"memory_bytes", row.usage.memory_bytes},
         {"memory_source", row.usage.memory_from_cgroup ? "memory.current" : "VmRSS"},

@@ -23,8 +23,8 @@
 #include "kinds/policy.h"
 #include "late.pb.h"
 #include "process.pb.h"
+#include "sys/flow.h"
 #include "sys/log.h"
-#include "sys/netlock.h"
 #include "sys/proc.h"
 #include "sys/result.h"
 #include "sys/tracee.h"
@@ -155,9 +155,12 @@ struct DumpContext {
   // Run at the point of no return, in order; their records go into the
   // image after the pages (image::RecordType::kLate).
   std::vector<LateStep> late;
-  // The network lock on the tree's connections to outside peers, taken
-  // once for all of them by the first such socket dumped (sys/netlock.h).
-  std::shared_ptr<sys::FlowLock> flow_lock;
+  // The network lock on the tree's connections to outside peers
+  // (net/netlock.h), taken by the dump before any fd is dumped for every
+  // flow the kinds declared (FdKind::flows). Holds `flow` (the kernel may
+  // have finished a handshake since) and returns the lock's name, for the
+  // image: the restore lifts it. Empty in tests that dump no connection.
+  std::function<Result<std::string>(const sys::TcpFlow& flow)> hold_flow;
 
   // The state of kind T for this dump: ctx.State<pipe::DumpState>().
   template <typename T>
@@ -176,14 +179,18 @@ struct RestoreContext {
   // Run once every File exists, in order: a TCP socket leaves repair mode
   // only when its peer exists too.
   std::vector<std::function<Status()>> finishers;
-  // The network locks of the image's connections to outside peers
-  // (sys/netlock.h), lifted once the finishers ran: every socket is out of
-  // repair mode, so what the lock kept reaches them.
-  std::set<std::string> flow_locks;
-  // Run once the locks are lifted and an isolated session's link is up
-  // again (the lock of all its flows at once, sys/netlock.h kLinkLock):
-  // what must reach the outside peers.
-  std::vector<std::function<Status()>> after_unlock;
+  // What must reach an outside peer once the network lock that held its
+  // connection (net/netlock.h) is lifted, after the finishers ran (every
+  // socket is out of repair mode, so what the lock kept reaches them) and
+  // an isolated session's link is up again (the lock of all its flows at
+  // once, net/netlock.h kLinkLock). The restore lifts each lock named once,
+  // nudges the peer if asked (net/tcp_nudge.h), then runs the step.
+  struct AfterUnlock {
+    std::string lock;
+    std::optional<sys::PeerNudge> nudge;
+    std::function<Status()> run;
+  };
+  std::vector<AfterUnlock> after_unlock;
   // Descriptions the restorer keeps until the end (an object's read-write
   // handle when the task only had a read-only one).
   std::vector<sys::UniqueFd> keep_alive;

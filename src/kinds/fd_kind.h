@@ -40,6 +40,13 @@ struct FdKind {
                          int fd) = nullptr;
   // Optional, applies a late record (LateStep, LateRestore) this kind wrote.
   Status (*apply_late)(const LateRestore& ctx, const image::LateRecord& record) = nullptr;
+  // Optional, asked of every description before any fd of the tree is
+  // dumped: the connections to peers outside the tree (TCP) whose packets
+  // the network lock must hold while the object is away. The dump locks
+  // every flow of the tree at once (net/netlock.h), before any socket is
+  // put in repair mode; the kind's dump names them again through
+  // DumpContext::hold_flow.
+  Result<std::vector<sys::TcpFlow>> (*flows)(DumpContext& ctx, const FdDumpInput& in) = nullptr;
 };
 
 }  // namespace stasis::kinds

@@ -15,11 +15,11 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 #include "kinds/tcp_pending.h"
 #include "kinds/tcp_states.h"
-#include "sys/netlock.h"
-#include "sys/tcp_nudge.h"
+#include "sys/flow.h"
 #include "tcp_socket.pb.h"
 
 namespace stasis::kinds::tcp_socket {
@@ -76,44 +76,10 @@ bool PeerInTree(const DumpContext& ctx, const FdDumpInput& in, const std::string
 
 bool Connected(int state) { return state == TCP_ESTABLISHED || tcp_states::IsHalfClosed(state); }
 
-// The tree's connections whose peer is outside it: the network lock holds
-// them all, taken at once before any is read.
-std::vector<sys::TcpFlow> OutsideFlows(DumpContext& ctx) {
-  std::vector<sys::TcpFlow> flows;
-  for (const FdDumpInput* in : ctx.inputs) {
-    int fd = in->local.get();
-    if (!S_ISSOCK(in->st.st_mode) || !IsTcp(fd)) continue;
-    tcp_info info = {};
-    socklen_t len = sizeof(info);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0 || !Connected(info.tcpi_state))
-      continue;
-    Result<std::string> local = SockName(fd, false);
-    Result<std::string> peer = SockName(fd, true);
-    if (!local.ok() || !peer.ok()) continue;  // its own dump says why
-    Result<bool> queued = tcp_pending::WaitsInAcceptQueue(ctx, *in, *local, *peer);
-    if (!queued.ok() || *queued || PeerInTree(ctx, *in, *local, *peer)) continue;
-    sys::TcpFlow flow{*local, *peer};
-    // One socket may be behind several fds.
-    if (std::find(flows.begin(), flows.end(), flow) == flows.end()) flows.push_back(flow);
-  }
-  return flows;
-}
-
-// The lock's table, for the image: the restore lifts it.
+// The lock's name, for the image: the restore lifts it.
 Result<std::string> LockFlow(DumpContext& ctx, const sys::TcpFlow& flow) {
-  if (!ctx.flow_lock) {
-    ctx.flow_lock = STASIS_TRY(sys::FlowLock::Take(OutsideFlows(ctx)));
-    // Registered before any socket's way out of repair mode, so it runs
-    // after them all (undo runs last change first).
-    ctx.undo_if_kept.push_back([lock = ctx.flow_lock] {
-      Result<std::string> released = lock->Release();
-      if (!released.ok()) {
-        fmt::print(stderr, "stasis: warning: {}\n", released.error().ToString());
-      }
-    });
-  }
-  if (!ctx.flow_lock->Covers(flow)) STASIS_TRY(ctx.flow_lock->Add(flow));
-  return ctx.flow_lock->table();
+  if (!ctx.hold_flow) return Error::Invalid("no network lock for a connection to an outside peer");
+  return ctx.hold_flow(flow);
 }
 
 Status DumpOptions(int fd, TcpSocketState* s) {
@@ -245,19 +211,15 @@ Status RepairOptions(int fd, const TcpSocketState& s) {
   return Ok();
 }
 
-// The peer's retransmissions backed off while the lock dropped them: have it
-// retransmit now. Before anything we send acknowledges new data, since that
-// would restart its retransmission timer. Best effort: without it the peer
-// resumes on its own timer.
-void NudgePeer(const TcpSocketState& s) {
-  if (s.fin_received()) return;  // it has nothing more to send
+// The peer's retransmissions backed off while the lock dropped them: the
+// restore has it retransmit now (net/tcp_nudge.h), before anything we send
+// acknowledges new data, since that would restart its retransmission
+// timer. Not when it has nothing more to send.
+std::optional<sys::PeerNudge> Nudge(const TcpSocketState& s) {
+  if (s.fin_received()) return std::nullopt;
   tcp_repair_window w = {};
   std::memcpy(&w, s.window().data(), std::min(s.window().size(), sizeof(w)));
-  Status nudged = sys::NudgePeer(s.local(), s.peer(), w.rcv_wup, s.recv_seq());
-  if (!nudged.ok()) {
-    fmt::print(stderr, "stasis: warning: {} -> {}: {} (the peer resumes on its own timer)\n",
-               Show(s.local()), Show(s.peer()), nudged.error().ToString());
-  }
+  return sys::PeerNudge{{s.local(), s.peer()}, w.rcv_wup, s.recv_seq()};
 }
 
 // Rebuilds the connection in repair mode; the finisher releases it once
@@ -318,11 +280,7 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
   ctx.finishers.push_back([&ctx, held, s, resend, send_rest]() -> Status {
     STASIS_TRY(sys::SetIntOpt(held->get(), IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"));
     if (!resend) return send_rest();
-    ctx.flow_locks.insert(s.lock_table());
-    ctx.after_unlock.push_back([s, send_rest]() -> Status {
-      NudgePeer(s);
-      return send_rest();
-    });
+    ctx.after_unlock.push_back({s.lock_table(), Nudge(s), send_rest});
     return Ok();
   });
   return fd;
@@ -331,6 +289,26 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
 }  // namespace
 
 bool Matches(const FdDumpInput& in) { return S_ISSOCK(in.st.st_mode) && IsTcp(in.local.get()); }
+
+// A connection whose peer is outside the tree; not one waiting in a
+// listener's accept queue (it goes with the listener) nor one whose peer is
+// dumped too.
+Result<std::vector<sys::TcpFlow>> Flows(DumpContext& ctx, const FdDumpInput& in) {
+  int fd = in.local.get();
+  tcp_info info = {};
+  socklen_t len = sizeof(info);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0 || !Connected(info.tcpi_state)) {
+    return std::vector<sys::TcpFlow>();
+  }
+  Result<std::string> local = SockName(fd, false);
+  Result<std::string> peer = SockName(fd, true);
+  if (!local.ok() || !peer.ok()) return std::vector<sys::TcpFlow>();  // its own dump says why
+  Result<bool> queued = tcp_pending::WaitsInAcceptQueue(ctx, in, *local, *peer);
+  if (!queued.ok() || *queued || PeerInTree(ctx, in, *local, *peer)) {
+    return std::vector<sys::TcpFlow>();
+  }
+  return std::vector<sys::TcpFlow>{{*local, *peer}};
+}
 
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   std::string what = DescribeFd(in.pid, in.fd, in.link);
@@ -422,6 +400,7 @@ const FdKind kKind = {
     .dump = Dump,
     .restore = Restore,
     .apply_late = tcp_pending::ApplyLate,
+    .flows = Flows,
 };
 
 }  // namespace stasis::kinds::tcp_socket

@@ -7,10 +7,12 @@
 // holds it in repair mode it sends nothing; if the tree is killed its last
 // close in repair mode is silent (no FIN, no RST). Needs CAP_NET_ADMIN.
 //
-// A connection whose peer is outside the tree is held by the network lock
-// (sys/netlock.h) from the dump until the restored socket is back, so the
-// peer only sees a pause; the restored socket then resends what the peer
-// has not acknowledged and nudges it to retransmit at once (sys/tcp_nudge.h).
+// A connection whose peer is outside the tree is declared (Flows) to the
+// network lock (net/netlock.h), which the dump takes for the whole tree;
+// it holds the connection from the dump until the restored socket is back,
+// so the peer only sees a pause. The restore then nudges the peer to
+// retransmit at once (net/tcp_nudge.h) and the socket resends what the
+// peer has not acknowledged.
 // Connections waiting in a listener's accept queue: tcp_pending.h.
 // Half-closed, closing and closed sockets, and the states refused:
 // tcp_states.h.
@@ -22,6 +24,8 @@ namespace stasis::kinds::tcp_socket {
 
 inline constexpr const char* kName = "tcp";
 bool Matches(const FdDumpInput& in);
+// The connection to hold, if its peer is outside the tree.
+Result<std::vector<sys::TcpFlow>> Flows(DumpContext& ctx, const FdDumpInput& in);
 Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file);
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file);
 // Its row in the registry (registry.cc).

@@ -11,20 +11,19 @@
 #include <set>
 
 #include "image/endpoint.h"
-#include "image/session_net.h"
 #include "kinds/memory.h"
 #include "kinds/pty.h"
 #include "kinds/registry.h"
 #include "kinds/shmem.h"
 #include "kinds/vdso.h"
+#include "net/netlock.h"
+#include "net/session_restore.h"
+#include "net/tcp_nudge.h"
 #include "pty.pb.h"
 #include "restore/puppet.h"
 #include "restore/spawn.h"
 #include "restore/tree.h"
 #include "sys/kernel_abi.h"
-#include "sys/netlock.h"
-#include "sys/netns.h"
-#include "sys/packet_keeper.h"
 
 namespace stasis::restore {
 namespace {
@@ -150,14 +149,38 @@ Status CheckHost(const sys::KernelFeatures& features, const ImageHead& head) {
   return kinds::vdso::CheckCompatible(head.manifest, head.procs[0]);
 }
 
+// Once the kinds' finishers ran (every socket is out of repair mode), lifts
+// each network lock the image's connections name, once, in the restorer's
+// namespace, where the dump's keeper listens (an isolated session's lock
+// is its link: link_up lifts it). Then what must reach the outside peers:
+// the nudges first, before anything sent acknowledges new data.
+Status LiftFlowLocks(std::vector<kinds::RestoreContext::AfterUnlock>& after_unlock,
+                     const std::function<Status()>& link_up, const std::function<void()>& link_down,
+                     Logger& log) {
+  std::set<std::string> lifted;
+  for (const auto& step : after_unlock) {
+    if (!lifted.insert(step.lock).second) continue;
+    std::string done = STASIS_TRY(net::ReleaseFlowLock(step.lock));
+    if (!done.empty()) log.Info(done);
+  }
+  STASIS_TRY(link_up());
+  for (auto& step : after_unlock) {
+    if (step.nudge) net::NudgePeer(*step.nudge, log);
+    Status done = step.run();
+    if (!done.ok()) link_down();
+    STASIS_TRY(std::move(done));
+  }
+  return Ok();
+}
+
 // Once every file exists and the kinds' finishers ran (sockets left repair
 // mode), the network locks are lifted and link_up brings an isolated
 // session's link up, before what must reach the outside peers is sent.
 // link_down takes it down again when a step after it fails, before the
 // sockets close.
-Result<LocalFiles> CreateFiles(Logger& log, const std::vector<image::File>& files, bool shell_job,
+Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell_job,
                                const std::function<Status()>& link_up,
-                               const std::function<void()>& link_down) {
+                               const std::function<void()>& link_down, Logger& log) {
   kinds::RestoreContext ctx;
   ctx.shell_job = shell_job;
   LocalFiles out;
@@ -173,16 +196,7 @@ Result<LocalFiles> CreateFiles(Logger& log, const std::vector<image::File>& file
     }
   }
   for (auto& finish : ctx.finishers) STASIS_TRY(finish());
-  for (const std::string& table : ctx.flow_locks) {
-    std::string done = STASIS_TRY(sys::ReleaseFlowLock(table));
-    if (!done.empty()) log.Info(done);
-  }
-  STASIS_TRY(link_up());
-  for (auto& step : ctx.after_unlock) {
-    Status done = step();
-    if (!done.ok()) link_down();
-    STASIS_TRY(std::move(done));
-  }
+  STASIS_TRY(LiftFlowLocks(ctx.after_unlock, link_up, link_down, log));
   return out;
 }
 
@@ -315,84 +329,10 @@ struct TreeRestore {
   }
 };
 
-// An isolated session's network (stasis run --net=isolated), rebuilt with
-// its host link down. The restorer's thread works from inside it until the
-// end, so the session's sockets, init and puppets are all made there.
-struct SessionNet {
-  std::optional<sys::NetConfig> config;
-  std::optional<sys::IsolatedNet> net;
-  std::optional<sys::ScopedNetns> inside;
-  // The restorer's own: the dump's packet keeper listens there.
-  sys::UniqueFd host_netns;
-
-  static Result<SessionNet> Enter(const image::Manifest& manifest, const RestoreOptions& options) {
-    SessionNet s;
-    if (!manifest.has_net()) return s;
-    if (!options.new_pid_ns) {
-      return Error::Invalid(
-          "an isolated session is restored into a new PID namespace; drop --pid-ns=host");
-    }
-    s.config = STASIS_TRY(image::NetFromProto(manifest.net()));
-    s.net.emplace(STASIS_TRY_CTX(sys::IsolatedNet::Create(&*s.config, /*host_up=*/false),
-                                 "rebuild the session network"));
-    s.host_netns.reset(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
-    if (!s.host_netns.valid()) return Error::Errno("open /proc/thread-self/ns/net");
-    s.inside.emplace(STASIS_TRY(sys::ScopedNetns::Enter(s.net->netns_fd())));
-    // Before any socket exists: what the sockets send once the link is up
-    // goes out at once, instead of waiting for an address resolution whose
-    // first request, sent while the link was still down, was lost.
-    std::vector<sys::Neighbour> cache = STASIS_TRY(image::NeighboursFromProto(manifest.net()));
-    STASIS_TRY_CTX(sys::AddSessionNeighbours(cache), "rebuild the session network");
-    return s;
-  }
-
-  // Once the session's sockets left repair mode (one still in it drops what
-  // arrives), before their resends and nudges reach the outside peers.
-  Status LinkUp() {
-    if (!net) return Ok();
-    STASIS_TRY(net->SetHostUp(true));
-    if (!sys::WaitLinkForwarding(config->host_link, std::chrono::milliseconds(500))) {
-      fmt::print(stderr, "stasis: warning: session link {} is not forwarding yet\n",
-                 config->host_link);
-    }
-    // What the outside peers sent while the session was away, kept by the
-    // dump's keeper if it ran here.
-    sys::ScopedNetns host = STASIS_TRY(sys::ScopedNetns::Enter(host_netns.get()));
-    Result<std::string> kept = sys::ReleaseLinkKeeper(config->host_link);
-    if (!kept.ok()) {
-      fmt::print(stderr, "stasis: warning: {}\n", kept.error().ToString());
-    } else if (!kept->empty()) {
-      fmt::print(stderr, "stasis: {}\n", *kept);
-    }
-    return Ok();
-  }
-
-  // A restore that fails once the link is up takes it down before the
-  // session's sockets close (the tree killed, the restorer's fds dropped):
-  // what they send then (FIN, RST) must not reach the peers, whose
-  // connections the image still holds. With the neighbour cache carried,
-  // nothing else would hold it back.
-  void DownUnlessCommitted() {
-    if (!net || committed) return;
-    Status down = net->SetHostUp(false);
-    if (!down.ok()) fmt::print(stderr, "stasis: warning: {}\n", down.error().ToString());
-  }
-
-  // The tree runs: the network is the session's now.
-  Status Commit() {
-    if (!net) return Ok();
-    committed = true;
-    net->Commit();
-    return inside->Leave();
-  }
-
-  bool committed = false;
-};
-
-// Runs SessionNet::DownUnlessCommitted when it goes: declared after what
-// holds the session's sockets, it runs before they close.
+// Runs SessionNetRestore::DownUnlessCommitted when it goes: declared after
+// what holds the session's sockets, it runs before they close.
 struct SessionLinkGuard {
-  SessionNet& net;
+  net::SessionNetRestore& net;
   ~SessionLinkGuard() { net.DownUnlessCommitted(); }
 };
 
@@ -428,11 +368,15 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
   Records records(reader);
   ImageHead head = STASIS_TRY(ReadFiles(records));
   STASIS_TRY(CheckShellJob(head, options));
-  SessionNet net = STASIS_TRY(SessionNet::Enter(head.manifest, options));
+  net::SessionNetRestore net =
+      STASIS_TRY(net::SessionNetRestore::Build(head.manifest, options.new_pid_ns, env.log));
   env.Report("files");
-  LocalFiles files = STASIS_TRY(CreateFiles(
-      env.log, head.files, options.shell_job, [&net] { return net.LinkUp(); },
-      [&net] { net.DownUnlessCommitted(); }));
+  // An isolated session's sockets are made inside its namespace.
+  LocalFiles files = STASIS_TRY(net.Inside([&] {
+    return CreateFiles(
+        head.files, options.shell_job, [&net] { return net.LinkUp(); },
+        [&net] { net.DownUnlessCommitted(); }, env.log);
+  }));
   SessionLinkGuard link_guard{net};
   STASIS_TRY(FillShmem(records, files));
   STASIS_TRY(ReadProcesses(records, &head));
@@ -449,7 +393,9 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
   env.Report("tree");
   RestoreResult result;
   result.pid = head.procs[0].pid();
-  Spawner spawner = STASIS_TRY(Spawner::Start(options.new_pid_ns));
+  // The init of an isolated session's tree is made inside its namespace:
+  // every process of the tree inherits it from there.
+  Spawner spawner = STASIS_TRY(net.Inside([&] { return Spawner::Start(options.new_pid_ns); }));
   std::vector<TreeProcess> tree;
   TreeGuard guard(&tree, [&net] { net.DownUnlessCommitted(); });
   std::map<uint64_t, const image::File*> image_files;
@@ -480,7 +426,7 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
   result.session_name = head.manifest.session_name();
   result.session_command.assign(head.manifest.session_command().begin(),
                                 head.manifest.session_command().end());
-  result.net = net.config;
+  result.net = net.config();
   if (options.before_release) STASIS_TRY(options.before_release(result));
   env.Report("release");
   // The restorer's references must be gone before the tree runs: a reader
@@ -493,7 +439,7 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
   }
   guard.Release();
   STASIS_TRY(spawner.Commit(result.pid));
-  STASIS_TRY(net.Commit());
+  net.Commit();
   result.processes = tree.size();
   result.total_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

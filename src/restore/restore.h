@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "image/stream.h"
+#include "net/isolated_net.h"
 #include "sys/env.h"
-#include "sys/isolated_net.h"
 #include "sys/result.h"
 
 namespace stasis::restore {
@@ -35,7 +35,7 @@ struct RestoreResult {
   bool shell_job = false;
   std::string session_name;  // from the manifest
   std::vector<std::string> session_command;
-  std::optional<sys::NetConfig> net;  // an isolated session's network, rebuilt
+  std::optional<net::NetConfig> net;  // an isolated session's network, rebuilt
 };
 
 struct RestoreOptions {

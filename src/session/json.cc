@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <tuple>
 
-#include "sys/isolated_net.h"
+#include "net/isolated_net.h"
 
 namespace stasis::session {
 namespace {
@@ -46,20 +46,20 @@ std::string FormatUtc(int64_t unix_seconds) {
   return buf;
 }
 
-static Result<sys::NetConfig> NetFromJson(const json& j, const std::string& path) {
+static Result<net::NetConfig> NetFromJson(const json& j, const std::string& path) {
   if (!j.is_object()) return Bad(path, "'net' is not an object");
   std::string address, gateway, mac, host_mac;
-  sys::NetConfig n;
+  net::NetConfig n;
   STASIS_TRY(GetString(j, "address", path, &address));
   STASIS_TRY(GetString(j, "gateway", path, &gateway));
   STASIS_TRY(GetString(j, "bridge", path, &n.bridge));
   STASIS_TRY(GetString(j, "mac", path, &mac));
   STASIS_TRY(GetString(j, "host_mac", path, &host_mac));
   STASIS_TRY(GetString(j, "host_link", path, &n.host_link));
-  std::tie(n.address, n.prefix) = STASIS_TRY_CTX(sys::ParseCidr(address), path);
-  if (!gateway.empty()) n.gateway = STASIS_TRY_CTX(sys::ParseIp4(gateway), path);
-  n.mac = STASIS_TRY_CTX(sys::ParseMac(mac), path);
-  n.host_mac = STASIS_TRY_CTX(sys::ParseMac(host_mac), path);
+  std::tie(n.address, n.prefix) = STASIS_TRY_CTX(net::ParseCidr(address), path);
+  if (!gateway.empty()) n.gateway = STASIS_TRY_CTX(net::ParseIp4(gateway), path);
+  n.mac = STASIS_TRY_CTX(net::ParseMac(mac), path);
+  n.host_mac = STASIS_TRY_CTX(net::ParseMac(host_mac), path);
   return n;
 }
 
@@ -79,12 +79,12 @@ std::string SessionToJson(const SessionInfo& info) {
       {"image", info.image},
   };
   if (info.net) {
-    const sys::NetConfig& n = *info.net;
-    j["net"] = {{"address", sys::FormatCidr(n.address, n.prefix)},
-                {"gateway", n.gateway == 0 ? "" : sys::FormatIp4(n.gateway)},
+    const net::NetConfig& n = *info.net;
+    j["net"] = {{"address", net::FormatCidr(n.address, n.prefix)},
+                {"gateway", n.gateway == 0 ? "" : net::FormatIp4(n.gateway)},
                 {"bridge", n.bridge},
-                {"mac", sys::FormatMac(n.mac)},
-                {"host_mac", sys::FormatMac(n.host_mac)},
+                {"mac", net::FormatMac(n.mac)},
+                {"host_mac", net::FormatMac(n.host_mac)},
                 {"host_link", n.host_link}};
   }
   // Replace, not throw, on invalid UTF-8 in a command line.

@@ -14,10 +14,10 @@
 #include <optional>
 #include <utility>
 
+#include "net/isolated_net.h"
 #include "session/channel.h"
 #include "session/init.h"
 #include "sys/cgroup.h"
-#include "sys/isolated_net.h"
 #include "sys/kernel_abi.h"
 #include "sys/netns.h"
 #include "sys/pidfds.h"
@@ -143,13 +143,13 @@ struct Started {
 
 // The network of an isolated session: the address asked for, or the lowest
 // one that no session of this state directory holds.
-Result<sys::NetConfig> PlanSessionNet(const RunOptions& options, const std::string& state_dir,
+Result<net::NetConfig> PlanSessionNet(const RunOptions& options, const std::string& state_dir,
                                       Logger& log) {
   std::vector<uint32_t> taken;
   for (const SessionInfo& s : STASIS_TRY(ListSessions(state_dir, log))) {
     if (s.net && s.state == SessionState::kRunning) taken.push_back(s.net->address);
   }
-  return sys::PlanNet(options.address, options.bridge, taken);
+  return net::PlanNet(options.address, options.bridge, taken);
 }
 
 Result<Started> Start(const RunOptions& options, const std::string& state_dir,
@@ -165,12 +165,12 @@ Result<Started> Start(const RunOptions& options, const std::string& state_dir,
   if (!options.name.empty()) STASIS_TRY(ClaimSessionName(state_dir, options.name));
   // Declared before the init: on failure the init dies first, then the
   // veth pair goes.
-  std::optional<sys::IsolatedNet> net;
-  std::optional<sys::NetConfig> net_config;
+  std::optional<net::IsolatedNet> net;
+  std::optional<net::NetConfig> net_config;
   std::optional<sys::ScopedNetns> inside_net;
   if (options.net_isolated) {
     net_config = STASIS_TRY(PlanSessionNet(options, state_dir, log));
-    net.emplace(STASIS_TRY_CTX(sys::IsolatedNet::Create(&*net_config, /*host_up=*/true),
+    net.emplace(STASIS_TRY_CTX(net::IsolatedNet::Create(&*net_config, /*host_up=*/true),
                                "session network"));
     // The init is cloned from inside, and all the session with it.
     inside_net.emplace(STASIS_TRY(sys::ScopedNetns::Enter(net->netns_fd())));

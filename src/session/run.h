@@ -29,7 +29,7 @@ struct RunOptions {
   bool detach = false;
   // --net=isolated: its own network namespace, a veth into `bridge` ("" for
   // stasis0) and `address` ("A.B.C.D/P"; "" for the lowest free one of
-  // 10.83.0.0/16). See sys/isolated_net.h.
+  // 10.83.0.0/16). See net/isolated_net.h.
   bool net_isolated = false;
   std::string address;
   std::string bridge;

@@ -35,8 +35,8 @@
 #include <utility>
 #include <vector>
 
+#include "net/isolated_net.h"
 #include "sys/cgroup.h"
-#include "sys/isolated_net.h"
 #include "sys/log.h"
 #include "sys/result.h"
 #include "sys/unique_fd.h"
@@ -68,7 +68,7 @@ struct SessionInfo {
   int64_t created_unix = 0;
   std::string origin = "run";                   // "run" or "restore"
   std::string image;                            // image a restored session came from, else ""
-  std::optional<sys::NetConfig> net;            // --net=isolated: its own network
+  std::optional<net::NetConfig> net;            // --net=isolated: its own network
   SessionState state = SessionState::kRunning;  // computed, never stored
 };
 
@@ -130,7 +130,7 @@ struct RestoredSession {
   pid_t root_pid = 0;                // host PID of the restored root task
   std::vector<std::string> command;  // the original command line, for ps
   std::string image_dir;             // informational
-  std::optional<sys::NetConfig> net;
+  std::optional<net::NetConfig> net;
 };
 
 // Registers a restored tree as a session: takes the lock, claims the name

@@ -1,20 +1,20 @@
 #include <gtest/gtest.h>
 
-#include "image/session_net.h"
+#include "net/isolated_net.h"
+#include "net/session_image.h"
 #include "session/json.h"
-#include "sys/isolated_net.h"
 
 namespace stasis::session {
 namespace {
 
-sys::NetConfig Planned() {
-  Result<sys::NetConfig> net = sys::PlanNet("198.18.7.9/24", "sttest0", {});
+net::NetConfig Planned() {
+  Result<net::NetConfig> net = net::PlanNet("198.18.7.9/24", "sttest0", {});
   EXPECT_TRUE(net.ok());
-  net->gateway = sys::ParseIp4("198.18.7.1").value();
+  net->gateway = net::ParseIp4("198.18.7.1").value();
   return *net;
 }
 
-void ExpectSame(const sys::NetConfig& a, const sys::NetConfig& b) {
+void ExpectSame(const net::NetConfig& a, const net::NetConfig& b) {
   EXPECT_EQ(a.address, b.address);
   EXPECT_EQ(a.prefix, b.prefix);
   EXPECT_EQ(a.gateway, b.gateway);
@@ -49,15 +49,15 @@ TEST(SessionNet, BadNetworkInMetadataIsCorrupt) {
 
 TEST(SessionNet, ImageRecordRoundTripsAndRefusesDamage) {
   image::SessionNet proto;
-  image::NetToProto(Planned(), &proto);
-  Result<sys::NetConfig> back = image::NetFromProto(proto);
+  net::NetToProto(Planned(), &proto);
+  Result<net::NetConfig> back = net::NetFromProto(proto);
   ASSERT_TRUE(back.ok());
   ExpectSame(*back, Planned());
   proto.set_mac("\x02\x53");
-  EXPECT_EQ(image::NetFromProto(proto).error().code(), ErrorCode::kCorrupt);
-  image::NetToProto(Planned(), &proto);
+  EXPECT_EQ(net::NetFromProto(proto).error().code(), ErrorCode::kCorrupt);
+  net::NetToProto(Planned(), &proto);
   proto.set_host_link("a-name-longer-than-ifnamsiz");
-  EXPECT_FALSE(image::NetFromProto(proto).ok());
+  EXPECT_FALSE(net::NetFromProto(proto).ok());
 }
 
 }  // namespace

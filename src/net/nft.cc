@@ -1,4 +1,4 @@
-#include "sys/nft.h"
+#include "net/nft.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -7,12 +7,12 @@
 
 #include "sys/unique_fd.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 
 Status RunNft(const std::vector<std::string>& args, const std::string& input) {
   int in[2];
   if (pipe2(in, O_CLOEXEC) < 0) return Error::Errno("pipe for nft");
-  UniqueFd read_end(in[0]), write_end(in[1]);
+  sys::UniqueFd read_end(in[0]), write_end(in[1]);
   pid_t pid = fork();
   if (pid < 0) return Error::Errno("fork nft");
   if (pid == 0) {
@@ -50,4 +50,4 @@ Status DeleteNftTable(const std::string& table) {
   return RunNft({"-f", "-"}, fmt::format("table inet {0} {{}}\ndelete table inet {0}\n", table));
 }
 
-}  // namespace stasis::sys
+}  // namespace stasis::net

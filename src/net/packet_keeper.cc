@@ -1,4 +1,4 @@
-#include "sys/packet_keeper.h"
+#include "net/packet_keeper.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -20,13 +20,14 @@
 #include <cstdio>
 #include <cstring>
 
-#include "sys/isolated_net.h"
-#include "sys/nft.h"
+#include "net/isolated_net.h"
+#include "net/nft.h"
+#include "sys/proc.h"
 #include "sys/unique_fd.h"
 
 extern char** environ;
 
-namespace stasis::sys {
+namespace stasis::net {
 namespace {
 
 constexpr int kReadyFd = 3;
@@ -51,7 +52,8 @@ std::string LinkName(const std::string& host_link) { return "link/" + host_link;
 class Keeper {
  public:
   // A table's keeper (name: the table) or, with `link`, a link's.
-  void Prepare(std::string name, std::vector<TcpFlow> flows, std::optional<LinkKeeperSpec> link) {
+  void Prepare(std::string name, std::vector<sys::TcpFlow> flows,
+               std::optional<LinkKeeperSpec> link) {
     name_ = std::move(name);
     flows_ = std::move(flows);
     link_ = std::move(link);
@@ -69,10 +71,10 @@ class Keeper {
   Result<size_t> ReplayIntoLink();
 
   std::string name_;
-  std::vector<TcpFlow> flows_;
+  std::vector<sys::TcpFlow> flows_;
   std::optional<LinkKeeperSpec> link_;
   int bridge_index_ = 0;
-  UniqueFd capture_, control_;
+  sys::UniqueFd capture_, control_;
   std::vector<Kept> kept_;
   size_t kept_bytes_ = 0;
   uint64_t lost_ = 0;
@@ -134,8 +136,8 @@ void Keeper::Capture() {
 }
 
 size_t Keeper::Replay() {
-  UniqueFd raw4(socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
-  UniqueFd raw6(socket(AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  sys::UniqueFd raw4(socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  sys::UniqueFd raw6(socket(AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
   size_t sent = 0;
   for (Kept& k : kept_) {
     if (!FixTcpChecksum(&k.packet)) continue;
@@ -161,7 +163,7 @@ size_t Keeper::Replay() {
 Result<size_t> Keeper::ReplayIntoLink() {
   int index = static_cast<int>(if_nametoindex(link_->host_link.c_str()));
   if (index == 0) return Error::Errno("no link " + link_->host_link);
-  UniqueFd out(socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  sys::UniqueFd out(socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!out.valid()) return Error::Errno("socket(AF_PACKET)");
   ifreq ifr = {};
   std::snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", link_->host_link.c_str());
@@ -232,7 +234,7 @@ bool Keeper::Serve(int conn) {
     return true;
   }
   if (request.rfind("add ", 0) == 0) {
-    Result<TcpFlow> flow = DecodeFlow(request.substr(4));
+    Result<sys::TcpFlow> flow = DecodeFlow(request.substr(4));
     if (!flow.ok()) {
       reply("error: " + flow.error().ToString());
       return false;
@@ -259,7 +261,7 @@ int Keeper::Run() {
     if (n <= 0) continue;
     if (fds[0].revents & POLLIN) Capture();
     if (fds[1].revents & POLLIN) {
-      UniqueFd conn(accept4(control_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      sys::UniqueFd conn(accept4(control_.get(), nullptr, nullptr, SOCK_CLOEXEC));
       if (conn.valid() && Serve(conn.get())) return 0;
     }
   }
@@ -270,23 +272,23 @@ void Ready(const std::string& message) {
   close(kReadyFd);
 }
 
-// argv: stasis-netlock __netlock-keeper NAME table FLOW...
-//       stasis-netlock __netlock-keeper NAME link HOST_LINK BRIDGE MAC ADDRESS
+// argv: stasis-netkeeper NAME table FLOW...
+//       stasis-netkeeper NAME link HOST_LINK BRIDGE MAC ADDRESS
 Result<Keeper> ParseKeeper(int argc, char** argv) {
-  if (argc < 4) return Error::Invalid("usage: __netlock-keeper NAME table|link ...");
-  std::string name = argv[2], mode = argv[3];
-  std::vector<TcpFlow> flows;
+  if (argc < 3) return Error::Invalid("usage: stasis-netkeeper NAME table|link ...");
+  std::string name = argv[1], mode = argv[2];
+  std::vector<sys::TcpFlow> flows;
   std::optional<LinkKeeperSpec> link;
   if (mode == "table") {
-    for (int i = 4; i < argc; i++) flows.push_back(STASIS_TRY(DecodeFlow(argv[i])));
-  } else if (mode == "link" && argc == 8) {
+    for (int i = 3; i < argc; i++) flows.push_back(STASIS_TRY(DecodeFlow(argv[i])));
+  } else if (mode == "link" && argc == 7) {
     link.emplace();
-    link->host_link = argv[4];
-    link->bridge = argv[5];
-    link->mac = STASIS_TRY(ParseMac(argv[6]));
-    link->address = STASIS_TRY(ParseIp4(argv[7]));
+    link->host_link = argv[3];
+    link->bridge = argv[4];
+    link->mac = STASIS_TRY(ParseMac(argv[5]));
+    link->address = STASIS_TRY(ParseIp4(argv[6]));
   } else {
-    return Error::Invalid("__netlock-keeper: bad mode " + mode);
+    return Error::Invalid("stasis-netkeeper: bad mode " + mode);
   }
   Keeper keeper;
   keeper.Prepare(std::move(name), std::move(flows), std::move(link));
@@ -323,15 +325,30 @@ int KeeperMain(int argc, char** argv) {
 
 namespace {
 
+// The keeper's program: beside the running one (stasis, an agent, a test
+// binary, in the build tree or installed), else where `cmake --install`
+// put it (a stasis copied elsewhere on its own).
+Result<std::string> KeeperPath() {
+  std::string self = STASIS_TRY(sys::proc::ReadLink("/proc/self/exe"));
+  std::string beside = self.substr(0, self.rfind('/') + 1) + kKeeperProgram;
+  if (access(beside.c_str(), X_OK) == 0) return beside;
+  if (access(STASIS_KEEPER_INSTALLED, X_OK) == 0) return std::string(STASIS_KEEPER_INSTALLED);
+  return Error::NotFound(fmt::format(
+      "the packet keeper {} is missing (looked beside {} and at {}; `cmake --install` puts it "
+      "beside stasis)",
+      kKeeperProgram, self, STASIS_KEEPER_INSTALLED));
+}
+
 Status Spawn(std::vector<std::string> args) {
+  std::string program = STASIS_TRY(KeeperPath());
   // An earlier keeper of the same lock (a dump never restored here) gives
   // way to this one.
-  (void)TellKeeper(args[2], "quit");
+  (void)TellKeeper(args[1], "quit");
   int ends[2];
   if (pipe2(ends, O_CLOEXEC) < 0) return Error::Errno("pipe");
   // Above kReadyFd, so that dup2 onto it really dups (and drops CLOEXEC).
-  UniqueFd read_end(fcntl(ends[0], F_DUPFD_CLOEXEC, 10));
-  UniqueFd write_end(fcntl(ends[1], F_DUPFD_CLOEXEC, 10));
+  sys::UniqueFd read_end(fcntl(ends[0], F_DUPFD_CLOEXEC, 10));
+  sys::UniqueFd write_end(fcntl(ends[1], F_DUPFD_CLOEXEC, 10));
   close(ends[0]);
   close(ends[1]);
   std::vector<char*> argv;
@@ -344,7 +361,7 @@ Status Spawn(std::vector<std::string> args) {
   posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
   posix_spawn_file_actions_adddup2(&actions, write_end.get(), kReadyFd);
   pid_t pid = 0;
-  int err = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
+  int err = posix_spawn(&pid, program.c_str(), &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   if (err != 0) return Error::FromErrno("start the packet keeper", err);
   write_end.reset();
@@ -363,15 +380,15 @@ Status Spawn(std::vector<std::string> args) {
 
 }  // namespace
 
-Status StartKeeper(const std::string& table, const std::vector<TcpFlow>& flows) {
-  std::vector<std::string> args = {"stasis-netlock", kKeeperCommand, table, "table"};
-  for (const TcpFlow& f : flows) args.push_back(EncodeFlow(f));
+Status StartKeeper(const std::string& table, const std::vector<sys::TcpFlow>& flows) {
+  std::vector<std::string> args = {kKeeperProgram, table, "table"};
+  for (const sys::TcpFlow& f : flows) args.push_back(EncodeFlow(f));
   return Spawn(std::move(args));
 }
 
 Status StartLinkKeeper(const LinkKeeperSpec& spec) {
-  return Spawn({"stasis-netlock", kKeeperCommand, LinkName(spec.host_link), "link", spec.host_link,
-                spec.bridge, FormatMac(spec.mac), FormatIp4(spec.address)});
+  return Spawn({kKeeperProgram, LinkName(spec.host_link), "link", spec.host_link, spec.bridge,
+                FormatMac(spec.mac), FormatIp4(spec.address)});
 }
 
 Result<std::string> ReleaseLinkKeeper(const std::string& host_link) {
@@ -383,7 +400,7 @@ Result<std::string> ReleaseLinkKeeper(const std::string& host_link) {
 
 Result<std::optional<std::string>> TellKeeper(const std::string& table,
                                               const std::string& request) {
-  UniqueFd s(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  sys::UniqueFd s(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!s.valid()) return Error::Errno("socket(AF_UNIX)");
   socklen_t len;
   sockaddr_un addr = ControlAddress(table, &len);
@@ -406,4 +423,4 @@ Result<std::optional<std::string>> TellKeeper(const std::string& table,
   return std::optional<std::string>(answer);
 }
 
-}  // namespace stasis::sys
+}  // namespace stasis::net

@@ -7,7 +7,7 @@
 // flows' packets in both directions, one table per dump (the flows in sets,
 // so one `nft` run locks them all), named in the image so that the restore
 // can lift it. What the peers send meanwhile is not lost, though: a keeper
-// process (sys/packet_keeper.h) copies the dropped packets as they arrive
+// process (net/packet_keeper.h) copies the dropped packets as they arrive
 // and, when the restore lifts the lock, hands them to the restored sockets.
 // The peers then carry on at once, whether or not their retransmission
 // timers have backed off. Without a keeper (it gave up waiting, or the
@@ -16,62 +16,50 @@
 // Needs the `nft` command (Debian's nftables) and CAP_NET_ADMIN.
 #pragma once
 
-#include <stdint.h>
-
-#include <array>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "sys/flow.h"
+#include "sys/log.h"
 #include "sys/result.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 
-// A connection, by its ends: struct sockaddr_in / sockaddr_in6 bytes.
-struct TcpFlow {
-  std::string local;
-  std::string peer;
-  bool operator==(const TcpFlow&) const = default;
-};
+using sys::TcpFlow;
 
-// One end of a flow as its packets carry it: a v4-mapped IPv6 address
-// travels as IPv4.
-struct FlowEnd {
-  bool v4 = false;
-  std::array<uint8_t, 16> addr = {};  // network order; IPv4 in the first 4 bytes
-  uint16_t port = 0;                  // host order
-};
-Result<FlowEnd> ParseFlowEnd(const std::string& sockaddr_bytes);
-
-// While set (dumping an isolated session, whose host link is down: see
-// sys/isolated_net.h), no flow needs a table: FlowLock::Take makes a lock
-// named kLinkLock that does nothing. Its flows are still marked as held, so
-// that their restore resends and nudges the peers (tcp_socket.cc) once the
-// link is up again.
+// The name of the lock of an isolated session's flows: its host link, down
+// (net/isolated_net.h), holds them all, and no table is needed. Its flows
+// are still marked as held, so that their restore resends and nudges the
+// peers (tcp_socket.cc) once the link is up again.
 inline constexpr char kLinkLock[] = "session-link";
-void SetFlowLocksCoveredByLink(bool covered);
 
 class FlowLock {
  public:
   // Locks `flows` (which may be empty) in one table, with a keeper for what
-  // their peers send.
-  static Result<std::unique_ptr<FlowLock>> Take(const std::vector<TcpFlow>& flows);
+  // their peers send, started first. Says on `log` when it runs without a
+  // keeper.
+  static Result<std::unique_ptr<FlowLock>> Take(const std::vector<sys::TcpFlow>& flows,
+                                                Logger& log);
+  // The lock of an isolated session's flows, which its link already holds
+  // (net/session_dump.h): it changes nothing in the kernel.
+  static std::unique_ptr<FlowLock> CoveredByLink(const std::vector<sys::TcpFlow>& flows);
 
   const std::string& table() const { return table_; }
-  bool Covers(const TcpFlow& flow) const;
+  bool Covers(const sys::TcpFlow& flow) const;
   // Locks a flow that was not known when the lock was taken: the kernel
   // may finish a handshake while the tree is frozen.
-  Status Add(const TcpFlow& flow);
+  Status Add(const sys::TcpFlow& flow);
   // For a tree that keeps running (--leave-running, a failed dump), once
   // its sockets left repair mode: lifts the lock and hands them what the
   // peers sent meanwhile. Says what it did (see ReleaseFlowLock).
   Result<std::string> Release();
 
  private:
-  FlowLock(std::string table, std::vector<TcpFlow> flows)
+  FlowLock(std::string table, std::vector<sys::TcpFlow> flows)
       : table_(std::move(table)), flows_(std::move(flows)) {}
   std::string table_;
-  std::vector<TcpFlow> flows_;
+  std::vector<sys::TcpFlow> flows_;
   bool released_ = false;
 };
 
@@ -83,8 +71,8 @@ class FlowLock {
 Result<std::string> ReleaseFlowLock(const std::string& table);
 
 // The nft ruleset FlowLock::Take installs (pure, for tests).
-Result<std::string> LockRuleset(const std::string& table, const std::vector<TcpFlow>& flows);
+Result<std::string> LockRuleset(const std::string& table, const std::vector<sys::TcpFlow>& flows);
 // The nft command that adds one flow to it (pure, for tests).
-Result<std::string> AddFlowCommand(const std::string& table, const TcpFlow& flow);
+Result<std::string> AddFlowCommand(const std::string& table, const sys::TcpFlow& flow);
 
-}  // namespace stasis::sys
+}  // namespace stasis::net

@@ -24,14 +24,19 @@
 #include <cstdint>
 #include <string>
 
+#include "sys/flow.h"
+#include "sys/log.h"
 #include "sys/result.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 
 // local and peer are struct sockaddr_in/_in6 bytes (v4-mapped IPv6 is sent
 // as IPv4). Needs CAP_NET_RAW.
 Status NudgePeer(const std::string& local, const std::string& peer, uint32_t rcv_wup,
                  uint32_t rcv_nxt);
+// Best effort, as the restore does it: without the nudge the peer resumes
+// on its own timer, which `log` is told with the reason.
+void NudgePeer(const sys::PeerNudge& nudge, Logger& log);
 
 // The message for one nudge (exposed for tests): ICMP or ICMPv6 header
 // followed by the quoted IP header and 8 bytes of TCP header. *v6 says
@@ -39,4 +44,4 @@ Status NudgePeer(const std::string& local, const std::string& peer, uint32_t rcv
 Result<std::string> NudgeMessage(const std::string& local, const std::string& peer,
                                  uint32_t peer_una, bool* v6, std::string* to);
 
-}  // namespace stasis::sys
+}  // namespace stasis::net

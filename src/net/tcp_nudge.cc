@@ -1,4 +1,4 @@
-#include "sys/tcp_nudge.h"
+#include "net/tcp_nudge.h"
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
@@ -14,7 +14,7 @@
 
 #include "sys/unique_fd.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 namespace {
 
 // One step of backoff is undone per message; 12 steps cover a blackout of
@@ -143,7 +143,7 @@ Result<std::string> NudgeMessage(const std::string& local, const std::string& pe
 
 Status NudgePeer(const std::string& local, const std::string& peer, uint32_t rcv_wup,
                  uint32_t rcv_nxt) {
-  UniqueFd raw;
+  sys::UniqueFd raw;
   std::vector<uint32_t> candidates = {rcv_wup};
   if (rcv_nxt != rcv_wup) candidates.push_back(rcv_nxt);
   for (uint32_t una : candidates) {
@@ -165,4 +165,26 @@ Status NudgePeer(const std::string& local, const std::string& peer, uint32_t rcv
   return Ok();
 }
 
-}  // namespace stasis::sys
+namespace {
+
+std::string ShowEnd(const std::string& sockaddr_bytes) {
+  Result<sys::FlowEnd> end = sys::ParseFlowEnd(sockaddr_bytes);
+  if (!end.ok()) return "?";
+  char host[INET6_ADDRSTRLEN] = "?";
+  inet_ntop(end->v4 ? AF_INET : AF_INET6, end->addr.data(), host, sizeof(host));
+  if (end->v4) return fmt::format("{}:{}", host, end->port);
+  return fmt::format("[{}]:{}", host, end->port);
+}
+
+}  // namespace
+
+void NudgePeer(const sys::PeerNudge& nudge, Logger& log) {
+  Status nudged = NudgePeer(nudge.flow.local, nudge.flow.peer, nudge.rcv_wup, nudge.rcv_nxt);
+  if (!nudged.ok()) {
+    log.Warn(fmt::format("{} -> {}: {} (the peer resumes on its own timer)",
+                         ShowEnd(nudge.flow.local), ShowEnd(nudge.flow.peer),
+                         nudged.error().ToString()));
+  }
+}
+
+}  // namespace stasis::net

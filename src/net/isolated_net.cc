@@ -1,4 +1,4 @@
-#include "sys/isolated_net.h"
+#include "net/isolated_net.h"
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
@@ -15,35 +15,35 @@
 
 #include "sys/netns.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 namespace {
 
 uint32_t Mask(int prefix) { return prefix == 0 ? 0 : htonl(~0u << (32 - prefix)); }
 
 // 02:53 ('S', locally administered, unicast), then a tag and the address.
-Mac DerivedMac(uint8_t tag, uint32_t addr) {
+sys::Mac DerivedMac(uint8_t tag, uint32_t addr) {
   const uint8_t* a = reinterpret_cast<const uint8_t*>(&addr);
   return {0x02, tag, a[0], a[1], a[2], a[3]};
 }
 
-Mac BridgeMac(const std::string& name) {
+sys::Mac BridgeMac(const std::string& name) {
   uint32_t h = 2166136261u;  // FNV-1a of the name
   for (char c : name) h = (h ^ static_cast<uint8_t>(c)) * 16777619u;
   return DerivedMac(0x42, h);
 }
 
 Status ConfigureInside(int netns_fd, const NetConfig& c) {
-  ScopedNetns inside = STASIS_TRY(ScopedNetns::Enter(netns_fd));
-  Rtnl rtnl = STASIS_TRY(Rtnl::Open());
-  NlMessage lo = BuildSetUp(STASIS_TRY(rtnl.IndexOf("lo")), true);
+  sys::ScopedNetns inside = STASIS_TRY(sys::ScopedNetns::Enter(netns_fd));
+  sys::Rtnl rtnl = STASIS_TRY(sys::Rtnl::Open());
+  sys::NlMessage lo = sys::BuildSetUp(STASIS_TRY(rtnl.IndexOf("lo")), true);
   STASIS_TRY(rtnl.Request(lo, "bring up lo in the session"));
   int eth = STASIS_TRY(rtnl.IndexOf(kSessionLink));
-  NlMessage addr = BuildNewAddr4(eth, c.address, c.prefix);
+  sys::NlMessage addr = sys::BuildNewAddr4(eth, c.address, c.prefix);
   STASIS_TRY(rtnl.Request(addr, "add " + FormatCidr(c.address, c.prefix) + " to the session"));
-  NlMessage up = BuildSetUp(eth, true);
+  sys::NlMessage up = sys::BuildSetUp(eth, true);
   STASIS_TRY(rtnl.Request(up, "bring up the session's eth0"));
   if (c.gateway != 0) {
-    NlMessage route = BuildDefaultRoute4(eth, c.gateway);
+    sys::NlMessage route = sys::BuildDefaultRoute4(eth, c.gateway);
     STASIS_TRY(rtnl.Request(route, "default route via " + FormatIp4(c.gateway)));
   }
   return inside.Leave();
@@ -58,7 +58,7 @@ uint32_t DefaultGateway(const NetConfig& c) {
 }
 
 // The bridge's index, created (with the gateway address, up) if missing.
-Result<int> EnsureBridge(Rtnl& host, NetConfig* c) {
+Result<int> EnsureBridge(sys::Rtnl& host, NetConfig* c) {
   Result<int> found = host.IndexOf(c->bridge);
   if (found.ok()) {
     if (c->gateway == 0) {
@@ -72,16 +72,16 @@ Result<int> EnsureBridge(Rtnl& host, NetConfig* c) {
     return found;
   }
   if (found.error().code() != ErrorCode::kNotFound) return std::move(found).error();
-  NlMessage create = BuildNewBridge(c->bridge, BridgeMac(c->bridge));
+  sys::NlMessage create = sys::BuildNewBridge(c->bridge, BridgeMac(c->bridge));
   Status made = host.Request(create, "create bridge " + c->bridge);
   // Another session may have made it meanwhile.
   if (!made.ok() && made.error().errnum() != EEXIST) return std::move(made).error();
   int index = STASIS_TRY(host.IndexOf(c->bridge));
   if (made.ok()) {
     if (c->gateway == 0) c->gateway = DefaultGateway(*c);
-    NlMessage addr = BuildNewAddr4(index, c->gateway, c->prefix);
+    sys::NlMessage addr = sys::BuildNewAddr4(index, c->gateway, c->prefix);
     STASIS_TRY(host.Request(addr, "add gateway address to bridge " + c->bridge));
-    NlMessage up = BuildSetUp(index, true);
+    sys::NlMessage up = sys::BuildSetUp(index, true);
     STASIS_TRY(host.Request(up, "bring up bridge " + c->bridge));
   }
   return index;
@@ -103,13 +103,13 @@ Result<uint32_t> ParseIp4(const std::string& text) {
   return a.s_addr;
 }
 
-std::string FormatMac(const Mac& m) {
+std::string FormatMac(const sys::Mac& m) {
   return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4],
                      m[5]);
 }
 
-Result<Mac> ParseMac(const std::string& text) {
-  Mac m;
+Result<sys::Mac> ParseMac(const std::string& text) {
+  sys::Mac m;
   unsigned v[6];
   char tail;
   if (sscanf(text.c_str(), "%x:%x:%x:%x:%x:%x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
@@ -171,12 +171,12 @@ Result<NetConfig> PlanNet(const std::string& cidr, const std::string& bridge,
 }
 
 Result<IsolatedNet> IsolatedNet::Create(NetConfig* config, bool host_up) {
-  Rtnl host = STASIS_TRY(Rtnl::Open());
+  sys::Rtnl host = STASIS_TRY(sys::Rtnl::Open());
   int bridge = STASIS_TRY(EnsureBridge(host, config));
-  UniqueFd netns = STASIS_TRY(CreateNetns());
-  VethSpec veth = {config->host_link, config->host_mac, bridge,
-                   kSessionLink,      config->mac,      netns.get()};
-  NlMessage create = BuildNewVeth(veth);
+  sys::UniqueFd netns = STASIS_TRY(sys::CreateNetns());
+  sys::VethSpec veth = {config->host_link, config->host_mac, bridge,
+                        kSessionLink,      config->mac,      netns.get()};
+  sys::NlMessage create = sys::BuildNewVeth(veth);
   Status made = host.Request(create, "create veth " + config->host_link);
   if (!made.ok() && made.error().errnum() == EEXIST) {
     return Error::Invalid(
@@ -195,82 +195,84 @@ Result<IsolatedNet> IsolatedNet::Create(NetConfig* config, bool host_up) {
 IsolatedNet::~IsolatedNet() {
   if (committed_ || host_index_ == 0) return;
   // Deleting one end deletes the pair.
-  NlMessage del = BuildDelLink(host_index_);
+  sys::NlMessage del = sys::BuildDelLink(host_index_);
   (void)host_.Request(del, "delete veth");
 }
 
 Status IsolatedNet::SetHostUp(bool up) {
-  NlMessage m = BuildSetUp(host_index_, up);
+  sys::NlMessage m = sys::BuildSetUp(host_index_, up);
   return host_.Request(m, up ? "bring up the session link" : "take down the session link");
 }
 
 Status SetHostLinkUp(const std::string& host_link, bool up) {
-  Rtnl host = STASIS_TRY(Rtnl::Open());
+  sys::Rtnl host = STASIS_TRY(sys::Rtnl::Open());
   int index = STASIS_TRY(host.IndexOf(host_link));
-  NlMessage m = BuildSetUp(index, up);
+  sys::NlMessage m = sys::BuildSetUp(index, up);
   return host.Request(m, fmt::format("{} the session link {}",
                                      up ? "bring up" : "take down (network lock)", host_link));
 }
 
 Status DeleteHostLink(const std::string& host_link) {
-  Rtnl host = STASIS_TRY(Rtnl::Open());
+  sys::Rtnl host = STASIS_TRY(sys::Rtnl::Open());
   Result<int> index = host.IndexOf(host_link);
   if (!index.ok() && index.error().code() == ErrorCode::kNotFound) return Ok();
-  NlMessage del = BuildDelLink(STASIS_TRY(std::move(index)));
+  sys::NlMessage del = sys::BuildDelLink(STASIS_TRY(std::move(index)));
   Status deleted = host.Request(del, "delete the session link " + host_link);
   if (!deleted.ok() && deleted.error().errnum() == ENODEV) return Ok();
   return deleted;
 }
 
-bool CarriedNeighbour(const Neighbour& n) {
+bool CarriedNeighbour(const sys::Neighbour& n) {
   constexpr uint16_t kUsable = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT;
   return !n.lladdr.empty() && (n.state & kUsable) != 0;
 }
 
-Neighbour RestoredNeighbour(const Neighbour& dumped) {
-  Neighbour n = dumped;
+sys::Neighbour RestoredNeighbour(const sys::Neighbour& dumped) {
+  sys::Neighbour n = dumped;
   n.state = (dumped.state & NUD_PERMANENT) ? NUD_PERMANENT : NUD_STALE;
   n.flags = dumped.flags & NTF_ROUTER;
   return n;
 }
 
-Result<std::vector<Neighbour>> ReadSessionNeighbours() {
-  Rtnl rtnl = STASIS_TRY(Rtnl::Open());
+Result<std::vector<sys::Neighbour>> ReadSessionNeighbours() {
+  sys::Rtnl rtnl = STASIS_TRY(sys::Rtnl::Open());
   int eth = STASIS_TRY(rtnl.IndexOf(kSessionLink));
-  std::vector<Neighbour> all = STASIS_TRY_CTX(rtnl.Neighbours(eth), "read the neighbour cache");
-  std::vector<Neighbour> carried;
-  for (Neighbour& n : all) {
+  std::vector<sys::Neighbour> all =
+      STASIS_TRY_CTX(rtnl.Neighbours(eth), "read the neighbour cache");
+  std::vector<sys::Neighbour> carried;
+  for (sys::Neighbour& n : all) {
     if (CarriedNeighbour(n)) carried.push_back(std::move(n));
   }
   return carried;
 }
 
-Status AddSessionNeighbours(const std::vector<Neighbour>& carried) {
+Status AddSessionNeighbours(const std::vector<sys::Neighbour>& carried) {
   if (carried.empty()) return Ok();
-  Rtnl rtnl = STASIS_TRY(Rtnl::Open());
+  sys::Rtnl rtnl = STASIS_TRY(sys::Rtnl::Open());
   int eth = STASIS_TRY(rtnl.IndexOf(kSessionLink));
-  for (const Neighbour& n : carried) {
-    NlMessage add = BuildNewNeigh(eth, RestoredNeighbour(n));
-    STASIS_TRY(rtnl.Request(add, "add neighbour entry " + FormatNeighbour(n) + " to the session"));
+  for (const sys::Neighbour& n : carried) {
+    sys::NlMessage add = sys::BuildNewNeigh(eth, RestoredNeighbour(n));
+    STASIS_TRY(
+        rtnl.Request(add, "add neighbour entry " + sys::FormatNeighbour(n) + " to the session"));
   }
   return Ok();
 }
 
-bool WaitNeighboursEvicted(const std::vector<Neighbour>& carried,
+bool WaitNeighboursEvicted(const std::vector<sys::Neighbour>& carried,
                            std::chrono::milliseconds timeout) {
-  auto same = [](const Neighbour& a, const Neighbour& b) {
+  auto same = [](const sys::Neighbour& a, const sys::Neighbour& b) {
     return a.family == b.family && a.dst == b.dst;
   };
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  Result<Rtnl> rtnl = Rtnl::Open();
+  Result<sys::Rtnl> rtnl = sys::Rtnl::Open();
   Result<int> eth = rtnl.ok() ? rtnl->IndexOf(kSessionLink) : Result<int>(Error::NotFound("eth0"));
   while (eth.ok()) {
-    Result<std::vector<Neighbour>> now = rtnl->Neighbours(*eth);
+    Result<std::vector<sys::Neighbour>> now = rtnl->Neighbours(*eth);
     if (!now.ok()) return false;
-    bool left = std::any_of(now->begin(), now->end(), [&](const Neighbour& n) {
+    bool left = std::any_of(now->begin(), now->end(), [&](const sys::Neighbour& n) {
       return CarriedNeighbour(n) && !(n.state & NUD_PERMANENT) &&
              std::any_of(carried.begin(), carried.end(),
-                         [&](const Neighbour& c) { return same(c, n); });
+                         [&](const sys::Neighbour& c) { return same(c, n); });
     });
     if (!left) return true;
     if (std::chrono::steady_clock::now() > deadline) return false;
@@ -292,7 +294,7 @@ std::string ReadSysfs(const std::string& path) {
 
 // IFF_RUNNING of `name` in the calling thread's network namespace.
 bool Running(const char* name) {
-  UniqueFd s(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  sys::UniqueFd s(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   struct ifreq ifr = {};
   std::snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", name);
   return s.valid() && ioctl(s.get(), SIOCGIFFLAGS, &ifr) == 0 && (ifr.ifr_flags & IFF_RUNNING);
@@ -313,7 +315,7 @@ bool WaitLinkForwarding(const std::string& host_link, std::chrono::milliseconds 
 }
 
 bool WaitLinkGone(const std::string& host_link, std::chrono::milliseconds timeout) {
-  Result<Rtnl> host = Rtnl::Open();
+  Result<sys::Rtnl> host = sys::Rtnl::Open();
   if (!host.ok()) return false;
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
@@ -324,4 +326,4 @@ bool WaitLinkGone(const std::string& host_link, std::chrono::milliseconds timeou
   }
 }
 
-}  // namespace stasis::sys
+}  // namespace stasis::net

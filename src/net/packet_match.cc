@@ -7,9 +7,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "sys/packet_keeper.h"
+#include "net/packet_keeper.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 namespace {
 
 constexpr uint32_t kAccept = 0x40000;  // bytes of the packet to copy: all of it
@@ -23,7 +23,7 @@ struct End {
 };
 
 bool ParseEnd(const std::string& raw, End* end) {
-  Result<FlowEnd> e = ParseFlowEnd(raw);
+  Result<sys::FlowEnd> e = sys::ParseFlowEnd(raw);
   if (!e.ok()) return false;
   end->v4 = e->v4;
   end->port = e->port;
@@ -95,9 +95,9 @@ uint16_t Fold(uint32_t sum) {
 
 }  // namespace
 
-std::vector<sock_filter> CaptureFilter(const std::vector<TcpFlow>& flows) {
+std::vector<sock_filter> CaptureFilter(const std::vector<sys::TcpFlow>& flows) {
   std::vector<Block> v4, v6;
-  for (const TcpFlow& f : flows) {
+  for (const sys::TcpFlow& f : flows) {
     End local, peer;
     if (!ParseEnd(f.local, &local) || !ParseEnd(f.peer, &peer)) continue;
     (local.v4 ? v4 : v6).push_back(FlowBlock(local, peer));
@@ -200,7 +200,7 @@ std::vector<std::string> SegmentTcp4(const std::string& packet, size_t mtu) {
   return out;
 }
 
-bool FromPeer(const std::string& packet, const std::vector<TcpFlow>& flows) {
+bool FromPeer(const std::string& packet, const std::vector<sys::TcpFlow>& flows) {
   const auto* p = reinterpret_cast<const uint8_t*>(packet.data());
   size_t n = packet.size();
   if (n < 20) return false;
@@ -229,7 +229,7 @@ bool FromPeer(const std::string& packet, const std::vector<TcpFlow>& flows) {
   auto same = [](const End& a, const End& b) {
     return a.v4 == b.v4 && a.port == b.port && std::memcmp(a.words, b.words, sizeof(a.words)) == 0;
   };
-  for (const TcpFlow& f : flows) {
+  for (const sys::TcpFlow& f : flows) {
     End local, peer;
     if (ParseEnd(f.local, &local) && ParseEnd(f.peer, &peer) && same(src, peer) &&
         same(dst, local)) {
@@ -266,7 +266,7 @@ bool FixTcpChecksum(std::string* packet) {
   return true;
 }
 
-std::string EncodeFlow(const TcpFlow& flow) {
+std::string EncodeFlow(const sys::TcpFlow& flow) {
   static const char kHex[] = "0123456789abcdef";
   std::string out;
   for (const std::string* part : {&flow.local, &flow.peer}) {
@@ -279,7 +279,7 @@ std::string EncodeFlow(const TcpFlow& flow) {
   return out;
 }
 
-Result<TcpFlow> DecodeFlow(const std::string& text) {
+Result<sys::TcpFlow> DecodeFlow(const std::string& text) {
   auto slash = text.find('/');
   auto hex = [](const std::string& s) -> Result<std::string> {
     if (s.size() % 2 != 0) return Error::Invalid("odd hex length");
@@ -296,10 +296,10 @@ Result<TcpFlow> DecodeFlow(const std::string& text) {
     return out;
   };
   if (slash == std::string::npos) return Error::Invalid("flow '" + text + "': no '/'");
-  TcpFlow f;
+  sys::TcpFlow f;
   f.local = STASIS_TRY(hex(text.substr(0, slash)));
   f.peer = STASIS_TRY(hex(text.substr(slash + 1)));
   return f;
 }
 
-}  // namespace stasis::sys
+}  // namespace stasis::net

@@ -1,11 +1,11 @@
-#include "image/session_net.h"
+#include "net/session_image.h"
 
 #include <fmt/format.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 
-namespace stasis::image {
+namespace stasis::net {
 namespace {
 
 constexpr size_t kMaxLinkAddress = 32;  // the kernel's MAX_ADDR_LEN
@@ -19,7 +19,7 @@ Result<sys::Mac> MacFrom(const std::string& bytes, const char* what) {
 
 }  // namespace
 
-void NetToProto(const sys::NetConfig& net, SessionNet* out) {
+void NetToProto(const NetConfig& net, image::SessionNet* out) {
   out->set_address(net.address);
   out->set_prefix(static_cast<uint32_t>(net.prefix));
   out->set_gateway(net.gateway);
@@ -29,8 +29,8 @@ void NetToProto(const sys::NetConfig& net, SessionNet* out) {
   out->set_host_link(net.host_link);
 }
 
-Result<sys::NetConfig> NetFromProto(const SessionNet& in) {
-  sys::NetConfig net;
+Result<NetConfig> NetFromProto(const image::SessionNet& in) {
+  NetConfig net;
   net.address = in.address();
   net.prefix = static_cast<int>(in.prefix());
   net.gateway = in.gateway();
@@ -45,10 +45,10 @@ Result<sys::NetConfig> NetFromProto(const SessionNet& in) {
   return net;
 }
 
-void NeighboursToProto(const std::vector<sys::Neighbour>& in, SessionNet* out) {
+void NeighboursToProto(const std::vector<sys::Neighbour>& in, image::SessionNet* out) {
   out->clear_neighbours();
   for (const sys::Neighbour& n : in) {
-    Neighbour* p = out->add_neighbours();
+    image::Neighbour* p = out->add_neighbours();
     p->set_family(n.family);
     p->set_address(std::string(n.dst.begin(), n.dst.end()));
     p->set_lladdr(std::string(n.lladdr.begin(), n.lladdr.end()));
@@ -57,9 +57,9 @@ void NeighboursToProto(const std::vector<sys::Neighbour>& in, SessionNet* out) {
   }
 }
 
-Result<std::vector<sys::Neighbour>> NeighboursFromProto(const SessionNet& in) {
+Result<std::vector<sys::Neighbour>> NeighboursFromProto(const image::SessionNet& in) {
   std::vector<sys::Neighbour> out;
-  for (const Neighbour& p : in.neighbours()) {
+  for (const image::Neighbour& p : in.neighbours()) {
     sys::Neighbour n;
     n.family = static_cast<uint8_t>(p.family());
     n.dst.assign(p.address().begin(), p.address().end());
@@ -69,7 +69,7 @@ Result<std::vector<sys::Neighbour>> NeighboursFromProto(const SessionNet& in) {
     bool address_ok = (p.family() == AF_INET && n.dst.size() == 4) ||
                       (p.family() == AF_INET6 && n.dst.size() == 16);
     if (!address_ok || n.lladdr.size() > kMaxLinkAddress || p.state() > 0xffff ||
-        p.flags() > 0xff || !sys::CarriedNeighbour(n)) {
+        p.flags() > 0xff || !CarriedNeighbour(n)) {
       return Error::Corrupt(
           fmt::format("session network: bad neighbour entry {}", sys::FormatNeighbour(n)));
     }
@@ -78,4 +78,4 @@ Result<std::vector<sys::Neighbour>> NeighboursFromProto(const SessionNet& in) {
   return out;
 }
 
-}  // namespace stasis::image
+}  // namespace stasis::net

@@ -1,12 +1,12 @@
-#include "sys/netlock.h"
+#include "net/netlock.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 
-#include "sys/sockaddr_testing.h"
+#include "net/sockaddr_testing.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 namespace {
 
 using sockaddr_testing::V4;
@@ -56,4 +56,4 @@ TEST(NetLock, RefusesOtherFamilies) {
 }
 
 }  // namespace
-}  // namespace stasis::sys
+}  // namespace stasis::net

@@ -1,23 +1,22 @@
-#include "sys/netlock.h"
+#include "net/netlock.h"
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cstring>
 
-#include "sys/nft.h"
-#include "sys/packet_keeper.h"
+#include "net/nft.h"
+#include "net/packet_keeper.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 namespace {
 
 // The address as nft writes it.
 Result<std::pair<std::string, int>> ParseEndpoint(const std::string& raw, bool* v4) {
-  FlowEnd e = STASIS_TRY(ParseFlowEnd(raw));
+  sys::FlowEnd e = STASIS_TRY(sys::ParseFlowEnd(raw));
   char host[INET6_ADDRSTRLEN];
   inet_ntop(e.v4 ? AF_INET : AF_INET6, e.addr.data(), host, sizeof(host));
   *v4 = e.v4;
@@ -30,7 +29,7 @@ struct Element {
   std::string text;
 };
 
-Result<Element> FlowElement(const TcpFlow& flow) {
+Result<Element> FlowElement(const sys::TcpFlow& flow) {
   bool local_v4, peer_v4;
   auto [local, local_port] = STASIS_TRY(ParseEndpoint(flow.local, &local_v4));
   auto [peer, peer_port] = STASIS_TRY(ParseEndpoint(flow.peer, &peer_v4));
@@ -45,35 +44,11 @@ std::string SetDecl(const char* name, const char* addr_type, const std::vector<s
   return decl + " }\n";
 }
 
-std::atomic<bool> g_covered_by_link{false};
-
 }  // namespace
 
-void SetFlowLocksCoveredByLink(bool covered) { g_covered_by_link = covered; }
-
-Result<FlowEnd> ParseFlowEnd(const std::string& raw) {
-  const sockaddr* sa = reinterpret_cast<const sockaddr*>(raw.data());
-  FlowEnd e;
-  if (raw.size() >= sizeof(sockaddr_in) && sa->sa_family == AF_INET) {
-    auto* in = reinterpret_cast<const sockaddr_in*>(sa);
-    e.v4 = true;
-    std::memcpy(e.addr.data(), &in->sin_addr, 4);
-    e.port = ntohs(in->sin_port);
-    return e;
-  }
-  if (raw.size() >= sizeof(sockaddr_in6) && sa->sa_family == AF_INET6) {
-    auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
-    e.v4 = IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr);
-    std::memcpy(e.addr.data(), &in6->sin6_addr.s6_addr[e.v4 ? 12 : 0], e.v4 ? 4 : 16);
-    e.port = ntohs(in6->sin6_port);
-    return e;
-  }
-  return Error::Invalid("network lock: not an IPv4 or IPv6 address");
-}
-
-Result<std::string> LockRuleset(const std::string& table, const std::vector<TcpFlow>& flows) {
+Result<std::string> LockRuleset(const std::string& table, const std::vector<sys::TcpFlow>& flows) {
   std::vector<std::string> v4, v6;
-  for (const TcpFlow& f : flows) {
+  for (const sys::TcpFlow& f : flows) {
     Element e = STASIS_TRY(FlowElement(f));
     (e.v4 ? v4 : v6).push_back(e.text);
   }
@@ -90,25 +65,34 @@ Result<std::string> LockRuleset(const std::string& table, const std::vector<TcpF
       table, SetDecl("flows4", "ipv4_addr", v4), SetDecl("flows6", "ipv6_addr", v6));
 }
 
-Result<std::string> AddFlowCommand(const std::string& table, const TcpFlow& flow) {
+Result<std::string> AddFlowCommand(const std::string& table, const sys::TcpFlow& flow) {
   Element e = STASIS_TRY(FlowElement(flow));
   return fmt::format("add element inet {} {} {{ {} }}\n", table, e.v4 ? "flows4" : "flows6",
                      e.text);
 }
 
-Result<std::unique_ptr<FlowLock>> FlowLock::Take(const std::vector<TcpFlow>& flows) {
-  if (g_covered_by_link) return std::unique_ptr<FlowLock>(new FlowLock(kLinkLock, flows));
-  static std::atomic<int> seq{0};
-  std::string table = fmt::format("stasis_lock_{}_{}", getpid(), seq++);
+std::unique_ptr<FlowLock> FlowLock::CoveredByLink(const std::vector<sys::TcpFlow>& flows) {
+  return std::unique_ptr<FlowLock>(new FlowLock(kLinkLock, flows));
+}
+
+Result<std::unique_ptr<FlowLock>> FlowLock::Take(const std::vector<sys::TcpFlow>& flows,
+                                                 Logger& log) {
+  // Unique among the locks of every operation of this process (an agent
+  // runs several) without a counter shared between them: the taking
+  // thread and the time.
+  timespec now = {};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  std::string table =
+      fmt::format("stasis_lock_{}_{}_{}{:09}", getpid(), gettid(), now.tv_sec, now.tv_nsec);
   std::string rules = STASIS_TRY(LockRuleset(table, flows));
   // The keeper captures before the table drops, so nothing is dropped
   // unseen. Without one the lock still holds; the peers resend later.
   Status keeper = StartKeeper(table, flows);
   if (!keeper.ok()) {
-    fmt::print(stderr,
-               "stasis: warning: network lock without a packet keeper ({}): peers will "
-               "resend what they send meanwhile on their own timers\n",
-               keeper.error().ToString());
+    log.Warn(
+        fmt::format("network lock without a packet keeper ({}): peers will resend what they send "
+                    "meanwhile on their own timers",
+                    keeper.error().ToString()));
   }
   Status locked = RunNft({"-f", "-"}, rules);
   if (!locked.ok()) {
@@ -118,11 +102,11 @@ Result<std::unique_ptr<FlowLock>> FlowLock::Take(const std::vector<TcpFlow>& flo
   return std::unique_ptr<FlowLock>(new FlowLock(table, flows));
 }
 
-bool FlowLock::Covers(const TcpFlow& flow) const {
+bool FlowLock::Covers(const sys::TcpFlow& flow) const {
   return std::find(flows_.begin(), flows_.end(), flow) != flows_.end();
 }
 
-Status FlowLock::Add(const TcpFlow& flow) {
+Status FlowLock::Add(const sys::TcpFlow& flow) {
   if (table_ != kLinkLock) {
     std::string command = STASIS_TRY(AddFlowCommand(table_, flow));
     (void)TellKeeper(table_, "add " + EncodeFlow(flow));
@@ -149,4 +133,4 @@ Result<std::string> ReleaseFlowLock(const std::string& table) {
   return fmt::format("network lock {} lifted ({}: the peers resend on their own)", table, why);
 }
 
-}  // namespace stasis::sys
+}  // namespace stasis::net

@@ -1,4 +1,4 @@
-#include "sys/tcp_nudge.h"
+#include "net/tcp_nudge.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -10,9 +10,9 @@
 
 #include <cstring>
 
-#include "sys/sockaddr_testing.h"
+#include "net/sockaddr_testing.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 namespace {
 
 using sockaddr_testing::V4;
@@ -80,4 +80,4 @@ TEST(TcpNudge, Ipv6AndV4Mapped) {
 }
 
 }  // namespace
-}  // namespace stasis::sys
+}  // namespace stasis::net

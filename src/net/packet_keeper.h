@@ -1,6 +1,8 @@
-// The keeper of a network lock (sys/netlock.h): a process of its own, since
+// The keeper of a network lock (net/netlock.h): a process of its own, since
 // what it keeps must outlive the dump that took the lock and wait for the
-// restore that lifts it.
+// restore that lifts it. It is its own small program, stasis-netkeeper
+// (src/netkeeper/main.cc, calling KeeperMain), installed beside stasis and
+// found beside the running program.
 //
 // It copies the packets the locked flows' peers send, as they arrive on
 // any interface of its network namespace (AF_PACKET, incoming packets only,
@@ -11,7 +13,7 @@
 // been late. It gives up after kKeepFor, or kKeepBytes of packets (the peers
 // then resend on their own timers).
 //
-// An isolated session's lock is its host link, down (sys/isolated_net.h):
+// An isolated session's lock is its host link, down (net/isolated_net.h):
 // there the keeper takes every TCP packet sent to the session's address
 // while the link is down, on any interface but the bridge itself (which
 // sees a second copy of what crosses it), and when the link is up again
@@ -29,24 +31,24 @@
 #include <string>
 #include <vector>
 
-#include "sys/netlock.h"
+#include "net/netlock.h"
 #include "sys/result.h"
 #include "sys/rtnl.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 
-inline constexpr char kKeeperCommand[] = "__netlock-keeper";
+inline constexpr char kKeeperProgram[] = "stasis-netkeeper";
 inline constexpr std::chrono::seconds kKeepFor{120};
 inline constexpr size_t kKeepBytes = 64 << 20;
 
 // In the dumping process: starts the keeper of `table` and returns once it
 // captures the flows' packets.
-Status StartKeeper(const std::string& table, const std::vector<TcpFlow>& flows);
+Status StartKeeper(const std::string& table, const std::vector<sys::TcpFlow>& flows);
 // The keeper of an isolated session's link lock.
 struct LinkKeeperSpec {
   std::string host_link;  // by its name: the restore makes it again
   std::string bridge;
-  Mac mac = {};          // the session's (eth0's)
+  sys::Mac mac = {};     // the session's (eth0's)
   uint32_t address = 0;  // the session's IPv4 address, network byte order
 };
 Status StartLinkKeeper(const LinkKeeperSpec& spec);
@@ -58,17 +60,18 @@ Result<std::string> ReleaseLinkKeeper(const std::string& host_link);
 // ("ok..."); nullopt when there is no keeper (never started, gave up,
 // another host).
 Result<std::optional<std::string>> TellKeeper(const std::string& table, const std::string& request);
-// The keeper process: `stasis __netlock-keeper TABLE FLOW...`, with fd 3
-// the pipe StartKeeper waits on. Returns the exit status.
+// The keeper process: `stasis-netkeeper NAME table FLOW...` or
+// `stasis-netkeeper NAME link HOST_LINK BRIDGE MAC ADDRESS`, with fd 3 the
+// pipe StartKeeper waits on. Returns the exit status.
 int KeeperMain(int argc, char** argv);
 
 // Pure, for tests.
-std::string EncodeFlow(const TcpFlow& flow);
-Result<TcpFlow> DecodeFlow(const std::string& text);
+std::string EncodeFlow(const sys::TcpFlow& flow);
+Result<sys::TcpFlow> DecodeFlow(const std::string& text);
 // Accepts the packets (from the IP header on) the flows' peers send them.
-std::vector<sock_filter> CaptureFilter(const std::vector<TcpFlow>& flows);
+std::vector<sock_filter> CaptureFilter(const std::vector<sys::TcpFlow>& flows);
 // True when the packet is one the flows' peers sent.
-bool FromPeer(const std::string& packet, const std::vector<TcpFlow>& flows);
+bool FromPeer(const std::string& packet, const std::vector<sys::TcpFlow>& flows);
 // Accepts the IPv4 TCP packets (from the IP header on) sent to `address`
 // (network byte order) that a device receives rather than sends.
 std::vector<sock_filter> LinkCaptureFilter(uint32_t address);
@@ -83,4 +86,4 @@ std::vector<std::string> SegmentTcp4(const std::string& packet, size_t mtu);
 // offloaded). False if it is not a whole TCP packet.
 bool FixTcpChecksum(std::string* packet);
 
-}  // namespace stasis::sys
+}  // namespace stasis::net

@@ -1,5 +1,5 @@
 // The neighbour-cache requests and answers of sys/rtnl.h, and what an
-// isolated session carries of its cache (sys/isolated_net.h).
+// isolated session carries of its cache (net/isolated_net.h).
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <linux/neighbour.h>
@@ -8,15 +8,15 @@
 #include <cstring>
 #include <vector>
 
-#include "image/session_net.h"
-#include "sys/isolated_net.h"
+#include "net/isolated_net.h"
+#include "net/session_image.h"
 #include "sys/rtnl.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 namespace {
 
-Neighbour V4(const char* addr, uint16_t state) {
-  Neighbour n;
+sys::Neighbour V4(const char* addr, uint16_t state) {
+  sys::Neighbour n;
   n.family = AF_INET;
   n.dst.resize(4);
   inet_pton(AF_INET, addr, n.dst.data());
@@ -25,8 +25,8 @@ Neighbour V4(const char* addr, uint16_t state) {
   return n;
 }
 
-Neighbour V6(const char* addr, uint16_t state, uint8_t flags) {
-  Neighbour n;
+sys::Neighbour V6(const char* addr, uint16_t state, uint8_t flags) {
+  sys::Neighbour n;
   n.family = AF_INET6;
   n.dst.resize(16);
   inet_pton(AF_INET6, addr, n.dst.data());
@@ -36,13 +36,13 @@ Neighbour V6(const char* addr, uint16_t state, uint8_t flags) {
   return n;
 }
 
-const nlmsghdr* Header(const NlMessage& m) {
+const nlmsghdr* Header(const sys::NlMessage& m) {
   return reinterpret_cast<const nlmsghdr*>(m.bytes().data());
 }
 
 TEST(Neighbour, AddRequestReplacesWithStateFlagsAndAddresses) {
-  Neighbour n = V4("198.18.7.3", NUD_STALE);
-  NlMessage m = BuildNewNeigh(4, n);
+  sys::Neighbour n = V4("198.18.7.3", NUD_STALE);
+  sys::NlMessage m = sys::BuildNewNeigh(4, n);
   const nlmsghdr* h = Header(m);
   ASSERT_EQ(h->nlmsg_len, m.bytes().size());
   EXPECT_EQ(h->nlmsg_type, RTM_NEWNEIGH);
@@ -54,48 +54,48 @@ TEST(Neighbour, AddRequestReplacesWithStateFlagsAndAddresses) {
   EXPECT_EQ(nd.ndm_state, NUD_STALE);
   EXPECT_EQ(nd.ndm_type, RTN_UNICAST);
   // The request carries what the kernel's answers carry: it parses back.
-  NlMessage answer = BuildNewNeigh(4, n);
+  sys::NlMessage answer = sys::BuildNewNeigh(4, n);
   answer.header()->nlmsg_flags = NLM_F_MULTI;
-  std::optional<Neighbour> back = ParseNeighbour(Header(answer), 4);
+  std::optional<sys::Neighbour> back = sys::ParseNeighbour(Header(answer), 4);
   ASSERT_TRUE(back.has_value());
   EXPECT_EQ(*back, n);
 }
 
 TEST(Neighbour, DumpAnswersOfOtherLinksAndFamiliesAreSkipped) {
-  Neighbour v6 = V6("fe80::42:1ff:fe02:304", NUD_REACHABLE, NTF_ROUTER);
-  NlMessage m = BuildNewNeigh(2, v6);
+  sys::Neighbour v6 = V6("fe80::42:1ff:fe02:304", NUD_REACHABLE, NTF_ROUTER);
+  sys::NlMessage m = sys::BuildNewNeigh(2, v6);
   // The kernel adds more than the request has; those are ignored.
   nda_cacheinfo ci = {1, 2, 3, 4};
   m.Attr(NDA_CACHEINFO, &ci, sizeof(ci));
   m.AttrU32(NDA_PROBES, 1);
-  std::optional<Neighbour> back = ParseNeighbour(Header(m), 2);
+  std::optional<sys::Neighbour> back = sys::ParseNeighbour(Header(m), 2);
   ASSERT_TRUE(back.has_value());
   EXPECT_EQ(*back, v6);
-  EXPECT_FALSE(ParseNeighbour(Header(m), 1).has_value());  // lo's, say
+  EXPECT_FALSE(sys::ParseNeighbour(Header(m), 1).has_value());  // lo's, say
 
-  Neighbour bridge_fdb = V4("198.18.7.3", NUD_REACHABLE);
+  sys::Neighbour bridge_fdb = V4("198.18.7.3", NUD_REACHABLE);
   bridge_fdb.family = AF_BRIDGE;
-  EXPECT_FALSE(ParseNeighbour(Header(BuildNewNeigh(2, bridge_fdb)), 2).has_value());
-  NlMessage done(NLMSG_DONE, NLM_F_MULTI);
-  EXPECT_FALSE(ParseNeighbour(done.header(), 2).has_value());
-  Neighbour short_dst = V4("198.18.7.3", NUD_REACHABLE);
+  EXPECT_FALSE(sys::ParseNeighbour(Header(sys::BuildNewNeigh(2, bridge_fdb)), 2).has_value());
+  sys::NlMessage done(NLMSG_DONE, NLM_F_MULTI);
+  EXPECT_FALSE(sys::ParseNeighbour(done.header(), 2).has_value());
+  sys::Neighbour short_dst = V4("198.18.7.3", NUD_REACHABLE);
   short_dst.dst.pop_back();
-  EXPECT_FALSE(ParseNeighbour(Header(BuildNewNeigh(2, short_dst)), 2).has_value());
+  EXPECT_FALSE(sys::ParseNeighbour(Header(sys::BuildNewNeigh(2, short_dst)), 2).has_value());
 }
 
 TEST(Neighbour, AnEntryWithoutLinkLayerAddressParsesWithoutOne) {
-  Neighbour pending = V4("198.18.7.9", NUD_INCOMPLETE);
+  sys::Neighbour pending = V4("198.18.7.9", NUD_INCOMPLETE);
   pending.lladdr.clear();
-  NlMessage m = BuildNewNeigh(2, pending);
-  std::optional<Neighbour> back = ParseNeighbour(Header(m), 2);
+  sys::NlMessage m = sys::BuildNewNeigh(2, pending);
+  std::optional<sys::Neighbour> back = sys::ParseNeighbour(Header(m), 2);
   ASSERT_TRUE(back.has_value());
   EXPECT_TRUE(back->lladdr.empty());
   EXPECT_FALSE(CarriedNeighbour(*back));
-  EXPECT_EQ(FormatNeighbour(*back), "198.18.7.9 lladdr none");
+  EXPECT_EQ(sys::FormatNeighbour(*back), "198.18.7.9 lladdr none");
 }
 
 TEST(Neighbour, DumpRequestAsksEveryFamily) {
-  NlMessage m = BuildGetNeigh();
+  sys::NlMessage m = sys::BuildGetNeigh();
   const nlmsghdr* h = Header(m);
   EXPECT_EQ(h->nlmsg_type, RTM_GETNEIGH);
   EXPECT_EQ(h->nlmsg_flags, NLM_F_REQUEST | NLM_F_DUMP);
@@ -119,40 +119,40 @@ TEST(Neighbour, RestoredEntriesAreStaleUnlessPermanent) {
     EXPECT_EQ(RestoredNeighbour(V4("198.18.7.3", s)).state, NUD_STALE) << s;
   }
   EXPECT_EQ(RestoredNeighbour(V4("198.18.7.3", NUD_PERMANENT)).state, NUD_PERMANENT);
-  Neighbour router = V6("fe80::1", NUD_REACHABLE, NTF_ROUTER | NTF_EXT_LEARNED);
-  Neighbour r = RestoredNeighbour(router);
+  sys::Neighbour router = V6("fe80::1", NUD_REACHABLE, NTF_ROUTER | NTF_EXT_LEARNED);
+  sys::Neighbour r = RestoredNeighbour(router);
   EXPECT_EQ(r.flags, NTF_ROUTER);
   EXPECT_EQ(r.dst, router.dst);
   EXPECT_EQ(r.lladdr, router.lladdr);
-  EXPECT_EQ(FormatNeighbour(r), "fe80::1 lladdr 02:42:01:02:03:04");
+  EXPECT_EQ(sys::FormatNeighbour(r), "fe80::1 lladdr 02:42:01:02:03:04");
 }
 
 TEST(Neighbour, ImageRecordRoundTripsAndRefusesDamage) {
-  std::vector<Neighbour> cache = {V4("198.18.7.1", NUD_PERMANENT), V4("198.18.7.3", NUD_STALE),
-                                  V6("fe80::1", NUD_DELAY, NTF_ROUTER)};
+  std::vector<sys::Neighbour> cache = {V4("198.18.7.1", NUD_PERMANENT), V4("198.18.7.3", NUD_STALE),
+                                       V6("fe80::1", NUD_DELAY, NTF_ROUTER)};
   image::SessionNet proto;
-  EXPECT_TRUE(image::NeighboursFromProto(proto)->empty());  // an older image: none
-  image::NeighboursToProto(cache, &proto);
-  Result<std::vector<Neighbour>> back = image::NeighboursFromProto(proto);
+  EXPECT_TRUE(NeighboursFromProto(proto)->empty());  // an older image: none
+  NeighboursToProto(cache, &proto);
+  Result<std::vector<sys::Neighbour>> back = NeighboursFromProto(proto);
   ASSERT_TRUE(back.ok()) << back.error().ToString();
   EXPECT_EQ(*back, cache);
 
   image::SessionNet bad = proto;
   bad.mutable_neighbours(1)->set_address("\xc6\x12\x07");
-  EXPECT_EQ(image::NeighboursFromProto(bad).error().code(), ErrorCode::kCorrupt);
+  EXPECT_EQ(NeighboursFromProto(bad).error().code(), ErrorCode::kCorrupt);
   bad = proto;
   bad.mutable_neighbours(2)->set_family(AF_INET);  // 16 bytes of address
-  EXPECT_FALSE(image::NeighboursFromProto(bad).ok());
+  EXPECT_FALSE(NeighboursFromProto(bad).ok());
   bad = proto;
   bad.mutable_neighbours(0)->set_state(NUD_INCOMPLETE);
-  EXPECT_FALSE(image::NeighboursFromProto(bad).ok());
+  EXPECT_FALSE(NeighboursFromProto(bad).ok());
   bad = proto;
   bad.mutable_neighbours(0)->set_lladdr("");
-  EXPECT_FALSE(image::NeighboursFromProto(bad).ok());
+  EXPECT_FALSE(NeighboursFromProto(bad).ok());
   bad = proto;
   bad.mutable_neighbours(0)->set_lladdr(std::string(33, 'x'));
-  EXPECT_FALSE(image::NeighboursFromProto(bad).ok());
+  EXPECT_FALSE(NeighboursFromProto(bad).ok());
 }
 
 }  // namespace
-}  // namespace stasis::sys
+}  // namespace stasis::net

@@ -39,7 +39,7 @@
 #include "sys/rtnl.h"
 #include "sys/unique_fd.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 
 inline constexpr char kDefaultBridge[] = "stasis0";
 // Sessions without --address take the lowest free address of this subnet.
@@ -53,15 +53,15 @@ struct NetConfig {
   int prefix = 0;
   uint32_t gateway = 0;  // 0: none (no default route)
   std::string bridge;
-  Mac mac = {};       // eth0's, inside the session
-  Mac host_mac = {};  // the host end's
+  sys::Mac mac = {};       // eth0's, inside the session
+  sys::Mac host_mac = {};  // the host end's
   std::string host_link;
 };
 
 std::string FormatIp4(uint32_t addr);
 Result<uint32_t> ParseIp4(const std::string& text);
-std::string FormatMac(const Mac& mac);
-Result<Mac> ParseMac(const std::string& text);
+std::string FormatMac(const sys::Mac& mac);
+Result<sys::Mac> ParseMac(const std::string& text);
 std::string FormatCidr(uint32_t addr, int prefix);
 // "A.B.C.D/P", P in 1..30 (room for the address and a gateway).
 Result<std::pair<uint32_t, int>> ParseCidr(const std::string& text);
@@ -96,10 +96,10 @@ class IsolatedNet {
   void Commit() { committed_ = true; }
 
  private:
-  IsolatedNet(Rtnl host, UniqueFd netns, int host_index)
+  IsolatedNet(sys::Rtnl host, sys::UniqueFd netns, int host_index)
       : host_(std::move(host)), netns_(std::move(netns)), host_index_(host_index) {}
-  Rtnl host_;
-  UniqueFd netns_;
+  sys::Rtnl host_;
+  sys::UniqueFd netns_;
   int host_index_ = 0;
   bool committed_ = false;
 };
@@ -108,22 +108,22 @@ class IsolatedNet {
 // call it from inside the session's) worth carrying to a restore: those with
 // a link-layer address in a state the kernel sends on (REACHABLE, STALE,
 // DELAY, PROBE, PERMANENT). NOARP ones the kernel makes itself.
-Result<std::vector<Neighbour>> ReadSessionNeighbours();
-bool CarriedNeighbour(const Neighbour& n);
+Result<std::vector<sys::Neighbour>> ReadSessionNeighbours();
+bool CarriedNeighbour(const sys::Neighbour& n);
 // What a carried entry becomes in the new namespace: PERMANENT stays so,
 // the rest is STALE, which the kernel uses at once and re-verifies by
 // itself (DELAY, then a unicast probe). Only NTF_ROUTER is kept. Pure.
-Neighbour RestoredNeighbour(const Neighbour& dumped);
+sys::Neighbour RestoredNeighbour(const sys::Neighbour& dumped);
 // Adds them to the session's eth0 (from inside the session's namespace),
 // before any socket is made there; an entry that cannot be added is an
 // error naming it.
-Status AddSessionNeighbours(const std::vector<Neighbour>& carried);
+Status AddSessionNeighbours(const std::vector<sys::Neighbour>& carried);
 // Taking the host link down takes eth0's carrier, and the kernel then
 // evicts every entry of eth0 that is not PERMANENT, asynchronously (link
 // watch). Waits until none of `carried` is left in a usable state (from
 // inside the session's namespace), so that entries added back after it
 // stay; false on timeout (a kernel that keeps them).
-bool WaitNeighboursEvicted(const std::vector<Neighbour>& carried,
+bool WaitNeighboursEvicted(const std::vector<sys::Neighbour>& carried,
                            std::chrono::milliseconds timeout);
 
 // The lock on a running session's host link (by name, in the caller's
@@ -143,4 +143,4 @@ bool WaitLinkForwarding(const std::string& host_link, std::chrono::milliseconds 
 // ended); false on timeout.
 bool WaitLinkGone(const std::string& host_link, std::chrono::milliseconds timeout);
 
-}  // namespace stasis::sys
+}  // namespace stasis::net

@@ -1,4 +1,4 @@
-#include "sys/packet_keeper.h"
+#include "net/packet_keeper.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -7,10 +7,10 @@
 
 #include <cstring>
 
-#include "sys/sockaddr_testing.h"
+#include "net/sockaddr_testing.h"
 #include "sys/unique_fd.h"
 
-namespace stasis::sys {
+namespace stasis::net {
 namespace {
 
 using sockaddr_testing::V4;
@@ -55,7 +55,7 @@ std::string Tcp6(const char* src, int sport, const char* dst, int dport, const s
 bool Passes(const std::vector<sock_filter>& prog, const std::string& packet) {
   int sv[2];
   EXPECT_EQ(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
-  UniqueFd a(sv[0]), b(sv[1]);
+  sys::UniqueFd a(sv[0]), b(sv[1]);
   sock_fprog fprog = {static_cast<unsigned short>(prog.size()),
                       const_cast<sock_filter*>(prog.data())};
   EXPECT_EQ(setsockopt(b.get(), SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof(fprog)), 0);
@@ -68,7 +68,7 @@ bool Passes(const std::vector<sock_filter>& prog, const std::string& packet) {
   return n >= 0;
 }
 
-const std::vector<TcpFlow> kFlows = {
+const std::vector<sys::TcpFlow> kFlows = {
     {V4("198.18.0.2", 8888), V4("198.18.0.9", 40000)},
     {V6("::ffff:127.0.0.1", 7000), V6("::ffff:127.0.0.5", 5555)},
     {V6("2001:db8::1", 443), V6("2001:db8::77", 61000)},
@@ -91,7 +91,7 @@ TEST(PacketKeeper, FilterTakesWhatThePeersSendAndNothingElse) {
 }
 
 TEST(PacketKeeper, FilterWithTooManyFlowsTakesAllTcp) {
-  std::vector<TcpFlow> many;
+  std::vector<sys::TcpFlow> many;
   for (int i = 0; i < 300; i++)
     many.push_back({V6("2001:db8::1", 443), V6("2001:db8::2", 1000 + i)});
   std::vector<sock_filter> prog = CaptureFilter(many);
@@ -193,10 +193,10 @@ TEST(PacketKeeper, CutsABigPacketToTheMtu) {
 }
 
 TEST(PacketKeeper, FlowsTravelAsText) {
-  for (const TcpFlow& f : kFlows) EXPECT_EQ(DecodeFlow(EncodeFlow(f)).value(), f);
+  for (const sys::TcpFlow& f : kFlows) EXPECT_EQ(DecodeFlow(EncodeFlow(f)).value(), f);
   EXPECT_FALSE(DecodeFlow("abc").ok());
   EXPECT_FALSE(DecodeFlow("zz/00").ok());
 }
 
 }  // namespace
-}  // namespace stasis::sys
+}  // namespace stasis::net

@@ -7,7 +7,7 @@
 
 #include <string>
 
-namespace stasis::sys::sockaddr_testing {
+namespace stasis::net::sockaddr_testing {
 
 inline std::string V4(const char* ip, int port) {
   sockaddr_in a = {};
@@ -25,4 +25,4 @@ inline std::string V6(const char* ip, int port) {
   return std::string(reinterpret_cast<const char*>(&a), sizeof(a));
 }
 
-}  // namespace stasis::sys::sockaddr_testing
+}  // namespace stasis::net::sockaddr_testing
