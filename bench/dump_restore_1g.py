@@ -39,12 +39,12 @@ DUMP_RE = re.compile(r"dumped pid .*: ([\d.]+) MiB resident, image ([\d.]+) MiB,
 RESTORE_RE = re.compile(r"restored pid .* in ([\d.]+) ms")
 
 
-def stream_once(stasis, pid):
+def stream_once(stasis, pid, restore_args=()):
     """dump -o - | restore -i -: (dump stderr, restore stdout, restore stderr, wall ms)."""
     read_end, write_end = os.pipe()
     env = dict(os.environ, TMPDIR="/dev/shm")
     t0 = time.monotonic()
-    r = subprocess.Popen([stasis, "restore", "-i", "-"], stdin=read_end, stdout=subprocess.PIPE,
+    r = subprocess.Popen([stasis, "restore", "-i", "-", *restore_args], stdin=read_end, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
     d = subprocess.Popen([stasis, "dump", "-t", str(pid), "-o", "-"], stdin=subprocess.DEVNULL,
                          stdout=write_end, stderr=subprocess.PIPE, text=True)
@@ -58,7 +58,7 @@ def stream_once(stasis, pid):
     return dump_err, restore_out, restore_err, wall_ms
 
 
-def run_once(stasis, size, workdir, stream=False):
+def run_once(stasis, size, workdir, restore_args=(), stream=False):
     log = open(os.path.join(workdir, "holder.log"), "w+")
     holder = subprocess.Popen(["/usr/bin/python3", "-c", HOLDER, str(size)], stdout=log,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -69,7 +69,7 @@ def run_once(stasis, size, workdir, stream=False):
             raise SystemExit("holder did not start: " + open(log.name).read())
         time.sleep(0.05)
     if stream:
-        dump_err, restore_out, restore_err, wall_ms = stream_once(stasis, holder.pid)
+        dump_err, restore_out, restore_err, wall_ms = stream_once(stasis, holder.pid, restore_args)
         holder.wait()
         m, m2 = DUMP_RE.search(dump_err), RESTORE_RE.search(restore_err)
         os.kill(int(restore_out.split()[-1]), signal.SIGKILL)
@@ -83,7 +83,8 @@ def run_once(stasis, size, workdir, stream=False):
         if d.returncode != 0 or not m:
             raise SystemExit("dump failed: " + d.stderr)
         resident_mib, image_mib, dump_ms = float(m[1]), float(m[2]), float(m[3])
-        r = subprocess.run([stasis, "restore", "-D", img], capture_output=True, text=True)
+        r = subprocess.run([stasis, "restore", "-D", img, *restore_args], capture_output=True,
+                           text=True)
         m2 = RESTORE_RE.search(r.stderr)
         if r.returncode != 0 or not m2:
             raise SystemExit("restore failed: " + r.stderr)
@@ -102,13 +103,16 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--stream", action="store_true", help="through a pipe: dump -o - | restore -i -")
+    # e.g. --restore-arg=--lazy: restore ms is then until the tree runs.
+    ap.add_argument("--restore-arg", action="append", default=[])
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="stasis-bench-")
     rows = []
     print(f"{'run':>3} {'resident MiB':>12} {'image MiB':>9} {'dump ms':>8} {'dump GB/s':>9} "
           f"{'restore ms':>10} {'restore GB/s':>12}" + (f" {'pipe ms':>8}" if args.stream else ""))
     for i in range(args.runs):
-        res, img, dms, rms, wall = run_once(args.stasis, args.size_mib << 20, workdir, args.stream)
+        res, img, dms, rms, wall = run_once(args.stasis, args.size_mib << 20, workdir, args.restore_arg,
+                                            args.stream)
         gb = res * 1048576 / 1e9
         rows.append((res, img, dms, rms, wall))
         print(f"{i:>3} {res:>12.1f} {img:>9.1f} {dms:>8.1f} {gb / (dms / 1e3):>9.2f} "

@@ -2,7 +2,7 @@
 """Benchmark: how long `stasis dump --leave-running` freezes a python3 process
 holding 1 GiB of touched memory, while a thread of it keeps dirtying pages.
 
-With the pre-copy (src/checkpoint/precopy.h) the freeze covers only the pages
+With the pre-copy (src/mem/precopy.h) the freeze covers only the pages
 written during the copy; give --stasis of an older build to compare. The
 image goes to tmpfs (/dev/shm). Prints one row per dump and the medians.
 """

@@ -21,6 +21,11 @@ JUPYTER_PACKAGES="
   python3-jupyter-client jupyter-client jupyter-core python3-numpy python3-terminado
   python3-websocket
 "
+# For the batch-job tests (integrations/slurm): a real Slurm, started by the
+# tests themselves (tests/system/slurm_lib.py), never as a service.
+SLURM_PACKAGES="
+  slurmctld slurmd slurm-client munge
+"
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps.sh: run as root (it uses apt-get)" >&2
@@ -39,12 +44,16 @@ export DEBIAN_FRONTEND=noninteractive
 need=$(missing $PACKAGES)
 # shellcheck disable=SC2086
 need_jupyter=$(missing $JUPYTER_PACKAGES)
-if [ -n "$need$need_jupyter" ]; then
-  echo "install-deps.sh: installing:$need$need_jupyter"
+# shellcheck disable=SC2086
+need_slurm=$(missing $SLURM_PACKAGES)
+if [ -n "$need$need_jupyter$need_slurm" ]; then
+  echo "install-deps.sh: installing:$need$need_jupyter$need_slurm"
   apt-get update -qq
 fi
 # shellcheck disable=SC2086
 [ -z "$need" ] || apt-get install -y -qq --no-install-recommends $need >/dev/null
 # shellcheck disable=SC2086
 [ -z "$need_jupyter" ] || apt-get install -y -qq $need_jupyter >/dev/null
+# shellcheck disable=SC2086
+[ -z "$need_slurm" ] || apt-get install -y -qq $need_slurm >/dev/null
 echo "install-deps.sh: all dependencies present"

@@ -12,12 +12,12 @@
 #include <optional>
 
 #include "checkpoint/files_dump.h"
-#include "checkpoint/precopy.h"
 #include "checkpoint/task_dump.h"
 #include "checkpoint/tree.h"
 #include "image/stream.h"
 #include "kinds/pty.h"
 #include "kinds/shmem.h"
+#include "mem/precopy.h"
 #include "net/session_dump.h"
 #include "net/session_image.h"
 #include "sys/cgroup.h"
@@ -100,28 +100,29 @@ Status WriteHead(TreeImage& tree, const image::Manifest& manifest, image::Writer
   return Ok();
 }
 
-uint64_t PlannedBytes(const kinds::memory::PagePlan& plan) {
+uint64_t PlannedBytes(const mem::PagePlan& plan) {
   uint64_t pages = 0;
-  for (const kinds::memory::PagePlan::Run& run : plan.runs) pages += run.npages;
+  for (const mem::PagePlan::Run& run : plan.runs) pages += run.npages;
   return pages * image::kPageSize;
 }
 
 // The page records (read from the tasks, or from `stores` when given: one
 // per task), the late records and the trailer.
 Status WriteTail(const sys::Env& env, TreeImage& tree, image::Writer& writer, DumpStats* stats,
-                 const std::vector<std::unique_ptr<PageStore>>* stores = nullptr) {
+                 const std::vector<std::unique_ptr<mem::PageCopies>>* stores = nullptr) {
   uint64_t total = 0, done = 0;
   for (const CollectedTask& task : tree.tasks) {
     if (!task.proc.zombie()) total += PlannedBytes(task.pages);
   }
   env.Report("pages", 0, total);
-  kinds::memory::PageStats pages;
+  mem::PageStats pages;
+  mem::PageWriter page_writer;
   for (size_t i = 0; i < tree.tasks.size(); ++i) {
     const CollectedTask& task = tree.tasks[i];
     if (task.proc.zombie()) continue;
-    const PageStore* source = stores ? (*stores)[i].get() : nullptr;
-    STASIS_TRY(kinds::memory::WritePages(tree.host_pids[i], task.proc.pid(), task.pages, writer,
-                                         &pages, source));
+    const mem::PageCopies* source = stores ? (*stores)[i].get() : nullptr;
+    STASIS_TRY(
+        page_writer.Write(tree.host_pids[i], task.proc.pid(), task.pages, writer, &pages, source));
     done += PlannedBytes(task.pages);
     env.Report("pages", done, total);
   }
@@ -192,8 +193,8 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
   tree.tasks.reserve(order.size());
   for (TreeTask* tp : order) {
     TreeTask& t = *tp;
-    kinds::memory::ParentView parent_view;
-    const kinds::memory::ParentView* parent = nullptr;
+    mem::ParentView parent_view;
+    const mem::ParentView* parent = nullptr;
     auto p = index.find(t.parent_host_pid);
     if (p != index.end() && !tree.tasks[p->second].proc.zombie()) {
       parent_view = {t.parent_host_pid, &tree.tasks[p->second].proc};
@@ -249,8 +250,9 @@ Status CheckFeatures(const sys::KernelFeatures& features) {
 // With --leave-running the tree runs again as soon as its pages are in
 // memory: most were copied while it ran (precopy.h), only those written
 // since are read while it is frozen; the page records are encoded after.
-Result<std::vector<std::unique_ptr<PageStore>>> TakePages(TreeImage& tree, Precopy& precopy) {
-  std::vector<std::unique_ptr<PageStore>> stores(tree.tasks.size());
+Result<std::vector<std::unique_ptr<mem::PageCopies>>> TakePages(TreeImage& tree,
+                                                                mem::Precopy& precopy) {
+  std::vector<std::unique_ptr<mem::PageCopies>> stores(tree.tasks.size());
   for (size_t i = 0; i < tree.tasks.size(); ++i) {
     if (tree.tasks[i].proc.zombie()) continue;
     stores[i] = STASIS_TRY(precopy.Take(tree.host_pids[i], tree.tasks[i].pages));
@@ -343,10 +345,10 @@ Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::I
   // The tasks of an isolated session live in its network namespace.
   std::string session_netns = net ? net->netns_name() : "";
   STASIS_TRY(PrecheckTree(pid, session_netns));
-  std::optional<Precopy> precopy;
+  std::optional<mem::Precopy> precopy;
   if (options.leave_running) {
     if (env.features.Has("uffd WP_ASYNC")) {
-      precopy = Precopy::Start(pid);
+      precopy = mem::Precopy::Start(pid);
     } else {
       env.log.Info(
           "no uffd WP_ASYNC on this kernel: --leave-running reads every page while the tree is "
@@ -383,7 +385,7 @@ Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::I
   STASIS_TRY_CTX(WriteHead(tree, manifest, writer), "write image");
   // With a pre-copy the page records are encoded after the tree runs
   // again, from the copies; else they are read now, while it is frozen.
-  std::vector<std::unique_ptr<PageStore>> stores;
+  std::vector<std::unique_ptr<mem::PageCopies>> stores;
   if (precopy) {
     stores = STASIS_TRY_CTX(TakePages(tree, *precopy), "dump: read pages");
   } else {

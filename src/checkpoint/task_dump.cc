@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "kinds/memory.h"
 #include "kinds/registry.h"
 #include "kinds/thread.h"
 
@@ -183,28 +184,8 @@ Status PrecheckTask(pid_t pid, const std::string& session_netns) {
   return Ok();
 }
 
-Result<std::vector<sys::Tracee>> SeizeThreads(pid_t pid) {
-  std::vector<sys::Tracee> out;
-  out.push_back(STASIS_TRY(sys::Tracee::Seize(pid)));
-  for (bool found = true; found;) {
-    found = false;
-    for (int tid : STASIS_TRY(sys::proc::ListTasks(pid))) {
-      bool known = std::any_of(out.begin(), out.end(),
-                               [tid](const sys::Tracee& t) { return t.tid() == tid; });
-      if (known) continue;
-      Result<sys::Tracee> t = sys::Tracee::Seize(tid);
-      // A thread may exit between the listing and the seize.
-      if (!t.ok() && t.error().errnum() == ESRCH) continue;
-      out.push_back(STASIS_TRY(std::move(t)));
-      found = true;
-    }
-  }
-  return out;
-}
-
 Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
-                                  image::Manifest* manifest,
-                                  const kinds::memory::ParentView* parent) {
+                                  image::Manifest* manifest, const mem::ParentView* parent) {
   CollectedTask out;
   image::Process& proc = out.proc;
   sys::proc::ProcStatus status = STASIS_TRY(ReadStatus(pid));
@@ -215,7 +196,7 @@ Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
   kinds::ProcessDumpInput in = {
       .pid = pid, .leader = &threads[0], .status = &status, .stat = &stat, .manifest = manifest};
   STASIS_TRY(kinds::DumpProcessKinds(kinds::DumpPhase::kAfterVmas, in, &proc));
-  out.pages = STASIS_TRY(kinds::memory::PlanPages(pid, &proc, parent));
+  out.pages = STASIS_TRY(mem::PlanPages(pid, &proc, parent));
   return out;
 }
 

@@ -5,8 +5,9 @@
 
 #include <string>
 
-#include "kinds/memory.h"
+#include "mem/pages.h"
 #include "process.pb.h"
+#include "sys/proc.h"
 #include "sys/result.h"
 #include "sys/tracee.h"
 
@@ -14,19 +15,15 @@ namespace stasis::checkpoint {
 
 struct CollectedTask {
   image::Process proc;
-  kinds::memory::PagePlan pages;
+  mem::PagePlan pages;
 };
-
-// Seizes every thread of pid, re-scanning until no new thread appears.
-// The leader comes first.
-Result<std::vector<sys::Tracee>> SeizeThreads(pid_t pid);
 
 // Every thread must already be seized; they stay stopped.
 // With `parent` (a forked child's parent, already collected), pages still
-// shared copy-on-write with it are left out (kinds/memory.h).
+// shared copy-on-write with it are left out (mem/pages.h).
 Result<CollectedTask> CollectTask(pid_t pid, std::vector<sys::Tracee>& threads,
                                   image::Manifest* manifest,
-                                  const kinds::memory::ParentView* parent = nullptr);
+                                  const mem::ParentView* parent = nullptr);
 
 // pid, pgid and sid as the task's own PID namespace sees them (the last
 // NSpid/NSpgid/NSsid), and the signal its parent gets at its exit.

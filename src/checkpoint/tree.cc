@@ -32,7 +32,7 @@ Result<TreeTask> Freeze(pid_t pid, pid_t parent, const std::string& session_netn
     return task;
   }
   STASIS_TRY(PrecheckTask(pid, session_netns));
-  task.threads = STASIS_TRY(SeizeThreads(pid));
+  task.threads = STASIS_TRY(sys::SeizeThreads(pid));
   return task;
 }
 

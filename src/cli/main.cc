@@ -154,7 +154,8 @@ int RunRestore(const stasis::sys::Env& env, const stasis::restore::RestoreOption
   auto source = OpenImageSource(env, dir, in, options.spool_dir);
   if (!source.ok()) return Fail(source.error());
   std::chrono::duration<double, std::milli> read = std::chrono::steady_clock::now() - read_start;
-  auto result = stasis::restore::Restore(env, options, **source);
+  auto result = stasis::restore::Restore(
+      env, options, std::shared_ptr<stasis::image::Source>(std::move(source).value()));
   if (!result.ok()) return Fail(result.error());
   // A stream's time to arrive whole is its writer's as much as ours: said
   // apart, so the restore's own figure compares with a directory's.
@@ -162,6 +163,16 @@ int RunRestore(const stasis::sys::Env& env, const stasis::restore::RestoreOption
   fmt::print(stderr, "stasis: restored pid {} (host pid {}) from {} in {:.1f} ms\n", result->pid,
              result->host_pid, from, result->total_ms);
   fmt::print("{}\n", result->host_pid);
+  if (result->pager) {
+    // restore --lazy: the tree runs; its pages are served from here until
+    // every one is in, and only then may we go.
+    std::fflush(stdout);
+    stasis::Status done = result->pager->Wait();
+    if (!done.ok()) return Fail(done.error());
+    stasis::mem::LazyStats lazy = result->pager->stats();
+    fmt::print(stderr, "stasis: every page is in: {} faults, {} zero pages, {} pages pushed\n",
+               lazy.faults, lazy.zero_faults, lazy.pushed_pages);
+  }
   if (result->shell_job) return WaitForJob(*result);
   return 0;
 }
@@ -284,6 +295,10 @@ int main(int argc, char** argv) {
                    "new: a fresh PID namespace where the task keeps its PID (default); "
                    "host: this namespace, if the PID is free")
       ->check(CLI::IsMember({"new", "host"}));
+  restore_cmd->add_flag("--lazy", restore.lazy,
+                        "Let the tree run before its private anonymous pages are written: "
+                        "they are served on fault and pushed in the background; the command "
+                        "returns once every page is in");
   restore_cmd->add_flag("--tcp-established", tcp_established, "Accepted for CRIU users: always on");
   restore_cmd->add_flag("--shell-job", restore.shell_job,
                         "The image was dumped with --shell-job: give its terminal fds this "

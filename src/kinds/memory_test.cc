@@ -59,33 +59,5 @@ TEST(MemoryClassify, RefusesWhatItCannotCarry) {
   ExpectRefused(Entry("[uprobes]"), "not supported");
 }
 
-image::Process ProcessWithVmas() {
-  image::Process p;
-  p.set_pid(7);
-  image::Vma* a = p.add_vmas();
-  a->set_start(0x10000);
-  a->set_end(0x20000);
-  a->set_has_pages(true);
-  image::Vma* b = p.add_vmas();
-  b->set_start(0x30000);
-  b->set_end(0x40000);
-  b->set_has_pages(false);
-  return p;
-}
-
-TEST(MemoryPages, RunOutsideCarryingVmaIsCorrupt) {
-  image::Process p = ProcessWithVmas();
-  uint8_t page[4096] = {};
-  for (auto [addr, n] : {std::pair<uint64_t, uint32_t>{0x8000, 1},  // below every VMA
-                         {0x1f000, 2},                              // runs past the end
-                         {0x30000, 1},                              // VMA without pages
-                         {0x50000, 1}}) {                           // above every VMA
-    image::PageRun run = {7, addr, n, page};
-    Status s = RestorePageRun(getpid(), p, run);
-    ASSERT_FALSE(s.ok()) << std::hex << addr;
-    EXPECT_EQ(s.error().code(), ErrorCode::kCorrupt);
-  }
-}
-
 }  // namespace
 }  // namespace stasis::kinds::memory

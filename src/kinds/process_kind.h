@@ -28,7 +28,7 @@ enum class DumpPhase {
 
 // When a row's restore runs, in the order of the puppet's steps.
 enum class RestorePhase {
-  // Inside the memory phase, at a fixed point of it (TaskBuild::RestoreMemory:
+  // Inside the memory phase, at a fixed point of it (TaskBuild::MapMemory and FinishMemory:
   // the vdso block is moved before the VMAs are mapped and only when it
   // moved; mm once they are final), which calls them itself.
   kMemory,

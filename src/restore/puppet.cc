@@ -14,6 +14,8 @@
 #include "kinds/registry.h"
 #include "kinds/thread.h"
 #include "kinds/vdso.h"
+#include "sys/pidfds.h"
+#include "sys/uffd.h"
 
 namespace stasis::restore {
 namespace {
@@ -179,7 +181,7 @@ TaskBuild::~TaskBuild() = default;
 
 Result<std::unique_ptr<TaskBuild>> TaskBuild::StartFresh(sys::Tracee& leader, pid_t host_pid,
                                                          const PuppetPlan& plan,
-                                                         const PageFeeder& feed_pages) {
+                                                         mem::PageStore& pages) {
   sys::Injector inj =
       STASIS_TRY(sys::Injector::Create(leader, STASIS_TRY(PuppetSyscallIp(host_pid))));
   STASIS_TRY(UnregisterOwnRseq(leader, inj));
@@ -187,14 +189,14 @@ Result<std::unique_ptr<TaskBuild>> TaskBuild::StartFresh(sys::Tracee& leader, pi
   // An empty address space but for the scratch page that holds `syscall`.
   b->scratch_ = STASIS_TRY(MapScratch(b->inj_, host_pid, *plan.proc));
   STASIS_TRY(UnmapAllExcept(b->inj_, {{b->scratch_, b->scratch_ + kScratchSize}}));
-  STASIS_TRY(b->RestoreMemory(feed_pages, /*vdso_in_place=*/false));
+  STASIS_TRY(b->MapMemory(pages, /*vdso_in_place=*/false));
   return b;
 }
 
 Result<std::unique_ptr<TaskBuild>> TaskBuild::StartForked(sys::Tracee& leader, pid_t host_pid,
                                                           const PuppetPlan& plan,
                                                           const ForkOrigin& origin,
-                                                          const PageFeeder& feed_pages) {
+                                                          mem::PageStore& pages) {
   // The child is a copy of its parent: run from the parent's scratch page.
   sys::Injector inj = STASIS_TRY(sys::Injector::Create(leader, origin.parent_scratch));
   std::unique_ptr<TaskBuild> b(new TaskBuild(leader, host_pid, plan, std::move(inj)));
@@ -210,11 +212,11 @@ Result<std::unique_ptr<TaskBuild>> TaskBuild::StartForked(sys::Tracee& leader, p
     for (const Range& r : VdsoBlock(*plan.proc)) keep.push_back(r);
   }
   STASIS_TRY(UnmapAllExcept(b->inj_, keep));
-  STASIS_TRY(b->RestoreMemory(feed_pages, vdso_in_place));
+  STASIS_TRY(b->MapMemory(pages, vdso_in_place));
   return b;
 }
 
-Status TaskBuild::RestoreMemory(const PageFeeder& feed_pages, bool vdso_in_place) {
+Status TaskBuild::MapMemory(mem::PageStore& pages, bool vdso_in_place) {
   const image::Process& proc = *plan_.proc;
   task_ = std::make_unique<kinds::RemoteTask>(host_pid_, inj_, scratch_ + kScratchArgs,
                                               kScratchSize - kScratchArgs);
@@ -227,9 +229,94 @@ Status TaskBuild::RestoreMemory(const PageFeeder& feed_pages, bool vdso_in_place
     return it->second.get();
   };
   STASIS_TRY(kinds::memory::MapVmas(*task_, proc, local_fd));
-  STASIS_TRY(feed_pages(proc));
+  pages_ = &pages;
+  if (plan_.lazy != nullptr) STASIS_TRY(ServeLazily());
+  if (lazy_ranges_.empty()) {
+    return pages.Attach(proc.pid(), std::make_unique<mem::ProcessMemorySink>(host_pid_));
+  }
+  return pages.Attach(proc.pid(), plan_.lazy->SinkFor(proc.pid(), host_pid_),
+                      mem::Delivery::kOnDemand);
+}
+
+namespace {
+
+// Private anonymous VMAs with pages of their own: missing mode takes
+// nothing else (file mappings), and an inherited VMA already holds its
+// parent's pages, which a copy could not replace (EEXIST). Each without
+// its first and last page, which are written before the tree runs:
+// unregistering merges a VMA with its neighbours when their flags become
+// equal, and the dumped layout had them apart; split off inside the VMA,
+// the registered part can only merge back into its own VMA.
+std::vector<mem::Range> LazyRanges(const image::Process& proc) {
+  constexpr uint64_t kPage = image::kPageSize;
+  std::vector<mem::Range> out;
+  for (const image::Vma& v : proc.vmas()) {
+    // MADV_HUGEPAGE: the first write would bring a whole huge page in,
+    // over pages still to come.
+    bool huge = std::find(v.vm_flags().begin(), v.vm_flags().end(), "hg") != v.vm_flags().end();
+    if (v.kind() == image::Vma::ANON && !v.shared() && v.has_pages() && !v.inherited() && !huge &&
+        v.end() - v.start() > 2 * kPage) {
+      out.push_back({v.start() + kPage, v.end() - kPage});
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+// A userfaultfd made inside the task (its mm is the one it serves) and
+// taken into the restorer; not limited to user-mode faults, so the
+// kernel's own accesses (read() into a missing page) are served too.
+Status TaskBuild::ServeLazily() {
+  std::vector<mem::Range> ranges = LazyRanges(*plan_.proc);
+  if (ranges.empty()) return Ok();
+  long fd = STASIS_TRY(task_->Call("userfaultfd", SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  Result<sys::UniqueFd> pidfd = sys::PidfdOpen(host_pid_);
+  Result<sys::UniqueFd> uffd =
+      pidfd.ok() ? sys::PidfdGetfd(pidfd.value().get(), host_pid_, static_cast<int>(fd))
+                 : Result<sys::UniqueFd>(pidfd.error());
+  STASIS_TRY(task_->Call("close(userfaultfd)", SYS_close, static_cast<uint64_t>(fd)));
+  sys::UniqueFd own = STASIS_TRY(std::move(uffd));
+  STASIS_TRY(sys::uffd::EnableMissing(own.get()));
+  // A page in each VMA before registering splits it: the parts then share
+  // the VMA's anon_vma, which they must for unregistering to merge them
+  // back (parts that each fault their own first page get one each). The
+  // first page is written again from the image before the tree runs.
+  static const uint8_t kZeroPage[image::kPageSize] = {};
+  for (const mem::Range& r : ranges) {
+    STASIS_TRY(
+        sys::WriteMemory(host_pid_, r.start - sizeof kZeroPage, kZeroPage, sizeof kZeroPage));
+  }
+  for (const mem::Range& r : ranges) {
+    STASIS_TRY_CTX(sys::uffd::RegisterMissing(own.get(), r.start, r.end),
+                   fmt::format("pid {}", plan_.proc->pid()));
+  }
+  lazy_ranges_ = ranges;
+  return plan_.lazy->Serve(plan_.proc->pid(), std::move(own), std::move(ranges));
+}
+
+Status TaskBuild::FinishMemory() {
+  const image::Process& proc = *plan_.proc;
+  if (!lazy_ranges_.empty()) {
+    mem::RangeSet lazy;
+    for (const mem::Range& r : lazy_ranges_) lazy.Add(r.start, r.end);
+    for (const image::Vma& v : proc.vmas()) {
+      if (!v.has_pages()) continue;
+      for (const mem::Range& r : lazy.Gaps(v.start(), v.end())) {
+        STASIS_TRY(pages_->Fill(proc.pid(), r.start, r.end, /*wait=*/true));
+      }
+    }
+  }
   STASIS_TRY(kinds::memory::FinishVmas(*task_, proc));
   return kinds::mm::Restore(*task_, proc);
+}
+
+Status TaskBuild::CompleteInherited(const image::Process& child) {
+  if (lazy_ranges_.empty()) return Ok();
+  for (const image::Vma& v : child.vmas()) {
+    if (v.inherited()) STASIS_TRY(pages_->Fill(plan_.proc->pid(), v.start(), v.end(), true));
+  }
+  return Ok();
 }
 
 Result<pid_t> TaskBuild::ForkChild(int pid, int exit_signal) {

@@ -1,6 +1,7 @@
 // Turns a seized puppet into a dumped task, step by step, with injected
 // system calls, in three phases so a tree can be built around them:
-//   1. memory: the address space, pages, final protections, the mm fields;
+//   1. memory: the address space (Start*), then its pages come through the
+//      page store, then final protections and the mm fields (FinishMemory);
 //      then the task's children are forked from it (they inherit the pages
 //      they still shared copy-on-write at dump time);
 //   2. attributes: fds, cwd/root/umask, limits, signals, threads;
@@ -16,6 +17,8 @@
 
 #include "image/stream.h"
 #include "kinds/context.h"
+#include "mem/lazy_pager.h"
+#include "mem/page_store.h"
 #include "restore/spawn.h"
 #include "sys/log.h"
 
@@ -24,9 +27,6 @@ namespace stasis::restore {
 // The files of the image, created in the restorer, by file id.
 using LocalFiles = std::map<uint64_t, sys::UniqueFd>;
 
-// Feeds the task's page records to it; returns at the next task's first.
-using PageFeeder = std::function<Status(const image::Process& proc)>;
-
 struct PuppetPlan {
   const image::Manifest* manifest;
   const image::Process* proc;
@@ -34,6 +34,9 @@ struct PuppetPlan {
   int pidfd_slot;  // where the puppet holds the restorer's pidfd
   const std::map<uint64_t, const image::File*>* image_files;  // by id, for kind hooks
   Logger* log;                                                // the restore's (sys/env.h)
+  // restore --lazy: the pager that serves the task's private anonymous
+  // pages on fault (mem/lazy_pager.h); null to write every page before it runs.
+  mem::LazyPager* lazy = nullptr;
 };
 
 // Where a forked child starts from: its parent's image and the parent's
@@ -45,15 +48,24 @@ struct ForkOrigin {
 
 class TaskBuild {
  public:
-  // Phase 1 for a pristine puppet (the root).
+  // Phase 1 for a pristine puppet (the root): its VMAs mapped, and
+  // attached to the store, which writes its pages from now on.
   static Result<std::unique_ptr<TaskBuild>> StartFresh(sys::Tracee& leader, pid_t host_pid,
                                                        const PuppetPlan& plan,
-                                                       const PageFeeder& feed_pages);
+                                                       mem::PageStore& pages);
   // Phase 1 for a task forked from a TaskBuild in phase 1 or later.
   static Result<std::unique_ptr<TaskBuild>> StartForked(sys::Tracee& leader, pid_t host_pid,
                                                         const PuppetPlan& plan,
                                                         const ForkOrigin& origin,
-                                                        const PageFeeder& feed_pages);
+                                                        mem::PageStore& pages);
+  // The end of phase 1, once the store received every page of the task:
+  // (lazy: the pages outside the ranges served on fault are written now)
+  // final protections, mm fields.
+  Status FinishMemory();
+  // Lazy: makes the ranges a child about to be forked inherits complete
+  // (a registration is not inherited, and a page written into this task
+  // after the fork would not reach the child).
+  Status CompleteInherited(const image::Process& child);
   ~TaskBuild();
 
   // Forks a child with this PID; it stops, auto-attached (PTRACE_O_TRACEFORK).
@@ -73,7 +85,8 @@ class TaskBuild {
 
  private:
   TaskBuild(sys::Tracee& leader, pid_t host_pid, const PuppetPlan& plan, sys::Injector inj);
-  Status RestoreMemory(const PageFeeder& feed_pages, bool vdso_in_place);
+  Status MapMemory(mem::PageStore& pages, bool vdso_in_place);
+  Status ServeLazily();
 
   sys::Tracee& leader_;
   pid_t host_pid_;
@@ -81,6 +94,8 @@ class TaskBuild {
   sys::Injector inj_;
   uint64_t scratch_ = 0;
   std::unique_ptr<kinds::RemoteTask> task_;
+  mem::PageStore* pages_ = nullptr;
+  std::vector<mem::Range> lazy_ranges_;
   std::vector<sys::Tracee*> thread_tracees_;
 };
 

@@ -16,6 +16,7 @@
 #include "kinds/registry.h"
 #include "kinds/shmem.h"
 #include "kinds/vdso.h"
+#include "mem/page_store.h"
 #include "net/netlock.h"
 #include "net/session_restore.h"
 #include "net/tcp_nudge.h"
@@ -200,18 +201,16 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell
   return out;
 }
 
-// Writes this process's page records (they are consecutive in the image)
-// into its puppet.
-Status FeedPages(const sys::Env& env, Records& records, pid_t host_pid, const image::Process& proc,
-                 uint64_t* pages) {
+// Hands this process's page records (they are consecutive in the image)
+// to the page store, which writes them into its puppet.
+Status FeedPages(Records& records, mem::PageStore& store, const image::Process& proc,
+                 const std::shared_ptr<const void>& image) {
   for (;; records.Consume()) {
     image::Record* rec = STASIS_TRY(records.Peek());
     if (rec->type != image::RecordType::kPages) return Ok();
     image::PageRun run = STASIS_TRY(image::ParsePageRun(*rec));
     if (static_cast<int>(run.pid) != proc.pid()) return Ok();
-    STASIS_TRY(kinds::memory::RestorePageRun(host_pid, proc, run));
-    *pages += run.npages;
-    env.Report("pages", *pages * image::kPageSize);
+    STASIS_TRY(store.Add(run, image));
   }
 }
 
@@ -306,22 +305,27 @@ struct TreeRestore {
   Records& records;
   std::vector<TreeProcess>& tree;
   const std::map<uint64_t, const image::File*>& image_files;
-  uint64_t pages = 0;
+  mem::PageStore& store;
+  mem::LazyPager* lazy;
+  // Keeps the page records' bytes valid, when they are read in place from
+  // an image mapped whole: held pages then need no copy.
+  std::shared_ptr<const void> image;
 
   // Phase 1 of tree[i], then its children (depth first, the image's order:
   // they consume their page records in turn), then its phase 2.
   Status BuildSubtree(size_t i) {
     TreeProcess& t = tree[i];
     if (t.proc->zombie()) return Ok();
-    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot, &image_files, &env.log};
-    auto feed = [&](const image::Process& proc) {
-      return FeedPages(env, records, t.host_pid, proc, &pages);
-    };
-    t.build = i == 0
-                  ? STASIS_TRY(TaskBuild::StartFresh(*t.leader, t.host_pid, plan, feed))
-                  : STASIS_TRY(TaskBuild::StartForked(*t.leader, t.host_pid, plan, t.origin, feed));
+    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot, &image_files, &env.log, lazy};
+    t.build =
+        i == 0 ? STASIS_TRY(TaskBuild::StartFresh(*t.leader, t.host_pid, plan, store))
+               : STASIS_TRY(TaskBuild::StartForked(*t.leader, t.host_pid, plan, t.origin, store));
+    STASIS_TRY(FeedPages(records, store, *t.proc, image));
+    env.Report("pages", store.pages_received() * image::kPageSize);
+    STASIS_TRY(t.build->FinishMemory());
     for (const image::Process& c : head.procs) {
       if (&c == head.procs.data() || c.ppid() != t.proc->pid()) continue;
+      STASIS_TRY(tree[i].build->CompleteInherited(c));
       size_t j = STASIS_TRY(ForkInto(tree[i], c, {&files, &image_files}, &tree));
       STASIS_TRY_CTX(BuildSubtree(j), fmt::format("restore pid {}", c.pid()));
     }
@@ -346,24 +350,30 @@ Status CheckFeatures(const sys::KernelFeatures& features, const RestoreOptions& 
 }
 
 // A stream, read to its end first (restore.h says why).
-Result<std::unique_ptr<image::MappedFileSource>> Spool(const sys::Env& env,
+Result<std::shared_ptr<image::MappedFileSource>> Spool(const sys::Env& env,
                                                        const RestoreOptions& options,
                                                        image::Source& source) {
-  if (source.IsWhole()) return std::unique_ptr<image::MappedFileSource>();
+  if (source.IsWhole()) return std::shared_ptr<image::MappedFileSource>();
   env.Report("read");
-  return image::SpoolImage(source, options.spool_dir,
-                           [&env](uint64_t bytes) { env.Report("read", bytes); });
+  return std::shared_ptr<image::MappedFileSource>(STASIS_TRY(image::SpoolImage(
+      source, options.spool_dir, [&env](uint64_t bytes) { env.Report("read", bytes); })));
 }
 
 }  // namespace
 
 Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options,
                               image::Source& source) {
+  // Not shared: what a lazy restore holds past its return is copied.
+  return Restore(env, options, std::shared_ptr<image::Source>(std::shared_ptr<void>(), &source));
+}
+
+Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options,
+                              std::shared_ptr<image::Source> source) {
   auto start = std::chrono::steady_clock::now();
   STASIS_TRY(CheckFeatures(env.features, options));
-  std::unique_ptr<image::MappedFileSource> spooled = STASIS_TRY(Spool(env, options, source));
+  std::shared_ptr<image::MappedFileSource> spooled = STASIS_TRY(Spool(env, options, *source));
   env.Report("read");
-  image::Reader reader(spooled ? *spooled : source);
+  image::Reader reader(spooled ? *spooled : *source);
   STASIS_TRY(reader.Begin());
   Records records(reader);
   ImageHead head = STASIS_TRY(ReadFiles(records));
@@ -396,6 +406,12 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
   // The init of an isolated session's tree is made inside its namespace:
   // every process of the tree inherits it from there.
   Spawner spawner = STASIS_TRY(net.Inside([&] { return Spawner::Start(options.new_pid_ns); }));
+  // Before the tree: a failed restore kills the tree, then stops the pager.
+  auto store = std::make_unique<mem::PageStore>();
+  for (const image::Process& p : head.procs) store->Expect(p);
+  std::shared_ptr<mem::LazyPager> lazy;
+  if (options.lazy) lazy = std::make_shared<mem::LazyPager>(std::move(store));
+  mem::PageStore& pages = lazy ? lazy->store() : *store;
   std::vector<TreeProcess> tree;
   TreeGuard guard(&tree, [&net] { net.DownUnlessCommitted(); });
   std::map<uint64_t, const image::File*> image_files;
@@ -403,11 +419,18 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
   TreeFiles tree_files = {&files, &image_files};
   STASIS_TRY_CTX(CreateRoot(spawner, head.procs, tree_files, &tree), "restore tree");
   result.host_pid = tree[0].host_pid;
-  TreeRestore builder{env, head, files, records, tree, image_files};
+  // Page records read in place are held by a lazy restore past its return:
+  // only a source this restore shares in keeps them valid.
+  std::shared_ptr<const void> image = spooled;
+  if (!image && source.use_count() > 0 && dynamic_cast<image::MappedFileSource*>(source.get())) {
+    image = source;
+  }
+  TreeRestore builder{env, head, files, records, tree, image_files, pages, lazy.get(), image};
   STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
   STASIS_TRY(ApplyLate(records, head, files));
-  STASIS_TRY(ReadTrailer(records, builder.pages));
-  result.pages = builder.pages;
+  STASIS_TRY(ReadTrailer(records, pages.pages_received()));
+  pages.Close(Ok());
+  result.pages = pages.pages_received();
   env.Report("pages", result.pages * image::kPageSize, result.pages * image::kPageSize);
   // A shell job joins the restorer's group, the job the shell knows.
   bool job = options.shell_job && head.manifest.shell_job().has_ctty() &&
@@ -440,6 +463,8 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
   guard.Release();
   STASIS_TRY(spawner.Commit(result.pid));
   net.Commit();
+  if (lazy) lazy->Release();
+  result.pager = std::move(lazy);
   result.processes = tree.size();
   result.total_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

@@ -12,11 +12,13 @@
 #include <sys/types.h>
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "image/stream.h"
+#include "mem/lazy_pager.h"
 #include "net/isolated_net.h"
 #include "sys/env.h"
 #include "sys/result.h"
@@ -36,6 +38,9 @@ struct RestoreResult {
   std::string session_name;  // from the manifest
   std::vector<std::string> session_command;
   std::optional<net::NetConfig> net;  // an isolated session's network, rebuilt
+  // restore --lazy: the tree runs while this serves its pages; the caller
+  // must keep it (and Wait for it) until every page is in.
+  std::shared_ptr<mem::LazyPager> pager;
 };
 
 struct RestoreOptions {
@@ -46,6 +51,9 @@ struct RestoreOptions {
   // --shell-job: the image's external terminal is this process's terminal
   // (stdin, its controlling terminal), and the tree a job on it.
   bool shell_job = false;
+  // Release the tree before its private anonymous pages are written: they
+  // are served on fault and pushed in the background (RestoreResult::pager).
+  bool lazy = false;
   // Runs once the tree is built, while every task is still stopped (e.g. to
   // move it into a session's cgroup before anything can fork); a failure
   // fails the restore.
@@ -58,5 +66,10 @@ struct RestoreOptions {
 // them, when env.features lacks what a restore needs.
 Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options,
                               image::Source& source);
+// The same, sharing in the source: page records a lazy restore still holds
+// after returning are then read where they lie in a mapped image instead of
+// being copied.
+Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options,
+                              std::shared_ptr<image::Source> source);
 
 }  // namespace stasis::restore

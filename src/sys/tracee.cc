@@ -7,8 +7,11 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
+
+#include "sys/proc.h"
 
 namespace stasis::sys {
 namespace {
@@ -288,6 +291,25 @@ Status WriteMemory(pid_t pid, uint64_t addr, const void* buf, size_t len) {
         fmt::format("pid {}: process_vm_writev({:#x}, {}) wrote only {}", pid, addr, len, n));
   }
   return Ok();
+}
+
+Result<std::vector<Tracee>> SeizeThreads(pid_t pid) {
+  std::vector<Tracee> out;
+  out.push_back(STASIS_TRY(Tracee::Seize(pid)));
+  for (bool found = true; found;) {
+    found = false;
+    for (int tid : STASIS_TRY(proc::ListTasks(pid))) {
+      bool known =
+          std::any_of(out.begin(), out.end(), [tid](const Tracee& t) { return t.tid() == tid; });
+      if (known) continue;
+      Result<Tracee> t = Tracee::Seize(tid);
+      // A thread may exit between the listing and the seize.
+      if (!t.ok() && t.error().errnum() == ESRCH) continue;
+      out.push_back(STASIS_TRY(std::move(t)));
+      found = true;
+    }
+  }
+  return out;
 }
 
 }  // namespace stasis::sys

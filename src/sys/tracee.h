@@ -110,6 +110,10 @@ class Injector {
 Result<uint64_t> FindSyscallInsn(pid_t pid, uint64_t start, uint64_t end);
 
 // process_vm_readv / process_vm_writev of one range, all or error.
+// Seizes every thread of pid, re-scanning until no new thread appears.
+// The leader comes first.
+Result<std::vector<Tracee>> SeizeThreads(pid_t pid);
+
 Status ReadMemory(pid_t pid, uint64_t addr, void* buf, size_t len);
 Status WriteMemory(pid_t pid, uint64_t addr, const void* buf, size_t len);
 

@@ -43,6 +43,67 @@ Status WriteProtect(int uffd, uint64_t start, uint64_t end) {
   return Ok();
 }
 
+Status EnableMissing(int uffd) {
+  struct uffdio_api api = {};
+  api.api = UFFD_API;
+  if (ioctl(uffd, UFFDIO_API, &api) < 0) return Error::Errno("UFFDIO_API");
+  return Ok();
+}
+
+Status RegisterMissing(int uffd, uint64_t start, uint64_t end) {
+  struct uffdio_register reg = {};
+  reg.range.start = start;
+  reg.range.len = end - start;
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+  if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) {
+    return Error::Errno(fmt::format("UFFDIO_REGISTER(MISSING) of {:#x}-{:#x}", start, end));
+  }
+  return Ok();
+}
+
+Status Unregister(int uffd, uint64_t start, uint64_t end) {
+  struct uffdio_range range = {start, end - start};
+  if (ioctl(uffd, UFFDIO_UNREGISTER, &range) < 0) {
+    return Error::Errno(fmt::format("UFFDIO_UNREGISTER of {:#x}-{:#x}", start, end));
+  }
+  return Ok();
+}
+
+Result<uint64_t> Copy(int uffd, uint64_t dst, const void* src, uint64_t len) {
+  uint64_t done = 0;
+  while (done < len) {
+    struct uffdio_copy copy = {};
+    copy.dst = dst + done;
+    copy.src = reinterpret_cast<uint64_t>(src) + done;
+    copy.len = len - done;
+    if (ioctl(uffd, UFFDIO_COPY, &copy) == 0) return len;
+    int err = errno;
+    if (copy.copy > 0) done += static_cast<uint64_t>(copy.copy);
+    if (err == EEXIST) return done;
+    if (err != EAGAIN && err != EINTR) {
+      return Error::FromErrno(fmt::format("UFFDIO_COPY to {:#x}", dst + done), err);
+    }
+  }
+  return len;
+}
+
+Status ZeroPage(int uffd, uint64_t start, uint64_t end) {
+  struct uffdio_zeropage zero = {};
+  zero.range.start = start;
+  zero.range.len = end - start;
+  while (ioctl(uffd, UFFDIO_ZEROPAGE, &zero) < 0) {
+    if (errno == EEXIST) {
+      struct uffdio_range range = {start, end - start};
+      if (ioctl(uffd, UFFDIO_WAKE, &range) < 0) return Error::Errno("UFFDIO_WAKE");
+      return Ok();
+    }
+    if (errno != EAGAIN && errno != EINTR) {
+      return Error::Errno(fmt::format("UFFDIO_ZEROPAGE of {:#x}-{:#x}", start, end));
+    }
+  }
+  return Ok();
+}
+
 namespace {
 
 // PAGEMAP_SCAN for pages in `category`, merged into ranges.

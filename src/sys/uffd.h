@@ -27,6 +27,21 @@ Result<bool> RegisterWp(int uffd, uint64_t start, uint64_t end);
 // Clears the written marks of [start, end): writes after this are tracked.
 Status WriteProtect(int uffd, uint64_t start, uint64_t end);
 
+// Missing-mode lazy paging, for a restore that lets the tree run before its
+// pages are in (kernel-notes.md, "userfaultfd"): the handshake with no
+// feature, registration of a range, and resolving faults. The copy and
+// zero-page calls also wake the faulting threads.
+Status EnableMissing(int uffd);
+Status RegisterMissing(int uffd, uint64_t start, uint64_t end);
+Status Unregister(int uffd, uint64_t start, uint64_t end);
+// UFFDIO_COPY of len bytes to [dst, dst + len). Stops at a page that is
+// there already (EEXIST): returns the bytes copied before it (len when
+// all). ESRCH once the mm is gone.
+Result<uint64_t> Copy(int uffd, uint64_t dst, const void* src, uint64_t len);
+// UFFDIO_ZEROPAGE of one range; if a page is there already, wakes the
+// faulting threads instead (the fault raced with a copy).
+Status ZeroPage(int uffd, uint64_t start, uint64_t end);
+
 struct Range {
   uint64_t start;
   uint64_t end;

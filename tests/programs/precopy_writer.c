@@ -18,7 +18,7 @@
  */
 // Cases (the format is in CMakeLists.txt):
 // Three threads rewriting a 64 MiB region while --leave-running pre-copies
-// it (src/checkpoint/precopy.h); each image is restored in place of the
+// it (src/mem/precopy.h); each image is restored in place of the
 // original, and the writers catch any page from the wrong moment.
 // stasis-case: program.precopy_writer.leave_running ${PROGRAM} --leave-running --restore-left-running --cycles 4
 // As nobody: the injected userfaultfd is UFFD_USER_MODE_ONLY, allowed without

@@ -1,4 +1,4 @@
-#include "checkpoint/precopy.h"
+#include "mem/precopy.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -14,7 +14,6 @@
 #include <new>
 #include <sstream>
 
-#include "checkpoint/task_dump.h"
 #include "image/stream.h"
 #include "sys/pagemap.h"
 #include "sys/pidfds.h"
@@ -22,7 +21,7 @@
 #include "sys/tracee.h"
 #include "sys/uffd.h"
 
-namespace stasis::checkpoint {
+namespace stasis::mem {
 
 constexpr uint64_t kPage = image::kPageSize;
 constexpr uint64_t kPmPresent = sys::pagemap::kPresent;
@@ -86,7 +85,7 @@ Result<uint64_t> VdsoSyscall(pid_t pid) {
 // A userfaultfd of pid's mm, in this process. Every thread is held while
 // the task has the fd, so no fork can copy it into a child.
 Result<sys::UniqueFd> StealUserfaultfd(pid_t pid) {
-  std::vector<sys::Tracee> threads = STASIS_TRY(SeizeThreads(pid));
+  std::vector<sys::Tracee> threads = STASIS_TRY(sys::SeizeThreads(pid));
   sys::Injector inj = STASIS_TRY(sys::Injector::Create(threads[0], STASIS_TRY(VdsoSyscall(pid))));
   // UFFD_USER_MODE_ONLY: allowed for any task (vm.unprivileged_userfaultfd
   // limits the other mode to CAP_SYS_PTRACE), and enough, since WP_ASYNC
@@ -295,7 +294,7 @@ struct Missing {
 };
 
 // Reads what the copies do not have from the (frozen) task into one buffer.
-Status ReadMissing(pid_t pid, const std::vector<Missing>& missing, PageStore* store) {
+Status ReadMissing(pid_t pid, const std::vector<Missing>& missing, PageCopies* store) {
   uint64_t total = 0;
   for (const Missing& m : missing) total += m.npages;
   if (total == 0) return Ok();
@@ -327,14 +326,14 @@ Status ReadMissing(pid_t pid, const std::vector<Missing>& missing, PageStore* st
 
 }  // namespace
 
-void PageStore::Add(uint64_t addr, uint64_t npages, const uint8_t* data,
-                    std::shared_ptr<const uint8_t[]> buffer) {
+void PageCopies::Add(uint64_t addr, uint64_t npages, const uint8_t* data,
+                     std::shared_ptr<const uint8_t[]> buffer) {
   runs_[addr] = {addr, npages, data};
   pages_ += npages;
   if (buffers_.empty() || buffers_.back() != buffer) buffers_.push_back(std::move(buffer));
 }
 
-Status PageStore::Read(uint64_t addr, uint64_t npages, uint8_t* out) const {
+Status PageCopies::Read(uint64_t addr, uint64_t npages, uint8_t* out) const {
   uint64_t end = addr + npages * kPage;
   while (addr < end) {
     auto it = runs_.upper_bound(addr);
@@ -394,13 +393,12 @@ void Precopy::Settle() {
   }
 }
 
-Result<std::unique_ptr<PageStore>> Precopy::Take(pid_t host_pid,
-                                                 const kinds::memory::PagePlan& plan) {
-  auto store = std::make_unique<PageStore>();
+Result<std::unique_ptr<PageCopies>> Precopy::Take(pid_t host_pid, const PagePlan& plan) {
+  auto store = std::make_unique<PageCopies>();
   auto found = procs_.find(host_pid);
   const std::vector<PageCopy>* copies = found != procs_.end() ? &found->second->copies : nullptr;
   std::vector<Missing> missing;
-  for (const kinds::memory::PagePlan::Run& run : plan.runs) {
+  for (const PagePlan::Run& run : plan.runs) {
     uint64_t end = run.addr + run.npages * kPage;
     for (uint64_t addr = run.addr; addr < end;) {
       const PageCopy* c = copies ? GoodCopy(*copies, addr) : nullptr;
@@ -423,4 +421,4 @@ Result<std::unique_ptr<PageStore>> Precopy::Take(pid_t host_pid,
   return store;
 }
 
-}  // namespace stasis::checkpoint
+}  // namespace stasis::mem

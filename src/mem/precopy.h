@@ -1,7 +1,7 @@
 // Pre-copy for `dump --leave-running`: the memory of the tree is copied
 // while it runs, and only what it writes meanwhile is read again while it is
 // frozen. The page records are encoded after the tree runs again, from the
-// copies (PageStore), so the freeze lasts as long as reading the dirty pages.
+// copies (PageCopies), so the freeze lasts as long as reading the dirty pages.
 //
 // Tracking: a userfaultfd created inside each process (one injected
 // syscall), stolen with pidfd_getfd, in asynchronous write-protect mode over
@@ -20,14 +20,14 @@
 #include <memory>
 #include <vector>
 
-#include "kinds/memory.h"
+#include "mem/pages.h"
 #include "sys/result.h"
 #include "sys/unique_fd.h"
 
-namespace stasis::checkpoint {
+namespace stasis::mem {
 
 // Page contents of one process by address.
-class PageStore : public kinds::memory::PageSource {
+class PageCopies : public PageSource {
  public:
   struct Run {
     uint64_t addr;
@@ -68,7 +68,7 @@ class Precopy {
   void Settle();
   // The tree is frozen: the pages the plan wants, from the copies where
   // still good, the rest read from the task now.
-  Result<std::unique_ptr<PageStore>> Take(pid_t host_pid, const kinds::memory::PagePlan& plan);
+  Result<std::unique_ptr<PageCopies>> Take(pid_t host_pid, const PagePlan& plan);
 
   const PrecopyStats& stats() const { return stats_; }
 
@@ -80,4 +80,4 @@ class Precopy {
   PrecopyStats stats_;
 };
 
-}  // namespace stasis::checkpoint
+}  // namespace stasis::mem

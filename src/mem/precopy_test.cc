@@ -1,7 +1,7 @@
 // The pre-copy on a child: pages it writes, or drops and faults back in,
 // after the copy are read again while it is stopped; the rest come from the
 // copy, and the store matches the child's memory page for page.
-#include "checkpoint/precopy.h"
+#include "mem/precopy.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -15,7 +15,7 @@
 
 #include "sys/unique_fd.h"
 
-namespace stasis::checkpoint {
+namespace stasis::mem {
 namespace {
 
 constexpr uint64_t kPage = 4096;
@@ -103,9 +103,9 @@ void PrecopyChild(const std::string& commands, ChildRun* run) {
   ASSERT_TRUE(WIFSTOPPED(status));
   precopy.Settle();
 
-  kinds::memory::PagePlan plan;
+  PagePlan plan;
   plan.runs.push_back({addr, kPages, true, true});
-  Result<std::unique_ptr<PageStore>> store = precopy.Take(pid, plan);
+  Result<std::unique_ptr<PageCopies>> store = precopy.Take(pid, plan);
   ASSERT_TRUE(store.ok()) << store.error().ToString();
   std::vector<uint8_t> want(kPages * kPage);
   run->got.resize(kPages * kPage);
@@ -149,7 +149,7 @@ TEST(Precopy, AVmaMappedAnewInTheSamePlaceIsReadWhole) {
 }
 
 TEST(Precopy, StoreReadsAcrossRunsAndRefusesGaps) {
-  PageStore store;
+  PageCopies store;
   std::shared_ptr<uint8_t[]> buf(new uint8_t[3 * kPage]);
   memset(buf.get(), 1, kPage);
   memset(buf.get() + kPage, 2, 2 * kPage);
@@ -165,4 +165,4 @@ TEST(Precopy, StoreReadsAcrossRunsAndRefusesGaps) {
 }
 
 }  // namespace
-}  // namespace stasis::checkpoint
+}  // namespace stasis::mem

@@ -1,5 +1,5 @@
-// Page contents of the address space (see memory.h): which pages to carry,
-// reading them out of the task, and writing them into the puppet.
+#include "mem/pages.h"
+
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
@@ -13,10 +13,10 @@
 #include <mutex>
 #include <thread>
 
-#include "kinds/memory.h"
 #include "sys/pagemap.h"
+#include "sys/tracee.h"
 
-namespace stasis::kinds::memory {
+namespace stasis::mem {
 namespace {
 
 using image::Vma;
@@ -157,6 +157,7 @@ struct Chunk {
 };
 
 constexpr size_t kChunkSegments = 256;  // well under IOV_MAX
+constexpr size_t kDepth = PageWriter::kDepth;
 
 // Splits the plan into chunks' worth of segments.
 std::vector<std::vector<Segment>> ChunkPlan(const PagePlan& plan) {
@@ -241,9 +242,10 @@ Status ReadSegments(pid_t pid, int mem_fd, const std::vector<Segment>& segments,
 // at about the same speed, so overlapping them nearly doubles throughput.
 class ChunkReader {
  public:
-  ChunkReader(pid_t pid, int mem_fd, const PagePlan& plan, const PageSource* source)
+  ChunkReader(pid_t pid, int mem_fd, const PagePlan& plan, const PageSource* source,
+              const std::array<std::unique_ptr<uint8_t[]>, kDepth>& buffers)
       : pid_(pid), mem_fd_(mem_fd), source_(source), todo_(ChunkPlan(plan)) {
-    for (size_t i = 0; i < kDepth; ++i) pool_[i].data = Buffers()[i].get();
+    for (size_t i = 0; i < kDepth; ++i) pool_[i].data = buffers[i].get();
     thread_ = std::thread([this] { Run(); });
   }
   ~ChunkReader() {
@@ -269,20 +271,6 @@ class ChunkReader {
   }
 
  private:
-  static constexpr size_t kDepth = 3;
-
-  // Allocated once and reused by every process's reader (readers never
-  // overlap): fresh buffers would cost a page fault and a kernel memset per
-  // page for each process of the tree.
-  static std::array<std::unique_ptr<uint8_t[]>, kDepth>& Buffers() {
-    static std::array<std::unique_ptr<uint8_t[]>, kDepth> buffers = [] {
-      std::array<std::unique_ptr<uint8_t[]>, kDepth> b;
-      for (auto& buf : b) buf = std::make_unique_for_overwrite<uint8_t[]>(kChunkPages * kPage);
-      return b;
-    }();
-    return buffers;
-  }
-
   void Run() {
     for (size_t i = 0; i < todo_.size(); ++i) {
       {
@@ -331,13 +319,6 @@ class ChunkReader {
   std::thread thread_;
 };
 
-const Vma* FindVma(const image::Process& proc, uint64_t addr) {
-  auto it = std::upper_bound(proc.vmas().begin(), proc.vmas().end(), addr,
-                             [](uint64_t a, const Vma& v) { return a < v.end(); });
-  if (it == proc.vmas().end() || it->start() > addr) return nullptr;
-  return &*it;
-}
-
 }  // namespace
 
 Result<PagePlan> PlanPages(pid_t pid, image::Process* proc, const ParentView* parent) {
@@ -356,30 +337,22 @@ Result<PagePlan> PlanPages(pid_t pid, image::Process* proc, const ParentView* pa
   return plan;
 }
 
-Status WritePages(pid_t host_pid, uint32_t image_pid, const PagePlan& plan, image::Writer& writer,
-                  PageStats* stats, const PageSource* source) {
+PageWriter::PageWriter() {
+  for (auto& buf : buffers_) buf = std::make_unique_for_overwrite<uint8_t[]>(kChunkPages * kPage);
+}
+
+Status PageWriter::Write(pid_t host_pid, uint32_t image_pid, const PagePlan& plan,
+                         image::Writer& writer, PageStats* stats, const PageSource* source) {
   sys::UniqueFd mem;
   if (source == nullptr) {
     mem = STASIS_TRY(sys::pagemap::OpenMem(host_pid));
   }
   for (const PagePlan::Run& run : plan.runs) stats->pages_present += run.npages;
-  ChunkReader reader(host_pid, mem.get(), plan, source);
+  ChunkReader reader(host_pid, mem.get(), plan, source, buffers_);
   while (Chunk* chunk = STASIS_TRY(reader.Next())) {
     STASIS_TRY(EmitChunk(image_pid, *chunk, writer, stats));
   }
   return Ok();
 }
 
-Status RestorePageRun(pid_t host_pid, const image::Process& proc, const image::PageRun& run) {
-  uint64_t len = uint64_t{run.npages} * kPage;
-  const Vma* vma = FindVma(proc, run.addr);
-  if (vma == nullptr || !vma->has_pages() || run.addr + len > vma->end()) {
-    return Error::Corrupt(
-        fmt::format("pid {}: page record {:#x}+{} pages is outside any VMA "
-                    "that carries pages",
-                    proc.pid(), run.addr, run.npages));
-  }
-  return sys::WriteMemory(host_pid, run.addr, run.data, len);
-}
-
-}  // namespace stasis::kinds::memory
+}  // namespace stasis::mem
