@@ -24,7 +24,7 @@ JUPYTER_PACKAGES="
 # For the batch-job tests (integrations/slurm): a real Slurm, started by the
 # tests themselves (tests/system/slurm_lib.py), never as a service.
 SLURM_PACKAGES="
-  slurmctld slurmd slurm-client munge
+  slurmctld slurmd slurm-client munge libslurm-dev
 "
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -72,6 +72,7 @@ class SlurmCluster:
         proctrack: str = os.environ.get("STASIS_SLURM_PROCTRACK", "linuxproc"),
         slurmd_timeout: int = 30,
         keep: bool = False,
+        plugstack: Optional[str] = None,
     ) -> None:
         self.nodes = [f"n{i + 1}" for i in range(nodes)]
         self.cpus = cpus
@@ -81,6 +82,7 @@ class SlurmCluster:
         self.proctrack = proctrack
         self.slurmd_timeout = slurmd_timeout
         self.keep = keep
+        self.plugstack = plugstack  # a plugstack.conf line (SPANK plugins)
         self.dir = Path(tempfile.mkdtemp(prefix="stasis-slurm-"))
         os.chmod(self.dir, 0o755)  # jobs of ordinary users read the conf
         self.conf = self.dir / "slurm.conf"
@@ -193,7 +195,7 @@ class SlurmCluster:
             "JobCompType=jobcomp/none",
             "MinJobAge=600",
             f"FirstJobId={self.first_job_id}",
-            "PlugStackConfig=/dev/null",
+            f"PlugStackConfig={d / 'plugstack.conf' if self.plugstack else '/dev/null'}",
             "InactiveLimit=0",
             f"SlurmdTimeout={self.slurmd_timeout}",
         ]
@@ -213,6 +215,9 @@ class SlurmCluster:
             "PreemptMode=OFF OverSubscribe=NO State=UP"
         )
         self.conf.write_text("\n".join(lines) + "\n")
+        if self.plugstack:
+            (d / "plugstack.conf").write_text(self.plugstack + "\n")
+            os.chmod(d / "plugstack.conf", 0o644)
         # proctrack/cgroup: cgroup/v1's freezer here (a hybrid hierarchy);
         # slurmd finds cgroup.conf next to slurm.conf.
         (d / "cgroup.conf").write_text(
