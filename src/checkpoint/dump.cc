@@ -1,17 +1,13 @@
 #include "checkpoint/dump.h"
 
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <map>
 #include <optional>
 
@@ -26,6 +22,7 @@
 #include "net/session_image.h"
 #include "sys/cgroup.h"
 #include "sys/kernel_abi.h"
+#include "sys/proc.h"
 
 namespace stasis::checkpoint {
 namespace {
@@ -103,10 +100,21 @@ Status WriteHead(TreeImage& tree, const image::Manifest& manifest, image::Writer
   return Ok();
 }
 
+uint64_t PlannedBytes(const mem::PagePlan& plan) {
+  uint64_t pages = 0;
+  for (const mem::PagePlan::Run& run : plan.runs) pages += run.npages;
+  return pages * image::kPageSize;
+}
+
 // The page records (read from the tasks, or from `stores` when given: one
 // per task), the late records and the trailer.
-Status WriteTail(TreeImage& tree, image::Writer& writer, DumpStats* stats,
+Status WriteTail(const sys::Env& env, TreeImage& tree, image::Writer& writer, DumpStats* stats,
                  const std::vector<std::unique_ptr<mem::PageCopies>>* stores = nullptr) {
+  uint64_t total = 0, done = 0;
+  for (const CollectedTask& task : tree.tasks) {
+    if (!task.proc.zombie()) total += PlannedBytes(task.pages);
+  }
+  env.Report("pages", 0, total);
   mem::PageStats pages;
   mem::PageWriter page_writer;
   for (size_t i = 0; i < tree.tasks.size(); ++i) {
@@ -115,6 +123,8 @@ Status WriteTail(TreeImage& tree, image::Writer& writer, DumpStats* stats,
     const mem::PageCopies* source = stores ? (*stores)[i].get() : nullptr;
     STASIS_TRY(
         page_writer.Write(tree.host_pids[i], task.proc.pid(), task.pages, writer, &pages, source));
+    done += PlannedBytes(task.pages);
+    env.Report("pages", done, total);
   }
   STASIS_TRY(WriteLate(tree.late, writer));
   image::Trailer trailer;
@@ -211,31 +221,30 @@ Result<TreeImage> CollectTree(std::vector<TreeTask>& frozen, image::Manifest* ma
   return tree;
 }
 
-// The image file under a temporary name until it is complete.
-class PendingImage {
+// Aborts the sink unless the dump committed it: whatever fails, nothing
+// written passes for an image.
+class CommitOrAbort {
  public:
-  explicit PendingImage(std::string dir)
-      : final_(image::ImagePath(dir)), temp_(final_ + ".partial") {}
-  ~PendingImage() {
-    if (!committed_) unlink(temp_.c_str());
+  explicit CommitOrAbort(image::ImageSink& sink) : sink_(sink) {}
+  ~CommitOrAbort() {
+    if (!committed_) sink_.Abort();
   }
-  const std::string& temp() const { return temp_; }
   Status Commit() {
-    if (rename(temp_.c_str(), final_.c_str()) < 0) return Error::Errno("rename to " + final_);
+    STASIS_TRY_CTX(sink_.Commit(), "commit image");
     committed_ = true;
     return Ok();
   }
 
  private:
-  std::string final_, temp_;
+  image::ImageSink& sink_;
   bool committed_ = false;
 };
 
-Status MakeDir(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return Error::FromErrno("create image directory " + dir, ec.value());
-  return Ok();
+// What every dump needs from the kernel (sys/features.cc names them).
+Status CheckFeatures(const sys::KernelFeatures& features) {
+  return features.Require({"CAP_SYS_PTRACE", "pidfd_open", "pidfd_getfd", "kcmp",
+                           "process_vm_readv", "/proc/PID/map_files", "yama ptrace_scope"},
+                          "dump");
 }
 
 // With --leave-running the tree runs again as soon as its pages are in
@@ -263,15 +272,46 @@ Status KillAndWait(std::vector<TreeTask>& frozen) {
   return Ok();
 }
 
-// MERGE: env.log. Until Dump takes an Env, its messages go where the CLI
-// printed them before.
-class InterimLogger final : public Logger {
- public:
-  void Write(LogLevel level, std::string_view message) override {
-    if (level == LogLevel::kDebug) return;
-    fmt::print(stderr, "stasis: {}{}\n", level == LogLevel::kWarning ? "warning: " : "", message);
+// Freezes the tree: all at once through its cgroup when it has one.
+Result<std::vector<TreeTask>> Freeze(const DumpOptions& options, const std::string& session_netns) {
+  if (options.freeze_cgroup.empty()) return FreezeTree(options.pid, session_netns);
+  // The v2 freezer stops every task at once; ptrace works on frozen tasks
+  // (kernel-notes.md), and once seized they stay stopped after the thaw.
+  sys::Cgroup cgroup = STASIS_TRY(sys::Cgroup::Open(options.freeze_cgroup));
+  sys::FrozenCgroup freeze = STASIS_TRY(sys::FrozenCgroup::Freeze(cgroup));
+  std::vector<TreeTask> frozen = STASIS_TRY(FreezeTree(options.pid, session_netns));
+  STASIS_TRY(freeze.Thaw());
+  return frozen;
+}
+
+// The manifest's fields beyond the tree's own.
+Status CompleteManifest(const DumpOptions& options, const TreeImage& tree,
+                        const std::optional<net::SessionNetDump>& net, image::Manifest* manifest) {
+  FillManifest(tree.tasks[0].proc, manifest);
+  if (options.policy.shell_job) {
+    *manifest->mutable_shell_job() =
+        STASIS_TRY_CTX(kinds::pty::DumpShellJob(options.pid, tree.host_pids, tree.files), "dump");
   }
-};
+  manifest->set_session_name(options.session_name);
+  for (const std::string& arg : options.session_command) manifest->add_session_command(arg);
+  if (options.session_net) {
+    net::NetToProto(*options.session_net, manifest->mutable_net());
+    net::NeighboursToProto(net->neighbours(), manifest->mutable_net());
+  }
+  return Ok();
+}
+
+// With --leave-running, pages read from the tree stay readable only while
+// it is frozen; a late record would take what the tree still needs.
+Status CheckLeaveRunning(const TreeImage& tree) {
+  if (tree.late.empty()) return Ok();
+  const kinds::LateStep& step = tree.late.front();
+  return Error::Unsupported(fmt::format(
+      "dump: {}: {}; reading them needs accept(), which takes them from the program, and "
+      "--leave-running keeps it running (they cannot be put back into the queue); accept "
+      "them first, or dump without --leave-running",
+      step.what, step.why));
+}
 
 // The tree, collected from inside the session's namespace when there is one
 // (sock_diag sees only the sockets of the caller's); the calling thread is
@@ -290,38 +330,35 @@ Result<TreeImage> CollectTreeIn(const std::optional<net::SessionNetDump>& net,
 
 }  // namespace
 
-Result<DumpStats> Dump(const DumpOptions& options) {
-  InterimLogger log;  // MERGE: env.log
+Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::ImageSink& sink) {
   Clock::time_point start = Clock::now();
+  CommitOrAbort image(sink);
   DumpStats stats;
   pid_t pid = options.pid;
   if (pid == getpid()) return Error::Invalid("stasis cannot dump itself");
+  STASIS_TRY(CheckFeatures(env.features));
   std::optional<net::SessionNetDump> net;
   if (options.session_net) {
     net.emplace(STASIS_TRY(
-        net::SessionNetDump::Begin(options.session_init_pid, pid, *options.session_net, log)));
+        net::SessionNetDump::Begin(options.session_init_pid, pid, *options.session_net, env.log)));
   }
   // The tasks of an isolated session live in its network namespace.
   std::string session_netns = net ? net->netns_name() : "";
   STASIS_TRY(PrecheckTree(pid, session_netns));
-  STASIS_TRY(MakeDir(options.dir));
-  PendingImage pending(options.dir);
-  auto file_sink = STASIS_TRY(image::FdSink::CreateFile(pending.temp()));
   std::optional<mem::Precopy> precopy;
-  if (options.leave_running) precopy = mem::Precopy::Start(pid);
-
-  Clock::time_point frozen_at = Clock::now();
-  std::vector<TreeTask> frozen;
-  if (options.freeze_cgroup.empty()) {
-    frozen = STASIS_TRY(FreezeTree(pid, session_netns));
-  } else {
-    // The v2 freezer stops every task at once; ptrace works on frozen tasks
-    // (kernel-notes.md), and once seized they stay stopped after the thaw.
-    sys::Cgroup cgroup = STASIS_TRY(sys::Cgroup::Open(options.freeze_cgroup));
-    sys::FrozenCgroup freeze = STASIS_TRY(sys::FrozenCgroup::Freeze(cgroup));
-    frozen = STASIS_TRY(FreezeTree(pid, session_netns));
-    STASIS_TRY(freeze.Thaw());
+  if (options.leave_running) {
+    if (env.features.Has("uffd WP_ASYNC")) {
+      precopy = mem::Precopy::Start(pid);
+    } else {
+      env.log.Info(
+          "no uffd WP_ASYNC on this kernel: --leave-running reads every page while the tree is "
+          "frozen");
+    }
   }
+
+  env.Report("freeze");
+  Clock::time_point frozen_at = Clock::now();
+  std::vector<TreeTask> frozen = STASIS_TRY(Freeze(options, session_netns));
   if (precopy) precopy->Settle();
   if (net) STASIS_TRY(net->Lock());
   image::Manifest manifest;
@@ -338,40 +375,30 @@ Result<DumpStats> Dump(const DumpOptions& options) {
     }
     ~UndoIfKept() { Run(); }
   } undo;
+  env.Report("collect");
   TreeImage tree = STASIS_TRY_CTX(
-      CollectTreeIn(net, frozen, &manifest, &undo.steps, options.policy, log), "dump");
-  if (options.leave_running && !tree.late.empty()) {
-    const kinds::LateStep& step = tree.late.front();
-    return Error::Unsupported(fmt::format(
-        "dump: {}: {}; reading them needs accept(), which takes them from the program, and "
-        "--leave-running keeps it running (they cannot be put back into the queue); accept "
-        "them first, or dump without --leave-running",
-        step.what, step.why));
-  }
-  FillManifest(tree.tasks[0].proc, &manifest);
-  if (options.policy.shell_job) {
-    *manifest.mutable_shell_job() =
-        STASIS_TRY_CTX(kinds::pty::DumpShellJob(pid, tree.host_pids, tree.files), "dump");
-  }
-  manifest.set_session_name(options.session_name);
-  for (const std::string& arg : options.session_command) manifest.add_session_command(arg);
-  if (options.session_net) {
-    net::NetToProto(*options.session_net, manifest.mutable_net());
-    net::NeighboursToProto(net->neighbours(), manifest.mutable_net());
-  }
-  image::Writer writer(*file_sink);
+      CollectTreeIn(net, frozen, &manifest, &undo.steps, options.policy, env.log), "dump");
+  if (options.leave_running) STASIS_TRY(CheckLeaveRunning(tree));
+  STASIS_TRY(CompleteManifest(options, tree, net, &manifest));
+  env.Report("write");
+  image::Writer writer(sink);
   STASIS_TRY_CTX(WriteHead(tree, manifest, writer), "write image");
+  // With a pre-copy the page records are encoded after the tree runs
+  // again, from the copies; else they are read now, while it is frozen.
   std::vector<std::unique_ptr<mem::PageCopies>> stores;
-  if (options.leave_running) {
+  if (precopy) {
     stores = STASIS_TRY_CTX(TakePages(tree, *precopy), "dump: read pages");
+  } else {
+    STASIS_TRY_CTX(WriteTail(env, tree, writer, &stats), "write image");
+  }
+  env.Report("release");
+  if (options.leave_running) {
     // Put back before the tree runs again: a socket still in repair mode
     // answers recv() with EINVAL.
     undo.Run();
     if (net) STASIS_TRY(net->Unlock());
   } else {
-    STASIS_TRY_CTX(WriteTail(tree, writer, &stats), "write image");
-    STASIS_TRY(file_sink->Sync());
-    STASIS_TRY(pending.Commit());
+    STASIS_TRY(image.Commit());
     undo.steps.clear();
     if (net) net->MarkKilled();
     STASIS_TRY(KillAndWait(frozen));
@@ -380,16 +407,14 @@ Result<DumpStats> Dump(const DumpOptions& options) {
     for (sys::Tracee& thread : t.threads) STASIS_TRY(thread.Detach());
   }
   stats.frozen_ms = MsSince(frozen_at);
-  if (options.leave_running) {
-    STASIS_TRY_CTX(WriteTail(tree, writer, &stats, &stores), "write image");
+  if (precopy) {
+    STASIS_TRY_CTX(WriteTail(env, tree, writer, &stats, &stores), "write image");
     stores.clear();
-    STASIS_TRY(file_sink->Sync());
-    STASIS_TRY(pending.Commit());
     stats.precopy_pages_kept = precopy->stats().pages_kept;
     stats.precopy_pages_read = precopy->stats().pages_read;
   }
-  struct stat st;
-  if (stat(image::ImagePath(options.dir).c_str(), &st) == 0) stats.image_bytes = st.st_size;
+  if (options.leave_running) STASIS_TRY(image.Commit());
+  stats.image_bytes = sink.bytes();
   stats.total_ms = MsSince(start);
   stats.processes = tree.tasks.size();
   return stats;

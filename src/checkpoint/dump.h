@@ -3,8 +3,9 @@
 // them go on.
 //
 // A dump that fails leaves the task running exactly as it was: the image
-// is written to a temporary name and renamed only once complete, and the
-// task is killed only after that.
+// sink is aborted (image/endpoint.h: no file, or a stream without its
+// trailer that readers refuse), and the task is killed only after the
+// sink's Commit() succeeded.
 #pragma once
 
 #include <sys/types.h>
@@ -13,15 +14,19 @@
 #include <string>
 #include <vector>
 
+#include "image/endpoint.h"
 #include "kinds/policy.h"
 #include "net/isolated_net.h"
+#include "sys/env.h"
 #include "sys/result.h"
 
 namespace stasis::checkpoint {
 
 struct DumpOptions {
   pid_t pid = 0;
-  std::string dir;
+  // The tree goes on after the dump. Its pages are pre-copied while it runs
+  // when the kernel has "uffd WP_ASYNC"; without it they are all read while
+  // it is frozen (the log says so).
   bool leave_running = false;
   // A cgroup v2 directory holding the whole tree (a session's): frozen while
   // the tree is seized, so no task runs or forks in between.
@@ -41,7 +46,7 @@ struct DumpOptions {
 struct DumpStats {
   double frozen_ms = 0;  // from seize until the task was killed or released
   double total_ms = 0;
-  uint64_t image_bytes = 0;
+  uint64_t image_bytes = 0;     // written to the sink
   uint64_t resident_bytes = 0;  // present private pages found
   uint64_t pages_written = 0;
   uint64_t zero_pages = 0;
@@ -52,6 +57,10 @@ struct DumpStats {
   uint64_t precopy_pages_read = 0;
 };
 
-Result<DumpStats> Dump(const DumpOptions& options);
+// Reports the phases "freeze", "collect", "write", "pages" (with page bytes
+// done and planned), "release" through env.Report; refuses at once, naming
+// them, when env.features lacks what a dump needs. On success the sink is
+// committed; on failure it is aborted.
+Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::ImageSink& sink);
 
 }  // namespace stasis::checkpoint

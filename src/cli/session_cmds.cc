@@ -8,6 +8,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "cli/console.h"
 #include "session/json.h"
 #include "session/run.h"
 #include "session/session.h"
@@ -28,7 +29,8 @@ constexpr char kStateDirHelp[] =
     "Where session files live (default: $STASIS_STATE_DIR, else /run/stasis/sessions)";
 
 int RunRun(session::RunOptions options) {
-  Result<session::RunOutcome> outcome = session::RunSession(options);
+  StderrLogger log;
+  Result<session::RunOutcome> outcome = session::RunSession(options, log);
   if (!outcome.ok()) return Fail(outcome.error());
   if (outcome->exec_errno != 0) {
     fmt::print(stderr, "stasis: error: cannot run '{}': {} ({})\n", options.command.front(),
@@ -128,7 +130,8 @@ void CleanGone(const std::string& state_dir, const std::vector<SessionInfo>& ses
 
 int RunPs(const std::string& flag_dir, bool json) {
   std::string state_dir = session::ResolveStateDir(flag_dir);
-  Result<std::vector<SessionInfo>> sessions = session::ListSessions(state_dir);
+  StderrLogger log;
+  Result<std::vector<SessionInfo>> sessions = session::ListSessions(state_dir, log);
   if (!sessions.ok()) return Fail(sessions.error());
   std::vector<Row> rows;
   for (const SessionInfo& info : *sessions) {

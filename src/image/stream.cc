@@ -238,14 +238,18 @@ Result<size_t> FdSource::ReadOnce(void* buf, size_t len) {
 Result<std::unique_ptr<MappedFileSource>> MappedFileSource::Open(const std::string& path) {
   sys::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return OpenError(path);
+  return Map(fd.get(), path);
+}
+
+Result<std::unique_ptr<MappedFileSource>> MappedFileSource::Map(int fd, const std::string& what) {
   struct stat st;
-  if (fstat(fd.get(), &st) < 0) return Error::Errno("fstat " + path);
+  if (fstat(fd, &st) < 0) return Error::Errno("fstat " + what);
   if (!S_ISREG(st.st_mode) || st.st_size == 0) {
-    return Error::Invalid(path + " is not a regular file with contents");
+    return Error::Invalid(what + " is not a regular file with contents");
   }
   size_t size = static_cast<size_t>(st.st_size);
-  void* data = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
-  if (data == MAP_FAILED) return Error::Errno("mmap " + path);
+  void* data = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  if (data == MAP_FAILED) return Error::Errno("mmap " + what);
   madvise(data, size, MADV_SEQUENTIAL);
   return std::unique_ptr<MappedFileSource>(
       new MappedFileSource(static_cast<const uint8_t*>(data), size));

@@ -75,6 +75,10 @@ class Source {
   // The next len bytes in place, consumed, if the source holds them in
   // memory that lives as long as it does; else nullptr, nothing consumed.
   virtual const uint8_t* Borrow(size_t /*len*/) { return nullptr; }
+  // True when the whole stream is already at hand (a file, memory), so its
+  // writer is done with it; false for a pipe or a socket still being
+  // written (endpoint.h's SpoolImage reads those to their end first).
+  virtual bool IsWhole() const { return false; }
 };
 
 // A regular file mapped whole: page records are read where they lie in the
@@ -82,10 +86,14 @@ class Source {
 class MappedFileSource : public Source {
  public:
   static Result<std::unique_ptr<MappedFileSource>> Open(const std::string& path);
+  // The file open at fd (not kept: the mapping holds the file); `what`
+  // names it in errors.
+  static Result<std::unique_ptr<MappedFileSource>> Map(int fd, const std::string& what);
   ~MappedFileSource() override;
 
   Result<size_t> Read(void* buf, size_t len) override;
   const uint8_t* Borrow(size_t len) override;
+  bool IsWhole() const override { return true; }
 
  private:
   MappedFileSource(const uint8_t* data, size_t size) : data_(data), size_(size) {}
@@ -148,6 +156,7 @@ class MemorySource : public Source {
     data_.remove_prefix(n);
     return n;
   }
+  bool IsWhole() const override { return true; }
 
  private:
   std::string_view data_;

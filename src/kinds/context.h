@@ -24,6 +24,7 @@
 #include "late.pb.h"
 #include "process.pb.h"
 #include "sys/flow.h"
+#include "sys/log.h"
 #include "sys/proc.h"
 #include "sys/result.h"
 #include "sys/tracee.h"
@@ -50,6 +51,10 @@ class RemoteTask {
   // Pulls the restorer's fd `local_fd` into the task (pidfd_getfd through
   // the restorer's pidfd the task holds) and returns its number there.
   void set_restorer_pidfd(int fd_in_task) { restorer_pidfd_ = fd_in_task; }
+  // The operation's log (sys/env.h), for what a kind changes on its own and
+  // must say (a hard rlimit lowered); nullptr: said nowhere.
+  void set_log(Logger* log) { log_ = log; }
+  Logger* log() const { return log_; }
   Result<int> PullFd(int local_fd);
   // Pulls local_fd in, calls fn(remote_fd), closes the remote fd.
   template <typename Fn>
@@ -73,6 +78,7 @@ class RemoteTask {
   uint64_t scratch_;
   size_t scratch_size_;
   int restorer_pidfd_ = -1;
+  Logger* log_ = nullptr;
 };
 
 // One fd of the dumped task, as the checkpoint layer found it.

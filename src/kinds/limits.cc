@@ -27,10 +27,12 @@ Status SetLimit(RemoteTask& task, const image::Rlimit& in) {
   rlimit want = {in.cur(), in.max()};
   rlimit now = STASIS_TRY(GetLimit(task, static_cast<int>(in.resource())));
   if (want.rlim_max > now.rlim_max) {
-    fmt::print(stderr,
-               "stasis: warning: rlimit {} hard limit {} is above this restorer's {} "
-               "(raising it needs CAP_SYS_RESOURCE); restoring {}\n",
-               in.resource(), want.rlim_max, now.rlim_max, now.rlim_max);
+    if (task.log() != nullptr) {
+      task.log()->Warn(
+          fmt::format("rlimit {} hard limit {} is above this restorer's {} (raising it needs "
+                      "CAP_SYS_RESOURCE); restoring {}",
+                      in.resource(), want.rlim_max, now.rlim_max, now.rlim_max));
+    }
     want.rlim_max = now.rlim_max;
     want.rlim_cur = std::min(want.rlim_cur, want.rlim_max);
   }

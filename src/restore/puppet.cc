@@ -221,6 +221,7 @@ Status TaskBuild::MapMemory(mem::PageStore& pages, bool vdso_in_place) {
   task_ = std::make_unique<kinds::RemoteTask>(host_pid_, inj_, scratch_ + kScratchArgs,
                                               kScratchSize - kScratchArgs);
   task_->set_restorer_pidfd(plan_.pidfd_slot);
+  task_->set_log(plan_.log);
   if (!vdso_in_place) STASIS_TRY(kinds::vdso::Restore(*task_, proc));
   auto local_fd = [this](uint64_t id) -> Result<int> {
     auto it = plan_.files->find(id);

@@ -20,6 +20,7 @@
 #include "mem/lazy_pager.h"
 #include "mem/page_store.h"
 #include "restore/spawn.h"
+#include "sys/log.h"
 
 namespace stasis::restore {
 
@@ -32,6 +33,7 @@ struct PuppetPlan {
   const LocalFiles* files;
   int pidfd_slot;  // where the puppet holds the restorer's pidfd
   const std::map<uint64_t, const image::File*>* image_files;  // by id, for kind hooks
+  Logger* log;                                                // the restore's (sys/env.h)
   // restore --lazy: the pager that serves the task's private anonymous
   // pages on fault (mem/lazy_pager.h); null to write every page before it runs.
   mem::LazyPager* lazy = nullptr;

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <set>
 
+#include "image/endpoint.h"
 #include "kinds/memory.h"
 #include "kinds/pty.h"
 #include "kinds/registry.h"
@@ -130,7 +131,16 @@ uint64_t OwnXfeatures() {
   return (uint64_t{hi} << 32) | lo;
 }
 
-Status CheckHost(const ImageHead& head) {
+Status CheckHost(const sys::KernelFeatures& features, const ImageHead& head) {
+  for (const image::Process& proc : head.procs) {
+    for (const image::Thread& thread : proc.threads()) {
+      if (thread.rseq_abi() != 0 && !features.Has("rseq")) {
+        return Error::Unsupported(
+            fmt::format("pid {} thread {} registered rseq, which this kernel lacks (4.18+)",
+                        proc.pid(), thread.tid()));
+      }
+    }
+  }
   uint64_t own = OwnXfeatures();
   if ((head.manifest.xfeatures() & ~own) != 0) {
     return Error::Unsupported(fmt::format(
@@ -289,6 +299,7 @@ Status RunAfterTree(std::vector<TreeProcess>& tree) {
 }
 
 struct TreeRestore {
+  const sys::Env& env;
   const ImageHead& head;
   const LocalFiles& files;
   Records& records;
@@ -305,11 +316,12 @@ struct TreeRestore {
   Status BuildSubtree(size_t i) {
     TreeProcess& t = tree[i];
     if (t.proc->zombie()) return Ok();
-    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot, &image_files, lazy};
+    PuppetPlan plan = {&head.manifest, t.proc, &files, t.pidfd_slot, &image_files, &env.log, lazy};
     t.build =
         i == 0 ? STASIS_TRY(TaskBuild::StartFresh(*t.leader, t.host_pid, plan, store))
                : STASIS_TRY(TaskBuild::StartForked(*t.leader, t.host_pid, plan, t.origin, store));
     STASIS_TRY(FeedPages(records, store, *t.proc, image));
+    env.Report("pages", store.pages_received() * image::kPageSize);
     STASIS_TRY(t.build->FinishMemory());
     for (const image::Process& c : head.procs) {
       if (&c == head.procs.data() || c.ppid() != t.proc->pid()) continue;
@@ -321,16 +333,6 @@ struct TreeRestore {
   }
 };
 
-// MERGE: env.log. Until Restore takes an Env, its messages go where the CLI
-// printed them before.
-class InterimLogger final : public Logger {
- public:
-  void Write(LogLevel level, std::string_view message) override {
-    if (level == LogLevel::kDebug) return;
-    fmt::print(stderr, "stasis: {}{}\n", level == LogLevel::kWarning ? "warning: " : "", message);
-  }
-};
-
 // Runs SessionNetRestore::DownUnlessCommitted when it goes: declared after
 // what holds the session's sockets, it runs before they close.
 struct SessionLinkGuard {
@@ -338,30 +340,57 @@ struct SessionLinkGuard {
   ~SessionLinkGuard() { net.DownUnlessCommitted(); }
 };
 
+// What every restore needs from the kernel (sys/features.cc names them).
+Status CheckFeatures(const sys::KernelFeatures& features, const RestoreOptions& options) {
+  STASIS_TRY(features.Require({"CAP_SYS_PTRACE", "CAP_CHECKPOINT_RESTORE", "pidfd_open",
+                               "pidfd_getfd", "clone3", "PR_SET_MM_MAP", "yama ptrace_scope"},
+                              "restore"));
+  if (options.new_pid_ns) STASIS_TRY(features.Require({"CAP_SYS_ADMIN"}, "restore"));
+  return Ok();
+}
+
+// A stream, read to its end first (restore.h says why).
+Result<std::shared_ptr<image::MappedFileSource>> Spool(const sys::Env& env,
+                                                       const RestoreOptions& options,
+                                                       image::Source& source) {
+  if (source.IsWhole()) return std::shared_ptr<image::MappedFileSource>();
+  env.Report("read");
+  return std::shared_ptr<image::MappedFileSource>(STASIS_TRY(image::SpoolImage(
+      source, options.spool_dir, [&env](uint64_t bytes) { env.Report("read", bytes); })));
+}
+
 }  // namespace
 
-Result<RestoreResult> Restore(const RestoreOptions& options) {
-  InterimLogger log;  // MERGE: env.log
+Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options,
+                              image::Source& source) {
+  // Not shared: what a lazy restore holds past its return is copied.
+  return Restore(env, options, std::shared_ptr<image::Source>(std::shared_ptr<void>(), &source));
+}
+
+Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options,
+                              std::shared_ptr<image::Source> source) {
   auto start = std::chrono::steady_clock::now();
-  std::shared_ptr<image::MappedFileSource> source =
-      STASIS_TRY(image::MappedFileSource::Open(image::ImagePath(options.dir)));
-  image::Reader reader(*source);
+  STASIS_TRY(CheckFeatures(env.features, options));
+  std::shared_ptr<image::MappedFileSource> spooled = STASIS_TRY(Spool(env, options, *source));
+  env.Report("read");
+  image::Reader reader(spooled ? *spooled : *source);
   STASIS_TRY(reader.Begin());
   Records records(reader);
   ImageHead head = STASIS_TRY(ReadFiles(records));
   STASIS_TRY(CheckShellJob(head, options));
   net::SessionNetRestore net =
-      STASIS_TRY(net::SessionNetRestore::Build(head.manifest, options.new_pid_ns, log));
+      STASIS_TRY(net::SessionNetRestore::Build(head.manifest, options.new_pid_ns, env.log));
+  env.Report("files");
   // An isolated session's sockets are made inside its namespace.
   LocalFiles files = STASIS_TRY(net.Inside([&] {
     return CreateFiles(
         head.files, options.shell_job, [&net] { return net.LinkUp(); },
-        [&net] { net.DownUnlessCommitted(); }, log);
+        [&net] { net.DownUnlessCommitted(); }, env.log);
   }));
   SessionLinkGuard link_guard{net};
   STASIS_TRY(FillShmem(records, files));
   STASIS_TRY(ReadProcesses(records, &head));
-  STASIS_TRY(CheckHost(head));
+  STASIS_TRY(CheckHost(env.features, head));
   auto fd_of = [&files](uint64_t id) -> Result<int> {
     auto it = files.find(id);
     if (it == files.end()) return Error::Corrupt(fmt::format("no file {} to seal", id));
@@ -371,6 +400,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
       kinds::shmem::AddSeals(head.files, head.procs, fd_of, kinds::shmem::SealTime::kBeforeMapping),
       "restore memfd seals");
 
+  env.Report("tree");
   RestoreResult result;
   result.pid = head.procs[0].pid();
   // The init of an isolated session's tree is made inside its namespace:
@@ -389,12 +419,19 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
   TreeFiles tree_files = {&files, &image_files};
   STASIS_TRY_CTX(CreateRoot(spawner, head.procs, tree_files, &tree), "restore tree");
   result.host_pid = tree[0].host_pid;
-  TreeRestore builder{head, files, records, tree, image_files, pages, lazy.get(), source};
+  // Page records read in place are held by a lazy restore past its return:
+  // only a source this restore shares in keeps them valid.
+  std::shared_ptr<const void> image = spooled;
+  if (!image && source.use_count() > 0 && dynamic_cast<image::MappedFileSource*>(source.get())) {
+    image = source;
+  }
+  TreeRestore builder{env, head, files, records, tree, image_files, pages, lazy.get(), image};
   STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
   STASIS_TRY(ApplyLate(records, head, files));
   STASIS_TRY(ReadTrailer(records, pages.pages_received()));
   pages.Close(Ok());
   result.pages = pages.pages_received();
+  env.Report("pages", result.pages * image::kPageSize, result.pages * image::kPageSize);
   // A shell job joins the restorer's group, the job the shell knows.
   bool job = options.shell_job && head.manifest.shell_job().has_ctty() &&
              head.procs[0].sid() != head.procs[0].pid();
@@ -414,6 +451,7 @@ Result<RestoreResult> Restore(const RestoreOptions& options) {
                                 head.manifest.session_command().end());
   result.net = net.config();
   if (options.before_release) STASIS_TRY(options.before_release(result));
+  env.Report("release");
   // The restorer's references must be gone before the tree runs: a reader
   // waits for EOF until every write end of its pipe is closed.
   files.clear();

@@ -1,17 +1,26 @@
 // stasis restore: read an image, refuse early what this host cannot
 // reproduce, create the files, then build the task in a puppet and release
 // it. A restore that fails kills everything it created.
+//
+// The image comes from any image::Source. A stream (a pipe, a socket) is
+// first read to its end into a spool file (image/endpoint.h): until its
+// end the dumped tree may still hold its ports, files and locks on this
+// host, and a stream that stops before its trailer (a failed dump) is
+// refused before anything exists.
 #pragma once
 
 #include <sys/types.h>
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "image/stream.h"
 #include "mem/lazy_pager.h"
 #include "net/isolated_net.h"
+#include "sys/env.h"
 #include "sys/result.h"
 
 namespace stasis::restore {
@@ -35,7 +44,9 @@ struct RestoreResult {
 };
 
 struct RestoreOptions {
-  std::string dir;
+  // Where a streamed image is spooled (an unlinked file, gone with the
+  // restore); it needs room for the whole image.
+  std::string spool_dir = "/var/tmp";
   bool new_pid_ns = true;  // --pid-ns=host restores into the current namespace
   // --shell-job: the image's external terminal is this process's terminal
   // (stdin, its controlling terminal), and the tree a job on it.
@@ -49,6 +60,16 @@ struct RestoreOptions {
   std::function<Status(const RestoreResult&)> before_release;
 };
 
-Result<RestoreResult> Restore(const RestoreOptions& options);
+// Reports the phases "read" (with image bytes while a stream is spooled),
+// "files", "tree", "pages" (page bytes written so far; the total is not
+// known ahead), "release" through env.Report; refuses at once, naming
+// them, when env.features lacks what a restore needs.
+Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options,
+                              image::Source& source);
+// The same, sharing in the source: page records a lazy restore still holds
+// after returning are then read where they lie in a mapped image instead of
+// being copied.
+Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options,
+                              std::shared_ptr<image::Source> source);
 
 }  // namespace stasis::restore

@@ -143,24 +143,24 @@ struct Started {
 
 // The network of an isolated session: the address asked for, or the lowest
 // one that no session of this state directory holds.
-Result<net::NetConfig> PlanSessionNet(const RunOptions& options, const std::string& state_dir) {
+Result<net::NetConfig> PlanSessionNet(const RunOptions& options, const std::string& state_dir,
+                                      Logger& log) {
   std::vector<uint32_t> taken;
-  for (const SessionInfo& s : STASIS_TRY(ListSessions(state_dir))) {
+  for (const SessionInfo& s : STASIS_TRY(ListSessions(state_dir, log))) {
     if (s.net && s.state == SessionState::kRunning) taken.push_back(s.net->address);
   }
   return net::PlanNet(options.address, options.bridge, taken);
 }
 
 Result<Started> Start(const RunOptions& options, const std::string& state_dir,
-                      const sigset_t& command_sigmask) {
+                      const sigset_t& command_sigmask, Logger& log) {
   StateDirLock lock = STASIS_TRY(StateDirLock::Acquire(state_dir));
   std::optional<std::string> mount;
   if (Result<std::string> m = sys::FindCgroup2Mount(); m.ok()) {
     mount = std::move(m).value();
   } else {
-    fmt::print(stderr,
-               "stasis: warning: {}: the session gets no cgroup (no freezing, usage from /proc)\n",
-               m.error().ToString());
+    log.Warn(fmt::format("{}: the session gets no cgroup (no freezing, usage from /proc)",
+                         m.error().ToString()));
   }
   if (!options.name.empty()) STASIS_TRY(ClaimSessionName(state_dir, options.name));
   // Declared before the init: on failure the init dies first, then the
@@ -169,7 +169,7 @@ Result<Started> Start(const RunOptions& options, const std::string& state_dir,
   std::optional<net::NetConfig> net_config;
   std::optional<sys::ScopedNetns> inside_net;
   if (options.net_isolated) {
-    net_config = STASIS_TRY(PlanSessionNet(options, state_dir));
+    net_config = STASIS_TRY(PlanSessionNet(options, state_dir, log));
     net.emplace(STASIS_TRY_CTX(net::IsolatedNet::Create(&*net_config, /*host_up=*/true),
                                "session network"));
     // The init is cloned from inside, and all the session with it.
@@ -219,19 +219,18 @@ Result<int> WaitForeground(pid_t init_pid) {
 }
 
 // The init cleans up itself; this is for an init that was SIGKILLed.
-void CleanUpAfter(const std::string& state_dir, SessionInfo info) {
+void CleanUpAfter(const std::string& state_dir, SessionInfo info, Logger& log) {
   info.state = SessionState::kGone;
   Result<StateDirLock> lock = StateDirLock::Acquire(state_dir);
   Status cleaned = lock.ok() ? CleanupSession(state_dir, info) : Status(lock.error());
   if (!cleaned.ok()) {
-    fmt::print(stderr, "stasis: warning: clean up session {}: {}\n", info.name,
-               cleaned.error().ToString());
+    log.Warn(fmt::format("clean up session {}: {}", info.name, cleaned.error().ToString()));
   }
 }
 
 }  // namespace
 
-Result<RunOutcome> RunSession(const RunOptions& options) {
+Result<RunOutcome> RunSession(const RunOptions& options, Logger& log) {
   if (options.command.empty()) return Error::Invalid("no command to run");
   if (!options.net_isolated && (!options.address.empty() || !options.bridge.empty())) {
     return Error::Invalid("--address and --bridge need --net=isolated");
@@ -243,7 +242,7 @@ Result<RunOutcome> RunSession(const RunOptions& options) {
   // Blocked from before the init exists, so no signal sent meanwhile is lost:
   // it is passed on once the session runs.
   ScopedSigmask mask(WaitedSignals());
-  Started started = STASIS_TRY(Start(options, state_dir, mask.old()));
+  Started started = STASIS_TRY(Start(options, state_dir, mask.old(), log));
   RunOutcome outcome;
   outcome.info = std::move(started.info);
   outcome.exec_errno = started.exec_errno;
@@ -252,7 +251,7 @@ Result<RunOutcome> RunSession(const RunOptions& options) {
     return outcome;
   }
   outcome.exit_code = STASIS_TRY(WaitForeground(outcome.info.init_pid));
-  CleanUpAfter(state_dir, outcome.info);
+  CleanUpAfter(state_dir, outcome.info, log);
   return outcome;
 }
 

@@ -48,7 +48,9 @@ struct RunOutcome {
 // Starts the session. Detached: returns once it runs. Foreground: waits for
 // it, passing on the signals of init.h's ForwardedSignals() that a process
 // sends to this one (si_code <= 0), and returns its exit status. The calling
-// process must be single-threaded (the init is a fork of it).
-Result<RunOutcome> RunSession(const RunOptions& options);
+// process must be single-threaded (the init is a fork of it). What goes
+// wrong without stopping the session (no cgroup, a failed clean-up) is said
+// in `log`.
+Result<RunOutcome> RunSession(const RunOptions& options, Logger& log);
 
 }  // namespace stasis::session

@@ -112,7 +112,7 @@ Result<SessionInfo> FindSession(const std::string& state_dir, const std::string&
   return info;
 }
 
-Result<std::vector<SessionInfo>> ListSessions(const std::string& state_dir) {
+Result<std::vector<SessionInfo>> ListSessions(const std::string& state_dir, Logger& log) {
   std::vector<SessionInfo> sessions;
   DIR* dir = opendir(state_dir.c_str());
   if (dir == nullptr) {
@@ -133,7 +133,7 @@ Result<std::vector<SessionInfo>> ListSessions(const std::string& state_dir) {
     if (info.ok()) {
       sessions.push_back(std::move(info).value());
     } else if (info.error().code() != ErrorCode::kNotFound) {  // not removed meanwhile
-      fmt::print(stderr, "stasis: warning: session {}: {}\n", name, info.error().ToString());
+      log.Warn(fmt::format("session {}: {}", name, info.error().ToString()));
     }
   }
   return sessions;

@@ -37,6 +37,7 @@
 
 #include "net/isolated_net.h"
 #include "sys/cgroup.h"
+#include "sys/log.h"
 #include "sys/result.h"
 #include "sys/unique_fd.h"
 
@@ -75,9 +76,9 @@ struct SessionInfo {
 // it cannot be parsed. `state` tells whether its init still lives.
 Result<SessionInfo> FindSession(const std::string& state_dir, const std::string& name);
 // Every session of the state directory, sorted by name; none when the
-// directory does not exist. Unreadable files are skipped with a warning on
-// stderr rather than hiding every other session.
-Result<std::vector<SessionInfo>> ListSessions(const std::string& state_dir);
+// directory does not exist. Unreadable files are skipped with a warning in
+// `log` rather than hiding every other session.
+Result<std::vector<SessionInfo>> ListSessions(const std::string& state_dir, Logger& log);
 
 // What a session holds right now.
 struct SessionUsage {

@@ -49,6 +49,7 @@ class SessionStoreTest : public ::testing::Test {
   }
 
   std::string dir_;
+  MemoryLogger log_;
 };
 
 TEST(SessionNameTest, Validates) {
@@ -147,7 +148,7 @@ TEST_F(SessionStoreTest, ListsFindsAndComputesState) {
   std::ofstream(dir_ + "/d-corrupt.json") << "{";
   std::ofstream(dir_ + "/not-a-session.txt") << "x";
 
-  auto sessions = ListSessions(dir_);
+  auto sessions = ListSessions(dir_, log_);
   ASSERT_TRUE(sessions.ok()) << sessions.error().ToString();
   ASSERT_EQ(sessions->size(), 3u) << "the corrupt file is skipped";
   EXPECT_EQ((*sessions)[0].name, "a-gone");
@@ -156,6 +157,10 @@ TEST_F(SessionStoreTest, ListsFindsAndComputesState) {
   EXPECT_EQ((*sessions)[1].state, SessionState::kRunning);
   EXPECT_EQ((*sessions)[1].command, (std::vector<std::string>{"sleep", "1 000"}));
   EXPECT_EQ((*sessions)[2].state, SessionState::kGone);
+  auto said = log_.lines();
+  ASSERT_EQ(said.size(), 1u);
+  EXPECT_EQ(said[0].first, LogLevel::kWarning);
+  EXPECT_NE(said[0].second.find("d-corrupt"), std::string::npos) << said[0].second;
 
   auto found = FindSession(dir_, "b-alive");
   ASSERT_TRUE(found.ok());
@@ -163,7 +168,7 @@ TEST_F(SessionStoreTest, ListsFindsAndComputesState) {
   EXPECT_EQ(FindSession(dir_, "nope").error().code(), ErrorCode::kNotFound);
   EXPECT_EQ(FindSession(dir_, "d-corrupt").error().code(), ErrorCode::kCorrupt);
   EXPECT_EQ(FindSession(dir_, "../etc").error().code(), ErrorCode::kInvalid);
-  EXPECT_TRUE(ListSessions(dir_ + "/missing")->empty());
+  EXPECT_TRUE(ListSessions(dir_ + "/missing", log_)->empty());
 }
 
 TEST_F(SessionStoreTest, ClaimRefusesLiveNamesAndCleansGoneOnes) {

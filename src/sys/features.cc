@@ -120,6 +120,23 @@ bool KernelFeatures::Has(std::string_view name) const {
   return false;
 }
 
+Status KernelFeatures::Require(std::initializer_list<std::string_view> names,
+                               std::string_view operation) const {
+  std::string missing;
+  for (std::string_view name : names) {
+    if (Has(name)) continue;
+    std::string detail;
+    for (const Feature& f : features_) {
+      if (f.name == name) detail = f.detail;
+    }
+    if (!missing.empty()) missing += ", ";
+    missing += detail.empty() ? std::string(name) : fmt::format("{} ({})", name, detail);
+  }
+  if (missing.empty()) return Ok();
+  return Error::Unsupported(fmt::format(
+      "{} needs what this system lacks: {}; `stasis check` lists what it has", operation, missing));
+}
+
 KernelFeatures KernelFeatures::With(std::vector<Feature> features) {
   KernelFeatures k;
   k.features_ = std::move(features);

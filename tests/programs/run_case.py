@@ -10,6 +10,7 @@ restore it (N times), trigger it and expect it to print PASS.
                 [--corrupt flip-page|truncate] [--change-file-size RELPATH]
                 [--inspect] [--no-dump] [--timeout 60]
                 [--dump-arg ARG]... [--restore-arg ARG]... [--on-terminal]
+                [--stream pipe|socket]
 
 The program runs in a fresh temp dir (its cwd and $TMPDIR) with stdin from
 /dev/null and stdout+stderr appended to temp/log. In REGEX, "{pid}" stands
@@ -17,6 +18,12 @@ for the pid given to `stasis dump`. --xfail-dump-refusal: if the dump fails
 with stderr matching REGEX (a known unsupported feature), check the original
 was left untouched and exit 77 (ctest SKIP_RETURN_CODE). --no-dump runs the
 program alone (start, READY, trigger, PASS): a check of the program itself.
+
+--stream sends the image through a pipe (or a unix socket pair) instead of a
+directory: `stasis dump -o - --progress` with its stdout on one end, `stasis
+restore -i - --progress` with its stdin on the other, run together; both
+must report their phases. With --expect-dump-failure the restore must refuse
+the incomplete stream and leave nothing, and the original must still run.
 
 Exit status: 0 pass, 1 fail, 77 expected dump refusal.
 """
@@ -30,6 +37,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -380,10 +388,10 @@ class Case:
                 found.append(pid)
         return found
 
-    def check_no_leftovers(self, what, grace=3.0):
+    def check_no_leftovers(self, what, grace=3.0, keep=()):
         deadline = time.monotonic() + grace
         while True:
-            left = self.case_processes()
+            left = [p for p in self.case_processes() if p not in keep]
             if not left:
                 return
             if time.monotonic() > deadline:
@@ -590,6 +598,109 @@ class Case:
         if status is not None and status != 0:
             raise CaseFailure(f"program printed PASS but ended with {wait_status_text(status)}")
 
+    def stream_image(self, dump_argv):
+        """Runs `stasis dump ... -o -` and `stasis restore -i -` together, the
+        dump's stdout feeding the restore's stdin through a pipe or a socket
+        pair. Returns (dump rc, dump stderr, restore rc, restore stdout,
+        restore stderr, seconds)."""
+        a = self.args
+        if a.stream == "pipe":
+            read_end, write_end = os.pipe()
+        else:
+            left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            write_end, read_end = left.detach(), right.detach()
+        self.ncmd += 1
+        paths = {n: os.path.join(self.tmp, f"stasis{self.ncmd}.stream.{n}")
+                 for n in ("dump.err", "restore.out", "restore.err")}
+        dump_cmd = [a.stasis] + dump_argv
+        restore_cmd = [a.stasis, "restore", "-i", "-", "--progress"] + a.restore_arg
+        t0 = time.monotonic()
+        procs = []
+        try:
+            with open(paths["dump.err"], "wb") as de, open(paths["restore.out"], "wb") as ro, \
+                    open(paths["restore.err"], "wb") as re_:
+                procs.append(subprocess.Popen(restore_cmd, stdin=read_end, stdout=ro, stderr=re_))
+                procs.append(subprocess.Popen(dump_cmd, stdin=subprocess.DEVNULL, stdout=write_end,
+                                              stderr=de))
+        finally:
+            # Ours closed, the restore sees the end of the stream when the dump ends.
+            os.close(read_end)
+            os.close(write_end)
+        rcs = []
+        for p in reversed(procs):
+            try:
+                rcs.append(p.wait(timeout=max(1.0, a.timeout - (time.monotonic() - t0))))
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                    q.wait()
+                raise CaseFailure(f"`{' '.join(dump_cmd)} | {' '.join(restore_cmd)}` did not finish "
+                                  f"within {a.timeout:.0f} s (killed them)")
+        elapsed = time.monotonic() - t0
+        out = {}
+        for n, path in paths.items():
+            with open(path, "rb") as f:
+                out[n] = f.read().decode(errors="replace")
+        log(f"$ {' '.join(dump_cmd)} | (through a {a.stream}) {' '.join(restore_cmd)}  -> exit "
+            f"{rcs[0]} | {rcs[1]} in {elapsed:.3f} s")
+        for n in ("dump.err", "restore.err"):
+            if out[n].strip():
+                log(f"  {n}: " + out[n].strip()[-3000:].replace("\n", f"\n  {n}: "))
+        return rcs[0], out["dump.err"], rcs[1], out["restore.out"], out["restore.err"], elapsed
+
+    def check_progress(self, err, phases, who):
+        said = set(re.findall(r"^stasis: progress: (\w+)", err, re.M))
+        missing = [p for p in phases if p not in said]
+        if missing:
+            raise CaseFailure(f"{who} --progress did not report {missing} (reported {sorted(said)})")
+
+    def stream_cycle(self, pid, dump_argv):
+        """One dump and restore through a stream. Returns (restored pid,
+        seconds), or None when the dump failed as expected."""
+        a = self.args
+        rc, dump_err, rrc, rout, rerr, elapsed = self.stream_image(dump_argv)
+        if a.expect_dump_failure:
+            regex = a.expect_dump_failure.replace("{pid}", str(pid))
+            if rc != 0 and not re.search(regex, dump_err):
+                raise CaseFailure(f"dump failed (exit {rc}) but stderr does not match /{regex}/:\n"
+                                  f"{dump_err.strip()}")
+            if rc != 0:
+                if rrc == 0:
+                    raise CaseFailure("the dump failed, but the restore of its stream succeeded")
+                if "ended before its trailer" not in rerr and "truncated" not in rerr \
+                        and "stream is empty" not in rerr:
+                    raise CaseFailure(f"the restore refused the incomplete stream without saying it "
+                                      f"is incomplete:\n{rerr.strip()}")
+                self.check_no_leftovers("after the refused stream", keep=(pid,))
+            self.dump_refused(pid, rc, dump_err, f"stderr matches /{regex}/")
+            return None
+        if rc != 0:
+            raise CaseFailure(f"dump of pid {pid} to a {a.stream} failed (exit {rc}):\n{dump_err.strip()}")
+        self.check_progress(dump_err, ["freeze", "collect", "write", "pages", "release"], "dump")
+        self.wait_gone(pid, GONE_TIMEOUT, "after the dump")
+        if self.proc is not None and pid == self.proc.pid:
+            self.proc.wait()
+            self.proc = None
+        if rrc != 0:
+            raise CaseFailure(f"restore from a {a.stream} failed (exit {rrc}):\n{rerr.strip()}")
+        self.check_progress(rerr, ["read", "files", "tree", "release"], "restore")
+        lines = rout.strip().splitlines()
+        if not lines or not lines[-1].strip().isdigit():
+            raise CaseFailure(f"restore did not print the host pid on its last stdout line; stdout: {rout!r}")
+        return int(lines[-1].strip()), elapsed
+
+    def check_restored(self, pid):
+        if self.args.trigger == "none":
+            return
+        st, tracer = proc_state(pid), tracer_pid(pid)
+        if st in ("Z", "X", None):
+            self.reap(pid)
+            status = self.exit_status.get(pid)
+            how = wait_status_text(status) if status is not None else f"state {st}"
+            raise CaseFailure(f"restored pid {pid} died before the trigger ({how})")
+        if st in ("T", "t"):
+            raise CaseFailure(f"restored pid {pid} is stopped (state {st}, TracerPid {tracer})")
+
     def dump_refused(self, pid, rc, err, why):
         """The dump failed as expected: the original must be intact and PASS."""
         if rc == 0:
@@ -609,9 +720,20 @@ class Case:
             return
         for cycle in range(a.cycles):
             self.wait_syscall(pid)
+            self.tracer_before = tracer_pid(pid)
+            if a.stream:
+                argv = ["dump", "-t", str(pid), "-o", "-", "--progress"] + a.dump_arg
+                moved = self.stream_cycle(pid, argv)
+                if moved is None:
+                    return
+                pid, elapsed = moved
+                self.timings.append((cycle, elapsed, elapsed, 0))
+                log(f"cycle {cycle}: dump | restore through a {a.stream} {elapsed:.3f} s, restored as "
+                    f"host pid {pid}")
+                self.check_restored(pid)
+                continue
             img = os.path.join(self.tmp, f"img{cycle}")
             os.mkdir(img)
-            self.tracer_before = tracer_pid(pid)
             argv = ["dump", "-t", str(pid), "-D", img] + (["--leave-running"] if a.leave_running else [])
             argv += a.dump_arg
             rc, _out, err, t_dump = self.stasis(*argv)
@@ -686,15 +808,7 @@ class Case:
             self.timings.append((cycle, t_dump, t_restore, size))
             log(f"cycle {cycle}: dump {t_dump:.3f} s, restore {t_restore:.3f} s, image {size} bytes, "
                 f"restored as host pid {pid}")
-            if a.trigger != "none":
-                st, tracer = proc_state(pid), tracer_pid(pid)
-                if st in ("Z", "X", None):
-                    self.reap(pid)
-                    status = self.exit_status.get(pid)
-                    how = wait_status_text(status) if status is not None else f"state {st}"
-                    raise CaseFailure(f"restored pid {pid} died before the trigger ({how})")
-                if st in ("T", "t"):
-                    raise CaseFailure(f"restored pid {pid} is stopped (state {st}, TracerPid {tracer})")
+            self.check_restored(pid)
         self.finish(pid)
         self.check_no_leftovers("after the program ended")
 
@@ -735,8 +849,14 @@ def parse_args(argv):
                    help="run the program as the foreground job of a shell on a pty the runner holds, "
                         "and stasis restore as one on another pty; after the trigger the program "
                         "must talk through its terminal (see talk_to_job)")
+    p.add_argument("--stream", choices=["pipe", "socket"],
+                   help="send the image through a pipe or a unix socket pair (dump -o - | restore -i -)")
     p.add_argument("--timeout", type=float, default=60.0)
     a = p.parse_args(argv)
+    if a.stream and (a.on_terminal or a.leave_running or a.corrupt or a.change_file_size
+                     or a.expect_restore_failure):
+        p.error("--stream does not combine with --on-terminal, --leave-running, --corrupt, "
+                "--change-file-size or --expect-restore-failure")
     if not a.no_dump and not a.stasis:
         p.error("--stasis is required unless --no-dump")
     if a.cycles < 1:

@@ -5,6 +5,8 @@ The session runs a python3 counter that keeps a running checksum of its
 state. After every restore the session must be listed by `stasis ps` under
 its name again, the command must still be PID 2 in its namespace, and the
 counter must carry on from where it was (never restart, never go back).
+With --stream the image goes through a pipe (`stasis dump --session NAME -o -
+| stasis restore -i -`) instead of a directory.
 """
 import argparse
 import json
@@ -38,6 +40,21 @@ def ps(stasis, state_dir):
     return json.loads(out)
 
 
+def stream(dump, restore):
+    """Runs dump | restore through a pipe; returns both CompletedProcesses."""
+    read_end, write_end = os.pipe()
+    rp = subprocess.Popen(restore, stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+    dp = subprocess.Popen(dump, stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE,
+                          text=True)
+    os.close(read_end)
+    os.close(write_end)
+    d_out, d_err = dp.communicate(timeout=60)
+    r_out, r_err = rp.communicate(timeout=60)
+    return (subprocess.CompletedProcess(dump, dp.returncode, d_out, d_err),
+            subprocess.CompletedProcess(restore, rp.returncode, r_out, r_err))
+
+
 def fail(msg):
     print("FAIL: " + msg, flush=True)
     sys.exit(1)
@@ -47,6 +64,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--stasis", required=True)
     ap.add_argument("--cycles", type=int, default=10)
+    ap.add_argument("--stream", action="store_true", help="dump -o - | restore -i -")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="stasis-sess-")
     state_dir = os.path.join(work, "state")
@@ -63,15 +81,19 @@ def main():
         for cycle in range(a.cycles):
             pid_before, count_before = last_count(log)
             img = os.path.join(work, f"img{cycle}")
-            d = subprocess.run([a.stasis, "dump", "--session", name, "--state-dir", state_dir, "-D", img],
-                               capture_output=True, text=True)
+            dump = [a.stasis, "dump", "--session", name, "--state-dir", state_dir]
+            restore = [a.stasis, "restore", "--state-dir", state_dir]
+            if a.stream:
+                d, r = stream(dump + ["-o", "-"], restore + ["-i", "-"])
+            else:
+                d = subprocess.run(dump + ["-D", img], capture_output=True, text=True)
             if d.returncode != 0:
                 fail(f"cycle {cycle}: dump failed: {d.stderr}")
-            time.sleep(0.1)
-            if any(s["name"] == name and s["state"] == "running" for s in ps(a.stasis, state_dir)):
-                fail(f"cycle {cycle}: the session still runs after its dump")
-            r = subprocess.run([a.stasis, "restore", "-D", img, "--state-dir", state_dir],
-                               capture_output=True, text=True)
+            if not a.stream:
+                time.sleep(0.1)
+                if any(s["name"] == name and s["state"] == "running" for s in ps(a.stasis, state_dir)):
+                    fail(f"cycle {cycle}: the session still runs after its dump")
+                r = subprocess.run(restore + ["-D", img], capture_output=True, text=True)
             if r.returncode != 0:
                 fail(f"cycle {cycle}: restore failed: {r.stderr}")
             time.sleep(0.3)
