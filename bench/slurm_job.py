@@ -29,6 +29,9 @@ STASIS_JOB = ROOT / "integrations" / "slurm" / "stasis-job"
 PY = "/usr/bin/python3"
 STASIS = "stasis"
 
+sys.path.insert(0, str(ROOT / "tests" / "system"))
+from slurm_lib import stasis_job_argv  # noqa: E402
+
 HOLD = """
 import numpy as np, sys, time
 a = np.ones({mib} * 2**20 // 8)
@@ -59,15 +62,7 @@ def run_job(
     """Runs stasis-job in WORK; SIGUSR1 AFTER seconds (after "ready" when
     WAIT_READY: a fresh job); returns exit code, stdout, stderr."""
     env = dict(os.environ, STASIS_STATE_DIR=str(work / "sessions"))
-    argv = [
-        PY,
-        str(STASIS_JOB),
-        "--stasis",
-        stasis,
-        "--checkpoint-exit-code",
-        "85",
-        *extra,
-    ]
+    argv = stasis_job_argv(PY, STASIS_JOB, stasis, *extra)
     argv += ["--", PY, "-c", code]
     p = subprocess.Popen(
         argv,

@@ -10,20 +10,22 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "mem/mem_testing.h"
 #include "sys/pidfds.h"
 #include "sys/uffd.h"
 
 namespace stasis::mem {
 namespace {
 
-constexpr uint64_t kPage = 4096;
+using test_support::Cleanup;
+using test_support::kPage;
+using test_support::MapPages;
 constexpr uint64_t kPages = 64;
 
 // Maps kPages pages, makes a userfaultfd, reports both, then on 'g' reads
 // the first byte of every page and reports them.
 [[noreturn]] void Child(int to_parent, int from_parent) {
-  auto* mem = static_cast<uint8_t*>(
-      mmap(nullptr, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  uint8_t* mem = MapPages(kPages);
   long uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
   uint64_t report[2] = {reinterpret_cast<uint64_t>(mem), static_cast<uint64_t>(uffd)};
   if (mem == MAP_FAILED || uffd < 0 || write(to_parent, report, sizeof report) != sizeof report)
@@ -34,17 +36,6 @@ constexpr uint64_t kPages = 64;
   for (uint64_t i = 0; i < kPages; ++i) seen[i] = mem[i * kPage];
   _exit(write(to_parent, seen, sizeof seen) == sizeof seen ? 0 : 1);
 }
-
-// Kills and reaps the forked process and closes the pipes, also when an
-// assertion ends the test early (a child blocked on a pipe then sees EOF).
-struct Cleanup {
-  pid_t pid = -1;
-  std::vector<int> fds;
-  ~Cleanup() {
-    for (int fd : fds) close(fd);
-    if (pid > 0 && kill(pid, SIGKILL) == 0) waitpid(pid, nullptr, 0);
-  }
-};
 
 TEST(LazyPager, ServesFaultsFromTheStoreBeforeAnyPush) {
   int up[2], down[2];

@@ -13,10 +13,14 @@
 #include <thread>
 #include <vector>
 
+#include "mem/mem_testing.h"
+
 namespace stasis::mem {
 namespace {
 
-constexpr uint64_t kPage = 4096;
+using test_support::Cleanup;
+using test_support::kPage;
+using test_support::MapPages;
 
 image::Process ProcessWithVmas(int pid, uint64_t start, uint64_t end) {
   image::Process p;
@@ -47,17 +51,6 @@ class RecordingSink : public PageSink {
 
  private:
   std::map<uint64_t, uint8_t>* pages_;
-};
-
-// Kills and reaps the forked process and closes the pipes, also when an
-// assertion ends the test early (a child blocked on a pipe then sees EOF).
-struct Cleanup {
-  pid_t pid = -1;
-  std::vector<int> fds;
-  ~Cleanup() {
-    for (int fd : fds) close(fd);
-    if (pid > 0 && kill(pid, SIGKILL) == 0) waitpid(pid, nullptr, 0);
-  }
 };
 
 TEST(RangeSet, MergesSplitsAndFindsGaps) {
@@ -164,8 +157,7 @@ TEST(PageStore, FillWaitsForDeclaredPages) {
 // child inherits before it is forked, as the restore does.
 TEST(PageStore, ChildSeesOnlyWhatWasFilledBeforeItsFork) {
   constexpr uint64_t kLen = 4 * kPage;
-  auto* region = static_cast<uint8_t*>(
-      mmap(nullptr, kLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  uint8_t* region = MapPages(kLen / kPage);
   ASSERT_NE(region, MAP_FAILED);
   uint64_t base = reinterpret_cast<uint64_t>(region);
   int to_child[2], from_child[2];

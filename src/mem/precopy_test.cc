@@ -13,12 +13,15 @@
 
 #include <cstring>
 
+#include "mem/mem_testing.h"
 #include "sys/unique_fd.h"
 
 namespace stasis::mem {
 namespace {
 
-constexpr uint64_t kPage = 4096;
+using test_support::Cleanup;
+using test_support::kPage;
+using test_support::MapPages;
 constexpr uint64_t kPages = 256;
 
 // Fills kPages pages, reports their address, then obeys one byte at a time:
@@ -26,8 +29,7 @@ constexpr uint64_t kPages = 256;
 // page), 'r' maps a new VMA over the region, 'f' forks (see there), 's'
 // stops itself.
 [[noreturn]] void Child(int to_parent, int from_parent) {
-  auto* mem = static_cast<uint8_t*>(
-      mmap(nullptr, kPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  uint8_t* mem = MapPages(kPages);
   for (uint64_t i = 0; i < kPages * kPage; ++i) mem[i] = static_cast<uint8_t>(i * 13 + 1);
   uint64_t addr = reinterpret_cast<uint64_t>(mem);
   if (write(to_parent, &addr, sizeof addr) != sizeof addr) _exit(2);
@@ -80,13 +82,8 @@ void PrecopyChild(const std::string& commands, ChildRun* run) {
   close(up[1]);
   close(down[0]);
   sys::UniqueFd from(up[0]), to(down[1]);
-  struct Reaper {
-    pid_t pid;
-    ~Reaper() {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  } reaper{pid};
+  Cleanup reaper;  // kills and reaps the child
+  reaper.pid = pid;
   uint64_t addr = 0;
   ASSERT_EQ(read(from.get(), &addr, sizeof addr), static_cast<ssize_t>(sizeof addr));
   Precopy precopy = Precopy::Start(pid);

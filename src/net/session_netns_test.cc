@@ -11,6 +11,8 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
+
 #include "net/isolated_net.h"
 #include "net/session_dump.h"
 #include "net/session_image.h"
@@ -74,6 +76,23 @@ class ProcessIn {
   pid_t pid_;
 };
 
+// A session's network (a bridge of its own, see Planned) with its init in
+// it; everything removed on destruction, the process first.
+struct SessionWithInit {
+  SessionWithInit(const char* cidr, const char* bridge)
+      : config(Planned(cidr, bridge)),
+        cleanup{config},
+        own(ThreadNetns()),
+        net(IsolatedNet::Create(&config, /*host_up=*/true)) {
+    if (net.ok()) init.emplace(net->netns_fd());
+  }
+  NetConfig config;
+  NetCleanup cleanup;
+  ino_t own;  // the caller's namespace
+  Result<IsolatedNet> net;
+  std::optional<ProcessIn> init;
+};
+
 TEST(SessionNetns, RestoreEntersOnlyAroundItsSteps) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root";
   NetConfig config = Planned("198.18.91.2/24", "stnstest1");
@@ -123,29 +142,26 @@ TEST(SessionNetns, RestoreRefusesTheHostPidNamespaceWithoutEnteringAnything) {
 
 TEST(SessionNetns, DumpLocksAndEntersOnlyAroundItsSteps) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root";
-  NetConfig config = Planned("198.18.93.2/24", "stnstest3");
-  NetCleanup cleanup{config};
-  ino_t own = ThreadNetns();
-  Result<IsolatedNet> session = IsolatedNet::Create(&config, /*host_up=*/true);
-  ASSERT_TRUE(session.ok()) << session.error().ToString();
-  ProcessIn init(session->netns_fd());
-  ASSERT_TRUE(init.Moved(own));
+  SessionWithInit session("198.18.93.2/24", "stnstest3");
+  ASSERT_TRUE(session.net.ok()) << session.net.error().ToString();
+  ASSERT_TRUE(session.init->Moved(session.own));
   MemoryLogger log;
   {
-    Result<SessionNetDump> dump = SessionNetDump::Begin(init.pid(), init.pid(), config, log);
+    Result<SessionNetDump> dump =
+        SessionNetDump::Begin(session.init->pid(), session.init->pid(), session.config, log);
     ASSERT_TRUE(dump.ok()) << dump.error().ToString();
     Status locked = dump->Lock();
     ASSERT_TRUE(locked.ok()) << locked.error().ToString();
-    EXPECT_EQ(ThreadNetns(), own);
+    EXPECT_EQ(ThreadNetns(), session.own);
     {
       Result<sys::ScopedNetns> inside = dump->Enter();
       ASSERT_TRUE(inside.ok());
-      EXPECT_NE(ThreadNetns(), own);
+      EXPECT_NE(ThreadNetns(), session.own);
     }
-    EXPECT_EQ(ThreadNetns(), own);
+    EXPECT_EQ(ThreadNetns(), session.own);
     // The destruction of a dump that failed brings the link up again.
   }
-  EXPECT_EQ(ThreadNetns(), own);
+  EXPECT_EQ(ThreadNetns(), session.own);
   for (const auto& [level, line] : log.lines()) {
     EXPECT_NE(level, LogLevel::kWarning) << line;
   }
@@ -153,17 +169,14 @@ TEST(SessionNetns, DumpLocksAndEntersOnlyAroundItsSteps) {
 
 TEST(SessionNetns, DumpOfAProcessOutsideTheSessionIsRefused) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root";
-  NetConfig config = Planned("198.18.94.2/24", "stnstest4");
-  NetCleanup cleanup{config};
-  ino_t own = ThreadNetns();
-  Result<IsolatedNet> session = IsolatedNet::Create(&config, /*host_up=*/true);
-  ASSERT_TRUE(session.ok()) << session.error().ToString();
-  ProcessIn init(session->netns_fd());
-  ASSERT_TRUE(init.Moved(own));
+  SessionWithInit session("198.18.94.2/24", "stnstest4");
+  ASSERT_TRUE(session.net.ok()) << session.net.error().ToString();
+  ASSERT_TRUE(session.init->Moved(session.own));
   MemoryLogger log;
-  Result<SessionNetDump> dump = SessionNetDump::Begin(init.pid(), getpid(), config, log);
+  Result<SessionNetDump> dump =
+      SessionNetDump::Begin(session.init->pid(), getpid(), session.config, log);
   EXPECT_FALSE(dump.ok());
-  EXPECT_EQ(ThreadNetns(), own);
+  EXPECT_EQ(ThreadNetns(), session.own);
 }
 
 }  // namespace

@@ -55,6 +55,21 @@ def exit_on_signals() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def stasis_job_argv(py: str, stasis_job: Path, stasis: str, *options: str) -> list[str]:
+    """stasis-job in exit-code mode (exit 85 after a checkpoint, what a
+    requeueing wrapper looks for) with OPTIONS; the caller appends "--" and
+    the job's command."""
+    return [
+        py,
+        str(stasis_job),
+        "--stasis",
+        stasis,
+        "--checkpoint-exit-code",
+        "85",
+        *options,
+    ]
+
+
 class SlurmCluster:
     """One slurmctld and NODES slurmd (n1, n2, ...) on 127.0.0.1.
 

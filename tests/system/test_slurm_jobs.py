@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
-from slurm_lib import SlurmCluster, exit_on_signals  # noqa: E402
+from slurm_lib import SlurmCluster, exit_on_signals, stasis_job_argv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STASIS_JOB = Path(
@@ -144,6 +144,40 @@ def figures(ckdir: Path) -> None:
             print("  " + ln.split(": ", 1)[1], flush=True)
 
 
+def preempt_and_resume(
+    slurm: SlurmCluster, job: int, ckdir: Path, ck_mark: str, proctrack: str
+) -> None:
+    """Submits a preempting job to the high partition, checks that `job`
+    checkpoints (its log shows `ck_mark`) within the grace time and resumes
+    once the preemptor is done and, with proctrack/cgroup, that the restored
+    session is inside the requeued job's cgroup."""
+    t0 = time.monotonic()
+    high = slurm.sbatch(
+        "#!/bin/sh\nsleep 8\n", "-p", "high", "-n2", f"-o{slurm.dir}/h.out"
+    )
+    wait_for(lambda: ck_mark in job_log(ckdir), 60, "the checkpoint")
+    ck_at = time.monotonic() - t0
+    check(
+        ck_at < slurm.grace_time,
+        f"checkpoint done {ck_at:.1f} s after the preemptor came, grace {slurm.grace_time} s",
+    )
+    print(
+        f"preempt: checkpoint complete {ck_at:.1f} s after the preemptor was submitted"
+    )
+    slurm.wait_state(high, "COMPLETED", 120)
+    wait_for(lambda: "resumed from" in job_log(ckdir), 120, "the resume")
+    if proctrack == "cgroup":
+        # The restored session is inside the requeued job's cgroup: Slurm
+        # signals, freezes and accounts it as the job.
+        for pid in slurm.processes_of_job(job):
+            with contextlib.suppress(OSError):
+                cg = Path(f"/proc/{pid}/cgroup").read_text()
+                check(
+                    f"/job_{job}/" in cg,
+                    f"pid {pid} is outside the job's cgroup: {cg}",
+                )
+
+
 def case_preempt_cgroup(stasis: str) -> None:
     case_preempt(stasis, proctrack="cgroup")
 
@@ -172,31 +206,7 @@ def case_preempt(
         )
         slurm.wait_state(job, "RUNNING", 60)
         wait_for(lambda: len(job_lines(out)) >= 8, 60, "8 lines of output")
-        t0 = time.monotonic()
-        high = slurm.sbatch(
-            "#!/bin/sh\nsleep 8\n", "-p", "high", "-n2", f"-o{slurm.dir}/h.out"
-        )
-        wait_for(lambda: "checkpoint img" in job_log(ckdir), 60, "the checkpoint")
-        ck_at = time.monotonic() - t0
-        check(
-            ck_at < slurm.grace_time,
-            f"checkpoint done {ck_at:.1f} s after the preemptor came, grace {slurm.grace_time} s",
-        )
-        print(
-            f"preempt: checkpoint complete {ck_at:.1f} s after the preemptor was submitted"
-        )
-        slurm.wait_state(high, "COMPLETED", 120)
-        wait_for(lambda: "resumed from" in job_log(ckdir), 120, "the resume")
-        if proctrack == "cgroup":
-            # The restored session is inside the requeued job's cgroup: Slurm
-            # signals, freezes and accounts it as the job.
-            for pid in slurm.processes_of_job(job):
-                with contextlib.suppress(OSError):
-                    cg = Path(f"/proc/{pid}/cgroup").read_text()
-                    check(
-                        f"/job_{job}/" in cg,
-                        f"pid {pid} is outside the job's cgroup: {cg}",
-                    )
+        preempt_and_resume(slurm, job, ckdir, "checkpoint img", proctrack)
         slurm.wait_state(job, "COMPLETED", lines + 120)
         compare_output(job_lines(out), want, "relayed stdout")
         compare_output(job_lines(wfile), want[:-1], "the file the job holds open")
@@ -234,15 +244,7 @@ def case_exitcode(stasis: str) -> None:
     want = expected_lines(16, 12)
     work = Path(tempfile.mkdtemp(prefix="stasis-exitcode-"))
     env = dict(os.environ, STASIS_STATE_DIR=str(work / "sessions"))
-    argv = [
-        PY,
-        str(STASIS_JOB),
-        "--stasis",
-        stasis,
-        "--checkpoint-exit-code",
-        "85",
-        "--",
-    ]
+    argv = stasis_job_argv(PY, STASIS_JOB, stasis, "--")
     argv += [PY, str(WORKLOAD), "--mib", "16", "--lines", "12"]
     outs = []
     try:
@@ -281,18 +283,32 @@ def case_exitcode(stasis: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def start_job(
+    slurm: SlurmCluster, stasis: str, workload_args: str, *sbatch_args: str
+) -> tuple[int, Path, Path, Path]:
+    """Submits the workload under stasis-job as a requeueable batch job
+    (checkpoints in ck/, output in job.out and job.err of the cluster's
+    directory) and waits for its first 3 lines; returns the job id, ckdir,
+    out and err."""
+    ckdir = slurm.dir / "ck"
+    out, err = slurm.dir / "job.out", slurm.dir / "job.err"
+    job = slurm.sbatch(
+        batch_script(stasis, ckdir, workload_args),
+        "--requeue",
+        *sbatch_args,
+        f"-o{out}",
+        f"-e{err}",
+    )
+    slurm.wait_state(job, "RUNNING", 60)
+    wait_for(lambda: len(job_lines(out)) >= 3, 60, "3 lines of output")
+    return job, ckdir, out, err
+
+
 def case_failing(stasis: str) -> None:
     with SlurmCluster(grace_time=30, kill_wait=10, cred_expire=5) as slurm:
-        ckdir = slurm.dir / "ck"
-        out, err = slurm.dir / "job.out", slurm.dir / "job.err"
-        job = slurm.sbatch(
-            batch_script(stasis, ckdir, "--mib 16 --lines 30 --unsupported netlink"),
-            "--requeue",
-            f"-o{out}",
-            f"-e{err}",
+        job, ckdir, out, err = start_job(
+            slurm, stasis, "--mib 16 --lines 30 --unsupported netlink"
         )
-        slurm.wait_state(job, "RUNNING", 60)
-        wait_for(lambda: len(job_lines(out)) >= 3, 60, "3 lines of output")
         slurm.run("scancel", "--signal=USR1", "--batch", str(job))
         wait_for(
             lambda: "checkpoint failed" in err.read_text(), 30, "the failure in job.err"
@@ -315,17 +331,9 @@ def case_failing(stasis: str) -> None:
 
 def case_corrupt(stasis: str) -> None:
     with SlurmCluster(grace_time=30, kill_wait=10, cred_expire=5) as slurm:
-        ckdir = slurm.dir / "ck"
-        out, err = slurm.dir / "job.out", slurm.dir / "job.err"
-        job = slurm.sbatch(
-            batch_script(stasis, ckdir, "--mib 16 --lines 40"),
-            "--requeue",
-            "--open-mode=append",
-            f"-o{out}",
-            f"-e{err}",
+        job, ckdir, out, err = start_job(
+            slurm, stasis, "--mib 16 --lines 40", "--open-mode=append"
         )
-        slurm.wait_state(job, "RUNNING", 60)
-        wait_for(lambda: len(job_lines(out)) >= 3, 60, "3 lines of output")
         # Hold the job once it is requeued, so the image can be damaged first.
         slurm.run("scancel", "--signal=USR1", "--batch", str(job))
         wait_for(lambda: "requeueing" in job_log(ckdir), 30, "the requeue")
@@ -440,17 +448,9 @@ def case_nodeloss(stasis: str, mib: int = 256, lines: int = 60) -> None:
 def case_scancel(stasis: str) -> None:
     """A plain scancel ends the job: no checkpoint, no requeue."""
     with SlurmCluster(grace_time=30, kill_wait=10, cred_expire=5) as slurm:
-        ckdir = slurm.dir / "ck"
-        out, err = slurm.dir / "job.out", slurm.dir / "job.err"
-        job = slurm.sbatch(
-            batch_script(stasis, ckdir, "--mib 16 --lines 100"),
-            "--requeue",
-            "--signal=B:USR1@60",
-            f"-o{out}",
-            f"-e{err}",
+        job, ckdir, out, err = start_job(
+            slurm, stasis, "--mib 16 --lines 100", "--signal=B:USR1@60"
         )
-        slurm.wait_state(job, "RUNNING", 60)
-        wait_for(lambda: len(job_lines(out)) >= 3, 60, "3 lines of output")
         slurm.run("scancel", str(job))
         state = slurm.wait_state(
             job, {"CANCELLED", "PENDING", "COMPLETED", "FAILED"}, 60
@@ -461,6 +461,25 @@ def case_scancel(stasis: str) -> None:
         check(state == "CANCELLED", f"job {state} 8 s after scancel, want CANCELLED")
         check(not list(ckdir.glob("img.*")), "scancel took a checkpoint")
         print("scancel: " + job_log(ckdir).strip().splitlines()[-1].split(": ", 1)[1])
+
+
+def run_case(name: str, case: Callable[[], None]) -> int:
+    """Runs one case as a ctest test: 77 (skipped) without root or Slurm,
+    1 on a Failure, 0 when it passes."""
+    if os.geteuid() != 0:
+        print("SKIP: needs root")
+        return 77
+    if not shutil.which("slurmctld") or not shutil.which("munged"):
+        print("SKIP: Slurm or munge not installed (scripts/install-deps.sh)")
+        return 77
+    with exit_on_signals():
+        try:
+            case()
+        except Failure as e:
+            print(f"FAIL: {name}: {e}", flush=True)
+            return 1
+    print(f"PASS: {name}")
+    return 0
 
 
 CASES = {
@@ -481,21 +500,8 @@ def main() -> int:
     p.add_argument("--stasis", required=True)
     p.add_argument("case", choices=sorted(CASES))
     args = p.parse_args()
-    if os.geteuid() != 0:
-        print("SKIP: needs root")
-        return 77
-    if not shutil.which("slurmctld") or not shutil.which("munged"):
-        print("SKIP: Slurm or munge not installed (scripts/install-deps.sh)")
-        return 77
     stasis = str(Path(args.stasis).resolve())
-    with exit_on_signals():
-        try:
-            CASES[args.case](stasis)
-        except Failure as e:
-            print(f"FAIL: {args.case}: {e}", flush=True)
-            return 1
-    print(f"PASS: {args.case}")
-    return 0
+    return run_case(args.case, lambda: CASES[args.case](stasis))
 
 
 if __name__ == "__main__":

@@ -30,15 +30,12 @@ also on failure (SlurmCluster's exit).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from slurm_lib import SlurmCluster, exit_on_signals  # noqa: E402
+from slurm_lib import SlurmCluster  # noqa: E402
 from test_slurm_jobs import (  # noqa: E402
     PY,
     STASIS_JOB,
@@ -50,6 +47,8 @@ from test_slurm_jobs import (  # noqa: E402
     figures,
     job_lines,
     job_log,
+    preempt_and_resume,
+    run_case,
     wait_for,
 )
 
@@ -114,30 +113,7 @@ def case_preempt(
         )
         n = len(job_lines(out))
         wait_for(lambda: len(job_lines(out)) > n + 1, 20, "lines after the USR2 one")
-        t0 = time.monotonic()
-        high = slurm.sbatch(
-            "#!/bin/sh\nsleep 8\n", "-p", "high", "-n2", f"-o{slurm.dir}/h.out"
-        )
-        wait_for(lambda: "img.2 in" in job_log(ckdir), 60, "the checkpoint")
-        ck_at = time.monotonic() - t0
-        check(
-            ck_at < slurm.grace_time,
-            f"checkpoint done {ck_at:.1f} s after the preemptor came, grace {slurm.grace_time} s",
-        )
-        print(
-            f"preempt: checkpoint complete {ck_at:.1f} s after the preemptor was submitted"
-        )
-        slurm.wait_state(high, "COMPLETED", 120)
-        wait_for(lambda: "resumed from" in job_log(ckdir), 120, "the resume")
-        if proctrack == "cgroup":
-            # The restored session is inside the requeued job's cgroup.
-            for pid in slurm.processes_of_job(job):
-                with contextlib.suppress(OSError):
-                    cg = Path(f"/proc/{pid}/cgroup").read_text()
-                    check(
-                        f"/job_{job}/" in cg,
-                        f"pid {pid} is outside the job's cgroup: {cg}",
-                    )
+        preempt_and_resume(slurm, job, ckdir, "img.2 in", proctrack)
         slurm.wait_state(job, "COMPLETED", lines + 120)
         got = job_lines(out)
         compare_output(got, want, "relayed stdout")
@@ -232,22 +208,9 @@ def main() -> int:
     p.add_argument("--plugin", required=True, help="the built stasis.so")
     p.add_argument("case", choices=sorted(CASES))
     args = p.parse_args()
-    if os.geteuid() != 0:
-        print("SKIP: needs root")
-        return 77
-    if not shutil.which("slurmctld") or not shutil.which("munged"):
-        print("SKIP: Slurm or munge not installed (scripts/install-deps.sh)")
-        return 77
     stasis = str(Path(args.stasis).resolve())
     plugin = str(Path(args.plugin).resolve())
-    with exit_on_signals():
-        try:
-            CASES[args.case](stasis, plugin)
-        except Failure as e:
-            print(f"FAIL: {args.case}: {e}", flush=True)
-            return 1
-    print(f"PASS: {args.case}")
-    return 0
+    return run_case(args.case, lambda: CASES[args.case](stasis, plugin))
 
 
 if __name__ == "__main__":
