@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Before/after in one run: a benchmark of bench/ run with two stasis binaries in turn.
 
-    bench/ab.py --before OLD/stasis --after build/stasis --rounds 3 -- bench/dump_restore_1g.py --runs 3
+    /usr/bin/python3 bench/ab.py --before OLD/stasis --after build/stasis --rounds 3 -- bench/dump_restore_1g.py --runs 3
 
 Each round runs the benchmark once with --stasis BEFORE and once with --stasis AFTER (the order
 alternates between rounds, so a machine that drifts weighs on both alike), and keeps the lines the
 benchmark gives its medians on. Machines of one kind differ by 2-4x here: only figures taken in the
-same run compare. Give the `before` binary of the commit you compare with (e.g. a build of the last
-landed commit in another directory).
+same run compare. The benchmark runs under the interpreter ab.py runs under (Debian's
+/usr/bin/python3 for those that need its modules). Give the `before` binary of the commit you
+compare with (e.g. a build of the last landed commit in another directory).
 """
 import argparse
 import subprocess
