@@ -349,7 +349,7 @@ int main(int argc, char** argv) {
     // after the tree was killed, which is the reader's signal to go on.
     int rc = RunDump(env.env(), dump, **sink);
     if (rc == 0 && init_pidfd.valid() && !dump.leave_running) {
-      stasis::Status s = stasis::cli::WaitSessionEnd(dump_session, init_pidfd.get());
+      stasis::Status s = stasis::cli::WaitSessionEnd(state_dir, dump_session, init_pidfd.get());
       if (!s.ok()) return Fail(s.error());
     }
     return rc;

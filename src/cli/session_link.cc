@@ -27,7 +27,7 @@ Status ResolveSessionDump(const std::string& state_dir, const std::string& name,
   return Ok();
 }
 
-Status WaitSessionEnd(const std::string& name, int init_pidfd) {
+Status WaitSessionEnd(const std::string& state_dir, const std::string& name, int init_pidfd) {
   constexpr int kTimeoutMs = 10000;
   struct pollfd p = {init_pidfd, POLLIN, 0};
   int n;
@@ -39,6 +39,19 @@ Status WaitSessionEnd(const std::string& name, int init_pidfd) {
                  fmt::format("the init of session {} did not exit within {} s of the dump", name,
                              kTimeoutMs / 1000));
   }
+  // A session's own init removes its cgroup and state file before it exits;
+  // the init of a restored tree (the restore's PID namespace init) cannot,
+  // so what it left is removed here rather than at the next `stasis ps`.
+  std::string dir = session::ResolveStateDir(state_dir);
+  session::StateDirLock lock = STASIS_TRY(session::StateDirLock::Acquire(dir));
+  Result<session::SessionInfo> info = session::FindSession(dir, name);
+  if (!info.ok()) {
+    return info.error().code() == ErrorCode::kNotFound ? Ok() : std::move(info).error();
+  }
+  // Running: a new session took the name meanwhile.
+  if (info->state != session::SessionState::kGone) return Ok();
+  STASIS_TRY_CTX(session::CleanupSession(dir, *info),
+                 "remove what the dumped session " + name + " left");
   return Ok();
 }
 

@@ -17,9 +17,10 @@ Status ResolveSessionDump(const std::string& state_dir, const std::string& name,
                           checkpoint::DumpOptions* options, sys::UniqueFd* init_pidfd);
 
 // After a dump that killed the session's tree: waits until its init has
-// cleaned up (cgroup, state file) and exited, so that a restore right after
-// finds the session's name free.
-Status WaitSessionEnd(const std::string& name, int init_pidfd);
+// exited, and removes the cgroup and state file it left if it was the init
+// of a restored tree (a session's own init removes them itself), so that a
+// restore right after finds the session's name free.
+Status WaitSessionEnd(const std::string& state_dir, const std::string& name, int init_pidfd);
 
 // A before_release hook for restore: registers the tree as a session (named
 // `name`, or as it was dumped) while it is still stopped. The name actually

@@ -340,6 +340,24 @@ def case_env_state_dir(env):
     env.wait_session_gone(info)
 
 
+def case_restored_dump_leaves_nothing(env):
+    """A restored session dumped again (so killed) leaves no cgroup and no state file."""
+    name = env.name("again")
+    env.run_detached(["/bin/sleep", "1000"], name)
+    for i in range(2):
+        image = os.path.join(env.tmp, f"img{i}")
+        r = env.cli("dump", "--session", name, "-D", image)
+        check(r.returncode == 0, f"dump {i + 1} failed: {r.stderr}")
+        if i == 0:
+            r = env.cli("restore", "-D", image)
+            check(r.returncode == 0, f"restore failed: {r.stderr}")
+            restored = env.session(name)
+    check(not os.path.exists(os.path.join(env.state_dir, name + ".json")),
+          "the restored session's state file is gone after its dump")
+    check(not os.path.exists(restored["cgroup"]),
+          f"the restored session's cgroup {restored['cgroup']} is gone after its dump")
+
+
 CASES = {
     "getpid_and_ps": case_getpid_and_ps,
     "sigterm_default": case_sigterm_default,
@@ -348,6 +366,7 @@ CASES = {
     "duplicate_and_stale": case_duplicate_and_stale,
     "freeze": case_freeze,
     "env_state_dir": case_env_state_dir,
+    "restored_dump_leaves_nothing": case_restored_dump_leaves_nothing,
 }
 
 
