@@ -1,6 +1,7 @@
 #include "kinds/registry.h"
 
 #include <fmt/format.h>
+#include <sys/socket.h>
 #include <sys/sysmacros.h>
 
 #include <map>
@@ -109,10 +110,39 @@ std::string KindsMarkdown() {
   return out;
 }
 
+namespace {
+
+// "netlink socket (protocol 0)", "raw IPv6 socket (protocol 58)": what a
+// user needs to know which object of the program is in the way.
+std::string DescribeSocket(int fd) {
+  int domain = -1, type = -1, protocol = -1;
+  socklen_t len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) return "socket";
+  len = sizeof(int);
+  getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len);
+  len = sizeof(int);
+  getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len);
+  const char* family = domain == AF_INET      ? "IPv4"
+                       : domain == AF_INET6   ? "IPv6"
+                       : domain == AF_UNIX    ? "unix"
+                       : domain == AF_NETLINK ? "netlink"
+                       : domain == AF_PACKET  ? "packet"
+                                              : nullptr;
+  const char* shape = type == SOCK_STREAM      ? "stream "
+                      : type == SOCK_DGRAM     ? "datagram "
+                      : type == SOCK_RAW       ? "raw "
+                      : type == SOCK_SEQPACKET ? "seqpacket "
+                                               : "";
+  std::string name = family ? std::string(family) : fmt::format("family {}", domain);
+  return fmt::format("{}{} socket (protocol {})", shape, name, protocol);
+}
+
+}  // namespace
+
 Error UnsupportedFd(const FdDumpInput& in) {
   std::string what;
   if (in.link.starts_with("socket:")) {
-    what = "socket";
+    what = DescribeSocket(in.local.get());
   } else if (in.link.starts_with("anon_inode:")) {
     what = in.link.substr(11);  // "[eventfd]", "[eventpoll]", "[io_uring]", ...
   } else if (S_ISCHR(in.st.st_mode)) {

@@ -2,6 +2,8 @@
 #include "kinds/registry.h"
 
 #include <gtest/gtest.h>
+#include <linux/netlink.h>
+#include <sys/socket.h>
 
 #include <fstream>
 #include <set>
@@ -73,6 +75,21 @@ TEST(Registry, DocsListTheRegisteredKinds) {
   EXPECT_NE(readme.find("<!-- kinds: begin -->\n\n" + list + "\n<!-- kinds: end -->"),
             std::string::npos)
       << "README.md's list of kinds differs from `stasis kinds`" << fix;
+}
+
+// A socket no kind carries is refused naming its family, type and protocol,
+// so the user knows which object of the program is in the way.
+TEST(Registry, UnsupportedSocketIsNamedByFamily) {
+  FdDumpInput in;
+  in.pid = 42;
+  in.fd = 7;
+  in.link = "socket:[1234]";
+  in.local.reset(socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+  ASSERT_TRUE(in.local.valid());
+  Error e = UnsupportedFd(in);
+  EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+  EXPECT_NE(e.message().find("pid 42 fd 7"), std::string::npos) << e.message();
+  EXPECT_NE(e.message().find("raw netlink socket (protocol 0)"), std::string::npos) << e.message();
 }
 
 }  // namespace
