@@ -324,6 +324,7 @@ def case_failing(stasis: str) -> None:
             re.search(r"pid \d+ fd \d+ \(socket:", failed) is not None,
             f"no reason: {failed}",
         )
+        check("netlink socket" in failed, f"the socket's family is not named: {failed}")
         print("failing: " + failed)
         slurm.wait_state(job, "COMPLETED", 60)
         check(len(job_lines(out)) == 31, "the job did not finish its 30 lines")
