@@ -301,8 +301,8 @@ Status CompleteManifest(const DumpOptions& options, const TreeImage& tree,
   return Ok();
 }
 
-// With --leave-running, pages read from the tree stay readable only while
-// it is frozen; a late record would take what the tree still needs.
+// With --leave-running the tree goes on: a late step would take from it
+// what it still needs (connections accept()ed from a listener's queue).
 Status CheckLeaveRunning(const TreeImage& tree) {
   if (tree.late.empty()) return Ok();
   const kinds::LateStep& step = tree.late.front();

@@ -255,7 +255,12 @@ def case_exitcode(stasis: str) -> None:
             )
             try:
                 if run < 2:
-                    time.sleep(3)
+                    # Running (started or restored) once it writes again.
+                    wait_for(
+                        lambda: len(job_lines(work / f"out{run}")) >= 1,
+                        60,
+                        f"run {run}'s first line",
+                    )
                     p.send_signal(signal.SIGUSR1)
                 _, errs = p.communicate(timeout=60)
             finally:
@@ -314,8 +319,9 @@ def case_failing(stasis: str) -> None:
             lambda: "checkpoint failed" in err.read_text(), 30, "the failure in job.err"
         )
         n = len(job_lines(out))
-        time.sleep(3)
-        check(len(job_lines(out)) > n, "the job stopped after its checkpoint failed")
+        wait_for(
+            lambda: len(job_lines(out)) > n, 30, "a line after the failed checkpoint"
+        )
         failed = [
             ln for ln in err.read_text().splitlines() if "checkpoint failed" in ln
         ][0]
