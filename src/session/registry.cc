@@ -56,7 +56,7 @@ Status ClaimSessionName(const std::string& state_dir, const std::string& name) {
 
 Result<sys::Cgroup> ClaimSessionCgroup(const std::string& state_dir, const std::string& name) {
   STASIS_TRY(ClaimSessionName(state_dir, name));
-  std::string relative = std::string(kCgroupParent) + "/" + name;
+  std::string relative = CgroupParent() + "/" + name;
   sys::Cgroup cgroup = STASIS_TRY(sys::Cgroup::Create(relative));
   std::vector<pid_t> pids = STASIS_TRY(cgroup.Processes());
   if (!pids.empty()) {

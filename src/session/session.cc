@@ -54,6 +54,12 @@ std::string ResolveStateDir(const std::string& flag) {
   return kDefaultStateDir;
 }
 
+std::string CgroupParent() {
+  const char* env = std::getenv(kCgroupParentEnv);
+  if (env != nullptr && env[0] != '\0') return env;
+  return kDefaultCgroupParent;
+}
+
 Status ValidateName(std::string_view name) {
   auto allowed = [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||

@@ -45,8 +45,13 @@ namespace stasis::session {
 
 inline constexpr char kDefaultStateDir[] = "/run/stasis/sessions";
 inline constexpr char kStateDirEnv[] = "STASIS_STATE_DIR";
-// Session cgroups live in MOUNT/<kCgroupParent>/<name>.
-inline constexpr char kCgroupParent[] = "stasis";
+// Session cgroups live in MOUNT/<parent>/<name>, the parent being
+// $STASIS_CGROUP_PARENT when set, else kDefaultCgroupParent: nodes emulated
+// on one machine (docs/cluster.md) each take their own, as they take their
+// own state directory.
+inline constexpr char kDefaultCgroupParent[] = "stasis";
+inline constexpr char kCgroupParentEnv[] = "STASIS_CGROUP_PARENT";
+std::string CgroupParent();
 
 // `flag` when not empty, else $STASIS_STATE_DIR when set, else the default.
 std::string ResolveStateDir(const std::string& flag);
