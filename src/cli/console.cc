@@ -6,6 +6,11 @@
 
 namespace stasis::cli {
 
+int Fail(const Error& error) {
+  fmt::print(stderr, "stasis: error: {}\n", error.ToString());
+  return 1;
+}
+
 void StderrLogger::Write(LogLevel level, std::string_view message) {
   if (level == LogLevel::kDebug && !verbose_) return;
   std::lock_guard<std::mutex> hold(mu_);

@@ -8,7 +8,10 @@
 #include <string>
 #include <string_view>
 
+#include "sys/env.h"
+#include "sys/features.h"
 #include "sys/log.h"
+#include "sys/result.h"
 
 namespace stasis::cli {
 
@@ -41,6 +44,25 @@ class ProgressPrinter {
   std::chrono::milliseconds interval_;
   std::string phase_;
   std::chrono::steady_clock::time_point last_;
+};
+
+// "stasis: error: ..." on stderr; returns the exit code 1.
+int Fail(const Error& error);
+
+// What an operation of a command runs with (sys/env.h): the kernel's
+// features, probed once, and stderr for its messages and --progress.
+class CliEnv {
+ public:
+  explicit CliEnv(bool progress)
+      : features_(sys::KernelFeatures::Probe()),
+        env_{features_, log_, progress ? printer_.Callback() : ProgressFn()} {}
+  const sys::Env& env() const { return env_; }
+
+ private:
+  sys::KernelFeatures features_;
+  StderrLogger log_;
+  ProgressPrinter printer_;
+  sys::Env env_;
 };
 
 }  // namespace stasis::cli

@@ -13,6 +13,7 @@
 
 #include "checkpoint/dump.h"
 #include "cli/console.h"
+#include "cli/migrate_cmds.h"
 #include "cli/session_cmds.h"
 #include "cli/session_link.h"
 #include "image/endpoint.h"
@@ -28,26 +29,8 @@ namespace {
 
 using stasis::Error;
 
-int Fail(const Error& error) {
-  fmt::print(stderr, "stasis: error: {}\n", error.ToString());
-  return 1;
-}
-
-// What an operation of this command runs with (sys/env.h): the kernel's
-// features, probed once, and stderr for its messages and --progress.
-class CliEnv {
- public:
-  explicit CliEnv(bool progress)
-      : features_(stasis::sys::KernelFeatures::Probe()),
-        env_{features_, log_, progress ? printer_.Callback() : stasis::ProgressFn()} {}
-  const stasis::sys::Env& env() const { return env_; }
-
- private:
-  stasis::sys::KernelFeatures features_;
-  stasis::cli::StderrLogger log_;
-  stasis::cli::ProgressPrinter printer_;
-  stasis::sys::Env env_;
-};
+using stasis::cli::CliEnv;
+using stasis::cli::Fail;
 
 constexpr char kStdio[] = "-";
 
@@ -327,6 +310,7 @@ int main(int argc, char** argv) {
       "kinds", "List the kinds of kernel objects Stasis carries, from its registry (markdown)");
 
   stasis::cli::SessionCommands session_cmds(app);
+  stasis::cli::MigrateCommands migrate_cmds(app);
 
   CLI11_PARSE(app, argc, argv);
   if (*dump_cmd) {
@@ -377,5 +361,6 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (auto code = session_cmds.Run()) return *code;
+  if (auto code = migrate_cmds.Run()) return *code;
   return 2;
 }

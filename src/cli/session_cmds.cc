@@ -20,11 +20,6 @@ namespace {
 using session::SessionInfo;
 using session::SessionState;
 
-int Fail(const Error& error) {
-  fmt::print(stderr, "stasis: error: {}\n", error.ToString());
-  return 1;
-}
-
 constexpr char kStateDirHelp[] =
     "Where session files live (default: $STASIS_STATE_DIR, else /run/stasis/sessions)";
 

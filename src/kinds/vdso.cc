@@ -67,6 +67,13 @@ Status Dump(pid_t pid, const image::Process& proc, image::Manifest* manifest) {
   return Ok();
 }
 
+Result<std::string> HostSignature() {
+  image::Process self = STASIS_TRY(OwnLayout());
+  Block own = FindBlock(self.vmas());
+  if (own.vdso == nullptr) return Error::Unsupported("this host has no [vdso]");
+  return fmt::format("{} xxh3 {:016x}", Shape(own), STASIS_TRY(HashVdso(getpid(), *own.vdso)));
+}
+
 Status CheckCompatible(const image::Manifest& manifest, const image::Process& proc) {
   Block image_block = FindBlock(proc.vmas());
   if (image_block.vdso == nullptr) {

@@ -15,6 +15,10 @@ Status Dump(pid_t pid, const image::Process& proc, image::Manifest* manifest);
 // Refuses, before anything is created, an image whose vdso block this
 // kernel cannot reproduce.
 Status CheckCompatible(const image::Manifest& manifest, const image::Process& proc);
+// This kernel's vdso block (its shape and the hash of its code) as text: two
+// hosts with the same signature can move trees between them, which a
+// migration checks before anything is frozen.
+Result<std::string> HostSignature();
 // Maps the block at its dumped place; everything there must be unmapped.
 Status Restore(RemoteTask& task, const image::Process& proc);
 
