@@ -1,0 +1,317 @@
+"""Live migration (stasis migrate / stasis receive) with real processes.
+
+    test_migrate.py --stasis BUILD/stasis CASE
+
+Cases on this host's loopback (a tree, not a session: no own network):
+  local_insecure   a 64 MiB idle tree moves to a receiver on 127.0.0.1
+                   (--insecure): it goes on there with every page as it was.
+  local_tls        the same over TLS keyed from a token file.
+  busy_converges   a tree writing 20 MiB/s over an unlimited link: rounds
+                   converge and it moves within its budget.
+  busy_postcopy    a tree writing faster than a 100 Mbit/s link: rounds do not
+                   converge, post-copy (auto) takes over, pages arrive on
+                   fault and in the background; every page checked after.
+  postcopy_always  --postcopy=always right after one round.
+  busy_never       --postcopy=never: copies anyway, saying by how much the
+                   budget was exceeded.
+  wrong_token      the receiver has another token: refused before anything is
+                   read; the tree runs on untouched.
+  token_mode       a token file readable by others is refused by both ends.
+  plain_vs_tls     --insecure against a TLS receiver: refused, clearly.
+  outside_tcp      a tree holding a TCP connection to a peer outside it is
+                   refused (its address cannot move); it runs on.
+  kill_source      the source is killed -9 during pre-copy: the tree runs on
+                   at the source, the receiver keeps nothing.
+  kill_dest        the receiver is killed -9 during pre-copy: the source says
+                   so, the tree runs on.
+
+The workload (migrate_workload.py) checks its own memory every second and
+its monotonic clock; the test reads its output file. Every process the test
+started is killed at its end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+HERE = Path(__file__).resolve().parent
+WORKLOAD = HERE / "migrate_workload.py"
+PY = "/usr/bin/python3"
+
+
+def fail(msg: str) -> None:
+    print(f"FAIL: {msg}", flush=True)
+    sys.exit(1)
+
+
+def wait_for(pred: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.time() + timeout
+    while not pred():
+        if time.time() > deadline:
+            fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] not in "ZX"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+class Run:
+    """What one case started, killed at its end whatever happened."""
+
+    def __init__(self, stasis: str) -> None:
+        self.stasis = stasis
+        self.dir = Path(tempfile.mkdtemp(prefix="stasis-migrate-"))
+        self.procs: list[subprocess.Popen] = []
+        self.pids: list[int] = []
+
+    def workload(self, mib: int = 64, rate: float = 0, port: int = 0) -> tuple[int, Path]:
+        out = self.dir / f"workload{len(self.procs)}.out"
+        argv = [PY, str(WORKLOAD), "--mib", str(mib), "--write-mib-s", str(rate)]
+        if port:
+            argv += ["--port", str(port)]
+        p = subprocess.Popen(argv + [str(out)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        self.procs.append(p)
+        wait_for(lambda: out.exists() and "tick" in out.read_text(), "the workload to start", 60)
+        return p.pid, out
+
+    def token(self, name: str = "token", mode: int = 0o600, data: str = "") -> Path:
+        path = self.dir / name
+        path.write_text(data or os.urandom(24).hex() + "\n")
+        path.chmod(mode)
+        return path
+
+    def receiver(self, *args: str) -> tuple[subprocess.Popen, str]:
+        err = self.dir / f"receive{len(self.procs)}.err"
+        p = subprocess.Popen([self.stasis, "receive", "--listen", "127.0.0.1:0", *args],
+                             stdout=subprocess.PIPE, stderr=open(err, "w"), text=True)
+        self.procs.append(p)
+        wait_for(lambda: "receiving on" in err.read_text(), "the receiver to listen")
+        addr = re.search(r"receiving on (\S+)", err.read_text()).group(1)
+        p.err_path = err  # type: ignore[attr-defined]
+        return p, addr
+
+    def migrate(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        r = subprocess.run([self.stasis, "migrate", *args], capture_output=True, text=True,
+                           timeout=timeout)
+        print(f"migrate {' '.join(args)} -> {r.returncode}\n{r.stderr}", flush=True)
+        return r
+
+    def cleanup(self) -> None:
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def received_pid(receiver: subprocess.Popen) -> int:
+    out, _ = receiver.communicate(timeout=60)
+    if receiver.returncode != 0:
+        fail(f"receive exited {receiver.returncode}: {Path(receiver.err_path).read_text()}")
+    return int(out.split()[0])
+
+
+def goes_on(out: Path, since: int, what: str) -> None:
+    """The workload's output grows past `since` bytes with a full memory
+    check, and never reports a corrupt page or a clock going back."""
+    def checked() -> bool:
+        text = out.read_text()[since:]
+        if "CORRUPT" in text or "CLOCK BACK" in text:
+            fail(f"{what}: {text[text.find('C'):][:200]}")
+        return text.count("checked") >= 2
+    wait_for(checked, f"{what}: the workload to check its memory twice", 30)
+
+
+def tick(out: Path) -> int:
+    ticks = re.findall(r"tick (\d+) ok", out.read_text())
+    return int(ticks[-1]) if ticks else 0
+
+
+def migrate_and_check(run: Run, mib: int, rate: float, chan: list[str], extra: list[str],
+                      expect: Optional[str] = None) -> dict:
+    pid, out = run.workload(mib, rate)
+    receiver, addr = run.receiver("--once", "--json", *chan)
+    before = tick(out)
+    r = run.migrate("-t", str(pid), "--to", addr, "--json", *chan, *extra)
+    if r.returncode != 0:
+        fail(f"migrate failed: {r.stderr}")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    out_json, _ = receiver.communicate(timeout=60)
+    if receiver.returncode != 0:
+        fail(f"receive failed: {Path(receiver.err_path).read_text()}")
+    received = json.loads(out_json.strip().splitlines()[-1])
+    run.pids.append(received["root_pid"])
+    wait_for(lambda: not alive(pid), "the source tree to be gone")
+    size = out.stat().st_size
+    goes_on(out, size, "after the migration")
+    if tick(out) <= before:
+        fail("the workload did not go on after the migration")
+    if expect and expect not in summary["decision"]:
+        fail(f"expected '{expect}' in the decision, got: {summary['decision']}")
+    print(f"summary: {json.dumps(summary)}\nreceived: {json.dumps(received)}", flush=True)
+    return summary
+
+
+def case_local_insecure(run: Run) -> None:
+    migrate_and_check(run, 64, 0, ["--insecure"], [])
+
+
+def case_local_tls(run: Run) -> None:
+    token = run.token()
+    migrate_and_check(run, 64, 0, ["--token-file", str(token)], [])
+
+
+def case_busy_converges(run: Run) -> None:
+    s = migrate_and_check(run, 256, 20, ["--insecure"], [])
+    if s["postcopy"]:
+        fail("a tree writing 20 MiB/s on loopback should converge without post-copy")
+
+
+def case_busy_postcopy(run: Run) -> None:
+    s = migrate_and_check(run, 256, 40, ["--insecure"], ["--bandwidth", "100"], "post-copy")
+    if not s["postcopy"]:
+        fail("expected post-copy")
+
+
+def case_postcopy_always(run: Run) -> None:
+    s = migrate_and_check(run, 128, 5, ["--insecure"], ["--postcopy=always"])
+    if not s["postcopy"]:
+        fail("expected post-copy")
+
+
+def case_busy_never(run: Run) -> None:
+    migrate_and_check(run, 256, 40, ["--insecure"], ["--bandwidth", "100", "--postcopy=never"],
+                      "over the")
+
+
+def refused_and_running(run: Run, pid: int, r: subprocess.CompletedProcess, want: str) -> None:
+    if r.returncode == 0:
+        fail("the migration should have been refused")
+    if want not in r.stderr:
+        fail(f"expected '{want}' in: {r.stderr}")
+    if not alive(pid):
+        fail("the source tree died")
+
+
+def case_wrong_token(run: Run) -> None:
+    pid, out = run.workload(16)
+    receiver, addr = run.receiver("--once", "--token-file", str(run.token("a")))
+    r = run.migrate("-t", str(pid), "--to", addr, "--token-file", str(run.token("b")))
+    refused_and_running(run, pid, r, "token")
+    receiver.wait(timeout=30)
+    goes_on(out, out.stat().st_size, "after a refused migration")
+
+
+def case_token_mode(run: Run) -> None:
+    pid, _ = run.workload(16)
+    loose = run.token("loose", 0o644)
+    r = subprocess.run([run.stasis, "receive", "--listen", "127.0.0.1:0", "--once",
+                        "--token-file", str(loose)], capture_output=True, text=True, timeout=30)
+    if r.returncode == 0 or str(loose) not in r.stderr:
+        fail(f"receive should refuse {loose}: {r.stderr}")
+    r2 = run.migrate("-t", str(pid), "--to", "127.0.0.1:1", "--token-file", str(loose))
+    refused_and_running(run, pid, r2, str(loose))
+
+
+def case_plain_vs_tls(run: Run) -> None:
+    pid, _ = run.workload(16)
+    receiver, addr = run.receiver("--once", "--token-file", str(run.token()))
+    r = run.migrate("-t", str(pid), "--to", addr, "--insecure")
+    refused_and_running(run, pid, r, "insecure")
+    receiver.wait(timeout=30)
+
+
+def case_outside_tcp(run: Run) -> None:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    code = (f"import socket,time; s=socket.create_connection(('127.0.0.1',{port})); "
+            "print('up',flush=True); time.sleep(600)")
+    p = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    run.procs.append(p)
+    conn, _ = listener.accept()
+    p.stdout.readline()
+    receiver, addr = run.receiver("--once", "--insecure")
+    r = run.migrate("-t", str(p.pid), "--to", addr, "--insecure")
+    refused_and_running(run, p.pid, r, "outside the tree")
+    conn.sendall(b"x")  # the connection still works: not in repair mode, no reset
+    conn.close()
+    listener.close()
+
+
+def kill_during_precopy(run: Run, victim: str) -> None:
+    pid, out = run.workload(512, 80)
+    receiver, addr = run.receiver("--once", "--insecure")
+    src = subprocess.Popen([run.stasis, "migrate", "-t", str(pid), "--to", addr, "--insecure",
+                            "--bandwidth", "200", "--progress"],
+                           stderr=subprocess.PIPE, text=True)
+    run.procs.append(src)
+    for line in src.stderr:
+        if "precopy" in line:
+            break
+    time.sleep(0.5)
+    (src if victim == "source" else receiver).send_signal(signal.SIGKILL)
+    src.wait(timeout=60)
+    receiver.wait(timeout=60)
+    if victim == "dest" and src.returncode == 0:
+        fail("the source reported success with its receiver killed")
+    if not alive(pid):
+        fail("the source tree died")
+    goes_on(out, out.stat().st_size, f"after the {victim} was killed")
+    leftovers = subprocess.run(["pgrep", "-f", str(WORKLOAD)], capture_output=True, text=True)
+    pids = [int(x) for x in leftovers.stdout.split()]
+    if pids != [pid]:
+        fail(f"expected exactly one copy of the workload (pid {pid}), found {pids}")
+
+
+def case_kill_source(run: Run) -> None:
+    kill_during_precopy(run, "source")
+
+
+def case_kill_dest(run: Run) -> None:
+    kill_during_precopy(run, "dest")
+
+
+CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stasis", required=True)
+    ap.add_argument("case", choices=sorted(CASES))
+    a = ap.parse_args()
+    run = Run(os.path.abspath(a.stasis))
+    try:
+        CASES[a.case](run)
+    finally:
+        run.cleanup()
+    print(f"PASS: {a.case}")
+
+
+if __name__ == "__main__":
+    main()
