@@ -7,7 +7,7 @@ set -eu
 PACKAGES="
   build-essential cmake ninja-build pkg-config
   libprotobuf-dev protobuf-compiler
-  libzstd-dev libxxhash-dev
+  libzstd-dev libxxhash-dev libssl-dev
   libfmt-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
   clang-format

@@ -20,6 +20,9 @@ enum class ErrorCode {
   kCorrupt,      // an image is damaged or truncated
   kInvalid,      // bad input from the user or an inconsistent image
   kNotFound,     // a process, file or image is missing
+  kPermission,   // refused for safety: a secret others can read, a peer without the token
+  kTimeout,      // a peer stayed silent past its deadline
+  kIo,           // a connection broke or ended early
 };
 
 class Error {
@@ -41,6 +44,13 @@ class Error {
   static Error Corrupt(std::string what) { return Error(ErrorCode::kCorrupt, std::move(what)); }
   static Error Invalid(std::string what) { return Error(ErrorCode::kInvalid, std::move(what)); }
   static Error NotFound(std::string what) { return Error(ErrorCode::kNotFound, std::move(what)); }
+  static Error Permission(std::string what) {
+    return Error(ErrorCode::kPermission, std::move(what));
+  }
+  static Error Timeout(std::string what) { return Error(ErrorCode::kTimeout, std::move(what)); }
+  static Error Io(std::string what, int errnum = 0) {
+    return Error(ErrorCode::kIo, std::move(what), errnum);
+  }
 
   // Prepends "context: " to the message. Keeps code and errno.
   Error&& Context(const std::string& context) && {
