@@ -169,7 +169,8 @@ int MigrateCommands::RunReceive() const {
   if (!channel.ok()) return Fail(channel.error());
   Result<migrate::Listener> listener = migrate::Listener::Listen(listen_);
   if (!listener.ok()) return Fail(listener.error());
-  fmt::print(stderr, "stasis: receiving on {}\n", listener->address());
+  std::string host = listen_.substr(0, listen_.rfind(':'));
+  fmt::print(stderr, "stasis: receiving on {}:{}\n", host, listener->port());
   std::fflush(stderr);
   CliEnv env(progress_);
   for (;;) {

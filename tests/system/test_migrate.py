@@ -25,6 +25,14 @@ Cases on this host's loopback (a tree, not a session: no own network):
   kill_dest        the receiver is killed -9 during pre-copy: the source says
                    so, the tree runs on.
 
+Cases between two emulated machines (tests/cluster.py: nodes a and b, a
+client namespace on the same layer-2 segment):
+  session_stream   an isolated session (its own address) runs the workload's
+                   echo server; a client outside streams "word N" lines
+                   through it while the session moves a -> b -> a over TLS:
+                   every byte once, in order, no reset; the longest stall is
+                   printed. Nothing of the run is left at the end.
+
 The workload (migrate_workload.py) checks its own memory every second and
 its monotonic clock; the test reads its output file. Every process the test
 started is killed at its end, also on failure.
@@ -295,6 +303,105 @@ def case_kill_source(run: Run) -> None:
 
 def case_kill_dest(run: Run) -> None:
     kill_during_precopy(run, "dest")
+
+
+# Runs in the client namespace: streams "word N" lines to HOST:PORT and reads
+# them back until STOPFILE exists and every word came back; prints JSON.
+STREAM_CLIENT = r"""
+import json, os, socket, sys, threading, time
+host, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=60)
+s.settimeout(60)
+sent = [0]
+errors = []
+def send():
+    try:
+        while not os.path.exists(stop):
+            s.sendall(b"word %d\n" % sent[0])
+            sent[0] += 1
+            time.sleep(0.002)
+    except OSError as e:
+        errors.append("send: %s" % e)
+threading.Thread(target=send, daemon=True).start()
+print("streaming", flush=True)
+buf, want, last, stall = b"", 0, time.monotonic(), 0.0
+while True:
+    if os.path.exists(stop) and want == sent[0] and sent[0] > 0:
+        break
+    try:
+        d = s.recv(65536)
+    except OSError as e:
+        errors.append("recv: %s" % e)
+        break
+    now = time.monotonic()
+    stall = max(stall, now - last)
+    last = now
+    if not d:
+        errors.append("connection closed by the server")
+        break
+    buf += d
+    *lines, buf = buf.split(b"\n")
+    for line in lines:
+        if line != b"word %d" % want:
+            errors.append("got %r, want word %d" % (line[:40], want))
+            break
+        want += 1
+    if errors:
+        break
+print(json.dumps({"words": want, "sent": sent[0], "max_stall_ms": stall * 1000,
+                  "errors": errors}), flush=True)
+"""
+
+
+def case_session_stream(run: Run) -> None:
+    sys.path.insert(0, str(HERE.parent))
+    from cluster import Cluster, stale  # noqa: E402  (tests/cluster.py)
+
+    with Cluster(["a", "b"], stasis=run.stasis) as c:
+        run_id = c.run_id
+        a, b = c.nodes["a"], c.nodes["b"]
+        out = run.dir / "session.out"
+        a.run(["stasis", "run", "-d", "--name", "web", "--net=isolated", "--address",
+               c.session_address(10), "--", PY, str(WORKLOAD), "--mib", "64", "--port", "7000",
+               str(out)])
+        wait_for(lambda: out.exists() and "tick" in out.read_text(), "the session to start", 60)
+        token = run.token()
+        stop = run.dir / "stop"
+        client = c.client.popen([PY, "-c", STREAM_CLIENT, c.session_address(10, False), "7000",
+                                 str(stop)], stdout=subprocess.PIPE, text=True)
+        run.procs.append(client)
+        if client.stdout.readline().strip() != "streaming":
+            fail("the client could not connect to the session")
+        time.sleep(1)
+        for src, dst in ((a, b), (b, a)):
+            err = run.dir / f"receive-{dst.name}.err"
+            recv = dst.popen(["stasis", "receive", "--listen", f"{dst.address}:7700", "--once",
+                              "--json", "--token-file", str(token)],
+                             stdout=subprocess.PIPE, stderr=open(err, "w"), text=True)
+            run.procs.append(recv)
+            wait_for(lambda: "receiving on" in err.read_text(), "the receiver to listen")
+            r = src.run(["stasis", "migrate", "--session", "web", "--to", f"{dst.address}:7700",
+                         "--token-file", str(token), "--json"], check=False)
+            print(f"migrate {src.name} -> {dst.name}: {r.returncode}\n{r.stderr}", flush=True)
+            if r.returncode != 0:
+                fail(f"migrate {src.name} -> {dst.name}: {r.stderr}\n{err.read_text()}")
+            recv.wait(timeout=60)
+            print(err.read_text(), flush=True)
+            if "web" not in dst.run(["stasis", "ps"]).stdout:
+                fail(f"the session is not running on {dst.name}")
+            if "web" in src.run(["stasis", "ps"]).stdout:
+                fail(f"the session is still listed on {src.name}")
+            goes_on(out, out.stat().st_size, f"on {dst.name}")
+            time.sleep(1)
+        stop.write_text("")
+        result, _ = client.communicate(timeout=60)
+        stream = json.loads(result.strip().splitlines()[-1])
+        print(f"client: {json.dumps(stream)}", flush=True)
+        if stream["errors"] or stream["words"] != stream["sent"]:
+            fail(f"the client's stream broke: {stream}")
+    left = stale(run_id)
+    if left:
+        fail(f"left behind: {left}")
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
