@@ -293,6 +293,40 @@ TEST(Channel, CloseWakesABlockedReader) {
   }
 }
 
+TEST(Channel, WriteTimesOutWhenThePeerStopsReadingAndCloseWakesIt) {
+  for (ChannelOptions options : {Tls(), Plain()}) {
+    Pair pair = Connect(options, options);
+    ASSERT_TRUE(pair.client.ok()) << pair.client.error().ToString();
+    ASSERT_TRUE(pair.server.ok()) << pair.server.error().ToString();
+    Channel& client = **pair.client;
+    client.SetTimeout(300);
+    std::vector<uint8_t> run(1 << 20, 0x42);
+    // The server never reads: once the socket buffers are full, a write stalls.
+    Status sent = Ok();
+    for (int i = 0; i < 1024 && sent.ok(); ++i) sent = client.Write(run.data(), run.size());
+    ASSERT_FALSE(sent.ok());
+    EXPECT_EQ(sent.error().code(), ErrorCode::kTimeout) << sent.error().ToString();
+    EXPECT_NE(sent.error().message().find(client.peer()), std::string::npos);
+
+    // A stalled writer with no deadline is woken by Close from another thread.
+    Pair again = Connect(options, options);
+    ASSERT_TRUE(again.client.ok()) << again.client.error().ToString();
+    ASSERT_TRUE(again.server.ok()) << again.server.error().ToString();
+    Channel& writer = **again.client;
+    writer.SetTimeout(0);
+    auto writing = std::async(std::launch::async, [&] {
+      Status st = Ok();
+      for (int i = 0; i < 1024 && st.ok(); ++i) st = writer.Write(run.data(), run.size());
+      return st;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    writer.Close();
+    Status stopped = writing.get();
+    ASSERT_FALSE(stopped.ok());
+    EXPECT_EQ(stopped.error().code(), ErrorCode::kIo) << stopped.error().ToString();
+  }
+}
+
 TEST(Channel, BandwidthCapIsRoughlyRespected) {
   constexpr uint64_t kBytes = 8 << 20;
   ChannelOptions capped = Tls();
