@@ -328,7 +328,12 @@ Result<size_t> Channel::SendSome(const uint8_t* data, size_t len) {
       STASIS_TRY(WaitFor(fd_.get(), POLLOUT, deadline, peer_, "send"));
       continue;
     }
-    Tls::Step step = STASIS_TRY(tls_->Write(data, std::min(len, kTlsWriteChunk)));
+    auto tried = tls_->Write(data, std::min(len, kTlsWriteChunk));
+    if (!tried.ok()) {
+      if (closed_.load()) return Broken("sending");
+      return std::move(tried).error();
+    }
+    Tls::Step step = *tried;
     if (step.bytes > 0) return step.bytes;
     if (step.want == Tls::Want::kWrite) {
       STASIS_TRY(WaitFor(fd_.get(), POLLOUT, deadline, peer_, "send"));

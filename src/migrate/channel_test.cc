@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <future>
@@ -119,6 +120,46 @@ void RoundTripBothWays(const ChannelOptions& options) {
 
 TEST(Channel, RoundTrip64MiBBothWaysTls) { RoundTripBothWays(Tls()); }
 TEST(Channel, RoundTrip64MiBBothWaysInsecure) { RoundTripBothWays(Plain()); }
+
+// The way a migration uses it: the image stream writer on one end, its
+// reader on the other.
+TEST(Channel, CarriesAnImageStream) {
+  Pair pair = Connect(Tls(), Tls());
+  ASSERT_TRUE(pair.client.ok()) << pair.client.error().ToString();
+  ASSERT_TRUE(pair.server.ok()) << pair.server.error().ToString();
+  constexpr uint32_t kRuns = 20;
+  constexpr uint32_t kPagesPerRun = 64;
+  auto writing = std::async(std::launch::async, [&]() -> Status {
+    image::Writer writer(**pair.client);
+    STASIS_TRY(writer.Begin());
+    std::vector<uint8_t> pages(kPagesPerRun * image::kPageSize);
+    for (uint32_t run = 0; run < kRuns; ++run) {
+      std::fill(pages.begin(), pages.end(), static_cast<uint8_t>(run));
+      STASIS_TRY(
+          writer.WritePages(42, 0x10000000 + run * pages.size(), pages.data(), kPagesPerRun));
+    }
+    STASIS_TRY(writer.WriteTrailer());
+    return (*pair.client)->ShutdownWrite();
+  });
+  image::Reader reader(**pair.server);
+  ASSERT_TRUE(reader.Begin().ok());
+  image::Record record;
+  uint32_t runs = 0;
+  for (;;) {
+    Result<bool> more = reader.Next(&record);
+    ASSERT_TRUE(more.ok()) << more.error().ToString();
+    if (!*more) break;
+    if (record.type != image::RecordType::kPages) continue;
+    Result<image::PageRun> run = image::ParsePageRun(record);
+    ASSERT_TRUE(run.ok()) << run.error().ToString();
+    EXPECT_EQ(run->npages, kPagesPerRun);
+    EXPECT_EQ(run->data[image::kPageSize * kPagesPerRun - 1], static_cast<uint8_t>(runs));
+    ++runs;
+  }
+  Status written = writing.get();
+  ASSERT_TRUE(written.ok()) << written.error().ToString();
+  EXPECT_EQ(runs, kRuns);
+}
 
 void ExpectRefused(const Result<std::unique_ptr<Channel>>& got, ErrorCode code,
                    const std::string& words) {
@@ -293,6 +334,40 @@ TEST(Channel, CloseWakesABlockedReader) {
   }
 }
 
+TEST(Channel, WriteTimesOutWhenThePeerStopsReadingAndCloseWakesIt) {
+  for (ChannelOptions options : {Tls(), Plain()}) {
+    Pair pair = Connect(options, options);
+    ASSERT_TRUE(pair.client.ok()) << pair.client.error().ToString();
+    ASSERT_TRUE(pair.server.ok()) << pair.server.error().ToString();
+    Channel& client = **pair.client;
+    client.SetTimeout(300);
+    std::vector<uint8_t> run(1 << 20, 0x42);
+    // The server never reads: once the socket buffers are full, a write stalls.
+    Status sent = Ok();
+    for (int i = 0; i < 1024 && sent.ok(); ++i) sent = client.Write(run.data(), run.size());
+    ASSERT_FALSE(sent.ok());
+    EXPECT_EQ(sent.error().code(), ErrorCode::kTimeout) << sent.error().ToString();
+    EXPECT_NE(sent.error().message().find(client.peer()), std::string::npos);
+
+    // A stalled writer with no deadline is woken by Close from another thread.
+    Pair again = Connect(options, options);
+    ASSERT_TRUE(again.client.ok()) << again.client.error().ToString();
+    ASSERT_TRUE(again.server.ok()) << again.server.error().ToString();
+    Channel& writer = **again.client;
+    writer.SetTimeout(0);
+    auto writing = std::async(std::launch::async, [&] {
+      Status st = Ok();
+      for (int i = 0; i < 1024 && st.ok(); ++i) st = writer.Write(run.data(), run.size());
+      return st;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    writer.Close();
+    Status stopped = writing.get();
+    ASSERT_FALSE(stopped.ok());
+    EXPECT_EQ(stopped.error().code(), ErrorCode::kIo) << stopped.error().ToString();
+  }
+}
+
 TEST(Channel, BandwidthCapIsRoughlyRespected) {
   constexpr uint64_t kBytes = 8 << 20;
   ChannelOptions capped = Tls();
@@ -308,6 +383,22 @@ TEST(Channel, BandwidthCapIsRoughlyRespected) {
   ASSERT_TRUE(got.ok()) << got.error().ToString();
   EXPECT_EQ(*got, kBytes);
   EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(500));
+}
+
+TEST(Channel, WorksOverIpv6AndNamesThePeerWithBrackets) {
+  auto listener = Listener::Listen("[::1]:0");
+  if (!listener.ok() && listener.error().errnum() == EADDRNOTAVAIL) {
+    GTEST_SKIP() << "no IPv6 loopback here";
+  }
+  ASSERT_TRUE(listener.ok()) << listener.error().ToString();
+  Result<std::unique_ptr<Channel>> server = Error::Invalid("not run");
+  std::thread accepting([&] { server = listener->Accept(Tls(), kHandshakeMs); });
+  auto client = Channel::Connect("[::1]:" + std::to_string(listener->port()), Tls(), kHandshakeMs);
+  accepting.join();
+  ASSERT_TRUE(client.ok()) << client.error().ToString();
+  ASSERT_TRUE(server.ok()) << server.error().ToString();
+  EXPECT_EQ((*client)->peer(), "[::1]:" + std::to_string(listener->port()));
+  EXPECT_EQ((*server)->peer().rfind("[::1]:", 0), 0u) << (*server)->peer();
 }
 
 TEST(Channel, RefusesBadAddresses) {
