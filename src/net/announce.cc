@@ -9,7 +9,6 @@
 #include <sys/socket.h>
 
 #include <cstring>
-#include <thread>
 
 #include "net/isolated_net.h"
 #include "sys/netns.h"
@@ -18,8 +17,8 @@
 namespace stasis::net {
 namespace {
 
-// A packet socket made inside the namespace stays bound to it: the
-// repeats are sent from a thread that never enters it.
+// A packet socket made inside the namespace stays bound to it, wherever the
+// thread that uses it is.
 struct LinkSocket {
   sys::UniqueFd fd;
   int ifindex = 0;
@@ -76,24 +75,14 @@ ArpFrame GratuitousArp(uint32_t address, const sys::Mac& mac) {
   return f;
 }
 
-Status Announce(int netns_fd, const std::string& link, uint32_t address,
-                const AnnounceOptions& options) {
+Status Announce(int netns_fd, const std::string& link, uint32_t address, int count) {
   std::string what = fmt::format("announce {} on {}", FormatIp4(address), link);
   sys::ScopedNetns inside = STASIS_TRY_CTX(sys::ScopedNetns::Enter(netns_fd), what);
   Result<LinkSocket> opened = OpenLink(link);
   STASIS_TRY_CTX(inside.Leave(), what);
   LinkSocket s = STASIS_TRY_CTX(std::move(opened), what);
-  if (options.count <= 0) return Ok();
   ArpFrame frame = GratuitousArp(address, s.mac);
-  STASIS_TRY_CTX(SendFrame(s.fd.get(), s.ifindex, frame), what);
-  if (options.count == 1) return Ok();
-  // Nothing to report from here: the first one's failure was the caller's.
-  std::thread([s = std::move(s), frame, count = options.count, interval = options.interval] {
-    for (int i = 1; i < count; ++i) {
-      std::this_thread::sleep_for(interval);
-      (void)SendFrame(s.fd.get(), s.ifindex, frame);
-    }
-  }).detach();
+  for (int i = 0; i < count; ++i) STASIS_TRY_CTX(SendFrame(s.fd.get(), s.ifindex, frame), what);
   return Ok();
 }
 

@@ -21,8 +21,6 @@
 namespace stasis::net {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 constexpr sys::Mac kSessionMac = {0x02, 0x53, 0xc6, 0x12, 0x40, 0x07};
 
 uint32_t Ip4(const char* text) {
@@ -99,24 +97,15 @@ TEST(Announce, FrameIsAGratuitousArpRequest) {
   EXPECT_EQ(std::vector<uint8_t>(arp.arp_tha, arp.arp_tha + 6), std::vector<uint8_t>(6, 0));
 }
 
-TEST(Announce, SendsThreeFromTheLinksMacWithoutWaitingForThem) {
+TEST(Announce, SendsThreeFromTheLinksMac) {
   TestLink link = TestLink::Make();
   ASSERT_TRUE(link.capture.valid());
   uint32_t address = Ip4("198.18.64.7");
-  AnnounceOptions options;
-  options.count = 3;
-  options.interval = std::chrono::milliseconds(40);
-  Clock::time_point start = Clock::now();
-  Status sent = Announce(link.netns.get(), "eth0", address, options);
-  Clock::duration took = Clock::now() - start;
+  Status sent = Announce(link.netns.get(), "eth0", address, 3);
   ASSERT_TRUE(sent.ok()) << sent.error().ToString();
-  EXPECT_LT(took, options.interval) << "the repeats held the caller";
-
-  std::vector<Clock::time_point> arrived;
   for (int i = 0; i < 3; ++i) {
     std::vector<uint8_t> frame = link.Next(std::chrono::milliseconds(2000));
     ASSERT_EQ(frame.size(), kArpFrameSize) << "frame " << i;
-    arrived.push_back(Clock::now());
     ether_header eth;
     std::memcpy(&eth, frame.data(), sizeof(eth));
     EXPECT_EQ(std::memcmp(eth.ether_shost, kSessionMac.data(), 6), 0);
@@ -129,9 +118,7 @@ TEST(Announce, SendsThreeFromTheLinksMacWithoutWaitingForThem) {
     EXPECT_EQ(std::memcmp(arp.arp_spa, &address, 4), 0);
     EXPECT_EQ(std::memcmp(arp.arp_tpa, &address, 4), 0);
   }
-  // Spaced, not a burst (sleep_for waits at least the interval).
-  EXPECT_GE(arrived[2] - arrived[0], 2 * options.interval - std::chrono::milliseconds(10));
-  EXPECT_TRUE(link.Next(std::chrono::milliseconds(150)).empty()) << "more than 3 sent";
+  EXPECT_TRUE(link.Next(std::chrono::milliseconds(100)).empty()) << "more than 3 sent";
   // The caller's thread is back in its own namespace.
   EXPECT_EQ(if_nametoindex("cap0"), 0u);
 }
