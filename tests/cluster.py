@@ -58,6 +58,9 @@ FABRIC_BRIDGE = "fab0"
 NODE_BRIDGE = "stasis0"  # net/isolated_net.h kDefaultBridge
 UPLINK = "uplink"
 PREFIX = "stn-"
+# In the environment of everything a node or the client runs: the tear-down
+# finds those processes by it.
+RUN_ENV = "STASIS_CLUSTER_RUN"
 
 _RUN_RE = re.compile(r"^[a-z0-9]{1,12}$")
 _NODE_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
@@ -143,13 +146,16 @@ sys.exit(1)
 class Host:
     """A namespace of the cluster where commands run (a node or the client)."""
 
-    def __init__(self, name, netns, address):
+    def __init__(self, name, netns, address, run_id):
         self.name = name
         self.netns = netns
         self.address = address
+        self.run_id = run_id
 
     def env(self):
-        return dict(os.environ)
+        env = dict(os.environ)
+        env[RUN_ENV] = self.run_id
+        return env
 
     def _argv(self, argv):
         return ["ip", "netns", "exec", self.netns, *argv]
@@ -172,8 +178,10 @@ class Host:
                 err.seek(0)
                 r.stdout, r.stderr = out.read(), err.read()
         if check and r.returncode != 0:
-            raise ClusterError(f"{self.name}: {' '.join(argv)}: exit {r.returncode}: "
-                               f"{(r.stderr or '').strip()}")
+            raise ClusterError(
+                f"{self.name}: {' '.join(argv)}: exit {r.returncode}: "
+                f"{(r.stderr or '').strip()}"
+            )
         return r
 
     def popen(self, argv, **kw):
@@ -199,7 +207,9 @@ class Node(Host):
     """
 
     def __init__(self, cluster, name, index):
-        super().__init__(name, f"{PREFIX}{cluster.run_id}-{name}", f"{NODE_SUBNET}.{index}")
+        super().__init__(
+            name, f"{PREFIX}{cluster.run_id}-{name}", f"{NODE_SUBNET}.{index}", cluster.run_id
+        )
         self.index = index
         self.cluster = cluster
         self.cgroup_parent = f"stasis-{cluster.run_id}-{name}"
@@ -208,7 +218,7 @@ class Node(Host):
         self.stasis = cluster.stasis
 
     def env(self):
-        env = dict(os.environ)
+        env = super().env()
         if self.state_dir:
             env["STASIS_STATE_DIR"] = self.state_dir
         env["STASIS_CGROUP_PARENT"] = self.cgroup_parent
@@ -238,20 +248,37 @@ class Node(Host):
         # the cgroup mounts under it: mounted again, where the host has them.
         root = cgroup_root()
         if root == "/sys/fs/cgroup/unified":
-            mount = ("mount -t tmpfs -o mode=755 stasis-node /sys/fs/cgroup && "
-                     "mkdir /sys/fs/cgroup/unified && "
-                     "mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified")
+            mount = (
+                "mount -t tmpfs -o mode=755 stasis-node /sys/fs/cgroup && "
+                "mkdir /sys/fs/cgroup/unified && "
+                "mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified"
+            )
         elif root == "/sys/fs/cgroup":
             mount = "mount -t cgroup2 cgroup2 /sys/fs/cgroup"
         else:
             mount = "true"
-        return ["ip", "netns", "exec", self.netns, "/bin/sh", "-c", f'{mount} && exec "$@"',
-                "node-" + self.name, *argv]
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.netns,
+            "/bin/sh",
+            "-c",
+            f'{mount} && exec "$@"',
+            "node-" + self.name,
+            *argv,
+        ]
 
     def describe(self):
-        return {"name": self.name, "netns": self.netns, "address": self.address,
-                "state_dir": self.state_dir, "cgroup_parent": self.cgroup_parent,
-                "bridge": NODE_BRIDGE, "uplink": UPLINK}
+        return {
+            "name": self.name,
+            "netns": self.netns,
+            "address": self.address,
+            "state_dir": self.state_dir,
+            "cgroup_parent": self.cgroup_parent,
+            "bridge": NODE_BRIDGE,
+            "uplink": UPLINK,
+        }
 
 
 class Cluster:
@@ -271,16 +298,18 @@ class Cluster:
             raise ClusterError(f"node names {nodes!r}: give distinct names")
         for n in nodes:
             if not _NODE_RE.match(n) or n in ("fab", "cli"):
-                raise ClusterError(f"node name {n!r}: 1 to 8 of [a-z0-9], a letter first, "
-                                   "not fab or cli")
+                raise ClusterError(
+                    f"node name {n!r}: 1 to 8 of [a-z0-9], a letter first, " "not fab or cli"
+                )
         if len(nodes) > 200:
             raise ClusterError("at most 200 nodes")
         self.stasis = stasis
         self.rate = rate
         self.fabric_ns = f"{PREFIX}{self.run_id}-fab"
         self.nodes = {n: Node(self, n, i + 1) for i, n in enumerate(nodes)}
-        self.client = Host("client", f"{PREFIX}{self.run_id}-cli",
-                           f"{NODE_SUBNET}.{CLIENT_HOST}")
+        self.client = Host(
+            "client", f"{PREFIX}{self.run_id}-cli", f"{NODE_SUBNET}.{CLIENT_HOST}", self.run_id
+        )
         self.session_subnet = f"{SESSION_SUBNET}.0/24"
         self._up = False
         self._closed = False
@@ -355,8 +384,23 @@ class Cluster:
 
     def _attach(self, ns, inner, fabric_port):
         """A veth from the fabric's bridge into `ns`, named `inner` there."""
-        sh(["ip", "-n", self.fabric_ns, "link", "add", fabric_port, "type", "veth", "peer",
-            "name", inner, "netns", ns])
+        sh(
+            [
+                "ip",
+                "-n",
+                self.fabric_ns,
+                "link",
+                "add",
+                fabric_port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                inner,
+                "netns",
+                ns,
+            ]
+        )
         sh(["ip", "-n", self.fabric_ns, "link", "set", fabric_port, "master", FABRIC_BRIDGE, "up"])
 
     def _make_node(self, node):
@@ -366,8 +410,20 @@ class Cluster:
         sh(["ip", "netns", "add", ns])
         sh(["ip", "-n", ns, "link", "set", "lo", "up"])
         # A fixed MAC: a bridge otherwise takes its lowest port's.
-        sh(["ip", "-n", ns, "link", "add", NODE_BRIDGE, "address", f"02:6e:00:00:00:{node.index:02x}",
-            "type", "bridge"])
+        sh(
+            [
+                "ip",
+                "-n",
+                ns,
+                "link",
+                "add",
+                NODE_BRIDGE,
+                "address",
+                f"02:6e:00:00:00:{node.index:02x}",
+                "type",
+                "bridge",
+            ]
+        )
         self._attach(ns, UPLINK, node.fabric_port)
         sh(["ip", "-n", ns, "link", "set", UPLINK, "master", NODE_BRIDGE, "up"])
         sh(["ip", "-n", ns, "addr", "add", f"{node.address}/24", "dev", NODE_BRIDGE])
@@ -383,11 +439,18 @@ class Cluster:
         sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
 
     def describe(self):
-        return {"run": self.run_id, "fabric": {"netns": self.fabric_ns, "bridge": FABRIC_BRIDGE},
-                "client": {"netns": self.client.netns, "address": self.client.address,
-                           "session_address": self.client_session_address},
-                "session_subnet": self.session_subnet, "rate": self.rate,
-                "nodes": [n.describe() for n in self.nodes.values()]}
+        return {
+            "run": self.run_id,
+            "fabric": {"netns": self.fabric_ns, "bridge": FABRIC_BRIDGE},
+            "client": {
+                "netns": self.client.netns,
+                "address": self.client.address,
+                "session_address": self.client_session_address,
+            },
+            "session_subnet": self.session_subnet,
+            "rate": self.rate,
+            "nodes": [n.describe() for n in self.nodes.values()],
+        }
 
     # -- tear-down --------------------------------------------------------
     def close(self):
@@ -396,6 +459,45 @@ class Cluster:
         self._closed = True
         teardown(self.run_id, [n.state_dir for n in self.nodes.values() if n.state_dir])
         atexit.unregister(self.close)
+
+
+def _marked_pids(run_id):
+    """Processes whose environment carries the run's mark (RUN_ENV): what
+    Node.run and popen started, down to a session's tree, wherever it went
+    (a namespace of its own, a cgroup or none). A restored tree carries the
+    environment it was started with, so the mark too."""
+    mark = f"{RUN_ENV}={run_id}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
+def _kill_and_wait(pids, timeout=5.0):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.02)
+
+
+def _running(pid):
+    """Exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _kill_netns_pids(ns):
@@ -463,10 +565,14 @@ def teardown(run_id, state_dirs=()):
     root = cgroup_root()
     cgroups = []
     if root:
-        cgroups = [os.path.join(root, d) for d in os.listdir(root)
-                   if d.startswith(f"stasis-{run_id}-")]
-    # Processes first, in both places: a session with its own network lives
-    # in a namespace the node made but does not name; its cgroup finds it.
+        cgroups = [
+            os.path.join(root, d) for d in os.listdir(root) if d.startswith(f"stasis-{run_id}-")
+        ]
+    # Processes first: those started through the run (its mark), then what
+    # is in its namespaces or cgroups without the mark (a program that
+    # cleared its environment). A session with its own network lives in a
+    # namespace the node made but does not name.
+    _kill_and_wait(_marked_pids(run_id))
     for ns in names:
         _kill_netns_pids(ns)
     for cg in cgroups:
@@ -476,8 +582,7 @@ def teardown(run_id, state_dirs=()):
         sh(["ip", "netns", "del", ns], check=False)
     tmp = tempfile.gettempdir()
     dirs = set(state_dirs)
-    dirs.update(os.path.join(tmp, d) for d in os.listdir(tmp)
-                if d.startswith(f"{PREFIX}{run_id}-"))
+    dirs.update(os.path.join(tmp, d) for d in os.listdir(tmp) if d.startswith(f"{PREFIX}{run_id}-"))
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -486,6 +591,7 @@ def stale(run_id):
     """What is left of run `run_id`: namespaces, cgroups, state
     directories, processes still in its cgroups. Empty when all is gone."""
     left = [f"netns {n}" for n in _netns_names() if n.startswith(f"{PREFIX}{run_id}-")]
+    left += [f"pid {p} started in the run" for p in _marked_pids(run_id) if _running(p)]
     root = cgroup_root()
     if root:
         for d in os.listdir(root):
@@ -494,8 +600,9 @@ def stale(run_id):
                 left.append(f"cgroup {path}")
                 left += [f"pid {p} in {path}" for p in _cgroup_pids(path)]
     tmp = tempfile.gettempdir()
-    left += [f"dir {os.path.join(tmp, d)}" for d in os.listdir(tmp)
-             if d.startswith(f"{PREFIX}{run_id}-")]
+    left += [
+        f"dir {os.path.join(tmp, d)}" for d in os.listdir(tmp) if d.startswith(f"{PREFIX}{run_id}-")
+    ]
     return left
 
 
@@ -505,6 +612,7 @@ except ImportError:  # the system tests run without pytest
     pytest = None
 
 if pytest is not None:
+
     @pytest.fixture
     def cluster():
         """Two nodes, a and b, and the client; removed after the test."""

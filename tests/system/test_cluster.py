@@ -129,8 +129,19 @@ def start_session(c, work):
     with open(server, "w") as f:
         f.write(SERVER)
     address = c.session_address(SESSION_HOST)
-    stasis(a, "run", "-d", "--name", "web", "--net=isolated", "--address", address, "--",
-           "/usr/bin/python3", server)
+    stasis(
+        a,
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--net=isolated",
+        "--address",
+        address,
+        "--",
+        "/usr/bin/python3",
+        server,
+    )
     info = sessions(a).get("web")
     if not info or info.get("address") != address:
         fail(f"node a's sessions: {sessions(a)}")
@@ -151,8 +162,11 @@ def move(c, work):
     client streams."""
     a, b = c.nodes["a"], c.nodes["b"]
     addr = c.session_address(SESSION_HOST, prefix=False)
-    sniffer = c.client.popen(["/usr/bin/python3", "-c", ARP_SNIFFER, addr, "20"],
-                             stdout=cluster.subprocess.PIPE, text=True)
+    sniffer = c.client.popen(
+        ["/usr/bin/python3", "-c", ARP_SNIFFER, addr, "20"],
+        stdout=cluster.subprocess.PIPE,
+        text=True,
+    )
     if sniffer.stdout.readline().strip() != "listening":
         fail("the ARP sniffer did not start")
     image = os.path.join(work, "img")
@@ -163,8 +177,10 @@ def move(c, work):
     t2 = time.monotonic()
     r = stasis(b, "restore", "-D", image)
     t3 = time.monotonic()
-    print(f"moved a -> b: dump {1000 * (t1 - t0):.0f} ms, restore {1000 * (t3 - t2):.0f} ms "
-          f"(stasis commands, wall clock; one kernel, one CPU: docs/cluster.md)")
+    print(
+        f"moved a -> b: dump {1000 * (t1 - t0):.0f} ms, restore {1000 * (t3 - t2):.0f} ms "
+        f"(stasis commands, wall clock; one kernel, one CPU: docs/cluster.md)"
+    )
     for line in r.stderr.strip().splitlines():
         print("  restore:", line)
     info = sessions(b).get("web")
@@ -186,10 +202,20 @@ def move(c, work):
 def scenario(c, args, work):
     check_reachable(c)
     start_session(c, work)
-    client = c.client.popen(["/usr/bin/python3", "-c", CLIENT,
-                             c.session_address(SESSION_HOST, prefix=False), str(args.words),
-                             "0.01", HERE], stdout=cluster.subprocess.PIPE,
-                            stderr=cluster.subprocess.PIPE, text=True)
+    client = c.client.popen(
+        [
+            "/usr/bin/python3",
+            "-c",
+            CLIENT,
+            c.session_address(SESSION_HOST, prefix=False),
+            str(args.words),
+            "0.01",
+            HERE,
+        ],
+        stdout=cluster.subprocess.PIPE,
+        stderr=cluster.subprocess.PIPE,
+        text=True,
+    )
     try:
         if client.stdout.readline().strip() != "connected":
             fail("the client did not connect: " + client.stderr.read())
@@ -209,8 +235,10 @@ def scenario(c, args, work):
     if res["got"] != list(range(args.words)):
         missing = sorted(set(range(args.words)) - set(res["got"]))[:10]
         fail(f"{len(res['got'])} words echoed, out of order or missing (first missing {missing})")
-    print(f"{args.words} words echoed once and in order across the move; longest stall "
-          f"{res['stall_ms']:.0f} ms")
+    print(
+        f"{args.words} words echoed once and in order across the move; longest stall "
+        f"{res['stall_ms']:.0f} ms"
+    )
     # Left running on b: the tear-down must remove it.
     return info["init_pid"]
 
