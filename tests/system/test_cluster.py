@@ -2,7 +2,8 @@
 """Two emulated machines (tests/cluster.py) and a client, end to end.
 
 Checks: the nodes reach each other and the client reaches them (ICMP echo
-between node addresses); an isolated session (`stasis run --net=isolated
+between node addresses); a node whose link is cut is unreachable until it is
+restored, and a link limit is put on and taken off; an isolated session (`stasis run --net=isolated
 --address 198.18.64.7/24`) started on node a serves a client on the fabric,
 which streams numbered words through it; the session is moved to node b by
 stop-and-copy (dump on a, restore on b from the shared file system) while
@@ -123,6 +124,34 @@ def check_reachable(c):
     print("nodes and client reach each other")
 
 
+def check_link_controls(c):
+    """A cut link isolates its node until restored; a limit is a tbf on
+    both ends of the uplink, and goes again."""
+    b = c.nodes["b"]
+    b.set_link(False)
+    if c.client.ping(b.address, timeout=0.5):
+        fail("node b answers with its link cut")
+    b.set_link(True)
+    deadline = time.time() + 10
+    while not c.client.ping(b.address, timeout=0.5):
+        if time.time() > deadline:
+            fail("node b does not answer once its link is back")
+
+    def qdiscs():
+        return [
+            cluster.sh(["tc", "-n", ns, "qdisc", "show", "dev", dev]).stdout
+            for ns, dev in ((b.netns, cluster.UPLINK), (c.fabric_ns, b.fabric_port))
+        ]
+
+    b.limit("1gbit")
+    if not all("tbf" in q and "1Gbit" in q for q in qdiscs()):
+        fail(f"limit 1gbit: {qdiscs()}")
+    b.limit(None)
+    if any("tbf" in q for q in qdiscs()):
+        fail(f"limit removed: {qdiscs()}")
+    print("a cut link isolates node b until restored; a limit comes and goes")
+
+
 def start_session(c, work):
     a = c.nodes["a"]
     server = os.path.join(work, "server.py")
@@ -201,6 +230,7 @@ def move(c, work):
 
 def scenario(c, args, work):
     check_reachable(c)
+    check_link_controls(c)
     start_session(c, work)
     client = c.client.popen(
         [
