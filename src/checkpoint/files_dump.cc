@@ -135,6 +135,9 @@ Status CollectTreeFiles(const std::vector<TreeFdsInput>& tasks, std::vector<imag
   STASIS_TRY(AssignFileIds(fds));
   kinds::DumpContext ctx;
   ctx.policy = policy;
+  // An isolated session takes its address along: its outside peers reach it
+  // on the new machine.
+  ctx.policy.moving_host = policy.moving_host && !locking.covered_by_link;
   // Whatever happens below, what kinds changed is handed to the caller.
   struct HandOver {
     kinds::DumpContext& ctx;

@@ -13,6 +13,12 @@ struct DumpPolicy {
   // controlling terminal of a session outside it) is recorded as "the
   // external terminal", which restore --shell-job connects to its own.
   bool shell_job = false;
+  // Set by a migration to another machine: a TCP connection (or connected
+  // UDP socket) whose peer is not a socket of the tree is refused, naming
+  // it, since the tree's address stays behind on this host and the peer
+  // could not reach it there. An isolated session is exempt (the dump
+  // ignores this for it): its address and MAC move with it.
+  bool moving_host = false;
 };
 
 }  // namespace stasis::kinds

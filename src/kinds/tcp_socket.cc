@@ -1,6 +1,5 @@
 #include "kinds/tcp_socket.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <fmt/format.h>
 
@@ -17,6 +16,7 @@
 #include <memory>
 #include <optional>
 
+#include "kinds/moving_host.h"
 #include "kinds/tcp_pending.h"
 #include "kinds/tcp_states.h"
 #include "sys/flow.h"
@@ -36,21 +36,6 @@ Result<std::string> SockName(int fd, bool peer) {
                : getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
   if (r < 0) return Error::Errno(peer ? "getpeername" : "getsockname");
   return std::string(reinterpret_cast<const char*>(&ss), len);
-}
-
-std::string Show(const std::string& addr) {
-  const sockaddr* sa = reinterpret_cast<const sockaddr*>(addr.data());
-  char host[INET6_ADDRSTRLEN] = "?";
-  int port = 0;
-  if (sa->sa_family == AF_INET) {
-    auto* in = reinterpret_cast<const sockaddr_in*>(sa);
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-    port = ntohs(in->sin_port);
-    return fmt::format("{}:{}", host, port);
-  }
-  auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
-  inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-  return fmt::format("[{}]:{}", host, ntohs(in6->sin6_port));
 }
 
 bool IsTcp(int fd) {
@@ -75,6 +60,14 @@ bool PeerInTree(const DumpContext& ctx, const FdDumpInput& in, const std::string
 }
 
 bool Connected(int state) { return state == TCP_ESTABLISHED || tcp_states::IsHalfClosed(state); }
+
+// A connection to an outside peer stays with the host's address, which a
+// migration to another machine leaves behind.
+Status CheckPeerCanFollow(const DumpContext& ctx, const FdDumpInput& in, const std::string& local,
+                          const std::string& peer) {
+  if (!ctx.policy.moving_host) return Ok();
+  return OutsidePeerCannotMove("tcp", in, local, peer);
+}
 
 // The lock's name, for the image: the restore lifts it.
 Result<std::string> LockFlow(DumpContext& ctx, const sys::TcpFlow& flow) {
@@ -177,7 +170,7 @@ Result<sys::UniqueFd> NewSocket(const TcpSocketState& s) {
 
 Status Bind(int fd, const std::string& addr) {
   if (bind(fd, reinterpret_cast<const sockaddr*>(addr.data()), addr.size()) < 0) {
-    return Error::Errno("bind " + Show(addr));
+    return Error::Errno("bind " + ShowInetAddr(addr));
   }
   return Ok();
 }
@@ -239,7 +232,7 @@ Result<sys::UniqueFd> RestoreEstablished(RestoreContext& ctx, const TcpSocketSta
                             static_cast<int>(tcp_states::SendDataEnd(s) - sq.size()),
                             "TCP_QUEUE_SEQ(send)"));
   if (connect(f, reinterpret_cast<const sockaddr*>(s.peer().data()), s.peer().size()) < 0) {
-    return Error::Errno("repair connect to " + Show(s.peer()));
+    return Error::Errno("repair connect to " + ShowInetAddr(s.peer()));
   }
   STASIS_TRY(RepairOptions(f, s));
   if (sq.size() > 0) {
@@ -307,6 +300,8 @@ Result<std::vector<sys::TcpFlow>> Flows(DumpContext& ctx, const FdDumpInput& in)
   if (!queued.ok() || *queued || PeerInTree(ctx, in, *local, *peer)) {
     return std::vector<sys::TcpFlow>();
   }
+  // Before the lock is taken: nothing of the tree is touched.
+  STASIS_TRY(CheckPeerCanFollow(ctx, in, *local, *peer));
   return std::vector<sys::TcpFlow>{{*local, *peer}};
 }
 
@@ -341,10 +336,13 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
       s.set_waits_in_accept_queue(
           STASIS_TRY_CTX(tcp_pending::WaitsInAcceptQueue(ctx, in, s.local(), s.peer()), what));
       if (!s.waits_in_accept_queue() && !PeerInTree(ctx, in, s.local(), s.peer())) {
+        // Flows() refused it already unless its handshake ended since.
+        STASIS_TRY(CheckPeerCanFollow(ctx, in, s.local(), s.peer()));
         // The peer stays: hold its packets until the socket is back.
-        s.set_lock_table(STASIS_TRY_CTX(
-            LockFlow(ctx, {s.local(), s.peer()}),
-            fmt::format("{}: TCP connection {} -> {}", what, Show(s.local()), Show(s.peer()))));
+        s.set_lock_table(
+            STASIS_TRY_CTX(LockFlow(ctx, {s.local(), s.peer()}),
+                           fmt::format("{}: TCP connection {} -> {}", what, ShowInetAddr(s.local()),
+                                       ShowInetAddr(s.peer()))));
       }
       s.set_tcpi_options(info.tcpi_options);
       s.set_snd_wscale(info.tcpi_snd_wscale);
@@ -365,12 +363,12 @@ Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
 Result<sys::UniqueFd> Restore(RestoreContext& ctx, const image::File& file) {
   TcpSocketState s;
   if (!file.state().UnpackTo(&s)) return Error::Corrupt("tcp state does not parse");
-  std::string what = fmt::format("TCP socket {}", Show(s.local()));
+  std::string what = fmt::format("TCP socket {}", ShowInetAddr(s.local()));
   // A client waiting in an accept queue is bound here and connected by a
   // late record (tcp_pending.h).
   if ((s.state() == TCP_ESTABLISHED || tcp_states::IsHalfClosed(s.state())) &&
       !s.waits_in_accept_queue()) {
-    return STASIS_TRY_CTX(RestoreEstablished(ctx, s), what + " -> " + Show(s.peer()));
+    return STASIS_TRY_CTX(RestoreEstablished(ctx, s), what + " -> " + ShowInetAddr(s.peer()));
   }
   if (s.ended()) {
     sys::UniqueFd fd = STASIS_TRY_CTX(tcp_states::RestoreEnded(s), what + " (closed)");

@@ -6,6 +6,10 @@
 #include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+
+#include <cstring>
+
+#include "kinds/moving_host.h"
 #include "kinds/udp_queue.h"
 #include "sys/sockopt.h"
 
@@ -29,24 +33,63 @@ std::string Name(int fd, bool peer) {
   return r < 0 ? std::string() : std::string(reinterpret_cast<const char*>(&ss), len);
 }
 
+// `bound` (a socket's own name) receives what is sent to `to`.
+bool SameEndpoint(const std::string& bound, const std::string& to) {
+  if (bound.empty() || bound.size() != to.size()) return false;
+  if (bound == to) return true;
+  sockaddr_storage b = {}, t = {};
+  std::memcpy(&b, bound.data(), bound.size());
+  std::memcpy(&t, to.data(), to.size());
+  if (b.ss_family == AF_INET && t.ss_family == AF_INET) {
+    auto* bi = reinterpret_cast<const sockaddr_in*>(&b);
+    auto* ti = reinterpret_cast<const sockaddr_in*>(&t);
+    return bi->sin_port == ti->sin_port && bi->sin_addr.s_addr == htonl(INADDR_ANY) &&
+           (ntohl(ti->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (b.ss_family == AF_INET6 && t.ss_family == AF_INET6) {
+    auto* bi = reinterpret_cast<const sockaddr_in6*>(&b);
+    auto* ti = reinterpret_cast<const sockaddr_in6*>(&t);
+    return bi->sin6_port == ti->sin6_port && IN6_IS_ADDR_UNSPECIFIED(&bi->sin6_addr) &&
+           IN6_IS_ADDR_LOOPBACK(&ti->sin6_addr);
+  }
+  return false;
+}
+
 bool HasPort(const std::string& addr) {
   if (addr.size() < sizeof(sockaddr_in)) return false;
   const sockaddr_in* in = reinterpret_cast<const sockaddr_in*>(addr.data());
   return in->sin_port != 0;  // sin6_port sits at the same offset
 }
 
+// Whether a datagram sent to `peer` reaches a socket of the tree: one bound
+// to that address and port, or to the wildcard address on that port when
+// `peer` is a loopback address.
+bool PeerInTree(const DumpContext& ctx, const FdDumpInput& in, const std::string& peer) {
+  for (const FdDumpInput* other : ctx.inputs) {
+    if (other == &in || !S_ISSOCK(other->st.st_mode) || !IsUdp(other->local.get())) continue;
+    if (SameEndpoint(Name(other->local.get(), false), peer)) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 bool Matches(const FdDumpInput& in) { return S_ISSOCK(in.st.st_mode) && IsUdp(in.local.get()); }
 
-Status Dump(DumpContext&, const FdDumpInput& in, image::File* file) {
+Status Dump(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   std::string what = DescribeFd(in.pid, in.fd, in.link);
   int fd = in.local.get();
+  // A migration to another machine leaves the host's address behind: a
+  // peer outside the tree could not be reached from there.
+  std::string peer = Name(fd, true);
+  if (ctx.policy.moving_host && !peer.empty() && !PeerInTree(ctx, in, peer)) {
+    return OutsidePeerCannotMove("udp", in, Name(fd, false), peer);
+  }
   image::UdpSocketState s;
   STASIS_TRY_CTX(udp_queue::Dump(fd, &s), what);
   s.set_family(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_DOMAIN, "SO_DOMAIN")));
   s.set_local(Name(fd, false));
-  s.set_peer(Name(fd, true));
+  s.set_peer(peer);
   s.set_flags(in.info.flags & ~O_CLOEXEC);
   s.set_reuseaddr(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR")));
   s.set_reuseport(STASIS_TRY(sys::GetIntOpt(fd, SOL_SOCKET, SO_REUSEPORT, "SO_REUSEPORT")));

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <vector>
 
+#include "net/announce.h"
 #include "net/packet_keeper.h"
 #include "net/session_image.h"
 
@@ -67,6 +68,12 @@ void SessionNetRestore::Commit() {
   if (!net_) return;
   committed_ = true;
   net_->Commit();
+  // Not at LinkUp: until the tree is released here, a migration may still
+  // abort and the session run on where it was, whose switches must not have
+  // learnt otherwise. The tree runs now; a failed announce only delays the
+  // switches' learning until the session's next frame, so it is no error.
+  Status announced = Announce(net_->netns_fd(), kSessionLink, config_->address);
+  if (!announced.ok()) log_->Warn(announced.error().ToString());
 }
 
 }  // namespace stasis::net

@@ -56,7 +56,10 @@ class SessionNetRestore {
   // connections the image still holds. With the neighbour cache carried,
   // nothing else would hold it back.
   void DownUnlessCommitted();
-  // The tree runs: the network is the session's now.
+  // The tree runs: the network is the session's now. Announces the
+  // session's address from eth0 (net/announce.h), so the switches between
+  // it and its peers learn where it is, which after a migration is another
+  // machine.
   void Commit();
 
  private:
