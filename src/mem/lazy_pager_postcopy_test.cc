@@ -131,9 +131,9 @@ class LazyChild {
     ASSERT_TRUE(sys::uffd::RegisterMissing(uffd->get(), base(), base() + npages_ * kPage).ok());
     uffd_ = std::move(uffd).value();
   }
-  // A store expecting the child's pages, holding [0, held) and owed the
-  // rest by the source.
-  std::unique_ptr<PageStore> Store(uint64_t held) {
+  // A store expecting the child's pages, holding [0, held) (in runs of
+  // run_pages) and owed the rest by the source.
+  std::unique_ptr<PageStore> Store(uint64_t held, uint32_t run_pages = 256) {
     auto store = std::make_unique<PageStore>();
     image::Process proc;
     proc.set_pid(kPid);
@@ -142,8 +142,8 @@ class LazyChild {
     vma->set_end(base() + npages_ * kPage);
     vma->set_has_pages(true);
     store->Expect(proc);
-    for (uint64_t i = 0; i < held; i += 256) {
-      uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(256, held - i));
+    for (uint64_t i = 0; i < held; i += run_pages) {
+      uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(run_pages, held - i));
       EXPECT_TRUE(store->Add({kPid, Page(i), n, copy_ + i * kPage}).ok());
     }
     if (held < npages_) {
@@ -383,6 +383,49 @@ TEST(LazyPostcopy, FaultsOnOwedPagesParkAskOnceAndLetHeldFaultsThrough) {
   EXPECT_GE(stats.max_block_ms, 50.0);
   EXPECT_GT(stats.prefetched_pages, 0u);
   EXPECT_GT(stats.pushed_pages, 0u);
+}
+
+// The stats once they satisfy done: they are counted just after the
+// copy that wakes the faulting thread.
+LazyStats StatsWhen(LazyPager& pager, const std::function<bool(const LazyStats&)>& done) {
+  for (int i = 0; i < 1000 && !done(pager.stats()); ++i) usleep(1000);
+  return pager.stats();
+}
+
+// A fault on a held page brings the held pages of its window, 16 KiB before
+// and 64 KiB after, and no more: a page inside the window does not fault,
+// one past it does.
+TEST(LazyPostcopy, HeldFaultCopiesItsWindowOfHeldPages) {
+  constexpr uint64_t kPages = 64;
+  LazyChild child(kPages);
+  ASSERT_NO_FATAL_FAILURE(child.Start());
+  LazyPager pager(child.Store(kPages, /*run_pages=*/1));
+  ASSERT_TRUE(child.Serve(pager).ok());
+  struct Step {
+    uint32_t page;
+    uint64_t faults, prefetched;  // after it
+  };
+  for (Step step : {Step{20, 1, 19},    // [16, 36)
+                    Step{35, 1, 19},    // in it: no fault
+                    Step{15, 2, 23},    // [11, 31): 11-14 were not in yet
+                    Step{36, 3, 38},    // [32, 52): 37-51
+                    Step{2, 4, 48}}) {  // [0, 18): 0-10 held, 2 the fault
+    child.Send('r', step.page);
+    std::optional<Reply> r = child.Next();
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->value, Expected(step.page));
+    LazyStats stats = StatsWhen(pager, [&](const LazyStats& s) { return s.faults >= step.faults; });
+    EXPECT_EQ(stats.faults, step.faults) << "page " << step.page;
+    EXPECT_EQ(stats.prefetched_pages, step.prefetched) << "page " << step.page;
+  }
+  pager.Release();
+  ASSERT_TRUE(pager.Wait().ok());
+  child.Send('c', 0);
+  std::optional<Reply> check = child.Next();
+  ASSERT_TRUE(check.has_value());
+  EXPECT_EQ(check->value, 1) << "page " << check->page - 1 << " is wrong";
+  EXPECT_EQ(pager.stats().zero_faults, 0u);
+  EXPECT_EQ(pager.stats().remote_faults, 0u);
 }
 
 TEST(LazyPostcopy, PausedFaultsWaitWithoutTimeoutAndAreAskedAgainOnResume) {
