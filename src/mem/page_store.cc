@@ -110,7 +110,8 @@ void PageStore::OnArrival(std::function<void()> notify) {
 
 // Pieces held apart that touch in address go out in one write (one
 // UFFDIO_COPY for the lazy pager: the round trip costs, not the bytes),
-// gathered into one buffer when their bytes are apart, up to kGather.
+// gathered into one buffer when their bytes are apart (up to kGather: a
+// piece held whole, as a mapped image's, is never copied).
 Status PageStore::WriteHeld(Process& p, uint64_t start, uint64_t end, std::vector<Range>* written) {
   constexpr uint64_t kGather = 2 * 1024 * 1024;
   auto it = p.held.upper_bound(start);
@@ -122,9 +123,12 @@ Status PageStore::WriteHeld(Process& p, uint64_t start, uint64_t end, std::vecto
     const uint8_t* data = it->second.data + (s - it->first);
     bool apart = false;
     auto next = std::next(it);
-    for (; next != p.held.end() && next->first == e && e < end && e - s < kGather; ++next) {
-      apart = apart || next->second.data != data + (e - s);
-      e = std::min(end, next->second.end);
+    for (; next != p.held.end() && next->first == e && e < end; ++next) {
+      uint64_t next_end = std::min(end, next->second.end);
+      bool adjacent = next->second.data == data + (e - s);
+      if ((apart || !adjacent) && next_end - s > kGather) break;
+      apart = apart || !adjacent;
+      e = next_end;
     }
     if (apart) {
       gather.resize(e - s);
