@@ -159,12 +159,13 @@ class WriteLog : public PageSink {
     uint64_t addr;
     uint64_t len;
     std::string firsts;  // the first byte of each page
+    const uint8_t* data;
   };
   explicit WriteLog(std::vector<Entry>* log) : log_(log) {}
   Status Write(uint64_t addr, const uint8_t* data, uint64_t len) override {
     std::string firsts;
     for (uint64_t off = 0; off < len; off += kPage) firsts += static_cast<char>(data[off]);
-    log_->push_back({addr, len, firsts});
+    log_->push_back({addr, len, firsts, data});
     return Ok();
   }
 
@@ -194,6 +195,25 @@ TEST(PageStore, WritesHeldPiecesThatTouchInOneWrite) {
   EXPECT_EQ(log[0].firsts, "bcdef");
   EXPECT_EQ(log[1].firsts, "xx");
   EXPECT_EQ(store.NextHeld(7), (std::optional<Range>{{0x10000, 0x11000}}));
+}
+
+// A piece held whole (owned by the caller, as a mapped image's runs) is
+// written from where it is, not gathered with a small piece beside it.
+TEST(PageStore, NeverGathersPastTwoMiB) {
+  PageStore store;
+  constexpr uint64_t kBig = 1024;  // pages: 4 MiB
+  store.Expect(ProcessWithVmas(7, 0x100000, 0x100000 + (kBig + 1) * kPage));
+  std::vector<WriteLog::Entry> log;
+  ASSERT_TRUE(store.Attach(7, std::make_unique<WriteLog>(&log), Delivery::kOnDemand).ok());
+  std::vector<uint8_t> small = Pages(1, 's');
+  auto big = std::make_shared<std::vector<uint8_t>>(Pages(kBig, 'b'));
+  ASSERT_TRUE(store.Add({7, 0x100000, 1, small.data()}).ok());
+  ASSERT_TRUE(store.Add({7, 0x101000, kBig, big->data()}, big).ok());
+  ASSERT_TRUE(store.Fill(7, 0x100000, 0x100000 + (kBig + 1) * kPage, false).ok());
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_EQ(log[0].len, kPage);
+  EXPECT_EQ(log[1].len, kBig * kPage);
+  EXPECT_EQ(log[1].data, big->data());
 }
 
 // What the lazy pager parks on: Arrived answers without waiting, and
