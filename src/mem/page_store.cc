@@ -89,18 +89,58 @@ Status PageStore::Add(const image::PageRun& run, std::shared_ptr<const void> own
   }
   p->received.Add(run.addr, end);
   lock.unlock();
-  arrived_.notify_all();
+  Notify();
   return Ok();
 }
 
+void PageStore::Notify() {
+  arrived_.notify_all();
+  std::function<void()> notify;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    notify = on_arrival_;
+  }
+  if (notify) notify();
+}
+
+void PageStore::OnArrival(std::function<void()> notify) {
+  std::lock_guard<std::mutex> lock(mu_);
+  on_arrival_ = std::move(notify);
+}
+
+// Pieces held apart that touch in address go out in one write (one
+// UFFDIO_COPY for the lazy pager: the round trip costs, not the bytes),
+// gathered into one buffer when their bytes are apart (up to kGather: a
+// piece held whole, as a mapped image's, is never copied).
 Status PageStore::WriteHeld(Process& p, uint64_t start, uint64_t end, std::vector<Range>* written) {
+  constexpr uint64_t kGather = 2 * 1024 * 1024;
   auto it = p.held.upper_bound(start);
   if (it != p.held.begin() && std::prev(it)->second.end > start) --it;
   std::vector<Range> done;
-  for (; it != p.held.end() && it->first < end; ++it) {
+  std::vector<uint8_t> gather;
+  while (it != p.held.end() && it->first < end) {
     uint64_t s = std::max(start, it->first), e = std::min(end, it->second.end);
-    STASIS_TRY(p.sink->Write(s, it->second.data + (s - it->first), e - s));
+    const uint8_t* data = it->second.data + (s - it->first);
+    bool apart = false;
+    auto next = std::next(it);
+    for (; next != p.held.end() && next->first == e && e < end; ++next) {
+      uint64_t next_end = std::min(end, next->second.end);
+      bool adjacent = next->second.data == data + (e - s);
+      if ((apart || !adjacent) && next_end - s > kGather) break;
+      apart = apart || !adjacent;
+      e = next_end;
+    }
+    if (apart) {
+      gather.resize(e - s);
+      for (auto piece = it; piece != next; ++piece) {
+        uint64_t from = std::max(s, piece->first), to = std::min(e, piece->second.end);
+        memcpy(gather.data() + (from - s), piece->second.data + (from - piece->first), to - from);
+      }
+      data = gather.data();
+    }
+    STASIS_TRY(p.sink->Write(s, data, e - s));
     done.push_back({s, e});
+    it = next;
   }
   for (const Range& r : done) Forget(p, r.start, r.end);
   if (written != nullptr) written->insert(written->end(), done.begin(), done.end());
@@ -131,15 +171,25 @@ Result<std::vector<Range>> PageStore::Fill(int pid, uint64_t start, uint64_t end
   }
   if (wait) {
     arrived_.wait(lock, [&] { return closed_.has_value() || !MissingIn(*p, start, end); });
-    if (MissingIn(*p, start, end)) {
-      if (!closed_->ok()) return closed_->error();
-      return Error::Corrupt(
-          fmt::format("pid {}: pages {:#x}-{:#x} were announced and never came", pid, start, end));
-    }
+    if (MissingIn(*p, start, end)) return NeverCame(pid, start, end);
   }
   std::vector<Range> written;
   STASIS_TRY(WriteHeld(*p, start, end, &written));
   return written;
+}
+
+Error PageStore::NeverCame(int pid, uint64_t start, uint64_t end) const {
+  if (!closed_->ok()) return closed_->error();
+  return Error::Corrupt(
+      fmt::format("pid {}: pages {:#x}-{:#x} were announced and never came", pid, start, end));
+}
+
+Result<bool> PageStore::Arrived(int pid, uint64_t start, uint64_t end) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = procs_.find(pid);
+  if (it == procs_.end() || !MissingIn(it->second, start, end)) return true;
+  if (!closed_.has_value()) return false;
+  return NeverCame(pid, start, end);
 }
 
 std::optional<Range> PageStore::NextHeld(int pid) const {
@@ -172,7 +222,7 @@ void PageStore::Close(Status why) {
     std::lock_guard<std::mutex> lock(mu_);
     closed_ = std::move(why);
   }
-  arrived_.notify_all();
+  Notify();
 }
 
 uint64_t PageStore::pages_received() const {

@@ -16,6 +16,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -73,6 +74,14 @@ class PageStore {
   // sink and forgets them; returns the ranges written. With wait, first
   // waits until nothing of [start, end) is missing (or Close).
   Result<std::vector<Range>> Fill(int pid, uint64_t start, uint64_t end, bool wait);
+  // Without waiting: true when nothing of [start, end) of pid is missing;
+  // false while some is and the source is open; once closed with some of
+  // it still missing, why (kCorrupt when the source said it was done).
+  Result<bool> Arrived(int pid, uint64_t start, uint64_t end) const;
+  // Called after every Add and at Close, outside the store's lock, on the
+  // thread that added: the lazy pager wakes its parked faults with it
+  // (lazy_pager.h). Set it before pages come; null to stop.
+  void OnArrival(std::function<void()> notify);
   // Some range still held for pid, for a background push; none when every
   // received page was delivered.
   std::optional<Range> NextHeld(int pid) const;
@@ -106,12 +115,15 @@ class PageStore {
   static void Forget(Process& p, uint64_t start, uint64_t end);
   static Status WriteHeld(Process& p, uint64_t start, uint64_t end, std::vector<Range>* written);
   bool MissingIn(const Process& p, uint64_t start, uint64_t end) const;
+  Error NeverCame(int pid, uint64_t start, uint64_t end) const;
+  void Notify();
 
   mutable std::mutex mu_;
   std::condition_variable arrived_;
   std::map<int, Process> procs_;
   uint64_t pages_ = 0;
   std::optional<Status> closed_;
+  std::function<void()> on_arrival_;
 };
 
 }  // namespace stasis::mem

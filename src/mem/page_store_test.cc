@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -149,6 +150,96 @@ TEST(PageStore, FillWaitsForDeclaredPages) {
   ASSERT_TRUE(store.Declare(7, 0x20000, 0x21000).ok());
   store.Close(Ok());
   EXPECT_EQ(store.Fill(7, 0x20000, 0x21000, true).error().code(), ErrorCode::kCorrupt);
+}
+
+// Records each write whole: what one UFFDIO_COPY would be.
+class WriteLog : public PageSink {
+ public:
+  struct Entry {
+    uint64_t addr;
+    uint64_t len;
+    std::string firsts;  // the first byte of each page
+    const uint8_t* data;
+  };
+  explicit WriteLog(std::vector<Entry>* log) : log_(log) {}
+  Status Write(uint64_t addr, const uint8_t* data, uint64_t len) override {
+    std::string firsts;
+    for (uint64_t off = 0; off < len; off += kPage) firsts += static_cast<char>(data[off]);
+    log_->push_back({addr, len, firsts, data});
+    return Ok();
+  }
+
+ private:
+  std::vector<Entry>* log_;
+};
+
+// Pages that came in separate runs but touch go out in one write (the lazy
+// pager's prefetch: one UFFDIO_COPY per window).
+TEST(PageStore, WritesHeldPiecesThatTouchInOneWrite) {
+  PageStore store;
+  store.Expect(ProcessWithVmas(7, 0x10000, 0x30000));
+  std::vector<WriteLog::Entry> log;
+  ASSERT_TRUE(store.Attach(7, std::make_unique<WriteLog>(&log), Delivery::kOnDemand).ok());
+  std::string letters = "abcdef";
+  for (size_t i = 0; i < letters.size(); ++i) {
+    std::vector<uint8_t> page = Pages(1, static_cast<uint8_t>(letters[i]));
+    ASSERT_TRUE(store.Add({7, 0x10000 + i * kPage, 1, page.data()}).ok());
+  }
+  std::vector<uint8_t> two = Pages(2, 'x');
+  ASSERT_TRUE(store.Add({7, 0x18000, 2, two.data()}).ok());  // after a gap
+  Result<std::vector<Range>> wrote = store.Fill(7, 0x11000, 0x30000, /*wait=*/false);
+  ASSERT_TRUE(wrote.ok()) << wrote.error().ToString();
+  EXPECT_EQ(wrote.value(), (std::vector<Range>{{0x11000, 0x16000}, {0x18000, 0x1a000}}));
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_EQ(log[0].addr, 0x11000u);
+  EXPECT_EQ(log[0].firsts, "bcdef");
+  EXPECT_EQ(log[1].firsts, "xx");
+  EXPECT_EQ(store.NextHeld(7), (std::optional<Range>{{0x10000, 0x11000}}));
+}
+
+// A piece held whole (owned by the caller, as a mapped image's runs) is
+// written from where it is, not gathered with a small piece beside it.
+TEST(PageStore, NeverGathersPastTwoMiB) {
+  PageStore store;
+  constexpr uint64_t kBig = 1024;  // pages: 4 MiB
+  store.Expect(ProcessWithVmas(7, 0x100000, 0x100000 + (kBig + 1) * kPage));
+  std::vector<WriteLog::Entry> log;
+  ASSERT_TRUE(store.Attach(7, std::make_unique<WriteLog>(&log), Delivery::kOnDemand).ok());
+  std::vector<uint8_t> small = Pages(1, 's');
+  auto big = std::make_shared<std::vector<uint8_t>>(Pages(kBig, 'b'));
+  ASSERT_TRUE(store.Add({7, 0x100000, 1, small.data()}).ok());
+  ASSERT_TRUE(store.Add({7, 0x101000, kBig, big->data()}, big).ok());
+  ASSERT_TRUE(store.Fill(7, 0x100000, 0x100000 + (kBig + 1) * kPage, false).ok());
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_EQ(log[0].len, kPage);
+  EXPECT_EQ(log[1].len, kBig * kPage);
+  EXPECT_EQ(log[1].data, big->data());
+}
+
+// What the lazy pager parks on: Arrived answers without waiting, and
+// OnArrival tells of every run and of the close.
+TEST(PageStore, ArrivedAnswersWithoutWaitingAndArrivalsAreTold) {
+  PageStore store;
+  store.Expect(ProcessWithVmas(7, 0x10000, 0x30000));
+  ASSERT_TRUE(store.Declare(7, 0x10000, 0x14000).ok());
+  int told = 0;
+  store.OnArrival([&told] { ++told; });
+  EXPECT_FALSE(store.Arrived(7, 0x11000, 0x12000).value());
+  EXPECT_TRUE(store.Arrived(7, 0x20000, 0x21000).value());  // never declared
+  std::vector<uint8_t> a = Pages(2, 'a');
+  ASSERT_TRUE(store.Add({7, 0x10000, 2, a.data()}).ok());
+  EXPECT_EQ(told, 1);
+  EXPECT_TRUE(store.Arrived(7, 0x11000, 0x12000).value());
+  EXPECT_FALSE(store.Arrived(7, 0x11000, 0x13000).value());
+  store.Close(Error(ErrorCode::kFailed, "link cut"));
+  EXPECT_EQ(told, 2);
+  Result<bool> owed = store.Arrived(7, 0x12000, 0x13000);
+  ASSERT_FALSE(owed.ok());
+  EXPECT_EQ(owed.error().message(), "link cut");
+  EXPECT_TRUE(store.Arrived(7, 0x10000, 0x12000).value());
+  store.Close(Ok());
+  EXPECT_EQ(store.Arrived(7, 0x12000, 0x13000).error().code(), ErrorCode::kCorrupt);
+  store.OnArrival(nullptr);
 }
 
 // Partial memory across a fork: a child forked while its parent's memory
