@@ -17,6 +17,7 @@
 #include "image/stream.h"
 #include "kinds/pty.h"
 #include "kinds/shmem.h"
+#include "mem/lazy_ranges.h"
 #include "mem/precopy.h"
 #include "net/session_dump.h"
 #include "net/session_image.h"
@@ -123,17 +124,26 @@ Status WriteRanges(image::Writer& writer, image::RecordType type, uint32_t pid,
   return writer.WriteMessage(type, msg);
 }
 
-std::vector<mem::Range> PlanRanges(const mem::PagePlan& plan) {
-  std::vector<mem::Range> out;
-  for (const mem::PagePlan::Run& run : plan.runs) {
+// Post-copy: the rest of a plan split into what the destination can take
+// after the tree runs there (pages its lazy pager serves: deferred) and
+// what it needs before (page records now).
+void SplitDeferrable(const image::Process& proc, const mem::PagePlan& rest, mem::PagePlan* now,
+                     std::vector<mem::Range>* later) {
+  mem::RangeSet lazy;
+  for (const mem::Range& r : mem::LazyRanges(proc)) lazy.Add(r.start, r.end);
+  for (const mem::PagePlan::Run& run : rest.runs) {
     uint64_t end = run.addr + run.npages * image::kPageSize;
-    if (!out.empty() && out.back().end == run.addr) {
-      out.back().end = end;
-    } else {
-      out.push_back({run.addr, end});
+    for (const mem::Range& r : lazy.Within(run.addr, end)) {
+      if (!later->empty() && later->back().end == r.start) {
+        later->back().end = r.end;
+      } else {
+        later->push_back(r);
+      }
+    }
+    for (const mem::Range& r : lazy.Gaps(run.addr, end)) {
+      now->runs.push_back({r.start, (r.end - r.start) / image::kPageSize, run.anon, run.readable});
     }
   }
-  return out;
 }
 
 // The pages of one task: its page records (read from the task, or from
@@ -153,15 +163,17 @@ Status WriteTaskPages(mem::PageWriter& page_writer, pid_t host_pid, const Collec
   }
   mem::PlanSplit split = out->handoff->precopy->Split(host_pid, task.pages);
   uint32_t pid = static_cast<uint32_t>(task.proc.pid());
-  if (!out->handoff->defer_rest) {
-    STASIS_TRY(page_writer.Write(host_pid, pid, split.rest, writer, pages));
-  }
-  STASIS_TRY(WriteRanges(writer, image::RecordType::kKept, pid, split.kept, &out->kept_pages));
+  mem::PagePlan now;
+  std::vector<mem::Range> later;
   if (out->handoff->defer_rest) {
-    std::vector<mem::Range> rest = PlanRanges(split.rest);
-    STASIS_TRY(WriteRanges(writer, image::RecordType::kDeferred, pid, rest, &out->deferred_pages));
-    if (!rest.empty()) out->deferred->push_back({host_pid, pid, std::move(rest)});
+    SplitDeferrable(task.proc, split.rest, &now, &later);
+  } else {
+    now = std::move(split.rest);
   }
+  STASIS_TRY(page_writer.Write(host_pid, pid, now, writer, pages));
+  STASIS_TRY(WriteRanges(writer, image::RecordType::kKept, pid, split.kept, &out->kept_pages));
+  STASIS_TRY(WriteRanges(writer, image::RecordType::kDeferred, pid, later, &out->deferred_pages));
+  if (!later.empty()) out->deferred->push_back({host_pid, pid, std::move(later)});
   return Ok();
 }
 

@@ -30,7 +30,8 @@ struct PageHandoff {
   // Tracking since Precopy::StartTracking, rounds sent: its sent pages
   // still good at the freeze become kept records.
   mem::Precopy* precopy = nullptr;
-  // Post-copy: the rest become deferred records, not page records.
+  // Post-copy: of the rest, the pages a lazy restore serves after the tree
+  // runs (mem/lazy_ranges.h) become deferred records, not page records.
   bool defer_rest = false;
 };
 
