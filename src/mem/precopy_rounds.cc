@@ -358,11 +358,15 @@ PlanSplit Precopy::Split(pid_t host_pid, const PagePlan& plan) const {
     if (it != tracker_->procs.end()) p = it->second.get();
   }
   for (const PagePlan::Run& run : plan.runs) {
-    bool fresh = true;  // rest runs never merge across the plan's runs
+    // Neither merges across the plan's runs: a run starts at a VMA's first
+    // page, and a restore takes a range only inside one VMA.
+    bool fresh = true, fresh_kept = true;
     for (uint64_t i = 0; i < run.npages; ++i) {
       uint64_t addr = run.addr + i * kPage;
       if (p != nullptr && p->sent.Get(addr) != 0) {
-        if (!out.kept.empty() && out.kept.back().end == addr) {
+        bool extend = !fresh_kept && !out.kept.empty() && out.kept.back().end == addr;
+        fresh_kept = false;
+        if (extend) {
           out.kept.back().end += kPage;
         } else {
           out.kept.push_back({addr, addr + kPage});
