@@ -13,6 +13,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <thread>
 
@@ -173,8 +174,10 @@ class HandoffTest : public testing::Test {
   }
   // Rounds into held, with the steps between them; then the dump (which
   // kills the child) into sink.
-  Result<checkpoint::DumpStats> MigrateImage(mem::HeldPages& held, MemoryImageSink& sink,
-                                             std::vector<mem::RoundStats>* rounds) {
+  Result<checkpoint::DumpStats> MigrateImage(
+      mem::HeldPages& held, MemoryImageSink& sink, std::vector<mem::RoundStats>* rounds,
+      bool defer_rest = false,
+      std::function<Status(const std::vector<checkpoint::DeferredPages>&)> on_deferred = {}) {
     mem::Precopy pc = mem::Precopy::StartTracking(pid_);
     mem::SendRun send = [&held](uint32_t pid, uint64_t addr, uint64_t n, const uint8_t* data) {
       return held.Add(pid, addr, n, data);
@@ -184,10 +187,11 @@ class HandoffTest : public testing::Test {
       Command(step);
       if (!WaitFile("ack", step)) return Error(ErrorCode::kFailed, "the child did not answer");
     }
-    checkpoint::PageHandoff handoff{&pc, false};
+    checkpoint::PageHandoff handoff{&pc, defer_rest};
     checkpoint::DumpOptions options;
     options.pid = pid_;
     options.handoff = &handoff;
+    options.on_deferred = std::move(on_deferred);
     sys::Env env{features_, log_, {}};
     Result<checkpoint::DumpStats> stats = checkpoint::Dump(env, options, sink);
     if (stats.ok()) {
@@ -237,6 +241,64 @@ TEST_P(HandoffRoundTrip, RestoredChildFindsEveryPageAsItLeftIt) {
 }
 
 INSTANTIATE_TEST_SUITE_P(EagerAndLazy, HandoffRoundTrip, testing::Bool());
+
+// Post-copy: the pages written since the last round are deferred, read
+// from the frozen child before the image is committed, and fed to the
+// store only once the restored child runs (it waits for them on fault).
+TEST_F(HandoffTest, DeferredPagesComeAfterTheImageWhileTheTreeRuns) {
+  struct Later {
+    uint32_t pid;
+    uint64_t addr;
+    std::vector<uint8_t> data;
+  };
+  std::vector<Later> later;
+  uint64_t announced = 0;
+  auto read_deferred = [&](const std::vector<checkpoint::DeferredPages>& procs) -> Status {
+    for (const checkpoint::DeferredPages& p : procs) {
+      std::string path = "/proc/" + std::to_string(p.host_pid) + "/mem";
+      sys::UniqueFd mem(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      for (const mem::Range& r : p.ranges) {
+        Later l{p.pid, r.start, std::vector<uint8_t>(r.end - r.start)};
+        ssize_t n = pread(mem.get(), l.data.data(), l.data.size(), static_cast<off_t>(r.start));
+        if (n != static_cast<ssize_t>(l.data.size())) return Error::Errno("read deferred pages");
+        announced += l.data.size() / image::kPageSize;
+        later.push_back(std::move(l));
+      }
+    }
+    return Ok();
+  };
+  auto held = std::make_shared<mem::HeldPages>();
+  MemoryImageSink sink;
+  std::vector<mem::RoundStats> rounds;
+  Result<checkpoint::DumpStats> dumped = MigrateImage(*held, sink, &rounds, true, read_deferred);
+  ASSERT_TRUE(dumped.ok()) << dumped.error().ToString();
+  EXPECT_GE(dumped->handoff_pages_deferred, 14u);  // a's 10-19, c's 0-3, and python's
+  EXPECT_EQ(dumped->handoff_pages_deferred, announced);
+
+  restore::RestoreOptions options;
+  options.held = held;
+  options.lazy = true;
+  options.deferred_allowed = true;
+  sys::Env env{features_, log_, {}};
+  image::MemorySource source(sink.data());
+  Result<restore::RestoreResult> restored = restore::Restore(env, options, source);
+  ASSERT_TRUE(restored.ok()) << restored.error().ToString();
+  restored_ = restored->host_pid;
+  init_ = restored->init_host_pid;
+  ASSERT_NE(restored->pager, nullptr);
+  mem::PageStore& store = restored->pager->store();
+  uint64_t missing = 0;
+  for (const mem::Range& r : store.Missing(restored->pid)) missing += (r.end - r.start) / 4096;
+  EXPECT_EQ(missing, announced);
+  for (const Later& l : later) {
+    image::PageRun run{l.pid, l.addr, static_cast<uint32_t>(l.data.size() / 4096), l.data.data()};
+    ASSERT_TRUE(store.Add(run).ok());
+  }
+  store.Close(Ok());
+  Command("check");
+  ASSERT_TRUE(WaitFile("result", "ok")) << ReadText(dir_ / "result");
+  EXPECT_TRUE(restored->pager->Wait().ok());
+}
 
 TEST_F(HandoffTest, AKeptRecordWithoutItsHeldCopyIsRefusedAndLeavesNothing) {
   mem::HeldPages held;
