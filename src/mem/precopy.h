@@ -12,6 +12,11 @@
 // and refaulting, swapping, KSM or migration all count as changed).
 // Everything else, and every process the pre-copy could not track (no
 // userfaultfd, born during the pre-copy), is read while frozen.
+//
+// A migration uses the same tracking without keeping copies: the pages go
+// to the destination in rounds (StartTracking, SendRound), and at the
+// freeze Split tells which of them it still holds good copies of
+// (precopy_rounds.cc; the dump writes those as kept records).
 #pragma once
 
 #include <sys/types.h>
