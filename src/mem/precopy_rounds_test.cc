@@ -27,7 +27,8 @@ constexpr uint64_t kPages = 256;
 
 // Fills kPages pages, reports their address, then obeys one byte at a
 // time: 'w' rewrites pages 5-9, 'm' maps 16 new pages and reports where,
-// 'u' unmaps pages 200-255.
+// 'u' unmaps pages 200-255, 'f' forks a child that pauses and reports its
+// pid.
 [[noreturn]] void Child(int to_parent, int from_parent) {
   uint8_t* mem = MapPages(kPages);
   for (uint64_t i = 0; i < kPages * kPage; ++i) mem[i] = static_cast<uint8_t>(i * 7 + 3);
@@ -44,6 +45,12 @@ constexpr uint64_t kPages = 256;
       reply = reinterpret_cast<uint64_t>(more);
     } else if (cmd == 'u') {
       munmap(mem + 200 * kPage, 56 * kPage);
+    } else if (cmd == 'f') {
+      pid_t kid = fork();
+      if (kid == 0) {
+        for (;;) pause();
+      }
+      reply = static_cast<uint64_t>(kid);
     }
     if (write(to_parent, &reply, sizeof reply) != sizeof reply) _exit(2);
   }
@@ -54,9 +61,11 @@ constexpr uint64_t kPages = 256;
 struct Received {
   std::map<uint64_t, uint8_t> first_byte;
   uint32_t pid = 0;
+  std::map<uint32_t, uint64_t> pages_of;
   SendRun Sender() {
     return [this](uint32_t p, uint64_t addr, uint64_t npages, const uint8_t* data) {
       pid = p;
+      pages_of[p] += npages;
       for (uint64_t i = 0; i < npages; ++i) first_byte[addr + i * kPage] = data[i * kPage];
       return Ok();
     };
@@ -166,6 +175,25 @@ TEST_F(PrecopyRounds, KeepsOnlyPagesUnchangedSinceSent) {
   EXPECT_EQ(Pages(pc.Split(child_.pid, partial).kept), 2u);
   // An untracked process keeps nothing.
   EXPECT_TRUE(pc.Split(child_.pid + 1000000, Plan(10)).kept.empty());
+}
+
+TEST_F(PrecopyRounds, AProcessBornDuringTheRoundsIsTrackedFromTheNext) {
+  Precopy pc = Precopy::StartTracking(child_.pid);
+  Received got;
+  ASSERT_TRUE(pc.SendRound(got.Sender()).ok());
+  pid_t kid = static_cast<pid_t>(Command('f'));
+  ASSERT_GT(kid, 0);
+  struct KillKid {
+    pid_t pid;
+    ~KillKid() { kill(pid, SIGKILL); }  // reaped by the child, or init once it is gone
+  } kill_kid{kid};
+  Result<RoundStats> r2 = pc.SendRound(got.Sender());
+  ASSERT_TRUE(r2.ok()) << r2.error().ToString();
+  EXPECT_GE(got.pages_of[static_cast<uint32_t>(kid)], kPages);  // sent whole
+  ASSERT_EQ(kill(kid, SIGSTOP), 0);
+  Stop();
+  pc.Settle();
+  EXPECT_EQ(Pages(pc.Split(kid, Plan(kPages)).kept), kPages);
 }
 
 TEST_F(PrecopyRounds, AFailingSendFailsTheRound) {
