@@ -17,9 +17,11 @@
 #include "image/stream.h"
 #include "kinds/pty.h"
 #include "kinds/shmem.h"
+#include "mem/lazy_ranges.h"
 #include "mem/precopy.h"
 #include "net/session_dump.h"
 #include "net/session_image.h"
+#include "pages.pb.h"
 #include "sys/cgroup.h"
 #include "sys/kernel_abi.h"
 #include "sys/proc.h"
@@ -106,10 +108,82 @@ uint64_t PlannedBytes(const mem::PagePlan& plan) {
   return pages * image::kPageSize;
 }
 
+// What a handoff writes in a process's slot instead of some of its page
+// records: a kept or deferred record naming ranges.
+Status WriteRanges(image::Writer& writer, image::RecordType type, uint32_t pid,
+                   const std::vector<mem::Range>& ranges, uint64_t* pages) {
+  if (ranges.empty()) return Ok();
+  image::PageRanges msg;
+  msg.set_pid(pid);
+  for (const mem::Range& r : ranges) {
+    image::PageRange* out = msg.add_ranges();
+    out->set_addr(r.start);
+    out->set_npages((r.end - r.start) / image::kPageSize);
+    *pages += out->npages();
+  }
+  return writer.WriteMessage(type, msg);
+}
+
+// Post-copy: the rest of a plan split into what the destination can take
+// after the tree runs there (pages its lazy pager serves: deferred) and
+// what it needs before (page records now).
+void SplitDeferrable(const image::Process& proc, const mem::PagePlan& rest, mem::PagePlan* now,
+                     std::vector<mem::Range>* later) {
+  mem::RangeSet lazy;
+  for (const mem::Range& r : mem::LazyRanges(proc)) lazy.Add(r.start, r.end);
+  for (const mem::PagePlan::Run& run : rest.runs) {
+    uint64_t end = run.addr + run.npages * image::kPageSize;
+    for (const mem::Range& r : lazy.Within(run.addr, end)) {
+      if (!later->empty() && later->back().end == r.start) {
+        later->back().end = r.end;
+      } else {
+        later->push_back(r);
+      }
+    }
+    for (const mem::Range& r : lazy.Gaps(run.addr, end)) {
+      now->runs.push_back({r.start, (r.end - r.start) / image::kPageSize, run.anon, run.readable});
+    }
+  }
+}
+
+// The pages of one task: its page records (read from the task, or from
+// source), and with a handoff its kept and deferred records.
+struct TaskPagesOut {
+  const PageHandoff* handoff = nullptr;
+  std::vector<DeferredPages>* deferred = nullptr;
+  uint64_t kept_pages = 0;
+  uint64_t deferred_pages = 0;
+};
+
+Status WriteTaskPages(mem::PageWriter& page_writer, pid_t host_pid, const CollectedTask& task,
+                      image::Writer& writer, mem::PageStats* pages, const mem::PageSource* source,
+                      TaskPagesOut* out) {
+  if (out->handoff == nullptr) {
+    return page_writer.Write(host_pid, task.proc.pid(), task.pages, writer, pages, source);
+  }
+  mem::PlanSplit split = out->handoff->precopy->Split(host_pid, task.pages);
+  uint32_t pid = static_cast<uint32_t>(task.proc.pid());
+  mem::PagePlan now;
+  std::vector<mem::Range> later;
+  if (out->handoff->defer_rest) {
+    SplitDeferrable(task.proc, split.rest, &now, &later);
+  } else {
+    now = std::move(split.rest);
+  }
+  STASIS_TRY(page_writer.Write(host_pid, pid, now, writer, pages));
+  STASIS_TRY(WriteRanges(writer, image::RecordType::kKept, pid, split.kept, &out->kept_pages));
+  STASIS_TRY(WriteRanges(writer, image::RecordType::kDeferred, pid, later, &out->deferred_pages));
+  if (!later.empty()) out->deferred->push_back({host_pid, pid, std::move(later)});
+  return Ok();
+}
+
 // The page records (read from the tasks, or from `stores` when given: one
-// per task), the late records and the trailer.
+// per task; with a handoff, only what the destination lacks), the late
+// records and the trailer.
 Status WriteTail(const sys::Env& env, TreeImage& tree, image::Writer& writer, DumpStats* stats,
-                 const std::vector<std::unique_ptr<mem::PageCopies>>* stores = nullptr) {
+                 const std::vector<std::unique_ptr<mem::PageCopies>>* stores = nullptr,
+                 const PageHandoff* handoff = nullptr,
+                 std::vector<DeferredPages>* deferred = nullptr) {
   uint64_t total = 0, done = 0;
   for (const CollectedTask& task : tree.tasks) {
     if (!task.proc.zombie()) total += PlannedBytes(task.pages);
@@ -117,12 +191,12 @@ Status WriteTail(const sys::Env& env, TreeImage& tree, image::Writer& writer, Du
   env.Report("pages", 0, total);
   mem::PageStats pages;
   mem::PageWriter page_writer;
+  TaskPagesOut out{handoff, deferred};
   for (size_t i = 0; i < tree.tasks.size(); ++i) {
     const CollectedTask& task = tree.tasks[i];
     if (task.proc.zombie()) continue;
     const mem::PageCopies* source = stores ? (*stores)[i].get() : nullptr;
-    STASIS_TRY(
-        page_writer.Write(tree.host_pids[i], task.proc.pid(), task.pages, writer, &pages, source));
+    STASIS_TRY(WriteTaskPages(page_writer, tree.host_pids[i], task, writer, &pages, source, &out));
     done += PlannedBytes(task.pages);
     env.Report("pages", done, total);
   }
@@ -131,11 +205,16 @@ Status WriteTail(const sys::Env& env, TreeImage& tree, image::Writer& writer, Du
   trailer.set_records(writer.records());
   trailer.set_page_bytes(pages.pages_written * image::kPageSize);
   trailer.set_pages(pages.pages_written);
+  trailer.set_kept_pages(out.kept_pages);
+  trailer.set_deferred_pages(out.deferred_pages);
   STASIS_TRY(writer.WriteMessage(image::RecordType::kTrailer, trailer));
   STASIS_TRY(writer.Flush());
   stats->resident_bytes = pages.pages_present * image::kPageSize;
+  if (handoff != nullptr) stats->resident_bytes = total;
   stats->pages_written = pages.pages_written;
   stats->zero_pages = pages.zero_pages;
+  stats->handoff_pages_kept = out.kept_pages;
+  stats->handoff_pages_deferred = out.deferred_pages;
   return Ok();
 }
 
@@ -336,6 +415,12 @@ Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::I
   DumpStats stats;
   pid_t pid = options.pid;
   if (pid == getpid()) return Error::Invalid("stasis cannot dump itself");
+  if (options.handoff != nullptr && (options.leave_running || options.handoff->precopy == nullptr ||
+                                     !options.handoff->precopy->tracking())) {
+    return Error::Invalid(
+        "dump: a migration's page handoff needs a tracking pre-copy, and the tree is killed "
+        "after it (not with --leave-running)");
+  }
   STASIS_TRY(CheckFeatures(env.features));
   std::optional<net::SessionNetDump> net;
   if (options.session_net) {
@@ -360,6 +445,7 @@ Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::I
   Clock::time_point frozen_at = Clock::now();
   std::vector<TreeTask> frozen = STASIS_TRY(Freeze(options, session_netns));
   if (precopy) precopy->Settle();
+  if (options.handoff != nullptr) options.handoff->precopy->Settle();
   if (net) STASIS_TRY(net->Lock());
   image::Manifest manifest;
   // What kinds changed in the tree for the dump (a socket put in repair
@@ -389,7 +475,12 @@ Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::I
   if (precopy) {
     stores = STASIS_TRY_CTX(TakePages(tree, *precopy), "dump: read pages");
   } else {
-    STASIS_TRY_CTX(WriteTail(env, tree, writer, &stats), "write image");
+    std::vector<DeferredPages> deferred;
+    STASIS_TRY_CTX(WriteTail(env, tree, writer, &stats, nullptr, options.handoff, &deferred),
+                   "write image");
+    if (options.handoff != nullptr && options.on_deferred) {
+      STASIS_TRY(options.on_deferred(deferred));
+    }
   }
   env.Report("release");
   if (options.leave_running) {

@@ -10,17 +10,38 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "image/endpoint.h"
 #include "kinds/policy.h"
+#include "mem/precopy.h"
 #include "net/isolated_net.h"
 #include "sys/env.h"
 #include "sys/result.h"
 
 namespace stasis::checkpoint {
+
+// A migration's switch-over (docs/image-format.md, kept and deferred
+// records): the dump writes only what the destination lacks.
+struct PageHandoff {
+  // Tracking since Precopy::StartTracking, rounds sent: its sent pages
+  // still good at the freeze become kept records.
+  mem::Precopy* precopy = nullptr;
+  // Post-copy: of the rest, the pages a lazy restore serves after the tree
+  // runs (mem/lazy_ranges.h) become deferred records, not page records.
+  bool defer_rest = false;
+};
+
+// Pages of a process that a deferred record names: the migration source
+// reads them from the still-frozen task after the image.
+struct DeferredPages {
+  pid_t host_pid = 0;
+  uint32_t pid = 0;  // as the tree sees it (the image's)
+  std::vector<mem::Range> ranges;
+};
 
 struct DumpOptions {
   pid_t pid = 0;
@@ -41,6 +62,14 @@ struct DumpOptions {
   std::optional<net::NetConfig> session_net;
   // Objects tied to the outside of the tree the user lets through.
   kinds::DumpPolicy policy;
+  // A migration's switch-over; nullptr for an ordinary dump. Not with
+  // leave_running (kInvalid).
+  const PageHandoff* handoff = nullptr;
+  // With handoff: called once the image is written (trailer included) and
+  // before the sink's Commit(), with every process that has deferred pages;
+  // the tree is still frozen (seized) then and until Commit() returns. A
+  // failure fails the dump (the tree runs on).
+  std::function<Status(const std::vector<DeferredPages>&)> on_deferred;
 };
 
 struct DumpStats {
@@ -55,6 +84,9 @@ struct DumpStats {
   // pages read while it was frozen.
   uint64_t precopy_pages_kept = 0;
   uint64_t precopy_pages_read = 0;
+  // With a handoff: pages in kept and in deferred records.
+  uint64_t handoff_pages_kept = 0;
+  uint64_t handoff_pages_deferred = 0;
 };
 
 // Reports the phases "freeze", "collect", "write", "pages" (with page bytes

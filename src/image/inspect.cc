@@ -10,6 +10,7 @@
 #include <string>
 
 #include "late.pb.h"
+#include "pages.pb.h"
 #include "process.pb.h"
 
 namespace stasis::image {
@@ -30,6 +31,9 @@ std::unique_ptr<Message> NewMessageFor(RecordType type) {
       return std::make_unique<Trailer>();
     case RecordType::kLate:
       return std::make_unique<LateRecord>();
+    case RecordType::kKept:
+    case RecordType::kDeferred:
+      return std::make_unique<PageRanges>();
     case RecordType::kPages:
       break;
   }

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "image/stream.h"
+#include "pages.pb.h"
 #include "process.pb.h"
 
 namespace stasis::image {
@@ -103,6 +104,32 @@ TEST(InspectTest, PageRecordsOnlyWithSummary) {
   ASSERT_EQ(got.value()["records"].size(), 5u);
   for (const nlohmann::json& r : got.value()["records"]) EXPECT_NE(r["type"], "pages");
   EXPECT_EQ(got.value()["pages"]["pages"], 4);
+}
+
+TEST(InspectTest, ListsKeptAndDeferredRanges) {
+  StringSink sink;
+  Writer w(sink);
+  ASSERT_TRUE(w.Begin().ok());
+  PageRanges kept;
+  kept.set_pid(77);
+  PageRange* r = kept.add_ranges();
+  r->set_addr(0x400000);
+  r->set_npages(3);
+  ASSERT_TRUE(w.WriteMessage(RecordType::kKept, kept).ok());
+  kept.mutable_ranges(0)->set_npages(1);
+  ASSERT_TRUE(w.WriteMessage(RecordType::kDeferred, kept).ok());
+  ASSERT_TRUE(w.Flush().ok());
+  MemorySource source(sink.data());
+  Result<nlohmann::json> got = InspectImage(source, false);
+  ASSERT_TRUE(got.ok()) << got.error().ToString();
+  const nlohmann::json& records = got.value()["records"];
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0]["type"], "kept");
+  EXPECT_EQ(records[0]["message"]["pid"], 77);
+  EXPECT_EQ(records[0]["message"]["ranges"][0]["addr"], std::to_string(0x400000));
+  EXPECT_EQ(records[0]["message"]["ranges"][0]["npages"], "3");
+  EXPECT_EQ(records[1]["type"], "deferred");
+  EXPECT_EQ(records[1]["message"]["ranges"][0]["npages"], "1");
 }
 
 TEST(InspectTest, DamageFailsTheWholeCall) {

@@ -129,13 +129,17 @@ const char* RecordTypeName(RecordType type) {
       return "trailer";
     case RecordType::kLate:
       return "late";
+    case RecordType::kKept:
+      return "kept";
+    case RecordType::kDeferred:
+      return "deferred";
   }
   return "unknown";
 }
 
 bool IsKnownRecordType(uint16_t raw) {
   return raw >= static_cast<uint16_t>(RecordType::kManifest) &&
-         raw <= static_cast<uint16_t>(RecordType::kLate);
+         raw <= static_cast<uint16_t>(RecordType::kDeferred);
 }
 
 std::string ImagePath(const std::string& dir) {

@@ -167,7 +167,7 @@ class MemorySource : public Source {
 
 inline constexpr char kMagic[8] = {'S', 'T', 'A', 'S', 'I', 'S', 'I', 'M'};
 inline constexpr uint16_t kFormatMajor = 1;
-inline constexpr uint16_t kFormatMinor = 1;  // 1.1: late records
+inline constexpr uint16_t kFormatMinor = 2;  // 1.1: late records; 1.2: kept, deferred
 inline constexpr size_t kStreamHeaderSize = 24;
 inline constexpr size_t kFrameHeaderSize = 16;
 inline constexpr size_t kMaxRecordPayload = 64u << 20;
@@ -181,6 +181,11 @@ enum class RecordType : uint16_t {
   kPages = 4,
   kTrailer = 5,
   kLate = 6,  // 1.1: protobuf LateRecord, after the pages, before the trailer
+  // 1.2, only in a migration stream: protobuf PageRanges, after a process's
+  // page records. Kept: the reader holds these pages from the pre-copy.
+  kKept = 7,
+  // Deferred: these pages come after the image (post-copy).
+  kDeferred = 8,
 };
 
 // Frame flag bits. None is in use yet; a reader rejects any set bit.

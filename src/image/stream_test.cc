@@ -227,10 +227,20 @@ TEST(StreamTest, RejectsBadMagic) {
 }
 
 TEST(StreamTest, RejectsNewerMinor) {
-  Error e = BeginError(StreamHeader(1, 2));
+  Error e = BeginError(StreamHeader(1, 3));
   EXPECT_EQ(e.code(), ErrorCode::kInvalid);
   EXPECT_EQ(e.message(),
-            "image format 1.2 is newer than this build reads (1.1); use a newer stasis");
+            "image format 1.3 is newer than this build reads (1.2); use a newer stasis");
+}
+
+TEST(StreamTest, ReadsEveryOlderMinor) {
+  for (uint16_t minor : {0, 1, 2}) {
+    std::string h = StreamHeader(1, minor);
+    MemorySource src(h);
+    Reader r(src);
+    ASSERT_TRUE(r.Begin().ok()) << "1." << minor;
+    EXPECT_EQ(r.format_minor(), minor);
+  }
 }
 
 TEST(StreamTest, RejectsOtherMajor) {
@@ -547,8 +557,11 @@ TEST(StreamTest, RecordTypeNamesAndImagePath) {
   EXPECT_STREQ(RecordTypeName(RecordType::kManifest), "manifest");
   EXPECT_STREQ(RecordTypeName(RecordType::kTrailer), "trailer");
   EXPECT_STREQ(RecordTypeName(RecordType::kLate), "late");
+  EXPECT_STREQ(RecordTypeName(RecordType::kKept), "kept");
+  EXPECT_STREQ(RecordTypeName(RecordType::kDeferred), "deferred");
   EXPECT_TRUE(IsKnownRecordType(6));
-  EXPECT_FALSE(IsKnownRecordType(7));
+  EXPECT_TRUE(IsKnownRecordType(8));
+  EXPECT_FALSE(IsKnownRecordType(9));
   EXPECT_STREQ(RecordTypeName(static_cast<RecordType>(40)), "unknown");
   EXPECT_EQ(ImagePath("/var/img"), "/var/img/stasis.img");
   EXPECT_EQ(ImagePath("/var/img/"), "/var/img/stasis.img");

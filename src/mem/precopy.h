@@ -12,15 +12,22 @@
 // and refaulting, swapping, KSM or migration all count as changed).
 // Everything else, and every process the pre-copy could not track (no
 // userfaultfd, born during the pre-copy), is read while frozen.
+//
+// A migration uses the same tracking without keeping copies: the pages go
+// to the destination in rounds (StartTracking, SendRound), and at the
+// freeze Split tells which of them it still holds good copies of
+// (precopy_rounds.cc; the dump writes those as kept records).
 #pragma once
 
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <vector>
 
 #include "mem/pages.h"
+#include "mem/ranges.h"
 #include "sys/result.h"
 #include "sys/unique_fd.h"
 
@@ -53,6 +60,30 @@ struct PrecopyStats {
   uint64_t pages_read = 0;    // read while frozen
 };
 
+// One pre-copy round of a migration (Precopy::SendRound).
+struct RoundStats {
+  uint64_t pages_sent = 0;
+  uint64_t dirty_pages = 0;  // found written since the previous round
+  uint64_t bytes = 0;        // page bytes sent
+  double ms = 0;
+};
+
+// A page run going to a migration's destination: pid as the tree sees it.
+using SendRun =
+    std::function<Status(uint32_t pid, uint64_t addr, uint64_t npages, const uint8_t* data)>;
+
+// A process's dump plan at the freeze, split into the pages whose last sent
+// copy is still good (the destination holds them) and the rest.
+struct PlanSplit {
+  std::vector<Range> kept;
+  PagePlan rest;
+};
+
+class Tracker;  // precopy_rounds.cc
+struct TrackerDeleter {
+  void operator()(Tracker* t) const;
+};
+
 class Precopy {
  public:
   // The tree runs. Never fails as a whole: a process that cannot be tracked
@@ -72,12 +103,34 @@ class Precopy {
 
   const PrecopyStats& stats() const { return stats_; }
 
+  // Migration (precopy_rounds.cc): the tree runs; its writes are tracked,
+  // and pages are sent in rounds (SendRound), not kept here: this process
+  // holds only what it needs to judge at the freeze whether the copy sent
+  // is still good (the physical page each sent page was, and the VMAs it
+  // registered). Never fails as a whole: a process that cannot be tracked
+  // is left out, and every page of it goes with the image.
+  static Precopy StartTracking(pid_t root);
+  // One round while the tree runs: the first sends every present private
+  // page of the tracked VMAs; each next one the pages written since the
+  // previous round, and every page of a VMA (or a process) that appeared
+  // since. Fails only when send fails.
+  Result<RoundStats> SendRound(const SendRun& send);
+  // Pages written since the last round, counted without sending or
+  // re-protecting them (for the convergence estimate).
+  Result<uint64_t> DirtyPages();
+  // After Settle, the tree frozen: the pages of plan whose last sent copy
+  // is still good (not written since it was sent, same physical page, same
+  // VMA), and the rest of plan. A page not in plan is never kept.
+  PlanSplit Split(pid_t host_pid, const PagePlan& plan) const;
+  bool tracking() const { return tracker_ != nullptr; }
+
   struct Process;
 
  private:
-  Precopy() = default;
+  Precopy();
   std::map<pid_t, std::unique_ptr<Process>> procs_;
   PrecopyStats stats_;
+  std::unique_ptr<Tracker, TrackerDeleter> tracker_;  // migration only
 };
 
 }  // namespace stasis::mem

@@ -14,6 +14,7 @@
 #include "kinds/registry.h"
 #include "kinds/thread.h"
 #include "kinds/vdso.h"
+#include "mem/lazy_ranges.h"
 #include "sys/pidfds.h"
 #include "sys/uffd.h"
 
@@ -238,37 +239,11 @@ Status TaskBuild::MapMemory(mem::PageStore& pages, bool vdso_in_place) {
                       mem::Delivery::kOnDemand);
 }
 
-namespace {
-
-// Private anonymous VMAs with pages of their own: missing mode takes
-// nothing else (file mappings), and an inherited VMA already holds its
-// parent's pages, which a copy could not replace (EEXIST). Each without
-// its first and last page, which are written before the tree runs:
-// unregistering merges a VMA with its neighbours when their flags become
-// equal, and the dumped layout had them apart; split off inside the VMA,
-// the registered part can only merge back into its own VMA.
-std::vector<mem::Range> LazyRanges(const image::Process& proc) {
-  constexpr uint64_t kPage = image::kPageSize;
-  std::vector<mem::Range> out;
-  for (const image::Vma& v : proc.vmas()) {
-    // MADV_HUGEPAGE: the first write would bring a whole huge page in,
-    // over pages still to come.
-    bool huge = std::find(v.vm_flags().begin(), v.vm_flags().end(), "hg") != v.vm_flags().end();
-    if (v.kind() == image::Vma::ANON && !v.shared() && v.has_pages() && !v.inherited() && !huge &&
-        v.end() - v.start() > 2 * kPage) {
-      out.push_back({v.start() + kPage, v.end() - kPage});
-    }
-  }
-  return out;
-}
-
-}  // namespace
-
 // A userfaultfd made inside the task (its mm is the one it serves) and
 // taken into the restorer; not limited to user-mode faults, so the
 // kernel's own accesses (read() into a missing page) are served too.
 Status TaskBuild::ServeLazily() {
-  std::vector<mem::Range> ranges = LazyRanges(*plan_.proc);
+  std::vector<mem::Range> ranges = mem::LazyRanges(*plan_.proc);
   if (ranges.empty()) return Ok();
   long fd = STASIS_TRY(task_->Call("userfaultfd", SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   Result<sys::UniqueFd> pidfd = sys::PidfdOpen(host_pid_);

@@ -20,6 +20,7 @@
 #include "net/netlock.h"
 #include "net/session_restore.h"
 #include "net/tcp_nudge.h"
+#include "pages.pb.h"
 #include "pty.pb.h"
 #include "restore/puppet.h"
 #include "restore/spawn.h"
@@ -201,16 +202,67 @@ Result<LocalFiles> CreateFiles(const std::vector<image::File>& files, bool shell
   return out;
 }
 
-// Hands this process's page records (they are consecutive in the image)
-// to the page store, which writes them into its puppet.
+// Pages the image carried, named (kept) or announced (deferred): what the
+// trailer counts.
+struct PageCounts {
+  uint64_t pages = 0;
+  uint64_t kept = 0;
+  uint64_t deferred = 0;
+};
+
+// Where a process's kept and deferred records send their ranges.
+struct PageInputs {
+  mem::HeldPages* held = nullptr;
+  bool deferred_allowed = false;
+};
+
+// A kept record: its pages move from the held pre-copy into the store; a
+// deferred record: its ranges are declared, to come after the image.
+Status TakeRanges(const image::Record& rec, mem::PageStore& store, const PageInputs& in,
+                  const image::PageRanges& ranges, PageCounts* counts) {
+  bool kept = rec.type == image::RecordType::kKept;
+  for (const image::PageRange& r : ranges.ranges()) {
+    uint64_t end = r.addr() + r.npages() * image::kPageSize;
+    std::string what = fmt::format("pid {}: {} pages {:#x}-{:#x} (record {})", ranges.pid(),
+                                   image::RecordTypeName(rec.type), r.addr(), end, rec.index);
+    if (r.npages() == 0 || end < r.addr()) return Error::Corrupt(what + ": not a page range");
+    if (kept && in.held == nullptr) {
+      return Error::Corrupt(what + ": held from a pre-copy, but this restore holds none");
+    }
+    if (!kept && !in.deferred_allowed) {
+      return Error::Corrupt(what + ": to come after the image, but this restore expects none");
+    }
+    if (kept) {
+      STASIS_TRY_CTX(in.held->Give(ranges.pid(), r.addr(), r.npages(), store), what);
+      counts->kept += r.npages();
+    } else {
+      STASIS_TRY_CTX(store.Declare(static_cast<int>(ranges.pid()), r.addr(), end), what);
+      counts->deferred += r.npages();
+    }
+  }
+  return Ok();
+}
+
+// Hands this process's page records (they are consecutive in the image,
+// with its kept and deferred records) to the page store, which writes them
+// into its puppet.
 Status FeedPages(Records& records, mem::PageStore& store, const image::Process& proc,
-                 const std::shared_ptr<const void>& image) {
+                 const std::shared_ptr<const void>& image, const PageInputs& in,
+                 PageCounts* counts) {
   for (;; records.Consume()) {
     image::Record* rec = STASIS_TRY(records.Peek());
+    if (rec->type == image::RecordType::kKept || rec->type == image::RecordType::kDeferred) {
+      image::PageRanges ranges;
+      STASIS_TRY(image::ParseMessage(*rec, &ranges));
+      if (static_cast<int>(ranges.pid()) != proc.pid()) return Ok();
+      STASIS_TRY(TakeRanges(*rec, store, in, ranges, counts));
+      continue;
+    }
     if (rec->type != image::RecordType::kPages) return Ok();
     image::PageRun run = STASIS_TRY(image::ParsePageRun(*rec));
     if (static_cast<int>(run.pid) != proc.pid()) return Ok();
     STASIS_TRY(store.Add(run, image));
+    counts->pages += run.npages;
   }
 }
 
@@ -233,7 +285,7 @@ Status ApplyLate(Records& records, const ImageHead& head, const LocalFiles& file
 }
 
 // The trailer must be the last record and agree with what came before it.
-Status ReadTrailer(Records& records, uint64_t pages) {
+Status ReadTrailer(Records& records, const PageCounts& counts) {
   image::Record* rec = STASIS_TRY(records.Peek());
   if (rec->type != image::RecordType::kTrailer) {
     return Error::Corrupt(fmt::format(
@@ -245,9 +297,14 @@ Status ReadTrailer(Records& records, uint64_t pages) {
   image::Trailer trailer;
   STASIS_TRY(image::ParseMessage(*rec, &trailer));
   records.Consume();
-  if (trailer.pages() != pages) {
+  if (trailer.pages() != counts.pages) {
     return Error::Corrupt(
-        fmt::format("trailer counts {} pages, image holds {}", trailer.pages(), pages));
+        fmt::format("trailer counts {} pages, image holds {}", trailer.pages(), counts.pages));
+  }
+  if (trailer.kept_pages() != counts.kept || trailer.deferred_pages() != counts.deferred) {
+    return Error::Corrupt(
+        fmt::format("trailer counts {} kept and {} deferred pages, image names {} and {}",
+                    trailer.kept_pages(), trailer.deferred_pages(), counts.kept, counts.deferred));
   }
   if (!STASIS_TRY(records.AtEnd())) return Error::Corrupt("records after the trailer");
   return Ok();
@@ -310,6 +367,8 @@ struct TreeRestore {
   // Keeps the page records' bytes valid, when they are read in place from
   // an image mapped whole: held pages then need no copy.
   std::shared_ptr<const void> image;
+  PageInputs inputs;
+  PageCounts counts;
 
   // Phase 1 of tree[i], then its children (depth first, the image's order:
   // they consume their page records in turn), then its phase 2.
@@ -320,7 +379,7 @@ struct TreeRestore {
     t.build =
         i == 0 ? STASIS_TRY(TaskBuild::StartFresh(*t.leader, t.host_pid, plan, store))
                : STASIS_TRY(TaskBuild::StartForked(*t.leader, t.host_pid, plan, t.origin, store));
-    STASIS_TRY(FeedPages(records, store, *t.proc, image));
+    STASIS_TRY(FeedPages(records, store, *t.proc, image, inputs, &counts));
     env.Report("pages", store.pages_received() * image::kPageSize);
     STASIS_TRY(t.build->FinishMemory());
     for (const image::Process& c : head.procs) {
@@ -371,6 +430,9 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
                               std::shared_ptr<image::Source> source) {
   auto start = std::chrono::steady_clock::now();
   STASIS_TRY(CheckFeatures(env.features, options));
+  if (options.deferred_allowed && !options.lazy) {
+    return Error::Invalid("restore: deferred pages (post-copy) need a lazy restore");
+  }
   std::shared_ptr<image::MappedFileSource> spooled = STASIS_TRY(Spool(env, options, *source));
   env.Report("read");
   image::Reader reader(spooled ? *spooled : *source);
@@ -425,11 +487,15 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
   if (!image && source.use_count() > 0 && dynamic_cast<image::MappedFileSource*>(source.get())) {
     image = source;
   }
-  TreeRestore builder{env, head, files, records, tree, image_files, pages, lazy.get(), image};
+  TreeRestore builder{
+      env,         head,  files,      records, tree,
+      image_files, pages, lazy.get(), image,   {options.held.get(), options.deferred_allowed},
+      {}};
   STASIS_TRY_CTX(builder.BuildSubtree(0), fmt::format("restore pid {}", result.pid));
   STASIS_TRY(ApplyLate(records, head, files));
-  STASIS_TRY(ReadTrailer(records, pages.pages_received()));
-  pages.Close(Ok());
+  STASIS_TRY(ReadTrailer(records, builder.counts));
+  // Deferred pages are still to come: the caller closes the store.
+  if (builder.counts.deferred == 0) pages.Close(Ok());
   result.pages = pages.pages_received();
   env.Report("pages", result.pages * image::kPageSize, result.pages * image::kPageSize);
   // A shell job joins the restorer's group, the job the shell knows.

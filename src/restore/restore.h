@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "image/stream.h"
+#include "mem/held_pages.h"
 #include "mem/lazy_pager.h"
 #include "net/isolated_net.h"
 #include "sys/env.h"
@@ -58,6 +59,14 @@ struct RestoreOptions {
   // move it into a session's cgroup before anything can fork); a failure
   // fails the restore.
   std::function<Status(const RestoreResult&)> before_release;
+  // A migration's destination: kept records take their pages from here
+  // (docs/image-format.md); without it a kept record is kCorrupt.
+  std::shared_ptr<mem::HeldPages> held;
+  // Deferred records declare their ranges in the page store (the lazy
+  // pager waits for them; the caller feeds and closes the store through
+  // RestoreResult::pager). Needs lazy. Without it a deferred record is
+  // kCorrupt.
+  bool deferred_allowed = false;
 };
 
 // Reports the phases "read" (with image bytes while a stream is spooled),
