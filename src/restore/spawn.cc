@@ -178,14 +178,15 @@ Status AwaitInit(int control, pid_t init) {
     n = recv(control, &ready, sizeof(ready), 0);
   } while (n < 0 && errno == EINTR);
   if (n != sizeof(ready)) {
-    return Error::Invalid(fmt::format("the restore init (pid {}) exited before it was set up", init));
+    return Error::Invalid(
+        fmt::format("the restore init (pid {}) exited before it was set up", init));
   }
   switch (ready.step) {
     case InitStep::kReady:
       return Ok();
     case InitStep::kTimeNamespace:
-      return Error::FromErrno("the restore init: setns(CLONE_NEWTIME) into the tree's time namespace",
-                              ready.err);
+      return Error::FromErrno(
+          "the restore init: setns(CLONE_NEWTIME) into the tree's time namespace", ready.err);
     case InitStep::kSlaveMounts:
       return Error::FromErrno("the restore init: make / a slave mount", ready.err);
     case InitStep::kProcMount:

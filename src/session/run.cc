@@ -47,8 +47,9 @@ class InitHandle {
       close(sv[0]);
       InitMain(config);
     }
-    Error error = Error::Errno(fmt::format("clone3(CLONE_NEWPID|CLONE_NEWNS{}) for the session init",
-                                           new_time_ns ? "|CLONE_NEWTIME" : ""));
+    Error error =
+        Error::Errno(fmt::format("clone3(CLONE_NEWPID|CLONE_NEWNS{}) for the session init",
+                                 new_time_ns ? "|CLONE_NEWTIME" : ""));
     close(sv[1]);
     if (r < 0) {
       close(sv[0]);

@@ -207,8 +207,8 @@ ClockReading Shifted(const ClockReading& host, const TimeOffsets& offsets) {
 Result<TimeOffsets> ContinuationOffsets(const ClockReading& recorded,
                                         const ClockReading& host_now) {
   // 128 bits: a forged image must get an error, not an overflow.
-  __int128 elapsed = std::max<__int128>(
-      0, static_cast<__int128>(host_now.realtime_ns) - recorded.realtime_ns);
+  __int128 elapsed =
+      std::max<__int128>(0, static_cast<__int128>(host_now.realtime_ns) - recorded.realtime_ns);
   constexpr __int128 kLimit = static_cast<__int128>(kMaxNamespaceClockSec - 60) * kNsPerSec;
   auto offset = [&](const char* clock, int64_t was, int64_t host) -> Result<int64_t> {
     if (was < 0) {
@@ -241,8 +241,6 @@ Result<UniqueFd> CreateTimeNamespace(const TimeOffsets& offsets) {
   return fd;
 }
 
-int EnterTimeNamespace(int fd) {
-  return syscall(SYS_setns, fd, CLONE_NEWTIME) == 0 ? 0 : errno;
-}
+int EnterTimeNamespace(int fd) { return syscall(SYS_setns, fd, CLONE_NEWTIME) == 0 ? 0 : errno; }
 
 }  // namespace stasis::sys

@@ -25,9 +25,9 @@ TEST(TimeOffsetsTest, ParsesTheKernelsFormat) {
 }
 
 TEST(TimeOffsetsTest, RefusesWhatIsNotOffsets) {
-  for (const char* bad : {"monotonic 1\n", "realtime 1 0\n", "monotonic 1 1000000000\n",
-                          "monotonic 1 -1\n", "boottime x 0\n", "monotonic 99999999999999 0\n",
-                          "monotonic 1 0 0\n"}) {
+  for (const char* bad :
+       {"monotonic 1\n", "realtime 1 0\n", "monotonic 1 1000000000\n", "monotonic 1 -1\n",
+        "boottime x 0\n", "monotonic 99999999999999 0\n", "monotonic 1 0 0\n"}) {
     auto r = ParseTimeOffsets(bad);
     EXPECT_FALSE(r.ok()) << bad;
     if (!r.ok()) {
@@ -193,8 +193,7 @@ TEST(TimeNamespaceTest, KernelRefusalIsNamed) {
   auto ns = CreateTimeNamespace({-(kMaxNamespaceClockSec * kSec), 0});
   ASSERT_FALSE(ns.ok());
   EXPECT_EQ(ns.error().errnum(), ERANGE);
-  EXPECT_NE(ns.error().message().find("timens_offsets"), std::string::npos)
-      << ns.error().message();
+  EXPECT_NE(ns.error().message().find("timens_offsets"), std::string::npos) << ns.error().message();
 }
 
 }  // namespace
