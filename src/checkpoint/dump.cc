@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 
+#include "checkpoint/clocks.h"
 #include "checkpoint/files_dump.h"
 #include "checkpoint/task_dump.h"
 #include "checkpoint/tree.h"
@@ -367,6 +368,7 @@ Result<std::vector<TreeTask>> Freeze(const DumpOptions& options, const std::stri
 Status CompleteManifest(const DumpOptions& options, const TreeImage& tree,
                         const std::optional<net::SessionNetDump>& net, image::Manifest* manifest) {
   FillManifest(tree.tasks[0].proc, manifest);
+  STASIS_TRY(RecordClocks(tree.host_pids, manifest->mutable_clocks()));
   if (options.policy.shell_job) {
     *manifest->mutable_shell_job() =
         STASIS_TRY_CTX(kinds::pty::DumpShellJob(options.pid, tree.host_pids, tree.files), "dump");

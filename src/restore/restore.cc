@@ -467,7 +467,10 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
   result.pid = head.procs[0].pid();
   // The init of an isolated session's tree is made inside its namespace:
   // every process of the tree inherits it from there.
-  Spawner spawner = STASIS_TRY(net.Inside([&] { return Spawner::Start(options.new_pid_ns); }));
+  sys::UniqueFd time_ns =
+      STASIS_TRY(TimeNamespaceFor(env.features, head.manifest.clocks(), env.log));
+  Spawner spawner = STASIS_TRY(
+      net.Inside([&] { return Spawner::Start(options.new_pid_ns, std::move(time_ns)); }));
   // Before the tree: a failed restore kills the tree, then stops the pager.
   auto store = std::make_unique<mem::PageStore>();
   for (const image::Process& p : head.procs) store->Expect(p);

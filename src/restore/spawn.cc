@@ -19,6 +19,7 @@
 #include "sys/kernel_abi.h"
 #include "sys/pidfds.h"
 #include "sys/proc.h"
+#include "sys/timens.h"
 
 namespace stasis::restore {
 namespace {
@@ -32,11 +33,26 @@ struct Request {
 struct Reply {
   int32_t err;  // 0 or an errno
 };
+// The init's first message: ready, or the step of its set-up that failed.
+enum class InitStep : int32_t { kReady = 0, kTimeNamespace = 1, kSlaveMounts = 2, kProcMount = 3 };
+struct InitReady {
+  InitStep step;
+  int32_t err;
+};
 
 long Clone3(sys::abi::CloneArgs* args) { return syscall(sys::abi::kNrClone3, args, sizeof(*args)); }
 
 // Runs in the new puppet. Only async-signal-safe calls from here on.
-[[noreturn]] void PuppetMain(int restorer_pidfd, int slot) {
+[[noreturn]] void PuppetMain(int restorer_pidfd, int slot, int time_ns, int ready_w) {
+  if (time_ns >= 0) {
+    // Before anything else: the puppet is still single-threaded and has
+    // read no clock.
+    int err = sys::EnterTimeNamespace(time_ns);
+    if (err != 0) {
+      (void)!write(ready_w, &err, sizeof(err));
+      _exit(127);
+    }
+  }
   if (restorer_pidfd != slot && dup2(restorer_pidfd, slot) < 0) _exit(127);
   // Closing the rest (the ready pipe among them) tells the creator we are set.
   if (slot > 0) syscall(sys::abi::kNrCloseRange, 0, slot - 1, 0);
@@ -44,9 +60,9 @@ long Clone3(sys::abi::CloneArgs* args) { return syscall(sys::abi::kNrClone3, arg
   for (;;) pause();
 }
 
-// Creates a puppet as a child of the calling process; returns its pidfd or
-// -errno.
-int SpawnPuppet(pid_t pid, int slot, int restorer_pidfd) {
+// Creates a puppet as a child of the calling process, in the time namespace
+// of `time_ns` when it is >= 0; returns its pidfd or -errno.
+int SpawnPuppet(pid_t pid, int slot, int restorer_pidfd, int time_ns) {
   int ready[2];
   if (pipe2(ready, O_CLOEXEC) < 0) return -errno;
   // Keep the ready pipe above the slot so dup2 onto the slot cannot close it.
@@ -64,13 +80,21 @@ int SpawnPuppet(pid_t pid, int slot, int restorer_pidfd) {
   args.set_tid = reinterpret_cast<uint64_t>(&pid);
   args.set_tid_size = 1;
   long r = Clone3(&args);
-  if (r == 0) PuppetMain(restorer_pidfd, slot);
+  if (r == 0) PuppetMain(restorer_pidfd, slot, time_ns, ready_w);
   int err = r < 0 ? errno : 0;
   close(ready_w);
-  char byte;
-  while (r > 0 && read(ready[0], &byte, 1) < 0 && errno == EINTR) {
-  }
+  // Nothing read: the puppet closed the pipe, it is set. An int: its errno.
+  int puppet_err = 0;
+  ssize_t n = 0;
+  do {
+    n = r > 0 ? read(ready[0], &puppet_err, sizeof(puppet_err)) : 0;
+  } while (n < 0 && errno == EINTR);
   close(ready[0]);
+  if (n == sizeof(puppet_err) && puppet_err != 0) {
+    close(pidfd);
+    waitpid(static_cast<pid_t>(r), nullptr, __WALL);
+    return -puppet_err;
+  }
   return r < 0 ? -err : pidfd;
 }
 
@@ -96,10 +120,22 @@ int SpawnPuppet(pid_t pid, int slot, int restorer_pidfd) {
   }
 }
 
-[[noreturn]] void InitMain(int control, int restorer_pidfd) {
+// Tells the restorer how the init's set-up ended; exits if it failed.
+void SendReady(int control, InitStep step, int err) {
+  InitReady ready = {step, err};
+  if (send(control, &ready, sizeof(ready), MSG_NOSIGNAL) != sizeof(ready) || err != 0) _exit(1);
+}
+
+[[noreturn]] void InitMain(int control, int restorer_pidfd, int time_ns) {
   // Until Commit, live no longer than the restorer: when PID 1 dies the
   // kernel kills every process of the namespace.
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // First, while single-threaded and before any puppet: they are all born
+  // in the init's time namespace.
+  if (time_ns >= 0) {
+    int err = sys::EnterTimeNamespace(time_ns);
+    if (err != 0) SendReady(control, InitStep::kTimeNamespace, err);
+  }
   int devnull = open("/dev/null", O_RDWR);
   for (int fd = 0; fd < 3; ++fd) dup2(devnull, fd);
   // The restorer's other fds (the restored files among them) are not the
@@ -108,8 +144,13 @@ int SpawnPuppet(pid_t pid, int slot, int restorer_pidfd) {
   syscall(sys::abi::kNrCloseRange, 3, keep_low - 1, 0);
   syscall(sys::abi::kNrCloseRange, keep_low + 1, keep_high - 1, 0);
   syscall(sys::abi::kNrCloseRange, keep_high + 1, ~0u, 0);
-  if (mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) < 0) _exit(126);
-  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0) _exit(125);
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) < 0) {
+    SendReady(control, InitStep::kSlaveMounts, errno);
+  }
+  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0) {
+    SendReady(control, InitStep::kProcMount, errno);
+  }
+  SendReady(control, InitStep::kReady, 0);
   for (;;) {
     Request req;
     if (recv(control, &req, sizeof(req), 0) != sizeof(req)) _exit(1);
@@ -122,20 +163,65 @@ int SpawnPuppet(pid_t pid, int slot, int restorer_pidfd) {
       close(restorer_pidfd);
       ReaperLoop(req.pid);
     }
-    int pidfd = SpawnPuppet(req.pid, req.slot, restorer_pidfd);
+    int pidfd = SpawnPuppet(req.pid, req.slot, restorer_pidfd, -1);
     Reply reply = {pidfd < 0 ? -pidfd : 0};
     if (!sys::SendMessage(control, &reply, sizeof(reply), pidfd).ok()) _exit(1);
     if (pidfd >= 0) close(pidfd);
   }
 }
 
+// What the init said once set up (or why it did not get there).
+Status AwaitInit(int control, pid_t init) {
+  InitReady ready = {};
+  ssize_t n;
+  do {
+    n = recv(control, &ready, sizeof(ready), 0);
+  } while (n < 0 && errno == EINTR);
+  if (n != sizeof(ready)) {
+    return Error::Invalid(
+        fmt::format("the restore init (pid {}) exited before it was set up", init));
+  }
+  switch (ready.step) {
+    case InitStep::kReady:
+      return Ok();
+    case InitStep::kTimeNamespace:
+      return Error::FromErrno(
+          "the restore init: setns(CLONE_NEWTIME) into the tree's time namespace", ready.err);
+    case InitStep::kSlaveMounts:
+      return Error::FromErrno("the restore init: make / a slave mount", ready.err);
+    case InitStep::kProcMount:
+      return Error::FromErrno("the restore init: mount /proc", ready.err);
+  }
+  return Error::Invalid("the restore init sent an unknown set-up step");
+}
+
 }  // namespace
 
-Result<Spawner> Spawner::Start(bool new_pid_ns) {
+Result<sys::UniqueFd> TimeNamespaceFor(const sys::KernelFeatures& features,
+                                       const image::Clocks& clocks, Logger& log) {
+  if (!clocks.own_time_ns()) return sys::UniqueFd();
+  STASIS_TRY(features.Require({"time namespaces"},
+                              "restoring a tree that had its own time namespace (its "
+                              "CLOCK_MONOTONIC goes on across hosts)"));
+  sys::ClockReading recorded = {clocks.monotonic_ns(), clocks.boottime_ns(), clocks.realtime_ns()};
+  sys::ClockReading host = STASIS_TRY_CTX(sys::ReadHostClocks(), "the tree's time namespace");
+  sys::TimeOffsets offsets =
+      STASIS_TRY_CTX(sys::ContinuationOffsets(recorded, host), "the tree's time namespace");
+  log.Debug(fmt::format(
+      "the tree's time namespace: CLOCK_MONOTONIC {:+.3f} s, CLOCK_BOOTTIME {:+.3f} s from this "
+      "host's",
+      offsets.monotonic_ns / 1e9, offsets.boottime_ns / 1e9));
+  return STASIS_TRY_CTX(sys::CreateTimeNamespace(offsets), "the tree's time namespace");
+}
+
+Result<Spawner> Spawner::Start(bool new_pid_ns, sys::UniqueFd time_ns) {
   Spawner s;
   s.new_pid_ns_ = new_pid_ns;
   s.restorer_pidfd_ = STASIS_TRY(sys::PidfdOpen(getpid()));
-  if (!new_pid_ns) return s;
+  if (!new_pid_ns) {
+    s.time_ns_ = std::move(time_ns);
+    return s;
+  }
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
     return Error::Errno("socketpair for the restore init");
@@ -146,15 +232,18 @@ Result<Spawner> Spawner::Start(bool new_pid_ns) {
   long r = Clone3(&args);
   if (r == 0) {
     close(sv[0]);
-    InitMain(sv[1], s.restorer_pidfd_.get());
+    InitMain(sv[1], s.restorer_pidfd_.get(), time_ns.get());
   }
+  Error clone_error = Error::Errno("clone3(CLONE_NEWPID|CLONE_NEWNS) for the restore init");
   close(sv[1]);
   if (r < 0) {
     close(sv[0]);
-    return Error::Errno("clone3(CLONE_NEWPID|CLONE_NEWNS) for the restore init");
+    return clone_error;
   }
   s.init_pid_ = static_cast<pid_t>(r);
   s.control_.reset(sv[0]);
+  // On failure the Spawner's destructor kills and reaps the init.
+  STASIS_TRY(AwaitInit(s.control_.get(), s.init_pid_));
   return s;
 }
 
@@ -163,6 +252,7 @@ Spawner::Spawner(Spawner&& o) noexcept
       init_pid_(std::exchange(o.init_pid_, 0)),
       control_(std::move(o.control_)),
       restorer_pidfd_(std::move(o.restorer_pidfd_)),
+      time_ns_(std::move(o.time_ns_)),
       committed_(std::exchange(o.committed_, true)) {}
 
 Spawner::~Spawner() {
@@ -174,8 +264,12 @@ Spawner::~Spawner() {
 Result<Puppet> Spawner::CreatePuppet(pid_t pid, int pidfd_slot) {
   Puppet puppet;
   if (!new_pid_ns_) {
-    int fd = SpawnPuppet(pid, pidfd_slot, restorer_pidfd_.get());
-    if (fd < 0) return Error::FromErrno(fmt::format("clone3 with PID {}", pid), -fd);
+    int fd = SpawnPuppet(pid, pidfd_slot, restorer_pidfd_.get(), time_ns_.get());
+    if (fd < 0) {
+      return Error::FromErrno(fmt::format("clone3 with PID {}{}", pid,
+                                          time_ns_.valid() ? " in the tree's time namespace" : ""),
+                              -fd);
+    }
     puppet.pidfd.reset(fd);
   } else {
     Request req = {Op::kCreate, pid, pidfd_slot};

@@ -11,10 +11,18 @@
 // SIGTERM/SIGINT/SIGHUP to the restored root. Until Commit() the init dies
 // with the restorer (PDEATHSIG), and the kernel then kills the whole
 // namespace: a failed restore leaves nothing behind.
+//
+// A tree that had a time namespace of its own is restored into a new one
+// (TimeNamespaceFor): the init enters it before anything else, so every
+// puppet is born inside; without a new PID namespace each puppet enters it
+// itself.
 #pragma once
 
 #include <sys/types.h>
 
+#include "process.pb.h"
+#include "sys/features.h"
+#include "sys/log.h"
 #include "sys/result.h"
 #include "sys/unique_fd.h"
 
@@ -25,10 +33,22 @@ struct Puppet {
   sys::UniqueFd pidfd;
 };
 
+// The time namespace for a tree dumped with `clocks`: none (an invalid fd)
+// when the tree had the dumper's, which then keeps this host's clocks; else
+// a new one whose CLOCK_MONOTONIC and CLOCK_BOOTTIME read, from now on, what
+// the tree read at the dump plus the wall-clock time elapsed since
+// (sys::ContinuationOffsets), however far this host's clocks are from the
+// dumping host's. Refuses what the kernel cannot show, and a kernel without
+// time namespaces. Says the offsets in `log` (debug).
+Result<sys::UniqueFd> TimeNamespaceFor(const sys::KernelFeatures& features,
+                                       const image::Clocks& clocks, Logger& log);
+
 class Spawner {
  public:
   // new_pid_ns=false creates puppets directly in the restorer's namespace.
-  static Result<Spawner> Start(bool new_pid_ns);
+  // With a valid `time_ns` (TimeNamespaceFor) the puppets are born in it;
+  // the Spawner keeps it only as long as it needs it.
+  static Result<Spawner> Start(bool new_pid_ns, sys::UniqueFd time_ns = sys::UniqueFd());
   Spawner(Spawner&&) noexcept;
   Spawner& operator=(Spawner&&) = delete;
   ~Spawner();
@@ -46,6 +66,7 @@ class Spawner {
   pid_t init_pid_ = 0;     // host pid of the namespace init, 0 without one
   sys::UniqueFd control_;  // socket to the init
   sys::UniqueFd restorer_pidfd_;
+  sys::UniqueFd time_ns_;  // entered by each puppet without a new PID namespace
   bool committed_ = false;
 };
 

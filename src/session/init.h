@@ -1,6 +1,7 @@
 // The PID 1 of a session started by `stasis run`.
 //
-// The launcher clones it with CLONE_NEWPID | CLONE_NEWNS. It keeps only its
+// The launcher clones it with CLONE_NEWPID | CLONE_NEWNS (and CLONE_NEWTIME
+// when the kernel has time namespaces: see run.h). It keeps only its
 // stdio and the control socket, makes its mounts slaves of the host's and
 // mounts a /proc of its own (so /proc inside shows the session's PIDs). It
 // then waits for the launcher's go, which comes once the launcher has moved

@@ -22,6 +22,7 @@
 #include "sys/netns.h"
 #include "sys/pidfds.h"
 #include "sys/proc.h"
+#include "sys/timens.h"
 
 namespace stasis::session {
 namespace {
@@ -30,21 +31,25 @@ namespace {
 // destruction unless committed, which takes the whole namespace with it.
 class InitHandle {
  public:
-  static Result<InitHandle> Clone(InitConfig config) {
+  // new_time_ns: the session gets a time namespace of its own (offsets 0,
+  // made by clone3 itself, so the launcher's own stays as it was).
+  static Result<InitHandle> Clone(InitConfig config, bool new_time_ns) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
       return Error::Errno("socketpair for the session init");
     }
     config.control_fd = sv[1];
     sys::abi::CloneArgs args = {};
-    args.flags = CLONE_NEWPID | CLONE_NEWNS;
+    args.flags = CLONE_NEWPID | CLONE_NEWNS | (new_time_ns ? CLONE_NEWTIME : 0);
     args.exit_signal = SIGCHLD;
     long r = syscall(sys::abi::kNrClone3, &args, sizeof(args));
     if (r == 0) {
       close(sv[0]);
       InitMain(config);
     }
-    Error error = Error::Errno("clone3(CLONE_NEWPID|CLONE_NEWNS) for the session init");
+    Error error =
+        Error::Errno(fmt::format("clone3(CLONE_NEWPID|CLONE_NEWNS{}) for the session init",
+                                 new_time_ns ? "|CLONE_NEWTIME" : ""));
     close(sv[1]);
     if (r < 0) {
       close(sv[0]);
@@ -152,6 +157,17 @@ Result<net::NetConfig> PlanSessionNet(const RunOptions& options, const std::stri
   return net::PlanNet(options.address, options.bridge, taken);
 }
 
+// A session's clocks are its own, so that they go on where it is restored,
+// on this host or another (restore/spawn.h). A kernel without time
+// namespaces still runs sessions, with the host's clocks.
+Result<bool> SessionTimeNamespace(Logger& log) {
+  if (STASIS_TRY(sys::TimeNamespaceId(0)) != 0) return true;
+  log.Warn(
+      "no time namespaces on this kernel (CONFIG_TIME_NS): the session keeps the host's "
+      "clocks, and its CLOCK_MONOTONIC will jump when it is restored on another host");
+  return false;
+}
+
 Result<Started> Start(const RunOptions& options, const std::string& state_dir,
                       const sigset_t& command_sigmask, Logger& log) {
   StateDirLock lock = STASIS_TRY(StateDirLock::Acquire(state_dir));
@@ -163,6 +179,7 @@ Result<Started> Start(const RunOptions& options, const std::string& state_dir,
                          m.error().ToString()));
   }
   if (!options.name.empty()) STASIS_TRY(ClaimSessionName(state_dir, options.name));
+  bool time_ns = STASIS_TRY(SessionTimeNamespace(log));
   // Declared before the init: on failure the init dies first, then the
   // veth pair goes.
   std::optional<net::IsolatedNet> net;
@@ -175,8 +192,8 @@ Result<Started> Start(const RunOptions& options, const std::string& state_dir,
     // The init is cloned from inside, and all the session with it.
     inside_net.emplace(STASIS_TRY(sys::ScopedNetns::Enter(net->netns_fd())));
   }
-  InitHandle init =
-      STASIS_TRY(InitHandle::Clone(InitConfig{options.command, command_sigmask, options.detach}));
+  InitHandle init = STASIS_TRY(
+      InitHandle::Clone(InitConfig{options.command, command_sigmask, options.detach}, time_ns));
   if (inside_net) STASIS_TRY(inside_net->Leave());
   Started started;
   SessionInfo& info = started.info;

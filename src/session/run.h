@@ -2,10 +2,12 @@
 // it while passing on signals.
 //
 // Start-up, under the state-directory lock: refuse a live session of the
-// same name (cleaning a gone one), clone the init (init.h) into new PID and
-// mount namespaces, name the session ("s-<init host pid>" by default), make
-// its cgroup MOUNT/stasis/<name> and move the init in, let the init start
-// CMD, write the metadata, commit. Any failure before the commit kills the
+// same name (cleaning a gone one), clone the init (init.h) into new PID,
+// mount and time namespaces (the time one with offsets 0: the session's
+// clocks are then its own, and go on where it is restored), name the
+// session ("s-<init host pid>" by default), make its cgroup
+// MOUNT/stasis/<name> and move the init in, let the init start CMD, write
+// the metadata, commit. Any failure before the commit kills the
 // init (and with it the namespace) and removes the cgroup and metadata.
 //
 // Who cleans up: the init, when CMD exits (init.h, EndSession). A
