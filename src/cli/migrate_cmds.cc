@@ -12,6 +12,7 @@
 #include "migrate/channel.h"
 #include "migrate/destination.h"
 #include "migrate/source.h"
+#include "migrate/token.h"
 
 namespace stasis::cli {
 

@@ -149,6 +149,15 @@ Result<ReceiveSummary> ServeMigration(const sys::Env& env, Channel& channel,
     summary.postcopy = std::any_of(pids.begin(), pids.end(),
                                    [&](int pid) { return !pager->store().Missing(pid).empty(); });
     if (summary.postcopy) {
+      // Faults since the release waited unasked: Resume asks for them now.
+      pager->OnMissing([&out](int pid, uint64_t addr) {
+        PageRequest r;
+        r.set_pid(pid);
+        r.set_addr(addr);
+        // A failed send shows on the reading side too, which ends post-copy.
+        if (out.Send(Msg::kPageRequest, r).ok()) (void)out.Flush();
+      });
+      pager->Resume();
       pages = ReceivePages(in, *pager);
       pager->store().Close(pages.ok() ? Ok() : Status(pages.error()));
     }

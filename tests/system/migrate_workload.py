@@ -60,7 +60,9 @@ def main() -> None:
     ap.add_argument("out")
     a = ap.parse_args()
     npages = a.mib * 256
-    buf = mmap.mmap(-1, npages * PAGE)
+    # Private anonymous memory, as a heap or a numpy array is (mmap(-1, n)
+    # alone would be shared memory).
+    buf = mmap.mmap(-1, npages * PAGE, flags=mmap.MAP_PRIVATE)
     values = bytearray(npages)
     for i in range(npages):
         values[i] = (i * 7 + 1) % 251 + 1
