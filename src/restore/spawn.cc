@@ -178,8 +178,8 @@ Status AwaitInit(int control, pid_t init) {
     n = recv(control, &ready, sizeof(ready), 0);
   } while (n < 0 && errno == EINTR);
   if (n != sizeof(ready)) {
-    return Error::Invalid(
-        fmt::format("the restore init (pid {}) exited before it was set up", init));
+    return Error(ErrorCode::kFailed,
+                 fmt::format("the restore init (pid {}) exited before it was set up", init));
   }
   switch (ready.step) {
     case InitStep::kReady:

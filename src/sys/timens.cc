@@ -3,16 +3,14 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sched.h>
-#include <signal.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
+#include <thread>
 #include <utility>
 
 #include "sys/proc.h"
@@ -55,53 +53,6 @@ int64_t Now(clockid_t clock) {
   clock_gettime(clock, &ts);
   return ts.tv_sec * kNsPerSec + ts.tv_nsec;
 }
-
-// A child that unshares a time namespace for its children and waits to be
-// killed: its /proc entries are where the namespace's offsets are written
-// and its fd is taken. Killed and reaped on destruction.
-class NamespaceHelper {
- public:
-  static Result<NamespaceHelper> Start() {
-    int sync[2];
-    if (pipe2(sync, O_CLOEXEC) < 0) return Error::Errno("pipe for the time namespace helper");
-    pid_t pid = fork();
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      int err = unshare(CLONE_NEWTIME) == 0 ? 0 : errno;
-      (void)!write(sync[1], &err, sizeof(err));
-      for (;;) pause();
-    }
-    int fork_errno = errno;
-    close(sync[1]);
-    if (pid < 0) {
-      close(sync[0]);
-      return Error::FromErrno("fork the time namespace helper", fork_errno);
-    }
-    NamespaceHelper helper(pid);
-    int err = 0;
-    ssize_t n;
-    do {
-      n = read(sync[0], &err, sizeof(err));
-    } while (n < 0 && errno == EINTR);
-    close(sync[0]);
-    if (n != sizeof(err)) return Error::Invalid("the time namespace helper died before unshare");
-    if (err != 0) return Error::FromErrno("unshare(CLONE_NEWTIME)", err);
-    return helper;
-  }
-  NamespaceHelper(NamespaceHelper&& o) noexcept : pid_(std::exchange(o.pid_, 0)) {}
-  NamespaceHelper& operator=(NamespaceHelper&&) = delete;
-  ~NamespaceHelper() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-    }
-  }
-  pid_t pid() const { return pid_; }
-
- private:
-  explicit NamespaceHelper(pid_t pid) : pid_(pid) {}
-  pid_t pid_ = 0;
-};
 
 Status WriteOffsets(pid_t pid, const TimeOffsets& offsets) {
   std::string path = ProcPath(pid, "timens_offsets");
@@ -233,12 +184,31 @@ Result<TimeOffsets> ContinuationOffsets(const ClockReading& recorded,
 }
 
 Result<UniqueFd> CreateTimeNamespace(const TimeOffsets& offsets) {
-  NamespaceHelper helper = STASIS_TRY(NamespaceHelper::Start());
-  STASIS_TRY_CTX(WriteOffsets(helper.pid(), offsets), "set the time namespace's offsets");
-  std::string path = ProcPath(helper.pid(), "ns/time_for_children");
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return Error::Errno("open " + path);
-  return fd;
+  // In a thread of its own: unshare(CLONE_NEWTIME) changes only the calling
+  // thread's namespace for children, and a thread costs nothing like a
+  // fork of a restorer holding gigabytes of pages. /proc/TID (not listed,
+  // but there) is that thread's, timens_offsets included.
+  Result<UniqueFd> out = Error::Invalid("the time namespace thread did not run");
+  std::thread maker([&out, &offsets] {
+    if (unshare(CLONE_NEWTIME) < 0) {
+      out = Error::Errno("unshare(CLONE_NEWTIME)");
+      return;
+    }
+    pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
+    Status written = WriteOffsets(tid, offsets);
+    if (!written.ok()) {
+      out = std::move(written).error().Context("set the time namespace's offsets");
+      return;
+    }
+    UniqueFd fd(open("/proc/thread-self/ns/time_for_children", O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) {
+      out = Error::Errno("open /proc/thread-self/ns/time_for_children");
+      return;
+    }
+    out = std::move(fd);
+  });
+  maker.join();
+  return out;
 }
 
 int EnterTimeNamespace(int fd) { return syscall(SYS_setns, fd, CLONE_NEWTIME) == 0 ? 0 : errno; }

@@ -81,9 +81,8 @@ ClockReading Shifted(const ClockReading& host, const TimeOffsets& offsets);
 Result<TimeOffsets> ContinuationOffsets(const ClockReading& recorded, const ClockReading& host_now);
 
 // A new time namespace with `offsets` that no process has entered yet,
-// held by the returned fd (of /proc/PID/ns/time_for_children of a helper
-// process that made it and is gone on return). Needs CAP_SYS_ADMIN and
-// CAP_SYS_TIME.
+// held by the returned fd (its /proc/TID/ns/time_for_children, opened by a
+// short-lived thread that made it). Needs CAP_SYS_ADMIN and CAP_SYS_TIME.
 Result<UniqueFd> CreateTimeNamespace(const TimeOffsets& offsets);
 
 // Moves the calling process, which must be single-threaded, and its future
