@@ -150,7 +150,7 @@ int MigrateCommands::RunMigrate() const {
   std::string what = session_.empty() ? fmt::format("pid {}", pid_) : "session " + session_;
   fmt::print(stderr,
              "stasis: migrated {} to {} ({}){}: {} pre-copy round{}, {} sent ({} pre-copy, {} at "
-             "switch-over, {} post-copy), frozen {:.0f} ms (restore {:.0f} ms), {}total {:.0f} "
+             "switch-over, {} post-copy), frozen {:.0f} ms (of which the destination read the image and built the tree in {:.0f} ms), {}total {:.0f} "
              "ms; {}\n",
              what, m.peer, m.destination,
              m.session_name.empty() ? "" : " as session " + m.session_name, m.rounds,

@@ -8,7 +8,7 @@ Cases on this host's loopback (a tree, not a session: no own network):
   local_tls        the same over TLS keyed from a token file.
   busy_converges   a tree writing 20 MiB/s over an unlimited link: rounds
                    converge and it moves within its budget.
-  busy_postcopy    a tree writing faster than a 100 Mbit/s link: rounds do not
+  busy_postcopy    a tree writing 60 MiB/s, faster than a 200 Mbit/s link: rounds do not
                    converge, post-copy (auto) takes over, pages arrive on
                    fault and in the background; every page checked after.
   postcopy_always  --postcopy=always right after one round.
@@ -197,7 +197,7 @@ def case_busy_converges(run: Run) -> None:
 
 
 def case_busy_postcopy(run: Run) -> None:
-    s = migrate_and_check(run, 256, 40, ["--insecure"], ["--bandwidth", "100"], "post-copy")
+    s = migrate_and_check(run, 64, 60, ["--insecure"], ["--bandwidth", "200"], "post-copy")
     if not s["postcopy"]:
         fail("expected post-copy")
 
@@ -209,7 +209,7 @@ def case_postcopy_always(run: Run) -> None:
 
 
 def case_busy_never(run: Run) -> None:
-    migrate_and_check(run, 256, 40, ["--insecure"], ["--bandwidth", "100", "--postcopy=never"],
+    migrate_and_check(run, 64, 60, ["--insecure"], ["--bandwidth", "200", "--postcopy=never"],
                       "over the")
 
 
