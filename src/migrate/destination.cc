@@ -10,6 +10,7 @@
 #include "migrate/hello.h"
 #include "migrate/image_link.h"
 #include "migrate/protocol.h"
+#include "restore/spawn.h"
 
 namespace stasis::migrate {
 
@@ -163,6 +164,10 @@ Result<ReceiveSummary> ServeMigration(const sys::Env& env, Channel& channel,
     }
     Status all_in = pager->Wait();
     if (pages.ok()) pages = std::move(all_in);
+    // The init guards the tree until then (restore/spawn.h); on a failure
+    // it kills it when the guard closes, rather than let it run with pages
+    // it never got.
+    if (pages.ok()) pages = restore::PagesIn(std::move(restored->page_guard));
     mem::LazyStats stats = pager->stats();
     summary.faults = stats.remote_faults;
     summary.blocktime_ms = stats.blocktime_ms;

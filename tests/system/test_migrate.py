@@ -24,6 +24,10 @@ Cases on this host's loopback (a tree, not a session: no own network):
                    at the source, the receiver keeps nothing.
   kill_dest        the receiver is killed -9 during pre-copy: the source says
                    so, the tree runs on.
+  kill_dest_postcopy  the receiver is killed -9 during post-copy, pages still on
+                   the source: the tree is lost (the design says so: it ran on
+                   the destination already), and it dies there rather than run
+                   on with zero pages where its data was; nothing is left.
 
 Cases between two emulated machines (tests/cluster.py: nodes a and b, a
 client namespace on the same layer-2 segment):
@@ -402,6 +406,30 @@ def case_session_stream(run: Run) -> None:
     left = stale(run_id)
     if left:
         fail(f"left behind: {left}")
+
+
+def case_kill_dest_postcopy(run: Run) -> None:
+    pid, out = run.workload(128, 5)
+    receiver, addr = run.receiver("--once", "--insecure")
+    src = subprocess.Popen([run.stasis, "migrate", "-t", str(pid), "--to", addr, "--insecure",
+                            "--postcopy=always", "--bandwidth", "40", "--progress"],
+                           stderr=subprocess.PIPE, text=True)
+    run.procs.append(src)
+    for line in src.stderr:
+        if "progress: postcopy" in line:
+            break
+    time.sleep(0.3)
+    receiver.send_signal(signal.SIGKILL)
+    rest = src.stderr.read()
+    src.wait(timeout=60)
+    print(rest, flush=True)
+    if src.returncode == 0:
+        fail("the source reported success with its receiver killed during post-copy")
+    wait_for(lambda: not subprocess.run(["pgrep", "-f", str(WORKLOAD)],
+                                        capture_output=True).stdout, "every copy to be gone")
+    text = out.read_text()
+    if "CORRUPT" in text:
+        fail("a copy ran on with pages it never got: " + text[text.find("CORRUPT"):][:200])
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
