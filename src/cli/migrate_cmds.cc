@@ -1,6 +1,7 @@
 #include "cli/migrate_cmds.h"
 
 #include <fmt/format.h>
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -56,6 +57,7 @@ nlohmann::json ToJson(const migrate::MigrateSummary& s) {
           {"total_ms", s.total_ms},
           {"faults", s.faults},
           {"blocktime_ms", s.blocktime_ms},
+          {"reconnects", s.reconnects},
           {"session", s.session_name},
           {"root_pid", s.root_pid}};
 }
@@ -72,7 +74,8 @@ nlohmann::json ToJson(const migrate::ReceiveSummary& s) {
           {"restore_ms", s.restore_ms},
           {"total_ms", s.total_ms},
           {"faults", s.faults},
-          {"blocktime_ms", s.blocktime_ms}};
+          {"blocktime_ms", s.blocktime_ms},
+          {"reconnects", s.reconnects}};
 }
 
 }  // namespace
@@ -156,8 +159,10 @@ int MigrateCommands::RunMigrate() const {
              m.session_name.empty() ? "" : " as session " + m.session_name, m.rounds,
              m.rounds == 1 ? "" : "s", MiB(m.total_bytes), MiB(m.precopy_bytes),
              MiB(m.image_bytes), MiB(m.postcopy_bytes), m.frozen_ms, m.restore_ms,
-             m.postcopy ? fmt::format("post-copy {:.0f} ms ({} faults, {:.0f} ms blocked), ",
-                                      m.postcopy_ms, m.faults, m.blocktime_ms)
+             m.postcopy ? fmt::format("post-copy {:.0f} ms ({} faults, {:.0f} ms blocked{}), ",
+                                      m.postcopy_ms, m.faults, m.blocktime_ms,
+                                      m.reconnects ? fmt::format(", {} reconnects", m.reconnects)
+                                                   : "")
                         : "",
              m.total_ms, m.decision);
   if (json_) fmt::print("{}\n", ToJson(m).dump());
@@ -188,6 +193,14 @@ int MigrateCommands::RunReceive() const {
     options.restore.spool_dir = tmp != nullptr && *tmp != '\0' ? tmp : "/var/tmp";
     std::string registered;
     options.restore.before_release = SessionRegistrar(state_dir_, "", "", &registered);
+    migrate::Listener& l = *listener;
+    const migrate::ChannelOptions& copts = *channel;
+    options.accept = [&l, &copts](int timeout_ms) -> Result<std::unique_ptr<migrate::Channel>> {
+      struct pollfd p = {l.fd(), POLLIN, 0};
+      int n = poll(&p, 1, timeout_ms);
+      if (n <= 0) return Error::Timeout("no connection came");
+      return l.Accept(copts, 10000);
+    };
     Result<migrate::ReceiveSummary> r =
         migrate::ServeMigration(env.env(), **conn, options, &registered);
     if (!r.ok()) {

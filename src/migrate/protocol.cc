@@ -36,6 +36,8 @@ const char* MsgName(Msg type) {
     case Msg::kPageRequest: return "page-request";
     case Msg::kPagesEnd: return "pages-end";
     case Msg::kDone: return "done";
+    case Msg::kAlive: return "alive";
+    case Msg::kMissing: return "missing";
   }
   return "unknown";
 }
@@ -126,7 +128,7 @@ Result<Frame> FrameReader::Next() {
   memcpy(&len, header + 4, 4);
   memcpy(&sum, header + 8, 8);
   if (flags != 0 || len > image::kMaxRecordPayload || type == 0 ||
-      type > static_cast<uint16_t>(Msg::kDone)) {
+      type > static_cast<uint16_t>(Msg::kLast)) {
     return Error::Corrupt(fmt::format(
         "a damaged frame from {} (type {}, flags {:#x}, length {}): is it a Stasis migration "
         "of the same version?",

@@ -34,6 +34,9 @@ enum class Msg : uint16_t {
   kPageRequest = 10, // destination -> source: PageRequest (post-copy fault)
   kPagesEnd = 11,    // source -> destination: every deferred page was sent
   kDone = 12,        // destination -> source: Done
+  kAlive = 13,       // destination -> source, each second of post-copy: the link works
+  kMissing = 14,     // destination -> source: MissingPages, after a resuming Hello
+  kLast = kMissing,
 };
 const char* MsgName(Msg type);
 

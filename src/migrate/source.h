@@ -27,6 +27,9 @@ struct MigrateOptions {
   int max_rounds = 30;
   int timeout_ms = 30000;         // a silent destination, before the switch-over
   int restore_timeout_ms = 120000;  // the destination building the tree
+  // Post-copy: how long to keep trying to reach a destination whose link
+  // broke, the tree frozen here with its pages (postcopy_source.h).
+  int recovery_ms = 300000;
 };
 
 struct MigrateSummary {
@@ -41,6 +44,7 @@ struct MigrateSummary {
   double postcopy_ms = 0;    // from the commit until every page was on the destination
   double total_ms = 0;
   double restore_ms = 0;     // the destination's restore, inside frozen_ms
+  int reconnects = 0;        // post-copy: links that broke and came back
   uint64_t faults = 0;       // post-copy faults that waited for the source
   double blocktime_ms = 0;
   std::string session_name;  // as registered on the destination

@@ -36,6 +36,11 @@ client namespace on the same layer-2 segment):
                    through it while the session moves a -> b -> a over TLS:
                    every byte once, in order, no reset; the longest stall is
                    printed. Nothing of the run is left at the end.
+  postcopy_link_cut  post-copy between the machines, and the source's link is
+                   cut for 8 s with pages still on the source: the
+                   destination's faulting threads wait, the source
+                   reconnects and sends what is missing; the session runs on
+                   b with every page, nothing is left on a.
 
 The workload (migrate_workload.py) checks its own memory every second and
 its monotonic clock; the test reads its output file. Every process the test
@@ -430,6 +435,57 @@ def case_kill_dest_postcopy(run: Run) -> None:
     text = out.read_text()
     if "CORRUPT" in text:
         fail("a copy ran on with pages it never got: " + text[text.find("CORRUPT"):][:200])
+
+
+def case_postcopy_link_cut(run: Run) -> None:
+    sys.path.insert(0, str(HERE.parent))
+    from cluster import Cluster, stale  # noqa: E402  (tests/cluster.py)
+
+    with Cluster(["a", "b"], stasis=run.stasis) as c:
+        run_id = c.run_id
+        a, b = c.nodes["a"], c.nodes["b"]
+        out = run.dir / "session.out"
+        a.run(["stasis", "run", "-d", "--name", "web", "--net=isolated", "--address",
+               c.session_address(11), "--", PY, str(WORKLOAD), "--mib", "96", "--write-mib-s",
+               "2", str(out)])
+        wait_for(lambda: out.exists() and "tick" in out.read_text(), "the session to start", 60)
+        token = run.token()
+        err = run.dir / "receive.err"
+        recv = b.popen(["stasis", "receive", "--listen", f"{b.address}:7700", "--once", "--json",
+                        "--token-file", str(token)], stdout=subprocess.PIPE,
+                       stderr=open(err, "w"), text=True)
+        run.procs.append(recv)
+        wait_for(lambda: "receiving on" in err.read_text(), "the receiver to listen")
+        src = a.popen(["stasis", "migrate", "--session", "web", "--to", f"{b.address}:7700",
+                       "--token-file", str(token), "--postcopy=always", "--bandwidth", "60",
+                       "--progress", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      text=True)
+        run.procs.append(src)
+        for line in src.stderr:
+            if "progress: postcopy" in line:
+                break
+        time.sleep(1)
+        a.set_link(False)
+        time.sleep(8)
+        a.set_link(True)
+        rest = src.stderr.read()
+        src.wait(timeout=120)
+        print(rest, flush=True)
+        recv.wait(timeout=60)
+        print(err.read_text(), flush=True)
+        if src.returncode != 0:
+            fail("the migration did not survive the cut link")
+        summary = json.loads(src.stdout.read().strip().splitlines()[-1])
+        if summary["reconnects"] < 1:
+            fail(f"expected the link to break and come back: {summary}")
+        if "web" not in b.run(["stasis", "ps"]).stdout:
+            fail("the session is not running on b")
+        if "web" in a.run(["stasis", "ps"]).stdout:
+            fail("the session is still listed on a")
+        goes_on(out, out.stat().st_size, "on b after the cut link")
+    left = stale(run_id)
+    if left:
+        fail(f"left behind: {left}")
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
