@@ -36,6 +36,8 @@ client namespace on the same layer-2 segment):
                    through it while the session moves a -> b -> a over TLS:
                    every byte once, in order, no reset; the longest stall is
                    printed. Nothing of the run is left at the end.
+  address_in_use   the destination already has a session at the session's
+                   address: refused at hello, naming it; the session runs on.
   postcopy_link_cut  post-copy between the machines, and the source's link is
                    cut for 8 s with pages still on the source: the
                    destination's faulting threads wait, the source
@@ -483,6 +485,39 @@ def case_postcopy_link_cut(run: Run) -> None:
         if "web" in a.run(["stasis", "ps"]).stdout:
             fail("the session is still listed on a")
         goes_on(out, out.stat().st_size, "on b after the cut link")
+    left = stale(run_id)
+    if left:
+        fail(f"left behind: {left}")
+
+
+def case_address_in_use(run: Run) -> None:
+    sys.path.insert(0, str(HERE.parent))
+    from cluster import Cluster, stale  # noqa: E402  (tests/cluster.py)
+
+    with Cluster(["a", "b"], stasis=run.stasis) as c:
+        run_id = c.run_id
+        a, b = c.nodes["a"], c.nodes["b"]
+        addr = c.session_address(12)
+        out = run.dir / "session.out"
+        a.run(["stasis", "run", "-d", "--name", "web", "--net=isolated", "--address", addr, "--",
+               PY, str(WORKLOAD), "--mib", "16", str(out)])
+        b.run(["stasis", "run", "-d", "--name", "squatter", "--net=isolated", "--address", addr,
+               "--", "sleep", "600"])
+        wait_for(lambda: out.exists() and "tick" in out.read_text(), "the session to start", 60)
+        err = run.dir / "receive.err"
+        recv = b.popen(["stasis", "receive", "--listen", f"{b.address}:7700", "--once",
+                        "--insecure"], stdout=subprocess.PIPE, stderr=open(err, "w"), text=True)
+        run.procs.append(recv)
+        wait_for(lambda: "receiving on" in err.read_text(), "the receiver to listen")
+        r = a.run(["stasis", "migrate", "--session", "web", "--to", f"{b.address}:7700",
+                   "--insecure"], check=False)
+        print(r.stderr, flush=True)
+        if r.returncode == 0 or "already in use on this node" not in r.stderr:
+            fail(f"expected a refusal naming the address in use: {r.stderr}")
+        recv.wait(timeout=30)
+        if "web" not in a.run(["stasis", "ps"]).stdout:
+            fail("the session does not run on a any more")
+        goes_on(out, out.stat().st_size, "on a after a refused migration")
     left = stale(run_id)
     if left:
         fail(f"left behind: {left}")
