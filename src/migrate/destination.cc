@@ -29,12 +29,13 @@ Result<image::PageRun> ParseRun(const Frame& f) {
   }
   image::PageRunHeader h;
   memcpy(&h, f.payload.data(), sizeof h);
-  image::PageRun run{h.pid, h.addr, h.npages,
-                     reinterpret_cast<const uint8_t*>(f.payload.data()) + image::kPageRunHeaderSize};
+  image::PageRun run{
+      h.pid, h.addr, h.npages,
+      reinterpret_cast<const uint8_t*>(f.payload.data()) + image::kPageRunHeaderSize};
   if (h.npages == 0 || h.addr % image::kPageSize != 0 ||
       f.payload.size() != image::kPageRunHeaderSize + uint64_t{h.npages} * image::kPageSize) {
-    return Error::Corrupt(fmt::format("a page frame for pid {} at {:#x} of the wrong size", h.pid,
-                                      h.addr));
+    return Error::Corrupt(
+        fmt::format("a page frame for pid {} at {:#x} of the wrong size", h.pid, h.addr));
   }
   return run;
 }
@@ -67,8 +68,8 @@ Result<std::string> HoldRounds(FrameReader& in, mem::HeldPages& held, ReceiveSum
       case Msg::kRefuse:
         return Refused(in.peer(), f);
       default:
-        return Error::Corrupt(fmt::format("{} sent a {} frame during pre-copy", in.peer(),
-                                          MsgName(f.type)));
+        return Error::Corrupt(
+            fmt::format("{} sent a {} frame during pre-copy", in.peer(), MsgName(f.type)));
     }
   }
 }
@@ -98,8 +99,8 @@ Result<ReceiveSummary> ServeMigration(const sys::Env& env, Channel& channel,
 
   auto held = std::make_shared<mem::HeldPages>();
   std::string first = STASIS_TRY(HoldRounds(in, *held, summary));
-  env.log.Info(fmt::format("{} pre-copy rounds: {} MiB held", summary.rounds,
-                           summary.precopy_bytes >> 20));
+  env.log.Info(
+      fmt::format("{} pre-copy rounds: {} MiB held", summary.rounds, summary.precopy_bytes >> 20));
 
   ImageFramesSource image(in, std::move(first));
   restore::RestoreOptions ro = options.restore;
@@ -140,7 +141,8 @@ Result<ReceiveSummary> ServeMigration(const sys::Env& env, Channel& channel,
                                    [&](int pid) { return !pager->store().Missing(pid).empty(); });
     if (summary.postcopy) {
       PostcopyDestination link{hello.migration_id(), options.accept, 5000, options.recovery_ms};
-      Result<Channel*> last = ReceivePostcopy(env, link, channel, *pager, &resumed, &summary.reconnects);
+      Result<Channel*> last =
+          ReceivePostcopy(env, link, channel, *pager, &resumed, &summary.reconnects);
       if (last.ok()) {
         done_channel = *last;
       } else {

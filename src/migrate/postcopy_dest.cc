@@ -96,8 +96,8 @@ Received ReceivePages(FrameReader& in, mem::LazyPager& pager) {
     if (f->type == Msg::kPagesEnd) return {Ok(), false};
     if (f->type == Msg::kRefuse) return {Refused(in.peer(), *f), true};
     if (f->type != Msg::kPages) {
-      return {Error::Corrupt(fmt::format("{} sent a {} frame during post-copy", in.peer(),
-                                         MsgName(f->type))),
+      return {Error::Corrupt(
+                  fmt::format("{} sent a {} frame during post-copy", in.peer(), MsgName(f->type))),
               true};
     }
     Result<image::PageRun> run = ParseRun(*f);
@@ -126,8 +126,8 @@ Result<std::unique_ptr<Channel>> AwaitResume(const PostcopyDestination& options,
   for (;;) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
-      return Error::Timeout(fmt::format("the source did not come back within {} s",
-                                        options.recovery_ms / 1000));
+      return Error::Timeout(
+          fmt::format("the source did not come back within {} s", options.recovery_ms / 1000));
     }
     Result<std::unique_ptr<Channel>> c = options.accept(static_cast<int>(left.count()));
     if (!c.ok()) continue;  // a peer that failed the handshake

@@ -78,7 +78,8 @@ Outcome ServeOver(Channel& channel, mem::PageServer& server, int alive_timeout_m
 Result<std::unique_ptr<Channel>> Resume(const PostcopySource& options, mem::PageServer& server,
                                         const std::vector<mem::PageServer::Process>& procs,
                                         bool* refused) {
-  std::unique_ptr<Channel> channel = STASIS_TRY(Channel::Connect(options.to, options.channel, 2000));
+  std::unique_ptr<Channel> channel =
+      STASIS_TRY(Channel::Connect(options.to, options.channel, 2000));
   channel->SetTimeout(options.alive_timeout_ms);
   FrameWriter out(*channel);
   FrameReader in(*channel, channel->peer());
@@ -95,8 +96,8 @@ Result<std::unique_ptr<Channel>> Resume(const PostcopySource& options, mem::Page
   }
   Frame frame = STASIS_TRY(std::move(f));
   if (frame.type != Msg::kMissing) {
-    return Error::Corrupt(fmt::format("{} answered a resume with a {} frame", in.peer(),
-                                      MsgName(frame.type)));
+    return Error::Corrupt(
+        fmt::format("{} answered a resume with a {} frame", in.peer(), MsgName(frame.type)));
   }
   MissingPages missing = STASIS_TRY(FrameReader::Parse<MissingPages>(frame, "resume"));
   for (const mem::PageServer::Process& p : procs) server.Restart(p.pid, {});

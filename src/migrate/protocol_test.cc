@@ -39,18 +39,21 @@ TEST(Frames, RoundTrip) {
 }
 
 TEST(Frames, CorruptedByteIsNamed) {
-  std::string bytes = Encode([](FrameWriter& w) { ASSERT_TRUE(w.Send(Msg::kCommit, "abc", 3).ok()); });
+  std::string bytes =
+      Encode([](FrameWriter& w) { ASSERT_TRUE(w.Send(Msg::kCommit, "abc", 3).ok()); });
   bytes[bytes.size() - 1] ^= 1;
   image::MemorySource src(bytes);
   FrameReader r(src, "peer");
   Result<Frame> f = r.Next();
   ASSERT_FALSE(f.ok());
   EXPECT_EQ(f.error().code(), ErrorCode::kCorrupt);
-  EXPECT_NE(f.error().message().find("fails its checksum"), std::string::npos) << f.error().message();
+  EXPECT_NE(f.error().message().find("fails its checksum"), std::string::npos)
+      << f.error().message();
 }
 
 TEST(Frames, TruncatedInsideAFrameIsNamed) {
-  std::string bytes = Encode([](FrameWriter& w) { ASSERT_TRUE(w.Send(Msg::kImage, "abcdef", 6).ok()); });
+  std::string bytes =
+      Encode([](FrameWriter& w) { ASSERT_TRUE(w.Send(Msg::kImage, "abcdef", 6).ok()); });
   bytes.resize(bytes.size() - 2);
   image::MemorySource src(bytes);
   FrameReader r(src, "peer");

@@ -87,8 +87,9 @@ struct SwitchOver {
 
   Status AfterCommit() {
     Clock::time_point start = Clock::now();
-    Done done = postcopy ? STASIS_TRY(ServePages())
-                         : STASIS_TRY(in.ExpectMessage<Done>(Msg::kDone, "wait for the destination"));
+    Done done = postcopy
+                    ? STASIS_TRY(ServePages())
+                    : STASIS_TRY(in.ExpectMessage<Done>(Msg::kDone, "wait for the destination"));
     summary.postcopy_ms = postcopy ? MsSince(start) : 0;
     summary.session_name = done.session_name();
     summary.root_pid = done.root_pid();
@@ -119,8 +120,8 @@ Result<Decision> PrecopyRounds(const sys::Env& env, const MigrateOptions& option
     env.Report("precopy", out.bytes());
     uint64_t before = out.bytes();
     Clock::time_point t = Clock::now();
-    mem::RoundStats round = STASIS_TRY(precopy.SendRound(
-        [&](uint32_t pid, uint64_t addr, uint64_t n, const uint8_t* data) {
+    mem::RoundStats round = STASIS_TRY(
+        precopy.SendRound([&](uint32_t pid, uint64_t addr, uint64_t n, const uint8_t* data) {
           return out.SendPages(pid, addr, n, data);
         }));
     STASIS_TRY(out.Flush());
@@ -133,8 +134,8 @@ Result<Decision> PrecopyRounds(const sys::Env& env, const MigrateOptions& option
     STASIS_TRY(out.Send(Msg::kRoundEnd, end));
     Decision d = convergence.After({out.bytes() - before, ms, dirty});
     env.log.Info(fmt::format("pre-copy round {}: {} pages in {:.0f} ms, {} dirty; {}",
-                             convergence.rounds(), round.pages_sent, ms,
-                             dirty / image::kPageSize, d.why));
+                             convergence.rounds(), round.pages_sent, ms, dirty / image::kPageSize,
+                             d.why));
     if (d.next != Next::kRound) {
       summary.rounds = convergence.rounds();
       summary.precopy_ms = MsSince(start);
@@ -191,8 +192,8 @@ Result<MigrateSummary> Migrate(const sys::Env& env, const MigrateOptions& option
   dump.handoff = &handoff;
   // Without its own network, the tree's address stays here.
   dump.policy.moving_host = !dump.session_net.has_value();
-  SwitchOver switchover{env,        options, *channel, out,     in, summary.postcopy,
-                        hello.migration_id(), {}, {}, summary, {}};
+  SwitchOver switchover{env, options, *channel, out, in, summary.postcopy, hello.migration_id(),
+                        {},  {},      summary,  {}};
   dump.on_deferred = [&](const std::vector<checkpoint::DeferredPages>& deferred) {
     for (const checkpoint::DeferredPages& d : deferred) {
       switchover.deferred.push_back({d.host_pid, d.pid, d.ranges});
