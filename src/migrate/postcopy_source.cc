@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <chrono>
 #include <optional>
 #include <thread>
@@ -144,6 +145,12 @@ Result<Done> ServePostcopy(const sys::Env& env, const PostcopySource& options, C
         break;
       }
       if (refused) return std::move(next).error();
+      // Nobody listens there any more: the receiver that ran the tree is
+      // gone, and the tree with it (its init kills it when its pager goes).
+      if (next.error().errnum() == ECONNREFUSED) {
+        return std::move(next).error().Context(
+            "post-copy: the destination's receiver is gone, and the tree with it");
+      }
       last = std::move(next).error();
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
     }
