@@ -322,7 +322,7 @@ STREAM_CLIENT = r"""
 import json, os, socket, sys, threading, time
 host, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 s = socket.create_connection((host, port), timeout=60)
-s.settimeout(60)
+s.settimeout(1)
 sent = [0]
 errors = []
 def send():
@@ -336,17 +336,27 @@ def send():
 threading.Thread(target=send, daemon=True).start()
 print("streaming", flush=True)
 buf, want, last, stall = b"", 0, time.monotonic(), 0.0
+reported = last
 while True:
     if os.path.exists(stop) and want == sent[0] and sent[0] > 0:
         break
     try:
         d = s.recv(65536)
+    except socket.timeout:
+        # The last echo may have come before the stop file: look again.
+        if time.monotonic() - last > 60:
+            errors.append("no echo for 60 s")
+            break
+        continue
     except OSError as e:
         errors.append("recv: %s" % e)
         break
     now = time.monotonic()
     stall = max(stall, now - last)
     last = now
+    if now - reported > 0.5:
+        reported = now
+        print("progress %d of %d" % (want, sent[0]), file=sys.stderr, flush=True)
     if not d:
         errors.append("connection closed by the server")
         break
@@ -378,8 +388,10 @@ def case_session_stream(run: Run) -> None:
         wait_for(lambda: out.exists() and "tick" in out.read_text(), "the session to start", 60)
         token = run.token()
         stop = run.dir / "stop"
+        progress = run.dir / "client.err"
         client = c.client.popen([PY, "-c", STREAM_CLIENT, c.session_address(10, False), "7000",
-                                 str(stop)], stdout=subprocess.PIPE, text=True)
+                                 str(stop)], stdout=subprocess.PIPE, text=True,
+                                stderr=open(progress, "w"))
         run.procs.append(client)
         if client.stdout.readline().strip() != "streaming":
             fail("the client could not connect to the session")
@@ -404,6 +416,8 @@ def case_session_stream(run: Run) -> None:
                 fail(f"the session is still listed on {src.name}")
             goes_on(out, out.stat().st_size, f"on {dst.name}")
             time.sleep(1)
+            print(f"client after the move to {dst.name}: "
+                  f"{progress.read_text().splitlines()[-1:]}", flush=True)
         stop.write_text("")
         result, _ = client.communicate(timeout=60)
         stream = json.loads(result.strip().splitlines()[-1])
