@@ -57,12 +57,15 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=64)
     ap.add_argument("--write-mib-s", type=float, default=0)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--huge", action="store_true", help="MADV_HUGEPAGE, as numpy does")
     ap.add_argument("out")
     a = ap.parse_args()
     npages = a.mib * 256
     # Private anonymous memory, as a heap or a numpy array is (mmap(-1, n)
     # alone would be shared memory).
     buf = mmap.mmap(-1, npages * PAGE, flags=mmap.MAP_PRIVATE)
+    if a.huge:
+        buf.madvise(mmap.MADV_HUGEPAGE)
     values = bytearray(npages)
     for i in range(npages):
         values[i] = (i * 7 + 1) % 251 + 1

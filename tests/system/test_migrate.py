@@ -12,6 +12,9 @@ Cases on this host's loopback (a tree, not a session: no own network):
                    converge, post-copy (auto) takes over, pages arrive on
                    fault and in the background; every page checked after.
   postcopy_always  --postcopy=always right after one round.
+  huge_postcopy    the same with the memory in MADV_HUGEPAGE (as numpy's):
+                   served on fault too, never a huge page of zeros over
+                   pages still to come.
   busy_never       --postcopy=never: copies anyway, saying by how much the
                    budget was exceeded.
   wrong_token      the receiver has another token: refused before anything is
@@ -98,9 +101,12 @@ class Run:
         self.procs: list[subprocess.Popen] = []
         self.pids: list[int] = []
 
-    def workload(self, mib: int = 64, rate: float = 0, port: int = 0) -> tuple[int, Path]:
+    def workload(self, mib: int = 64, rate: float = 0, port: int = 0,
+                 huge: bool = False) -> tuple[int, Path]:
         out = self.dir / f"workload{len(self.procs)}.out"
         argv = [PY, str(WORKLOAD), "--mib", str(mib), "--write-mib-s", str(rate)]
+        if huge:
+            argv.append("--huge")
         if port:
             argv += ["--port", str(port)]
         p = subprocess.Popen(argv + [str(out)], stdin=subprocess.DEVNULL,
@@ -168,8 +174,8 @@ def tick(out: Path) -> int:
 
 
 def migrate_and_check(run: Run, mib: int, rate: float, chan: list[str], extra: list[str],
-                      expect: Optional[str] = None) -> dict:
-    pid, out = run.workload(mib, rate)
+                      expect: Optional[str] = None, huge: bool = False) -> dict:
+    pid, out = run.workload(mib, rate, huge=huge)
     receiver, addr = run.receiver("--once", "--json", *chan)
     before = tick(out)
     r = run.migrate("-t", str(pid), "--to", addr, "--json", *chan, *extra)
@@ -215,6 +221,13 @@ def case_busy_postcopy(run: Run) -> None:
 
 def case_postcopy_always(run: Run) -> None:
     s = migrate_and_check(run, 128, 5, ["--insecure"], ["--postcopy=always"])
+    if not s["postcopy"]:
+        fail("expected post-copy")
+
+
+def case_huge_postcopy(run: Run) -> None:
+    s = migrate_and_check(run, 128, 20, ["--insecure"], ["--postcopy=always", "--bandwidth", "400"],
+                          huge=True)
     if not s["postcopy"]:
         fail("expected post-copy")
 
