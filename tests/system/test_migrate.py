@@ -15,6 +15,10 @@ Cases on this host's loopback (a tree, not a session: no own network):
   huge_postcopy    the same with the memory in MADV_HUGEPAGE (as numpy's):
                    served on fault too, never a huge page of zeros over
                    pages still to come.
+  postcopy_fork    post-copy of a tree whose child shares its parent's memory
+                   copy-on-write (a fork without exec): the pages the child
+                   inherits cross before the tree runs, the rest later; both
+                   check their memory after.
   busy_never       --postcopy=never: copies anyway, saying by how much the
                    budget was exceeded.
   wrong_token      the receiver has another token: refused before anything is
@@ -102,11 +106,13 @@ class Run:
         self.pids: list[int] = []
 
     def workload(self, mib: int = 64, rate: float = 0, port: int = 0,
-                 huge: bool = False) -> tuple[int, Path]:
+                 huge: bool = False, fork: bool = False) -> tuple[int, Path]:
         out = self.dir / f"workload{len(self.procs)}.out"
         argv = [PY, str(WORKLOAD), "--mib", str(mib), "--write-mib-s", str(rate)]
         if huge:
             argv.append("--huge")
+        if fork:
+            argv.append("--fork")
         if port:
             argv += ["--port", str(port)]
         p = subprocess.Popen(argv + [str(out)], stdin=subprocess.DEVNULL,
@@ -174,8 +180,9 @@ def tick(out: Path) -> int:
 
 
 def migrate_and_check(run: Run, mib: int, rate: float, chan: list[str], extra: list[str],
-                      expect: Optional[str] = None, huge: bool = False) -> dict:
-    pid, out = run.workload(mib, rate, huge=huge)
+                      expect: Optional[str] = None, huge: bool = False,
+                      fork: bool = False) -> dict:
+    pid, out = run.workload(mib, rate, huge=huge, fork=fork)
     receiver, addr = run.receiver("--once", "--json", *chan)
     before = tick(out)
     r = run.migrate("-t", str(pid), "--to", addr, "--json", *chan, *extra)
@@ -230,6 +237,19 @@ def case_huge_postcopy(run: Run) -> None:
                           huge=True)
     if not s["postcopy"]:
         fail("expected post-copy")
+
+
+def case_postcopy_fork(run: Run) -> None:
+    s = migrate_and_check(run, 64, 20, ["--insecure"], ["--postcopy=always", "--bandwidth", "400"],
+                          fork=True)
+    if not s["postcopy"]:
+        fail("expected post-copy")
+    child = Path(str(run.dir / "workload0.out") + ".child")
+    size = child.stat().st_size
+    wait_for(lambda: child.read_text()[size:].count("child checked") >= 2,
+             "the child to check its memory after the migration", 30)
+    if "CORRUPT" in child.read_text():
+        fail("the child's memory: " + child.read_text()[-200:])
 
 
 def case_busy_never(run: Run) -> None:
