@@ -508,7 +508,13 @@ Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::I
   } else {
     STASIS_TRY(image.Commit());
     undo.steps.clear();
-    if (net) net->MarkKilled();
+    // A handoff's tree runs on the destination now: nothing here will take
+    // what its link's keeper holds.
+    if (net && options.handoff != nullptr) {
+      net->MarkMoved();
+    } else if (net) {
+      net->MarkKilled();
+    }
     STASIS_TRY(KillAndWait(frozen));
   }
   for (TreeTask& t : frozen) {

@@ -14,6 +14,7 @@
 #include "migrate/destination.h"
 #include "migrate/source.h"
 #include "migrate/token.h"
+#include "session/session.h"
 
 namespace stasis::cli {
 
@@ -35,6 +36,18 @@ Result<migrate::ChannelOptions> ChannelFrom(const std::string& token_file, bool 
   o.insecure = insecure;
   if (!insecure) o.token = STASIS_TRY(migrate::ReadTokenFile(token_file));
   return o;
+}
+
+// A session registered here by a migration that then failed: its tree is
+// gone (the restore killed it), its record and cgroup must go too.
+void DropRecord(const std::string& state_dir, const std::string& name) {
+  std::string dir = session::ResolveStateDir(state_dir);
+  Result<session::StateDirLock> lock = session::StateDirLock::Acquire(dir);
+  if (!lock.ok()) return;
+  Result<session::SessionInfo> info = session::FindSession(dir, name);
+  if (info.ok() && info->state == session::SessionState::kGone) {
+    (void)session::CleanupSession(dir, *info);
+  }
 }
 
 std::string MiB(uint64_t bytes) { return fmt::format("{:.1f} MiB", bytes / 1048576.0); }
@@ -203,6 +216,8 @@ int MigrateCommands::RunReceive() const {
     Result<migrate::ReceiveSummary> r =
         migrate::ServeMigration(env.env(), **conn, options, &registered);
     if (!r.ok()) {
+      // The session was registered before the commit; its tree is gone.
+      if (!registered.empty()) DropRecord(state_dir_, registered);
       Fail(r.error());
       if (once_) return 1;
       continue;

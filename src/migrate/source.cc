@@ -81,7 +81,19 @@ struct SwitchOver {
     summary.frozen_ms = MsSince(frozen_at);
     env.Report("commit");
     Status after = AfterCommit();
-    if (!after.ok()) post_commit = std::move(after).error();
+    if (after.ok()) return Ok();
+    // The destination says Done only once it has every page, and until
+    // then its tree dies with its receiver (restore/spawn.h's guard): a
+    // receiver that went away (its end of the connection closed) took its
+    // copy with it, whether or not it had read the commit, so ours runs on.
+    // A silent link says nothing of the kind: the destination may run the
+    // tree, so ours goes. Post-copy has the destination's tree run already.
+    if (!postcopy && after.error().code() != ErrorCode::kTimeout) {
+      return std::move(after).error().Context(
+          "the destination went away after the commit, before it had every page, and its copy "
+          "with it");
+    }
+    post_commit = std::move(after).error();
     return Ok();
   }
 
