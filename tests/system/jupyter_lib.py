@@ -4,7 +4,9 @@ for the system tests, the benchmark and the demo.
 JupyterSession starts Debian's jupyter-server as an unprivileged user inside
 a `stasis run` session, talks to its REST API, and dumps and restores it by
 name. KernelSocket and TerminalSocket are websocket clients that stay open
-across dump and restore, as a browser tab does.
+across dump and restore, as a browser tab does. ClusterJupyterSession runs it
+on a node of tests/cluster.py's emulated machines, its clients on the
+cluster's client namespace, and moves it to another node (stasis migrate).
 """
 import contextlib
 import ctypes
