@@ -147,8 +147,7 @@ void SplitDeferrable(const image::Process& proc, const mem::PagePlan& rest, mem:
   }
 }
 
-// The pages of one task: its page records (read from the task, or from
-// source), and with a handoff its kept and deferred records.
+// What the tasks' pages add up to, beyond page records.
 struct TaskPagesOut {
   const PageHandoff* handoff = nullptr;
   std::vector<DeferredPages>* deferred = nullptr;
@@ -156,6 +155,8 @@ struct TaskPagesOut {
   uint64_t deferred_pages = 0;
 };
 
+// The pages of one task: its page records (read from the task, or from
+// source), and with a handoff its kept and deferred records after them.
 Status WriteTaskPages(mem::PageWriter& page_writer, pid_t host_pid, const CollectedTask& task,
                       image::Writer& writer, mem::PageStats* pages, const mem::PageSource* source,
                       TaskPagesOut* out) {
