@@ -81,7 +81,7 @@ def move(s, sc, dst, token, cycle):
     rss_after = s.rss_kib() / 1024
     log(f"{src.name} -> {dst.name}: {m['stderr'].removeprefix('stasis: ')}")
     log(f"{src.name} -> {dst.name}: frozen {sm['frozen_ms']:.0f} ms on the source; the websocket "
-        f"client saw a gap of {m['gap_s'] * 1000:.0f} ms; {sm['rounds']} rounds, "
+        f"client saw a gap of {m['gap_s'] * 1000:.0f} ms; {sm['rounds']} round(s), "
         f"{sm['total_bytes'] / 2**20:.0f} MiB sent; RSS {rss_before:.0f} -> {rss_after:.0f} MiB "
         f"({sm['decision']}); received as {rc['session']} (root pid {rc['root_pid']}); state, "
         f"thread, sqlite{' lock' if sc.holding else ''}, busy count ({sc.busy_lines[-1]}), terminal ({sc.term_count()}) ok")
