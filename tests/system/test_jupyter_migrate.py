@@ -123,14 +123,24 @@ def run(a, work):
     return code
 
 
+def available_mib():
+    with open("/proc/meminfo") as f:
+        return next(int(l.split()[1]) // 1024 for l in f if l.startswith("MemAvailable:"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--stasis", required=True)
-    ap.add_argument("--big-mib", type=int, default=1024)
+    ap.add_argument("--big-mib", type=int, help="the kernel's array (default 1024, 512 when "
+                    "less than 6 GiB is available: a move holds the session about three times)")
     ap.add_argument("--sqlite-lock", action="store_true",
                     help="keep the sqlite write transaction open across the moves")
     a = ap.parse_args()
     a.stasis = os.path.abspath(a.stasis)
+    if a.big_mib is None:
+        a.big_mib = 1024 if available_mib() >= 6 * 1024 else 512
+        if a.big_mib < 1024:
+            log(f"only {available_mib()} MiB available: the kernel holds 512 MiB, not 1 GiB")
     if not jl.jupyter_installed():
         log("jupyter-server is not installed (scripts/install-deps.sh installs it)")
         return 77
