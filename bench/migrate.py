@@ -298,7 +298,13 @@ class Bench:
             wait_for(lambda: "receiving on" in open(err).read(), "the receiver to listen")
             r = src.run(["stasis", "migrate", "--session", SESSION, "--to",
                          f"{dst.address}:{port}", "--json", *chan], check=False, timeout=900)
-            out, _ = recv.communicate(timeout=300)
+            # A failed migration must end the receiver's at once; give it a
+            # little, then take it as the failure it is.
+            try:
+                out, _ = recv.communicate(timeout=300 if r.returncode == 0 else 30)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"migrate {src.name} -> {dst.name} exited {r.returncode}: "
+                                 f"{r.stderr}\nthe receiver did not end: {open(err).read()}")
         finally:
             if recv.poll() is None:
                 recv.kill()
@@ -310,7 +316,8 @@ class Bench:
                 "postcopy": s["postcopy"], "decision": s["decision"],
                 "resident_bytes": s["resident_bytes"], "precopy_ms": s["precopy_ms"],
                 "restore_ms": s["restore_ms"], "stasis_total_ms": s["total_ms"],
-                "faults": s["faults"], "blocktime_ms": s["blocktime_ms"]}
+                "faults": s["faults"], "blocktime_ms": s["blocktime_ms"],
+                "log": r.stderr.strip().splitlines() + open(err).read().strip().splitlines()}
 
     def stop_and_copy(self, src, dst, port):
         relay = dst.popen([PY, "-c", RELAY_IN, dst.address, str(port), dst.stasis],
@@ -335,12 +342,15 @@ class Bench:
         return {"bytes": int(float(d[2]) * 1048576), "rounds": 0, "frozen_ms": float(d[4]),
                 "postcopy": False, "decision": "stop-and-copy",
                 "resident_bytes": int(float(d[1]) * 1048576), "dump_ms": float(d[3]),
-                "restore_ms": float(rest[1]) if rest else None}
+                "restore_ms": float(rest[1]) if rest else None,
+                "log": r.stderr.strip().splitlines() + restore_err.strip().splitlines()}
 
 
-def run_mode(args, mode, configs):
+def run_mode(args, mode, configs, rows):
+    """Appends a row per move to rows; a failed move ends the mode (where
+    the session is then, and whether it answers, is no longer known) with
+    a row saying why."""
     busy = args.busy_mib_s if mode == "busy" else 0
-    rows = []
     work = tempfile.mkdtemp(prefix="stasis-bench-mig-")
     os.chmod(work, 0o755)
     try:
@@ -354,28 +364,32 @@ def run_mode(args, mode, configs):
                   + (f", writing {busy} MiB/s" if busy else "")
                   + f"; resident {bench.resident_bytes(a) / 2**20:.0f} MiB", flush=True)
             here, there = a, b
-            for rnd in range(args.runs):
-                for name in configs:
-                    row = bench.move(name, here, there)
-                    row.update({"mode": mode, "round": rnd + 1})
-                    rows.append(row)
-                    print_row(row)
-                    here, there = there, here
-            errors = bench.stop_client()
-            if errors:
-                raise BenchError(f"the websocket client failed: {errors}")
+            try:
+                for rnd in range(args.runs):
+                    for name in configs:
+                        row = bench.move(name, here, there)
+                        row.update({"mode": mode, "round": rnd + 1})
+                        rows.append(row)
+                        print_row(row)
+                        here, there = there, here
+                errors = bench.stop_client()
+                if errors:
+                    raise BenchError(f"the websocket client failed: {errors}")
+            except BenchError as e:
+                rows.append({"mode": mode, "config": name, "round": rnd + 1, "from": here.name,
+                             "to": there.name, "error": str(e)})
+                print(f"  {mode} {name} {here.name}->{there.name} FAILED: {e}", flush=True)
         left = stale(run_id)
         if left:
             raise BenchError(f"left behind: {left}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return rows
 
 
 def print_row(r):
     print(f"  {r['mode']:<4} {r['config']:<9} {r['from']}->{r['to']}  gap {r['gap_ms']:7.0f} ms "
           f"(steady {r['steady_ms']:.0f})  "
-          f"frozen {r['frozen_ms']:7.0f} ms  wall {r['wall_ms']:7.0f} ms  "
+          f"frozen {r['frozen_ms']:7.0f} ms (restore {r.get('restore_ms') or 0:.0f})  wall {r['wall_ms']:7.0f} ms  "
           f"sent {r['bytes'] / 2**20:7.0f} MiB ({r['bytes'] / r['resident_bytes']:.2f} x resident "
           f"{r['resident_bytes'] / 2**20:.0f} MiB)  rounds {r['rounds']}  "
           f"{'post-copy' if r['postcopy'] else ''} {r['decision']}", flush=True)
@@ -394,6 +408,8 @@ def summary(rows):
     print("| mode | config | runs | client gap ms | frozen ms | total ms | sent MiB | "
           "sent / resident | rounds | post-copy |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    failed = [r for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
     keys = []
     for r in rows:
         if (r["mode"], r["config"]) not in keys:
@@ -405,6 +421,9 @@ def summary(rows):
               f"{med(r['bytes'] / 2**20 for r in rs)} | "
               f"{statistics.median(r['bytes'] / r['resident_bytes'] for r in rs):.2f} | "
               f"{med(r['rounds'] for r in rs)} | {sum(1 for r in rs if r['postcopy'])}/{len(rs)} |")
+    for r in failed:
+        print(f"failed: {r['mode']} {r['config']} round {r['round']} {r['from']}->{r['to']}: "
+              f"{r['error'][:2000]}")
 
 
 def main():
@@ -429,7 +448,7 @@ def main():
     rows = []
     try:
         for mode in a.modes.split(","):
-            rows += run_mode(a, mode, configs)
+            run_mode(a, mode, configs, rows)
     finally:
         if a.json:
             with open(a.json, "w") as f:
