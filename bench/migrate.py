@@ -366,7 +366,11 @@ def run_mode(args, mode, configs, rows):
             here, there = a, b
             try:
                 for rnd in range(args.runs):
-                    for name in configs:
+                    # Each move flips the direction: with an even number of
+                    # configurations, every other round runs them in reverse
+                    # so that each one also goes the other way.
+                    flip = len(configs) % 2 == 0 and rnd % 2 == 1
+                    for name in reversed(configs) if flip else configs:
                         row = bench.move(name, here, there)
                         row.update({"mode": mode, "round": rnd + 1})
                         rows.append(row)
