@@ -453,6 +453,9 @@ def main():
     try:
         for mode in a.modes.split(","):
             run_mode(a, mode, configs, rows)
+    except KeyboardInterrupt:
+        print("interrupted: the cluster and its sessions are removed", flush=True)
+        return 130
     finally:
         if a.json:
             with open(a.json, "w") as f:
