@@ -23,23 +23,6 @@ double MsSince(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-Result<image::PageRun> ParseRun(const Frame& f) {
-  if (f.payload.size() < image::kPageRunHeaderSize) {
-    return Error::Corrupt("a page frame shorter than its header");
-  }
-  image::PageRunHeader h;
-  memcpy(&h, f.payload.data(), sizeof h);
-  image::PageRun run{
-      h.pid, h.addr, h.npages,
-      reinterpret_cast<const uint8_t*>(f.payload.data()) + image::kPageRunHeaderSize};
-  if (h.npages == 0 || h.addr % image::kPageSize != 0 ||
-      f.payload.size() != image::kPageRunHeaderSize + uint64_t{h.npages} * image::kPageSize) {
-    return Error::Corrupt(
-        fmt::format("a page frame for pid {} at {:#x} of the wrong size", h.pid, h.addr));
-  }
-  return run;
-}
-
 // Tells the source why, when it can still hear it.
 Error Refusing(FrameWriter& out, Error e) {
   Refuse r;
@@ -55,7 +38,7 @@ Result<std::string> HoldRounds(FrameReader& in, mem::HeldPages& held, ReceiveSum
     Frame f = STASIS_TRY_CTX(in.Next(), "pre-copy");
     switch (f.type) {
       case Msg::kPages: {
-        image::PageRun run = STASIS_TRY(ParseRun(f));
+        image::PageRun run = STASIS_TRY(ParsePageFrame(f));
         STASIS_TRY(held.Add(run.pid, run.addr, run.npages, run.data));
         summary.precopy_bytes += run.npages * image::kPageSize;
         break;

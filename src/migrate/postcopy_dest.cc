@@ -73,22 +73,6 @@ struct Received {
   bool refused = false;
 };
 
-Result<image::PageRun> ParseRun(const Frame& f) {
-  image::PageRunHeader h;
-  if (f.payload.size() < image::kPageRunHeaderSize) {
-    return Error::Corrupt("a page frame shorter than its header");
-  }
-  memcpy(&h, f.payload.data(), sizeof h);
-  if (h.npages == 0 || h.addr % image::kPageSize != 0 ||
-      f.payload.size() != image::kPageRunHeaderSize + uint64_t{h.npages} * image::kPageSize) {
-    return Error::Corrupt(
-        fmt::format("a page frame for pid {} at {:#x} of the wrong size", h.pid, h.addr));
-  }
-  return image::PageRun{
-      h.pid, h.addr, h.npages,
-      reinterpret_cast<const uint8_t*>(f.payload.data()) + image::kPageRunHeaderSize};
-}
-
 Received ReceivePages(FrameReader& in, mem::LazyPager& pager) {
   for (;;) {
     Result<Frame> f = in.Next();
@@ -100,7 +84,7 @@ Received ReceivePages(FrameReader& in, mem::LazyPager& pager) {
                   fmt::format("{} sent a {} frame during post-copy", in.peer(), MsgName(f->type))),
               true};
     }
-    Result<image::PageRun> run = ParseRun(*f);
+    Result<image::PageRun> run = ParsePageFrame(*f);
     if (!run.ok()) return {std::move(run).error(), true};
     Status added = pager.store().Add(*run);
     if (!added.ok()) return {std::move(added).error(), true};

@@ -159,6 +159,22 @@ Result<Frame> FrameReader::Next() {
   return f;
 }
 
+Result<image::PageRun> ParsePageFrame(const Frame& f) {
+  if (f.payload.size() < image::kPageRunHeaderSize) {
+    return Error::Corrupt("a page frame shorter than its header");
+  }
+  image::PageRunHeader h;
+  memcpy(&h, f.payload.data(), sizeof h);
+  if (h.npages == 0 || h.addr % image::kPageSize != 0 ||
+      f.payload.size() != image::kPageRunHeaderSize + uint64_t{h.npages} * image::kPageSize) {
+    return Error::Corrupt(
+        fmt::format("a page frame for pid {} at {:#x} of the wrong size", h.pid, h.addr));
+  }
+  return image::PageRun{
+      h.pid, h.addr, h.npages,
+      reinterpret_cast<const uint8_t*>(f.payload.data()) + image::kPageRunHeaderSize};
+}
+
 Error Refused(const std::string& peer, const Frame& f) {
   Refuse r;
   r.ParseFromString(f.payload);

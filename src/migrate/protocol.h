@@ -97,6 +97,9 @@ class FrameReader {
   std::string peer_;
 };
 
+// A kPages frame's page run (its data points into the frame's payload).
+Result<image::PageRun> ParsePageFrame(const Frame& f);
+
 // A Refuse frame's reason as an error of the peer's.
 Error Refused(const std::string& peer, const Frame& f);
 

@@ -60,14 +60,19 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--huge", action="store_true", help="MADV_HUGEPAGE, as numpy does")
     ap.add_argument("--shared", action="store_true", help="shared anonymous memory")
-    ap.add_argument("--fork", action="store_true",
-                    help="fork a child that shares the memory copy-on-write and checks it")
+    ap.add_argument(
+        "--fork",
+        action="store_true",
+        help="fork a child that shares the memory copy-on-write and checks it",
+    )
     ap.add_argument("out")
     a = ap.parse_args()
     npages = a.mib * 256
     # Private anonymous memory, as a heap or a numpy array is (mmap(-1, n)
     # alone would be shared memory).
-    buf = mmap.mmap(-1, npages * PAGE, flags=mmap.MAP_SHARED if a.shared else mmap.MAP_PRIVATE)
+    buf = mmap.mmap(
+        -1, npages * PAGE, flags=mmap.MAP_SHARED if a.shared else mmap.MAP_PRIVATE
+    )
     if a.huge:
         buf.madvise(mmap.MADV_HUGEPAGE)
     values = bytearray(npages)

@@ -105,8 +105,14 @@ class Run:
         self.procs: list[subprocess.Popen] = []
         self.pids: list[int] = []
 
-    def workload(self, mib: int = 64, rate: float = 0, port: int = 0,
-                 huge: bool = False, fork: bool = False) -> tuple[int, Path]:
+    def workload(
+        self,
+        mib: int = 64,
+        rate: float = 0,
+        port: int = 0,
+        huge: bool = False,
+        fork: bool = False,
+    ) -> tuple[int, Path]:
         out = self.dir / f"workload{len(self.procs)}.out"
         argv = [PY, str(WORKLOAD), "--mib", str(mib), "--write-mib-s", str(rate)]
         if huge:
@@ -115,11 +121,19 @@ class Run:
             argv.append("--fork")
         if port:
             argv += ["--port", str(port)]
-        p = subprocess.Popen(argv + [str(out)], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            argv + [str(out)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.procs.append(p)
-        wait_for(lambda: out.exists() and "tick" in out.read_text(), "the workload to start", 60)
+        wait_for(
+            lambda: out.exists() and "tick" in out.read_text(),
+            "the workload to start",
+            60,
+        )
         return p.pid, out
 
     def token(self, name: str = "token", mode: int = 0o600, data: str = "") -> Path:
@@ -130,8 +144,12 @@ class Run:
 
     def receiver(self, *args: str) -> tuple[subprocess.Popen, str]:
         err = self.dir / f"receive{len(self.procs)}.err"
-        p = subprocess.Popen([self.stasis, "receive", "--listen", "127.0.0.1:0", *args],
-                             stdout=subprocess.PIPE, stderr=open(err, "w"), text=True)
+        p = subprocess.Popen(
+            [self.stasis, "receive", "--listen", "127.0.0.1:0", *args],
+            stdout=subprocess.PIPE,
+            stderr=open(err, "w"),
+            text=True,
+        )
         self.procs.append(p)
         wait_for(lambda: "receiving on" in err.read_text(), "the receiver to listen")
         addr = re.search(r"receiving on (\S+)", err.read_text()).group(1)
@@ -139,8 +157,12 @@ class Run:
         return p, addr
 
     def migrate(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        r = subprocess.run([self.stasis, "migrate", *args], capture_output=True, text=True,
-                           timeout=timeout)
+        r = subprocess.run(
+            [self.stasis, "migrate", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         print(f"migrate {' '.join(args)} -> {r.returncode}\n{r.stderr}", flush=True)
         return r
 
@@ -159,18 +181,22 @@ class Run:
 def received_pid(receiver: subprocess.Popen) -> int:
     out, _ = receiver.communicate(timeout=60)
     if receiver.returncode != 0:
-        fail(f"receive exited {receiver.returncode}: {Path(receiver.err_path).read_text()}")
+        fail(
+            f"receive exited {receiver.returncode}: {Path(receiver.err_path).read_text()}"
+        )
     return int(out.split()[0])
 
 
 def goes_on(out: Path, since: int, what: str) -> None:
     """The workload's output grows past `since` bytes with a full memory
     check, and never reports a corrupt page or a clock going back."""
+
     def checked() -> bool:
         text = out.read_text()[since:]
         if "CORRUPT" in text or "CLOCK BACK" in text:
             fail(f"{what}: {text[text.find('C'):][:200]}")
         return text.count("checked") >= 2
+
     wait_for(checked, f"{what}: the workload to check its memory twice", 30)
 
 
@@ -179,9 +205,16 @@ def tick(out: Path) -> int:
     return int(ticks[-1]) if ticks else 0
 
 
-def migrate_and_check(run: Run, mib: int, rate: float, chan: list[str], extra: list[str],
-                      expect: Optional[str] = None, huge: bool = False,
-                      fork: bool = False) -> dict:
+def migrate_and_check(
+    run: Run,
+    mib: int,
+    rate: float,
+    chan: list[str],
+    extra: list[str],
+    expect: Optional[str] = None,
+    huge: bool = False,
+    fork: bool = False,
+) -> dict:
     pid, out = run.workload(mib, rate, huge=huge, fork=fork)
     receiver, addr = run.receiver("--once", "--json", *chan)
     before = tick(out)
@@ -201,7 +234,9 @@ def migrate_and_check(run: Run, mib: int, rate: float, chan: list[str], extra: l
         fail("the workload did not go on after the migration")
     if expect and expect not in summary["decision"]:
         fail(f"expected '{expect}' in the decision, got: {summary['decision']}")
-    print(f"summary: {json.dumps(summary)}\nreceived: {json.dumps(received)}", flush=True)
+    print(
+        f"summary: {json.dumps(summary)}\nreceived: {json.dumps(received)}", flush=True
+    )
     return summary
 
 
@@ -221,7 +256,9 @@ def case_busy_converges(run: Run) -> None:
 
 
 def case_busy_postcopy(run: Run) -> None:
-    s = migrate_and_check(run, 64, 60, ["--insecure"], ["--bandwidth", "200"], "post-copy")
+    s = migrate_and_check(
+        run, 64, 60, ["--insecure"], ["--bandwidth", "200"], "post-copy"
+    )
     if not s["postcopy"]:
         fail("expected post-copy")
 
@@ -233,31 +270,54 @@ def case_postcopy_always(run: Run) -> None:
 
 
 def case_huge_postcopy(run: Run) -> None:
-    s = migrate_and_check(run, 128, 20, ["--insecure"], ["--postcopy=always", "--bandwidth", "400"],
-                          huge=True)
+    s = migrate_and_check(
+        run,
+        128,
+        20,
+        ["--insecure"],
+        ["--postcopy=always", "--bandwidth", "400"],
+        huge=True,
+    )
     if not s["postcopy"]:
         fail("expected post-copy")
 
 
 def case_postcopy_fork(run: Run) -> None:
-    s = migrate_and_check(run, 64, 20, ["--insecure"], ["--postcopy=always", "--bandwidth", "400"],
-                          fork=True)
+    s = migrate_and_check(
+        run,
+        64,
+        20,
+        ["--insecure"],
+        ["--postcopy=always", "--bandwidth", "400"],
+        fork=True,
+    )
     if not s["postcopy"]:
         fail("expected post-copy")
     child = Path(str(run.dir / "workload0.out") + ".child")
     size = child.stat().st_size
-    wait_for(lambda: child.read_text()[size:].count("child checked") >= 2,
-             "the child to check its memory after the migration", 30)
+    wait_for(
+        lambda: child.read_text()[size:].count("child checked") >= 2,
+        "the child to check its memory after the migration",
+        30,
+    )
     if "CORRUPT" in child.read_text():
         fail("the child's memory: " + child.read_text()[-200:])
 
 
 def case_busy_never(run: Run) -> None:
-    migrate_and_check(run, 64, 60, ["--insecure"], ["--bandwidth", "200", "--postcopy=never"],
-                      "over the")
+    migrate_and_check(
+        run,
+        64,
+        60,
+        ["--insecure"],
+        ["--bandwidth", "200", "--postcopy=never"],
+        "over the",
+    )
 
 
-def refused_and_running(run: Run, pid: int, r: subprocess.CompletedProcess, want: str) -> None:
+def refused_and_running(
+    run: Run, pid: int, r: subprocess.CompletedProcess, want: str
+) -> None:
     if r.returncode == 0:
         fail("the migration should have been refused")
     if want not in r.stderr:
@@ -278,8 +338,20 @@ def case_wrong_token(run: Run) -> None:
 def case_token_mode(run: Run) -> None:
     pid, _ = run.workload(16)
     loose = run.token("loose", 0o644)
-    r = subprocess.run([run.stasis, "receive", "--listen", "127.0.0.1:0", "--once",
-                        "--token-file", str(loose)], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            run.stasis,
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--once",
+            "--token-file",
+            str(loose),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if r.returncode == 0 or str(loose) not in r.stderr:
         fail(f"receive should refuse {loose}: {r.stderr}")
     r2 = run.migrate("-t", str(pid), "--to", "127.0.0.1:1", "--token-file", str(loose))
@@ -301,10 +373,13 @@ def case_outside_tcp(run: Run) -> None:
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     port = listener.getsockname()[1]
-    code = (f"import socket,time; s=socket.create_connection(('127.0.0.1',{port})); "
-            "print('up',flush=True); time.sleep(600)")
-    p = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    code = (
+        f"import socket,time; s=socket.create_connection(('127.0.0.1',{port})); "
+        "print('up',flush=True); time.sleep(600)"
+    )
+    p = subprocess.Popen(
+        [PY, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     run.procs.append(p)
     conn, _ = listener.accept()
     p.stdout.readline()
@@ -319,9 +394,22 @@ def case_outside_tcp(run: Run) -> None:
 def kill_during_precopy(run: Run, victim: str) -> None:
     pid, out = run.workload(512, 80)
     receiver, addr = run.receiver("--once", "--insecure")
-    src = subprocess.Popen([run.stasis, "migrate", "-t", str(pid), "--to", addr, "--insecure",
-                            "--bandwidth", "200", "--progress"],
-                           stderr=subprocess.PIPE, text=True)
+    src = subprocess.Popen(
+        [
+            run.stasis,
+            "migrate",
+            "-t",
+            str(pid),
+            "--to",
+            addr,
+            "--insecure",
+            "--bandwidth",
+            "200",
+            "--progress",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run.procs.append(src)
     for line in src.stderr:
         if "precopy" in line:
@@ -335,7 +423,9 @@ def kill_during_precopy(run: Run, victim: str) -> None:
     if not alive(pid):
         fail("the source tree died")
     goes_on(out, out.stat().st_size, f"after the {victim} was killed")
-    leftovers = subprocess.run(["pgrep", "-f", str(WORKLOAD)], capture_output=True, text=True)
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(WORKLOAD)], capture_output=True, text=True
+    )
     pids = [int(x) for x in leftovers.stdout.split()]
     if pids != [pid]:
         fail(f"expected exactly one copy of the workload (pid {pid}), found {pids}")
@@ -407,6 +497,48 @@ print(json.dumps({"words": want, "sent": sent[0], "max_stall_ms": stall * 1000,
 """
 
 
+def node_session(run: Run, node, address: str, *workload_args: str) -> Path:
+    """Starts the workload as session "web" with its own network at
+    `address` in a cluster node; returns its output file once it ticks."""
+    out = run.dir / "session.out"
+    node.run(
+        [
+            "stasis",
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--net=isolated",
+            "--address",
+            address,
+            "--",
+            PY,
+            str(WORKLOAD),
+            *workload_args,
+            str(out),
+        ]
+    )
+    wait_for(
+        lambda: out.exists() and "tick" in out.read_text(), "the session to start", 60
+    )
+    return out
+
+
+def node_receiver(run: Run, node, *args: str) -> subprocess.Popen:
+    """`stasis receive --once` on port 7700 of a cluster node, listening."""
+    err = run.dir / f"receive-{node.name}-{len(run.procs)}.err"
+    recv = node.popen(
+        ["stasis", "receive", "--listen", f"{node.address}:7700", "--once", *args],
+        stdout=subprocess.PIPE,
+        stderr=open(err, "w"),
+        text=True,
+    )
+    run.procs.append(recv)
+    recv.err_path = err  # type: ignore[attr-defined]
+    wait_for(lambda: "receiving on" in err.read_text(), "the receiver to listen")
+    return recv
+
+
 def case_session_stream(run: Run) -> None:
     sys.path.insert(0, str(HERE.parent))
     from cluster import Cluster, stale  # noqa: E402  (tests/cluster.py)
@@ -414,31 +546,43 @@ def case_session_stream(run: Run) -> None:
     with Cluster(["a", "b"], stasis=run.stasis) as c:
         run_id = c.run_id
         a, b = c.nodes["a"], c.nodes["b"]
-        out = run.dir / "session.out"
-        a.run(["stasis", "run", "-d", "--name", "web", "--net=isolated", "--address",
-               c.session_address(10), "--", PY, str(WORKLOAD), "--mib", "64", "--port", "7000",
-               str(out)])
-        wait_for(lambda: out.exists() and "tick" in out.read_text(), "the session to start", 60)
+        out = node_session(
+            run, a, c.session_address(10), "--mib", "64", "--port", "7000"
+        )
         token = run.token()
         stop = run.dir / "stop"
         progress = run.dir / "client.err"
-        client = c.client.popen([PY, "-c", STREAM_CLIENT, c.session_address(10, False), "7000",
-                                 str(stop)], stdout=subprocess.PIPE, text=True,
-                                stderr=open(progress, "w"))
+        client = c.client.popen(
+            [PY, "-c", STREAM_CLIENT, c.session_address(10, False), "7000", str(stop)],
+            stdout=subprocess.PIPE,
+            text=True,
+            stderr=open(progress, "w"),
+        )
         run.procs.append(client)
         if client.stdout.readline().strip() != "streaming":
             fail("the client could not connect to the session")
         time.sleep(1)
         for src, dst in ((a, b), (b, a)):
-            err = run.dir / f"receive-{dst.name}.err"
-            recv = dst.popen(["stasis", "receive", "--listen", f"{dst.address}:7700", "--once",
-                              "--json", "--token-file", str(token)],
-                             stdout=subprocess.PIPE, stderr=open(err, "w"), text=True)
-            run.procs.append(recv)
-            wait_for(lambda: "receiving on" in err.read_text(), "the receiver to listen")
-            r = src.run(["stasis", "migrate", "--session", "web", "--to", f"{dst.address}:7700",
-                         "--token-file", str(token), "--json"], check=False)
-            print(f"migrate {src.name} -> {dst.name}: {r.returncode}\n{r.stderr}", flush=True)
+            recv = node_receiver(run, dst, "--json", "--token-file", str(token))
+            err = recv.err_path  # type: ignore[attr-defined]
+            r = src.run(
+                [
+                    "stasis",
+                    "migrate",
+                    "--session",
+                    "web",
+                    "--to",
+                    f"{dst.address}:7700",
+                    "--token-file",
+                    str(token),
+                    "--json",
+                ],
+                check=False,
+            )
+            print(
+                f"migrate {src.name} -> {dst.name}: {r.returncode}\n{r.stderr}",
+                flush=True,
+            )
             if r.returncode != 0:
                 fail(f"migrate {src.name} -> {dst.name}: {r.stderr}\n{err.read_text()}")
             recv.wait(timeout=60)
@@ -449,8 +593,11 @@ def case_session_stream(run: Run) -> None:
                 fail(f"the session is still listed on {src.name}")
             goes_on(out, out.stat().st_size, f"on {dst.name}")
             time.sleep(1)
-            print(f"client after the move to {dst.name}: "
-                  f"{progress.read_text().splitlines()[-1:]}", flush=True)
+            print(
+                f"client after the move to {dst.name}: "
+                f"{progress.read_text().splitlines()[-1:]}",
+                flush=True,
+            )
         stop.write_text("")
         result, _ = client.communicate(timeout=60)
         stream = json.loads(result.strip().splitlines()[-1])
@@ -465,9 +612,23 @@ def case_session_stream(run: Run) -> None:
 def case_kill_dest_postcopy(run: Run) -> None:
     pid, out = run.workload(128, 5)
     receiver, addr = run.receiver("--once", "--insecure")
-    src = subprocess.Popen([run.stasis, "migrate", "-t", str(pid), "--to", addr, "--insecure",
-                            "--postcopy=always", "--bandwidth", "40", "--progress"],
-                           stderr=subprocess.PIPE, text=True)
+    src = subprocess.Popen(
+        [
+            run.stasis,
+            "migrate",
+            "-t",
+            str(pid),
+            "--to",
+            addr,
+            "--insecure",
+            "--postcopy=always",
+            "--bandwidth",
+            "40",
+            "--progress",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run.procs.append(src)
     for line in src.stderr:
         if "progress: postcopy" in line:
@@ -479,11 +640,18 @@ def case_kill_dest_postcopy(run: Run) -> None:
     print(rest, flush=True)
     if src.returncode == 0:
         fail("the source reported success with its receiver killed during post-copy")
-    wait_for(lambda: not subprocess.run(["pgrep", "-f", str(WORKLOAD)],
-                                        capture_output=True).stdout, "every copy to be gone")
+    wait_for(
+        lambda: not subprocess.run(
+            ["pgrep", "-f", str(WORKLOAD)], capture_output=True
+        ).stdout,
+        "every copy to be gone",
+    )
     text = out.read_text()
     if "CORRUPT" in text:
-        fail("a copy ran on with pages it never got: " + text[text.find("CORRUPT"):][:200])
+        fail(
+            "a copy ran on with pages it never got: "
+            + text[text.find("CORRUPT") :][:200]
+        )
 
 
 def case_postcopy_link_cut(run: Run) -> None:
@@ -493,22 +661,32 @@ def case_postcopy_link_cut(run: Run) -> None:
     with Cluster(["a", "b"], stasis=run.stasis) as c:
         run_id = c.run_id
         a, b = c.nodes["a"], c.nodes["b"]
-        out = run.dir / "session.out"
-        a.run(["stasis", "run", "-d", "--name", "web", "--net=isolated", "--address",
-               c.session_address(11), "--", PY, str(WORKLOAD), "--mib", "96", "--write-mib-s",
-               "2", str(out)])
-        wait_for(lambda: out.exists() and "tick" in out.read_text(), "the session to start", 60)
+        out = node_session(
+            run, a, c.session_address(11), "--mib", "96", "--write-mib-s", "2"
+        )
         token = run.token()
-        err = run.dir / "receive.err"
-        recv = b.popen(["stasis", "receive", "--listen", f"{b.address}:7700", "--once", "--json",
-                        "--token-file", str(token)], stdout=subprocess.PIPE,
-                       stderr=open(err, "w"), text=True)
-        run.procs.append(recv)
-        wait_for(lambda: "receiving on" in err.read_text(), "the receiver to listen")
-        src = a.popen(["stasis", "migrate", "--session", "web", "--to", f"{b.address}:7700",
-                       "--token-file", str(token), "--postcopy=always", "--bandwidth", "60",
-                       "--progress", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                      text=True)
+        recv = node_receiver(run, b, "--json", "--token-file", str(token))
+        err = recv.err_path  # type: ignore[attr-defined]
+        src = a.popen(
+            [
+                "stasis",
+                "migrate",
+                "--session",
+                "web",
+                "--to",
+                f"{b.address}:7700",
+                "--token-file",
+                str(token),
+                "--postcopy=always",
+                "--bandwidth",
+                "60",
+                "--progress",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         run.procs.append(src)
         for line in src.stderr:
             if "progress: postcopy" in line:
@@ -545,19 +723,35 @@ def case_address_in_use(run: Run) -> None:
         run_id = c.run_id
         a, b = c.nodes["a"], c.nodes["b"]
         addr = c.session_address(12)
-        out = run.dir / "session.out"
-        a.run(["stasis", "run", "-d", "--name", "web", "--net=isolated", "--address", addr, "--",
-               PY, str(WORKLOAD), "--mib", "16", str(out)])
-        b.run(["stasis", "run", "-d", "--name", "squatter", "--net=isolated", "--address", addr,
-               "--", "sleep", "600"])
-        wait_for(lambda: out.exists() and "tick" in out.read_text(), "the session to start", 60)
-        err = run.dir / "receive.err"
-        recv = b.popen(["stasis", "receive", "--listen", f"{b.address}:7700", "--once",
-                        "--insecure"], stdout=subprocess.PIPE, stderr=open(err, "w"), text=True)
-        run.procs.append(recv)
-        wait_for(lambda: "receiving on" in err.read_text(), "the receiver to listen")
-        r = a.run(["stasis", "migrate", "--session", "web", "--to", f"{b.address}:7700",
-                   "--insecure"], check=False)
+        out = node_session(run, a, addr, "--mib", "16")
+        b.run(
+            [
+                "stasis",
+                "run",
+                "-d",
+                "--name",
+                "squatter",
+                "--net=isolated",
+                "--address",
+                addr,
+                "--",
+                "sleep",
+                "600",
+            ]
+        )
+        recv = node_receiver(run, b, "--insecure")
+        r = a.run(
+            [
+                "stasis",
+                "migrate",
+                "--session",
+                "web",
+                "--to",
+                f"{b.address}:7700",
+                "--insecure",
+            ],
+            check=False,
+        )
         print(r.stderr, flush=True)
         if r.returncode == 0 or "already in use on this node" not in r.stderr:
             fail(f"expected a refusal naming the address in use: {r.stderr}")
