@@ -88,6 +88,11 @@ def wait_for(pred: Callable[[], bool], what: str, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
+def ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().split(") ")[1].split()[1])
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -227,6 +232,9 @@ def migrate_and_check(
         fail(f"receive failed: {Path(receiver.err_path).read_text()}")
     received = json.loads(out_json.strip().splitlines()[-1])
     run.pids.append(received["root_pid"])
+    # The init of its PID namespace: killing it at the end takes every
+    # process of the tree (the workload's forked child too).
+    run.pids.append(ppid(received["root_pid"]))
     wait_for(lambda: not alive(pid), "the source tree to be gone")
     size = out.stat().st_size
     goes_on(out, size, "after the migration")
@@ -423,8 +431,9 @@ def kill_during_precopy(run: Run, victim: str) -> None:
     if not alive(pid):
         fail("the source tree died")
     goes_on(out, out.stat().st_size, f"after the {victim} was killed")
+    # This run's copies only: their output file is the run's own.
     leftovers = subprocess.run(
-        ["pgrep", "-f", str(WORKLOAD)], capture_output=True, text=True
+        ["pgrep", "-f", str(out)], capture_output=True, text=True
     )
     pids = [int(x) for x in leftovers.stdout.split()]
     if pids != [pid]:
@@ -642,7 +651,7 @@ def case_kill_dest_postcopy(run: Run) -> None:
         fail("the source reported success with its receiver killed during post-copy")
     wait_for(
         lambda: not subprocess.run(
-            ["pgrep", "-f", str(WORKLOAD)], capture_output=True
+            ["pgrep", "-f", str(out)], capture_output=True
         ).stdout,
         "every copy to be gone",
     )
