@@ -60,7 +60,6 @@ they fail that way, and fail when they pass, so that the entry is removed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -107,7 +106,7 @@ EXPECT = {
 }
 
 # Engine bugs the matrix found: id -> (what goes wrong, a pattern of the
-# problem lines it causes). docs: the report of the m-faults branch.
+# problem lines it causes).
 BUGS = {
     "keeper": (
         "the packet keeper of the session's link lock (stasis-netkeeper) stays on the source "
@@ -117,9 +116,13 @@ BUGS = {
         r"stasis-netkeeper link/|process \d+ in node a's netns"),
     "sigtrap": (
         "stasis migrate killed -9 while the tree is frozen (seized) on the source: the tree "
-        "dies of SIGTRAP (TRAP_BRKPT, raised by the workload itself, seen with perf "
-        "signal:signal_generate) as soon as it is detached by its tracer's death; zero copies "
-        "where the design promises the source's",
+        "dies of SIGTRAP (TRAP_BRKPT, raised in the workload itself, seen with perf "
+        "signal:signal_generate) as soon as its tracer's death detaches it: zero copies where "
+        "the design promises the source's. The dump's syscall injection single-steps "
+        "(sys::Tracee::SingleStep), which leaves the task's single-step flag set; PTRACE_CONT "
+        "or PTRACE_DETACH clear it, a tracer that dies does not, and the task traps at its "
+        "next syscall exit (a 30-line C program reproduces it; PTRACE_CONT + PTRACE_INTERRUPT "
+        "after the step cures it)",
         r"expected exactly one running copy on a, found 0"),
     "record": (
         "a receive that fails (or is killed) after it registered the session (before_release "
