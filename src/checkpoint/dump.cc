@@ -127,11 +127,20 @@ Status WriteRanges(image::Writer& writer, image::RecordType type, uint32_t pid,
 
 // Post-copy: the rest of a plan split into what the destination can take
 // after the tree runs there (pages its lazy pager serves: deferred) and
-// what it needs before (page records now).
-void SplitDeferrable(const image::Process& proc, const mem::PagePlan& rest, mem::PagePlan* now,
+// what it needs before (page records now). A child's inherited VMAs are
+// needed before: the restore fills the parent's pages there before it
+// forks the child (mem/lazy_pager.h), long before the source sends a
+// deferred page.
+void SplitDeferrable(const image::Process& proc, const std::vector<const image::Process*>& children,
+                     const mem::PagePlan& rest, mem::PagePlan* now,
                      std::vector<mem::Range>* later) {
   mem::RangeSet lazy;
   for (const mem::Range& r : mem::LazyRanges(proc)) lazy.Add(r.start, r.end);
+  for (const image::Process* child : children) {
+    for (const image::Vma& v : child->vmas()) {
+      if (v.inherited()) lazy.Remove(v.start(), v.end());
+    }
+  }
   for (const mem::PagePlan::Run& run : rest.runs) {
     uint64_t end = run.addr + run.npages * image::kPageSize;
     for (const mem::Range& r : lazy.Within(run.addr, end)) {
@@ -147,8 +156,7 @@ void SplitDeferrable(const image::Process& proc, const mem::PagePlan& rest, mem:
   }
 }
 
-// The pages of one task: its page records (read from the task, or from
-// source), and with a handoff its kept and deferred records.
+// What the tasks' pages add up to, beyond page records.
 struct TaskPagesOut {
   const PageHandoff* handoff = nullptr;
   std::vector<DeferredPages>* deferred = nullptr;
@@ -156,9 +164,11 @@ struct TaskPagesOut {
   uint64_t deferred_pages = 0;
 };
 
+// The pages of one task: its page records (read from the task, or from
+// source), and with a handoff its kept and deferred records after them.
 Status WriteTaskPages(mem::PageWriter& page_writer, pid_t host_pid, const CollectedTask& task,
-                      image::Writer& writer, mem::PageStats* pages, const mem::PageSource* source,
-                      TaskPagesOut* out) {
+                      const std::vector<const image::Process*>& children, image::Writer& writer,
+                      mem::PageStats* pages, const mem::PageSource* source, TaskPagesOut* out) {
   if (out->handoff == nullptr) {
     return page_writer.Write(host_pid, task.proc.pid(), task.pages, writer, pages, source);
   }
@@ -167,7 +177,7 @@ Status WriteTaskPages(mem::PageWriter& page_writer, pid_t host_pid, const Collec
   mem::PagePlan now;
   std::vector<mem::Range> later;
   if (out->handoff->defer_rest) {
-    SplitDeferrable(task.proc, split.rest, &now, &later);
+    SplitDeferrable(task.proc, children, split.rest, &now, &later);
   } else {
     now = std::move(split.rest);
   }
@@ -197,7 +207,12 @@ Status WriteTail(const sys::Env& env, TreeImage& tree, image::Writer& writer, Du
     const CollectedTask& task = tree.tasks[i];
     if (task.proc.zombie()) continue;
     const mem::PageCopies* source = stores ? (*stores)[i].get() : nullptr;
-    STASIS_TRY(WriteTaskPages(page_writer, tree.host_pids[i], task, writer, &pages, source, &out));
+    std::vector<const image::Process*> children;
+    for (const CollectedTask& c : tree.tasks) {
+      if (&c != &task && c.proc.ppid() == task.proc.pid()) children.push_back(&c.proc);
+    }
+    STASIS_TRY(WriteTaskPages(page_writer, tree.host_pids[i], task, children, writer, &pages,
+                              source, &out));
     done += PlannedBytes(task.pages);
     env.Report("pages", done, total);
   }
@@ -493,7 +508,13 @@ Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::I
   } else {
     STASIS_TRY(image.Commit());
     undo.steps.clear();
-    if (net) net->MarkKilled();
+    // A handoff's tree runs on the destination now: nothing here will take
+    // what its link's keeper holds.
+    if (net && options.handoff != nullptr) {
+      net->MarkMoved();
+    } else if (net) {
+      net->MarkKilled();
+    }
     STASIS_TRY(KillAndWait(frozen));
   }
   for (TreeTask& t : frozen) {

@@ -21,6 +21,7 @@
 #include "image/stream.h"
 #include "kinds/registry.h"
 #include "restore/restore.h"
+#include "restore/spawn.h"
 #include "sys/features.h"
 #include "sys/proc.h"
 #include "sys/unique_fd.h"
@@ -151,6 +152,8 @@ int RunRestore(const stasis::sys::Env& env, const stasis::restore::RestoreOption
     // every one is in, and only then may we go.
     std::fflush(stdout);
     stasis::Status done = result->pager->Wait();
+    if (!done.ok()) return Fail(done.error());
+    done = stasis::restore::PagesIn(std::move(result->page_guard));
     if (!done.ok()) return Fail(done.error());
     stasis::mem::LazyStats lazy = result->pager->stats();
     fmt::print(stderr, "stasis: every page is in: {} faults, {} zero pages, {} pages pushed\n",

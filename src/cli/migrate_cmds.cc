@@ -1,6 +1,7 @@
 #include "cli/migrate_cmds.h"
 
 #include <fmt/format.h>
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include "migrate/destination.h"
 #include "migrate/source.h"
 #include "migrate/token.h"
+#include "session/session.h"
 
 namespace stasis::cli {
 
@@ -36,6 +38,18 @@ Result<migrate::ChannelOptions> ChannelFrom(const std::string& token_file, bool 
   return o;
 }
 
+// A session registered here by a migration that then failed: its tree is
+// gone (the restore killed it), its record and cgroup must go too.
+void DropRecord(const std::string& state_dir, const std::string& name) {
+  std::string dir = session::ResolveStateDir(state_dir);
+  Result<session::StateDirLock> lock = session::StateDirLock::Acquire(dir);
+  if (!lock.ok()) return;
+  Result<session::SessionInfo> info = session::FindSession(dir, name);
+  if (info.ok() && info->state == session::SessionState::kGone) {
+    (void)session::CleanupSession(dir, *info);
+  }
+}
+
 std::string MiB(uint64_t bytes) { return fmt::format("{:.1f} MiB", bytes / 1048576.0); }
 
 nlohmann::json ToJson(const migrate::MigrateSummary& s) {
@@ -56,6 +70,7 @@ nlohmann::json ToJson(const migrate::MigrateSummary& s) {
           {"total_ms", s.total_ms},
           {"faults", s.faults},
           {"blocktime_ms", s.blocktime_ms},
+          {"reconnects", s.reconnects},
           {"session", s.session_name},
           {"root_pid", s.root_pid}};
 }
@@ -72,7 +87,8 @@ nlohmann::json ToJson(const migrate::ReceiveSummary& s) {
           {"restore_ms", s.restore_ms},
           {"total_ms", s.total_ms},
           {"faults", s.faults},
-          {"blocktime_ms", s.blocktime_ms}};
+          {"blocktime_ms", s.blocktime_ms},
+          {"reconnects", s.reconnects}};
 }
 
 }  // namespace
@@ -101,8 +117,7 @@ MigrateCommands::MigrateCommands(CLI::App& app) {
 
   receive_cmd_ = app.add_subcommand(
       "receive", "Take migrations in: restore each tree that `stasis migrate` sends here");
-  receive_cmd_->add_option("--listen", listen_, "ADDR:PORT to listen on (port 0: any)")
-      ->required();
+  receive_cmd_->add_option("--listen", listen_, "ADDR:PORT to listen on (port 0: any)")->required();
   receive_cmd_->add_flag("--once", once_, "Serve one migration, then exit with its outcome");
   receive_cmd_->add_option("--token-file", token_file_, kTokenHelp);
   receive_cmd_->add_flag("--insecure", insecure_, kInsecureHelp);
@@ -148,18 +163,20 @@ int MigrateCommands::RunMigrate() const {
   }
   const migrate::MigrateSummary& m = *summary;
   std::string what = session_.empty() ? fmt::format("pid {}", pid_) : "session " + session_;
-  fmt::print(stderr,
-             "stasis: migrated {} to {} ({}){}: {} pre-copy round{}, {} sent ({} pre-copy, {} at "
-             "switch-over, {} post-copy), frozen {:.0f} ms (of which the destination read the image and built the tree in {:.0f} ms), {}total {:.0f} "
-             "ms; {}\n",
-             what, m.peer, m.destination,
-             m.session_name.empty() ? "" : " as session " + m.session_name, m.rounds,
-             m.rounds == 1 ? "" : "s", MiB(m.total_bytes), MiB(m.precopy_bytes),
-             MiB(m.image_bytes), MiB(m.postcopy_bytes), m.frozen_ms, m.restore_ms,
-             m.postcopy ? fmt::format("post-copy {:.0f} ms ({} faults, {:.0f} ms blocked), ",
-                                      m.postcopy_ms, m.faults, m.blocktime_ms)
-                        : "",
-             m.total_ms, m.decision);
+  fmt::print(
+      stderr,
+      "stasis: migrated {} to {} ({}){}: {} pre-copy round{}, {} sent ({} pre-copy, {} at "
+      "switch-over, {} post-copy), frozen {:.0f} ms (of which the destination read the image and "
+      "built the tree in {:.0f} ms), {}total {:.0f} "
+      "ms; {}\n",
+      what, m.peer, m.destination, m.session_name.empty() ? "" : " as session " + m.session_name,
+      m.rounds, m.rounds == 1 ? "" : "s", MiB(m.total_bytes), MiB(m.precopy_bytes),
+      MiB(m.image_bytes), MiB(m.postcopy_bytes), m.frozen_ms, m.restore_ms,
+      m.postcopy ? fmt::format("post-copy {:.0f} ms ({} faults, {:.0f} ms blocked{}), ",
+                               m.postcopy_ms, m.faults, m.blocktime_ms,
+                               m.reconnects ? fmt::format(", {} reconnects", m.reconnects) : "")
+                 : "",
+      m.total_ms, m.decision);
   if (json_) fmt::print("{}\n", ToJson(m).dump());
   return 0;
 }
@@ -188,23 +205,33 @@ int MigrateCommands::RunReceive() const {
     options.restore.spool_dir = tmp != nullptr && *tmp != '\0' ? tmp : "/var/tmp";
     std::string registered;
     options.restore.before_release = SessionRegistrar(state_dir_, "", "", &registered);
+    migrate::Listener& l = *listener;
+    const migrate::ChannelOptions& copts = *channel;
+    options.accept = [&l, &copts](int timeout_ms) -> Result<std::unique_ptr<migrate::Channel>> {
+      struct pollfd p = {l.fd(), POLLIN, 0};
+      int n = poll(&p, 1, timeout_ms);
+      if (n <= 0) return Error::Timeout("no connection came");
+      return l.Accept(copts, 10000);
+    };
     Result<migrate::ReceiveSummary> r =
         migrate::ServeMigration(env.env(), **conn, options, &registered);
     if (!r.ok()) {
+      // The session was registered before the commit; its tree is gone.
+      if (!registered.empty()) DropRecord(state_dir_, registered);
       Fail(r.error());
       if (once_) return 1;
       continue;
     }
-    fmt::print(stderr,
-               "stasis: received {} from {} ({}): {} pre-copy round{}, {} held, image {}, "
-               "restored in {:.0f} ms{}; root pid {}\n",
-               registered.empty() ? "a tree" : "session " + registered, r->peer, r->source,
-               r->rounds, r->rounds == 1 ? "" : "s", MiB(r->precopy_bytes), MiB(r->image_bytes),
-               r->restore_ms,
-               r->postcopy ? fmt::format(", post-copy: {} faults, {:.0f} ms blocked", r->faults,
-                                         r->blocktime_ms)
-                           : "",
-               r->root_pid);
+    fmt::print(
+        stderr,
+        "stasis: received {} from {} ({}): {} pre-copy round{}, {} held, image {}, "
+        "restored in {:.0f} ms{}; root pid {}\n",
+        registered.empty() ? "a tree" : "session " + registered, r->peer, r->source, r->rounds,
+        r->rounds == 1 ? "" : "s", MiB(r->precopy_bytes), MiB(r->image_bytes), r->restore_ms,
+        r->postcopy
+            ? fmt::format(", post-copy: {} faults, {:.0f} ms blocked", r->faults, r->blocktime_ms)
+            : "",
+        r->root_pid);
     if (!registered.empty()) fmt::print(stderr, "stasis: restored session {}\n", registered);
     fmt::print("{}\n", json_ ? ToJson(*r).dump() : std::to_string(r->root_pid));
     std::fflush(stdout);

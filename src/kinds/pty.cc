@@ -220,13 +220,27 @@ Status DumpSlave(DumpContext& ctx, const FdDumpInput& in, image::File* file) {
   return Ok();
 }
 
+// The devpts instance's own ptmx, not /dev/ptmx: TIOCGPTPEER (a later
+// dump's, the tree's) finds the slave through the master's path, and from
+// /dev/ptmx that is the "pts" mounted next to it in the restorer's mount
+// namespace, gone (ENODEV) once a restorer with a namespace of its own
+// (`ip netns exec`, a migration's receiver on an emulated node) has exited.
+// Root opens it whatever its ptmxmode.
+Result<sys::UniqueFd> OpenPtmx(uint32_t accmode, const std::string& what) {
+  int flags = static_cast<int>(accmode) | O_NOCTTY | O_CLOEXEC;
+  sys::UniqueFd m(open("/dev/pts/ptmx", flags));
+  if (m.valid()) return m;
+  m = sys::UniqueFd(open("/dev/ptmx", flags));
+  if (!m.valid()) return Error::Errno(what + ": open /dev/pts/ptmx and /dev/ptmx");
+  return m;
+}
+
 // A new master, at the dumped index when that one is free: devpts hands
 // out the lowest free index, so lower ones are held meanwhile.
 Result<sys::UniqueFd> OpenMaster(uint32_t want, uint32_t accmode, const std::string& what) {
   std::vector<sys::UniqueFd> held;
   for (int i = 0;; ++i) {
-    sys::UniqueFd m(open("/dev/ptmx", static_cast<int>(accmode) | O_NOCTTY | O_CLOEXEC));
-    if (!m.valid()) return Error::Errno(what + ": open /dev/ptmx");
+    sys::UniqueFd m = STASIS_TRY(OpenPtmx(accmode, what));
     unsigned index = 0;
     if (ioctl(m.get(), TIOCGPTN, &index) < 0) return Error::Errno(what + ": TIOCGPTN");
     if (index >= want || i + 1 >= kMaxIndexTries || want - index >= kMaxIndexTries) return m;

@@ -92,6 +92,13 @@ std::unique_ptr<PageSink> LazyPager::SinkFor(int pid, pid_t host_pid) {
   return std::make_unique<ProcessMemorySink>(host_pid);
 }
 
+std::vector<int> LazyPager::uffds() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<int> out;
+  for (const auto& c : clients_) out.push_back(c->uffd.get());
+  return out;
+}
+
 void LazyPager::OnMissing(Ask ask) {
   std::lock_guard<std::mutex> lock(mu_);
   ask_ = std::move(ask);

@@ -81,6 +81,9 @@ class LazyPager {
   // after Resume). It must not block for long: every fault waits on it.
   // Set it before the tree runs.
   void OnMissing(Ask ask);
+  // Every process's userfaultfd (borrowed), for whoever must keep them
+  // registered should this process die (restore/spawn.h's guard).
+  std::vector<int> uffds() const;
   // The link to the source is down (Pause) or back (Resume; asks again for
   // every page a fault awaits). See the header comment.
   void Pause();

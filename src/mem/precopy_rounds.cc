@@ -194,6 +194,33 @@ Result<std::optional<std::vector<sys::uffd::Range>>> Written(const TrackedProces
   return std::move(written).error();
 }
 
+// The parts of a (sorted, disjoint) that are also in b.
+std::vector<sys::uffd::Range> Intersect(const std::vector<sys::uffd::Range>& a,
+                                        const std::vector<sys::uffd::Range>& b) {
+  std::vector<sys::uffd::Range> out;
+  for (size_t i = 0, j = 0; i < a.size() && j < b.size();) {
+    uint64_t start = std::max(a[i].start, b[j].start), end = std::min(a[i].end, b[j].end);
+    if (start < end) out.push_back({start, end});
+    if (a[i].end < b[j].end) {
+      ++i;
+    } else {
+      ++j;
+    }
+  }
+  return out;
+}
+
+// The written pages of m that are present: PAGEMAP_SCAN counts the never
+// populated parts of a VMA registered with WP_UNPOPULATED as written too,
+// and protecting those would allocate page tables for all of them.
+Result<std::optional<std::vector<sys::uffd::Range>>> WrittenPresent(const TrackedProcess& p,
+                                                                    const sys::proc::MapsEntry& m) {
+  std::optional<std::vector<sys::uffd::Range>> written = STASIS_TRY(Written(p, m));
+  if (!written || written->empty()) return written;
+  return std::optional(
+      Intersect(*written, STASIS_TRY(sys::uffd::PresentRanges(p.pagemap.get(), m.start, m.end))));
+}
+
 uint64_t PagesIn(const std::vector<sys::uffd::Range>& ranges) {
   uint64_t n = 0;
   for (const sys::uffd::Range& r : ranges) n += (r.end - r.start) / kPage;
@@ -217,7 +244,7 @@ Status RoundProcess(TrackedProcess& p, RoundSender& sender) {
   std::vector<sys::proc::MapsEntry> maps = STASIS_TRY(TrackableMaps(p.pid));
   std::vector<sys::proc::MapsEntry> tracked;
   for (const sys::proc::MapsEntry& m : maps) {
-    std::optional<std::vector<sys::uffd::Range>> written = STASIS_TRY(Written(p, m));
+    std::optional<std::vector<sys::uffd::Range>> written = STASIS_TRY(WrittenPresent(p, m));
     if (written) {
       sender.stats.dirty_pages += PagesIn(*written);
       STASIS_TRY(sender.Ranges(p, *written));
@@ -338,10 +365,13 @@ Result<uint64_t> Precopy::DirtyPages() {
     Result<std::vector<sys::proc::MapsEntry>> maps = TrackableMaps(pid);
     if (!maps.ok()) continue;
     for (const sys::proc::MapsEntry& m : maps.value()) {
-      Result<std::optional<std::vector<sys::uffd::Range>>> written = Written(*p, m);
-      // A VMA not registered yet is sent whole in the next round.
+      Result<std::optional<std::vector<sys::uffd::Range>>> written = WrittenPresent(*p, m);
+      // A VMA not registered yet is sent whole (what is present) in the
+      // next round.
       if (!written.ok() || !written.value()) {
-        dirty += (m.end - m.start) / kPage;
+        Result<std::vector<sys::uffd::Range>> present =
+            sys::uffd::PresentRanges(p->pagemap.get(), m.start, m.end);
+        if (present.ok()) dirty += PagesIn(present.value());
       } else {
         dirty += PagesIn(*written.value());
       }

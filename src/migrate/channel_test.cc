@@ -248,6 +248,12 @@ TEST(Channel, ConnectTimesOutOnASilentPeer) {
   }
 }
 
+TEST(Channel, ConnectTimesOutOnAPeerSilentInTheTlsHandshake) {
+  RawServer hello_only(std::string("STASIS\x01T", 8));  // says hello, then nothing
+  auto got = Channel::Connect(hello_only.address(), Tls(), 300);
+  ExpectRefused(got, ErrorCode::kTimeout, "TLS handshake");
+}
+
 TEST(Channel, AcceptTimesOutOnASilentClient) {
   auto listener = Listener::Listen("127.0.0.1:0");
   ASSERT_TRUE(listener.ok()) << listener.error().ToString();

@@ -15,9 +15,11 @@ constexpr int kStalledRounds = 2;
 
 }  // namespace
 
-Convergence::Convergence(double downtime_ms, PostcopyMode postcopy, double fixed_ms,
-                         int max_rounds)
-    : downtime_ms_(downtime_ms), fixed_ms_(fixed_ms), postcopy_(postcopy), max_rounds_(max_rounds) {}
+Convergence::Convergence(double downtime_ms, PostcopyMode postcopy, double fixed_ms, int max_rounds)
+    : downtime_ms_(downtime_ms),
+      fixed_ms_(fixed_ms),
+      postcopy_(postcopy),
+      max_rounds_(max_rounds) {}
 
 Decision Convergence::After(const RoundSample& round) {
   ++rounds_;
@@ -63,9 +65,10 @@ Decision Convergence::After(const RoundSample& round) {
     d.why = cause + ": switching to post-copy";
   } else {
     d.next = Next::kStopAndCopy;
-    d.why = fmt::format("{}: stopping and copying anyway (--postcopy=never), {:.0f} ms over the "
-                        "{:.0f} ms budget",
-                        cause, d.estimated_frozen_ms - downtime_ms_, downtime_ms_);
+    d.why = fmt::format(
+        "{}: stopping and copying anyway (--postcopy=never), {:.0f} ms over the "
+        "{:.0f} ms budget",
+        cause, d.estimated_frozen_ms - downtime_ms_, downtime_ms_);
   }
   return d;
 }

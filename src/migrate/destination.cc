@@ -9,7 +9,9 @@
 #include "mem/held_pages.h"
 #include "migrate/hello.h"
 #include "migrate/image_link.h"
+#include "migrate/postcopy_dest.h"
 #include "migrate/protocol.h"
+#include "restore/spawn.h"
 
 namespace stasis::migrate {
 
@@ -27,12 +29,13 @@ Result<image::PageRun> ParseRun(const Frame& f) {
   }
   image::PageRunHeader h;
   memcpy(&h, f.payload.data(), sizeof h);
-  image::PageRun run{h.pid, h.addr, h.npages,
-                     reinterpret_cast<const uint8_t*>(f.payload.data()) + image::kPageRunHeaderSize};
+  image::PageRun run{
+      h.pid, h.addr, h.npages,
+      reinterpret_cast<const uint8_t*>(f.payload.data()) + image::kPageRunHeaderSize};
   if (h.npages == 0 || h.addr % image::kPageSize != 0 ||
       f.payload.size() != image::kPageRunHeaderSize + uint64_t{h.npages} * image::kPageSize) {
-    return Error::Corrupt(fmt::format("a page frame for pid {} at {:#x} of the wrong size", h.pid,
-                                      h.addr));
+    return Error::Corrupt(
+        fmt::format("a page frame for pid {} at {:#x} of the wrong size", h.pid, h.addr));
   }
   return run;
 }
@@ -65,25 +68,9 @@ Result<std::string> HoldRounds(FrameReader& in, mem::HeldPages& held, ReceiveSum
       case Msg::kRefuse:
         return Refused(in.peer(), f);
       default:
-        return Error::Corrupt(fmt::format("{} sent a {} frame during pre-copy", in.peer(),
-                                          MsgName(f.type)));
+        return Error::Corrupt(
+            fmt::format("{} sent a {} frame during pre-copy", in.peer(), MsgName(f.type)));
     }
-  }
-}
-
-// Post-copy: pages until PagesEnd, into the running tree's page store;
-// faults on pages not here yet asked for meanwhile by the pager.
-Status ReceivePages(FrameReader& in, mem::LazyPager& pager) {
-  for (;;) {
-    Frame f = STASIS_TRY_CTX(in.Next(), "post-copy");
-    if (f.type == Msg::kPagesEnd) return Ok();
-    if (f.type == Msg::kRefuse) return Refused(in.peer(), f);
-    if (f.type != Msg::kPages) {
-      return Error::Corrupt(
-          fmt::format("{} sent a {} frame during post-copy", in.peer(), MsgName(f.type)));
-    }
-    image::PageRun run = STASIS_TRY(ParseRun(f));
-    STASIS_TRY(pager.store().Add(run));
   }
 }
 
@@ -112,8 +99,8 @@ Result<ReceiveSummary> ServeMigration(const sys::Env& env, Channel& channel,
 
   auto held = std::make_shared<mem::HeldPages>();
   std::string first = STASIS_TRY(HoldRounds(in, *held, summary));
-  env.log.Info(fmt::format("{} pre-copy rounds: {} MiB held", summary.rounds,
-                           summary.precopy_bytes >> 20));
+  env.log.Info(
+      fmt::format("{} pre-copy rounds: {} MiB held", summary.rounds, summary.precopy_bytes >> 20));
 
   ImageFramesSource image(in, std::move(first));
   restore::RestoreOptions ro = options.restore;
@@ -144,25 +131,30 @@ Result<ReceiveSummary> ServeMigration(const sys::Env& env, Channel& channel,
   // The tree runs here now: whatever fails from here on, it is ours.
   std::shared_ptr<mem::LazyPager> pager = restored->pager;
   Status pages = Ok();
+  // Post-copy may end on another connection than it began (a broken link
+  // that came back): Done goes on that one.
+  Channel* done_channel = &channel;
+  std::unique_ptr<Channel> resumed;
   if (pager) {
     std::vector<int> pids = pager->store().pids();
     summary.postcopy = std::any_of(pids.begin(), pids.end(),
                                    [&](int pid) { return !pager->store().Missing(pid).empty(); });
     if (summary.postcopy) {
-      // Faults since the release waited unasked: Resume asks for them now.
-      pager->OnMissing([&out](int pid, uint64_t addr) {
-        PageRequest r;
-        r.set_pid(pid);
-        r.set_addr(addr);
-        // A failed send shows on the reading side too, which ends post-copy.
-        if (out.Send(Msg::kPageRequest, r).ok()) (void)out.Flush();
-      });
-      pager->Resume();
-      pages = ReceivePages(in, *pager);
-      pager->store().Close(pages.ok() ? Ok() : Status(pages.error()));
+      PostcopyDestination link{hello.migration_id(), options.accept, 5000, options.recovery_ms};
+      Result<Channel*> last =
+          ReceivePostcopy(env, link, channel, *pager, &resumed, &summary.reconnects);
+      if (last.ok()) {
+        done_channel = *last;
+      } else {
+        pages = std::move(last).error();
+      }
     }
     Status all_in = pager->Wait();
     if (pages.ok()) pages = std::move(all_in);
+    // The init guards the tree until then (restore/spawn.h); on a failure
+    // it kills it when the guard closes, rather than let it run with pages
+    // it never got.
+    if (pages.ok()) pages = restore::PagesIn(std::move(restored->page_guard));
     mem::LazyStats stats = pager->stats();
     summary.faults = stats.remote_faults;
     summary.blocktime_ms = stats.blocktime_ms;
@@ -174,8 +166,9 @@ Result<ReceiveSummary> ServeMigration(const sys::Env& env, Channel& channel,
   done.set_faults(summary.faults);
   done.set_blocktime_ms(summary.blocktime_ms);
   done.set_restore_ms(summary.restore_ms);
-  STASIS_TRY(out.Send(Msg::kDone, done));
-  STASIS_TRY(out.Flush());
+  FrameWriter done_out(*done_channel);
+  STASIS_TRY(done_out.Send(Msg::kDone, done));
+  STASIS_TRY(done_out.Flush());
   summary.total_ms = MsSince(start);
   return summary;
 }

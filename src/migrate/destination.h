@@ -9,6 +9,7 @@
 #include <string>
 
 #include "migrate/channel.h"
+#include "migrate/postcopy_dest.h"
 #include "restore/restore.h"
 #include "sys/env.h"
 
@@ -20,6 +21,10 @@ struct ReceiveOptions {
   // Waiting for the commit: the source's dump is frozen and the link may
   // be slow to come back; the source gives up well before.
   int commit_timeout_ms = 300000;
+  // Post-copy recovery: the listener's next connection, to wait for a
+  // source whose link broke (postcopy_dest.h); empty: none.
+  AcceptNext accept;
+  int recovery_ms = 300000;
 };
 
 struct ReceiveSummary {
@@ -34,6 +39,7 @@ struct ReceiveSummary {
   double total_ms = 0;
   uint64_t faults = 0;
   double blocktime_ms = 0;
+  int reconnects = 0;  // post-copy: links that broke and came back
 };
 
 // `registered` is filled by options.restore.before_release's caller (the

@@ -55,9 +55,9 @@ Status CheckHello(const Hello& hello, const HostFacts& here) {
 Status CheckAddressFree(const Hello& hello) {
   if (hello.net_address() == 0) return Ok();
   if (if_nametoindex(hello.host_link().c_str()) != 0) {
-    return Error::Invalid(fmt::format(
-        "the session's address {} is already in use on this node (its link {} exists)",
-        net::FormatIp4(hello.net_address()), hello.host_link()));
+    return Error::Invalid(
+        fmt::format("the session's address {} is already in use on this node (its link {} exists)",
+                    net::FormatIp4(hello.net_address()), hello.host_link()));
   }
   return Ok();
 }

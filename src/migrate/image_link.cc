@@ -60,8 +60,8 @@ Result<size_t> ImageFramesSource::Read(void* buf, size_t len) {
     }
     if (f.type == Msg::kRefuse) return Refused(in_.peer(), f);
     if (f.type != Msg::kImage) {
-      return Error::Corrupt(fmt::format("{} sent a {} frame inside the image", in_.peer(),
-                                        MsgName(f.type)));
+      return Error::Corrupt(
+          fmt::format("{} sent a {} frame inside the image", in_.peer(), MsgName(f.type)));
     }
     chunk_ = std::move(f.payload);
     offset_ = 0;

@@ -24,18 +24,34 @@ void PutHeader(uint8_t* h, Msg type, uint32_t len) {
 
 const char* MsgName(Msg type) {
   switch (type) {
-    case Msg::kHello: return "hello";
-    case Msg::kAccept: return "accept";
-    case Msg::kRefuse: return "refuse";
-    case Msg::kPages: return "pages";
-    case Msg::kRoundEnd: return "round-end";
-    case Msg::kImage: return "image";
-    case Msg::kImageEnd: return "image-end";
-    case Msg::kReady: return "ready";
-    case Msg::kCommit: return "commit";
-    case Msg::kPageRequest: return "page-request";
-    case Msg::kPagesEnd: return "pages-end";
-    case Msg::kDone: return "done";
+    case Msg::kHello:
+      return "hello";
+    case Msg::kAccept:
+      return "accept";
+    case Msg::kRefuse:
+      return "refuse";
+    case Msg::kPages:
+      return "pages";
+    case Msg::kRoundEnd:
+      return "round-end";
+    case Msg::kImage:
+      return "image";
+    case Msg::kImageEnd:
+      return "image-end";
+    case Msg::kReady:
+      return "ready";
+    case Msg::kCommit:
+      return "commit";
+    case Msg::kPageRequest:
+      return "page-request";
+    case Msg::kPagesEnd:
+      return "pages-end";
+    case Msg::kDone:
+      return "done";
+    case Msg::kAlive:
+      return "alive";
+    case Msg::kMissing:
+      return "missing";
   }
   return "unknown";
 }
@@ -44,7 +60,8 @@ Status FrameWriter::SendPieces(Msg type, const struct iovec* pieces, int count) 
   size_t len = 0;
   for (int i = 0; i < count; ++i) len += pieces[i].iov_len;
   if (len > image::kMaxRecordPayload) {
-    return Error::Invalid(fmt::format("a {} frame of {} bytes is over the cap", MsgName(type), len));
+    return Error::Invalid(
+        fmt::format("a {} frame of {} bytes is over the cap", MsgName(type), len));
   }
   uint8_t header[kHeader];
   PutHeader(header, type, static_cast<uint32_t>(len));
@@ -126,7 +143,7 @@ Result<Frame> FrameReader::Next() {
   memcpy(&len, header + 4, 4);
   memcpy(&sum, header + 8, 8);
   if (flags != 0 || len > image::kMaxRecordPayload || type == 0 ||
-      type > static_cast<uint16_t>(Msg::kDone)) {
+      type > static_cast<uint16_t>(Msg::kLast)) {
     return Error::Corrupt(fmt::format(
         "a damaged frame from {} (type {}, flags {:#x}, length {}): is it a Stasis migration "
         "of the same version?",

@@ -22,18 +22,21 @@ namespace stasis::migrate {
 inline constexpr uint32_t kProtocolVersion = 1;
 
 enum class Msg : uint16_t {
-  kHello = 1,        // source -> destination: Hello
-  kAccept = 2,       // destination -> source: Accept
-  kRefuse = 3,       // either way: Refuse; the migration stops, the source runs on
-  kPages = 4,        // source -> destination: a page run (image::PageRunHeader + pages)
-  kRoundEnd = 5,     // source -> destination: RoundEnd
-  kImage = 6,        // source -> destination: the next bytes of the switch-over image
-  kImageEnd = 7,     // source -> destination: the image is whole
-  kReady = 8,        // destination -> source: Ready (tree built, stopped)
-  kCommit = 9,       // source -> destination: the switch-over point
-  kPageRequest = 10, // destination -> source: PageRequest (post-copy fault)
-  kPagesEnd = 11,    // source -> destination: every deferred page was sent
-  kDone = 12,        // destination -> source: Done
+  kHello = 1,         // source -> destination: Hello
+  kAccept = 2,        // destination -> source: Accept
+  kRefuse = 3,        // either way: Refuse; the migration stops, the source runs on
+  kPages = 4,         // source -> destination: a page run (image::PageRunHeader + pages)
+  kRoundEnd = 5,      // source -> destination: RoundEnd
+  kImage = 6,         // source -> destination: the next bytes of the switch-over image
+  kImageEnd = 7,      // source -> destination: the image is whole
+  kReady = 8,         // destination -> source: Ready (tree built, stopped)
+  kCommit = 9,        // source -> destination: the switch-over point
+  kPageRequest = 10,  // destination -> source: PageRequest (post-copy fault)
+  kPagesEnd = 11,     // source -> destination: every deferred page was sent
+  kDone = 12,         // destination -> source: Done
+  kAlive = 13,        // destination -> source, each second of post-copy: the link works
+  kMissing = 14,      // destination -> source: MissingPages, after a resuming Hello
+  kLast = kMissing,
 };
 const char* MsgName(Msg type);
 
@@ -81,8 +84,8 @@ class FrameReader {
   static Result<M> Parse(const Frame& f, const std::string& what) {
     M m;
     if (!m.ParseFromString(f.payload)) {
-      return Error::Corrupt(fmt::format("{}: a {} frame that does not parse", what,
-                                        MsgName(f.type)));
+      return Error::Corrupt(
+          fmt::format("{}: a {} frame that does not parse", what, MsgName(f.type)));
     }
     return m;
   }

@@ -11,6 +11,7 @@
 #include "mem/precopy.h"
 #include "migrate/hello.h"
 #include "migrate/image_link.h"
+#include "migrate/postcopy_source.h"
 #include "migrate/protocol.h"
 #include "net/isolated_net.h"
 #include "sys/proc.h"
@@ -65,6 +66,7 @@ struct SwitchOver {
   FrameWriter& out;
   FrameReader& in;
   bool postcopy;
+  std::string migration_id;
   std::vector<mem::PageServer::Process> deferred;
   Clock::time_point frozen_at;
   MigrateSummary& summary;
@@ -79,14 +81,27 @@ struct SwitchOver {
     summary.frozen_ms = MsSince(frozen_at);
     env.Report("commit");
     Status after = AfterCommit();
-    if (!after.ok()) post_commit = std::move(after).error();
+    if (after.ok()) return Ok();
+    // The destination says Done only once it has every page, and until
+    // then its tree dies with its receiver (restore/spawn.h's guard): a
+    // receiver that went away (its end of the connection closed) took its
+    // copy with it, whether or not it had read the commit, so ours runs on.
+    // A silent link says nothing of the kind: the destination may run the
+    // tree, so ours goes. Post-copy has the destination's tree run already.
+    if (!postcopy && after.error().code() != ErrorCode::kTimeout) {
+      return std::move(after).error().Context(
+          "the destination went away after the commit, before it had every page, and its copy "
+          "with it");
+    }
+    post_commit = std::move(after).error();
     return Ok();
   }
 
   Status AfterCommit() {
     Clock::time_point start = Clock::now();
-    Done done = postcopy ? STASIS_TRY(ServePages())
-                         : STASIS_TRY(in.ExpectMessage<Done>(Msg::kDone, "wait for the destination"));
+    Done done = postcopy
+                    ? STASIS_TRY(ServePages())
+                    : STASIS_TRY(in.ExpectMessage<Done>(Msg::kDone, "wait for the destination"));
     summary.postcopy_ms = postcopy ? MsSince(start) : 0;
     summary.session_name = done.session_name();
     summary.root_pid = done.root_pid();
@@ -95,44 +110,14 @@ struct SwitchOver {
     return Ok();
   }
 
-  // Post-copy: the deferred pages, those the destination faults on first,
-  // read from the tasks that stay frozen (and seized) here until the
-  // destination says it has them all (Done).
   Result<Done> ServePages() {
     env.Report("postcopy");
-    mem::PageServer server(std::move(deferred));
-    std::optional<Result<Done>> outcome;
-    std::thread reader([&] { outcome = ReadRequests(server); });
-    uint64_t before = out.bytes();
-    Status sent = [&]() -> Status {
-      auto send = [&](uint32_t pid, uint64_t addr, uint64_t n, const uint8_t* data) {
-        return out.SendPages(pid, addr, n, data);
-      };
-      while (STASIS_TRY(server.SendNext(send))) STASIS_TRY(out.Flush());
-      STASIS_TRY(out.Send(Msg::kPagesEnd));
-      return out.Flush();
-    }();
-    // A send that failed leaves the reader to end on the broken connection.
-    reader.join();
-    summary.postcopy_bytes = out.bytes() - before;
-    STASIS_TRY(sent);
-    return std::move(*outcome);
-  }
-
-  // Page requests until Done; they may still come after every page was
-  // sent (faults that raced with the push), and are then moot.
-  Result<Done> ReadRequests(mem::PageServer& server) {
-    for (;;) {
-      Frame f = STASIS_TRY_CTX(in.Next(), "post-copy");
-      if (f.type == Msg::kDone) return FrameReader::Parse<Done>(f, "post-copy");
-      if (f.type == Msg::kRefuse) return Refused(in.peer(), f);
-      if (f.type != Msg::kPageRequest) {
-        return Error::Corrupt(
-            fmt::format("{} sent a {} frame during post-copy", in.peer(), MsgName(f.type)));
-      }
-      PageRequest r = STASIS_TRY(FrameReader::Parse<PageRequest>(f, "post-copy"));
-      server.Request(r.pid(), r.addr());
-    }
+    PostcopySource link{options.to, options.channel, migration_id, 5000, options.recovery_ms};
+    PostcopyStats stats;
+    Result<Done> done = ServePostcopy(env, link, channel, std::move(deferred), &stats);
+    summary.postcopy_bytes = stats.bytes;
+    summary.reconnects = stats.reconnects;
+    return done;
   }
 };
 
@@ -147,8 +132,8 @@ Result<Decision> PrecopyRounds(const sys::Env& env, const MigrateOptions& option
     env.Report("precopy", out.bytes());
     uint64_t before = out.bytes();
     Clock::time_point t = Clock::now();
-    mem::RoundStats round = STASIS_TRY(precopy.SendRound(
-        [&](uint32_t pid, uint64_t addr, uint64_t n, const uint8_t* data) {
+    mem::RoundStats round = STASIS_TRY(
+        precopy.SendRound([&](uint32_t pid, uint64_t addr, uint64_t n, const uint8_t* data) {
           return out.SendPages(pid, addr, n, data);
         }));
     STASIS_TRY(out.Flush());
@@ -161,8 +146,8 @@ Result<Decision> PrecopyRounds(const sys::Env& env, const MigrateOptions& option
     STASIS_TRY(out.Send(Msg::kRoundEnd, end));
     Decision d = convergence.After({out.bytes() - before, ms, dirty});
     env.log.Info(fmt::format("pre-copy round {}: {} pages in {:.0f} ms, {} dirty; {}",
-                             convergence.rounds(), round.pages_sent, ms,
-                             dirty / image::kPageSize, d.why));
+                             convergence.rounds(), round.pages_sent, ms, dirty / image::kPageSize,
+                             d.why));
     if (d.next != Next::kRound) {
       summary.rounds = convergence.rounds();
       summary.precopy_ms = MsSince(start);
@@ -219,7 +204,8 @@ Result<MigrateSummary> Migrate(const sys::Env& env, const MigrateOptions& option
   dump.handoff = &handoff;
   // Without its own network, the tree's address stays here.
   dump.policy.moving_host = !dump.session_net.has_value();
-  SwitchOver switchover{env,   options, *channel, out, in, summary.postcopy, {}, {}, summary, {}};
+  SwitchOver switchover{env, options, *channel, out, in, summary.postcopy, hello.migration_id(),
+                        {},  {},      summary,  {}};
   dump.on_deferred = [&](const std::vector<checkpoint::DeferredPages>& deferred) {
     for (const checkpoint::DeferredPages& d : deferred) {
       switchover.deferred.push_back({d.host_pid, d.pid, d.ranges});

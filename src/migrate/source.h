@@ -25,8 +25,11 @@ struct MigrateOptions {
   double downtime_ms = 300;  // QEMU's default budget
   PostcopyMode postcopy = PostcopyMode::kAuto;
   int max_rounds = 30;
-  int timeout_ms = 30000;         // a silent destination, before the switch-over
+  int timeout_ms = 30000;           // a silent destination, before the switch-over
   int restore_timeout_ms = 120000;  // the destination building the tree
+  // Post-copy: how long to keep trying to reach a destination whose link
+  // broke, the tree frozen here with its pages (postcopy_source.h).
+  int recovery_ms = 300000;
 };
 
 struct MigrateSummary {
@@ -37,11 +40,12 @@ struct MigrateSummary {
   uint64_t resident_bytes = 0;
   uint64_t precopy_bytes = 0, image_bytes = 0, postcopy_bytes = 0, total_bytes = 0;
   double precopy_ms = 0;
-  double frozen_ms = 0;      // from the freeze until the destination was told to run it
-  double postcopy_ms = 0;    // from the commit until every page was on the destination
+  double frozen_ms = 0;    // from the freeze until the destination was told to run it
+  double postcopy_ms = 0;  // from the commit until every page was on the destination
   double total_ms = 0;
-  double restore_ms = 0;     // the destination's restore, inside frozen_ms
-  uint64_t faults = 0;       // post-copy faults that waited for the source
+  double restore_ms = 0;  // the destination's restore, inside frozen_ms
+  int reconnects = 0;     // post-copy: links that broke and came back
+  uint64_t faults = 0;    // post-copy faults that waited for the source
   double blocktime_ms = 0;
   std::string session_name;  // as registered on the destination
   int root_pid = 0;          // host PID there

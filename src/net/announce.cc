@@ -8,7 +8,9 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "net/isolated_net.h"
 #include "sys/netns.h"
@@ -53,6 +55,20 @@ Status SendFrame(int fd, int ifindex, const ArpFrame& frame) {
   return Ok();
 }
 
+Status AwaitCarrier(int fd, const std::string& link) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  for (;;) {
+    ifreq ifr = {};
+    std::memcpy(ifr.ifr_name, link.c_str(), link.size() + 1);
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0) return Error::Errno("SIOCGIFFLAGS " + link);
+    if (ifr.ifr_flags & IFF_RUNNING) return Ok();
+    if (std::chrono::steady_clock::now() > deadline) {
+      return Error(ErrorCode::kFailed, link + " has no carrier 500 ms after it came up");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
 }  // namespace
 
 ArpFrame GratuitousArp(uint32_t address, const sys::Mac& mac) {
@@ -81,8 +97,16 @@ Status Announce(int netns_fd, const std::string& link, uint32_t address, int cou
   Result<LinkSocket> opened = OpenLink(link);
   STASIS_TRY_CTX(inside.Leave(), what);
   LinkSocket s = STASIS_TRY_CTX(std::move(opened), what);
+  // A frame sent before the veth has carrier is dropped, and one lost
+  // announce leaves the fabric's bridges forwarding the session's MAC to its
+  // old machine until their entries age out (minutes): wait for carrier
+  // (IFF_RUNNING), then space the announces a little.
+  STASIS_TRY_CTX(AwaitCarrier(s.fd.get(), link), what);
   ArpFrame frame = GratuitousArp(address, s.mac);
-  for (int i = 0; i < count; ++i) STASIS_TRY_CTX(SendFrame(s.fd.get(), s.ifindex, frame), what);
+  for (int i = 0; i < count; ++i) {
+    if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    STASIS_TRY_CTX(SendFrame(s.fd.get(), s.ifindex, frame), what);
+  }
   return Ok();
 }
 

@@ -391,6 +391,8 @@ Status StartLinkKeeper(const LinkKeeperSpec& spec) {
                 FormatMac(spec.mac), FormatIp4(spec.address)});
 }
 
+void QuitLinkKeeper(const std::string& host_link) { (void)TellKeeper(LinkName(host_link), "quit"); }
+
 Result<std::string> ReleaseLinkKeeper(const std::string& host_link) {
   Result<std::optional<std::string>> kept = TellKeeper(LinkName(host_link), "release");
   if (!kept.ok()) return std::move(kept).error();

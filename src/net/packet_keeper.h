@@ -55,6 +55,9 @@ Status StartLinkKeeper(const LinkKeeperSpec& spec);
 // Once the link forwards again: has the keeper of `host_link` send what it
 // kept into the link. Says what it did; "" when there is no keeper.
 Result<std::string> ReleaseLinkKeeper(const std::string& host_link);
+// The session moved to another machine: what the keeper of `host_link`
+// holds is for sockets that are not here any more; it quits, dropping it.
+void QuitLinkKeeper(const std::string& host_link);
 
 // Sends a request to the keeper of `table` and returns its answer
 // ("ok..."); nullopt when there is no keeper (never started, gave up,

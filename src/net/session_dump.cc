@@ -28,6 +28,7 @@ SessionNetDump::SessionNetDump(SessionNetDump&& o) noexcept
       log_(o.log_),
       neighbours_(std::move(o.neighbours_)),
       locked_(o.locked_),
+      moved_(o.moved_),
       killed_(o.killed_),
       active_(std::exchange(o.active_, false)) {}
 
@@ -97,6 +98,7 @@ SessionNetDump::~SessionNetDump() {
   }
   netns_.reset();
   if (killed_) WaitSessionGone();
+  if (moved_) QuitLinkKeeper(net_.host_link);
 }
 
 }  // namespace stasis::net

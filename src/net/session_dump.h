@@ -43,6 +43,12 @@ class SessionNetDump {
   // Lifts the lock now (the link comes up).
   Status Unlock();
   void MarkKilled() { killed_ = true; }
+  // Killed because it now runs on another machine (a migration): no
+  // restore here will take what the link's keeper holds.
+  void MarkMoved() {
+    killed_ = true;
+    moved_ = true;
+  }
   // Moves the calling thread into the session's namespace until the guard
   // goes.
   Result<sys::ScopedNetns> Enter() const;
@@ -64,6 +70,7 @@ class SessionNetDump {
   Logger* log_;
   std::vector<sys::Neighbour> neighbours_;
   bool locked_ = false;
+  bool moved_ = false;
   bool killed_ = false;
   bool active_ = true;
 };

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <linux/sched.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 
@@ -257,10 +258,25 @@ Status TaskBuild::ServeLazily() {
   // the VMA's anon_vma, which they must for unregistering to merge them
   // back (parts that each fault their own first page get one each). The
   // first page is written again from the image before the tree runs.
+  //
+  // With transparent huge pages (MADV_HUGEPAGE, or THP "always"), that
+  // write could fault a whole huge page in, zeros over pages still to come
+  // that no fault would then ask for: THP is off for the task while it
+  // writes. Once the VMA is split, its one-page head cannot hold a huge
+  // page, and a fault in the registered part goes to the pager, which
+  // copies small pages.
+  long thp_was_off = STASIS_TRY(
+      task_->Call("prctl(PR_GET_THP_DISABLE)", SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0));
+  if (thp_was_off == 0) {
+    STASIS_TRY(task_->Call("prctl(PR_SET_THP_DISABLE)", SYS_prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0));
+  }
   static const uint8_t kZeroPage[image::kPageSize] = {};
   for (const mem::Range& r : ranges) {
     STASIS_TRY(
         sys::WriteMemory(host_pid_, r.start - sizeof kZeroPage, kZeroPage, sizeof kZeroPage));
+  }
+  if (thp_was_off == 0) {
+    STASIS_TRY(task_->Call("prctl(PR_SET_THP_DISABLE)", SYS_prctl, PR_SET_THP_DISABLE, 0, 0, 0, 0));
   }
   for (const mem::Range& r : ranges) {
     STASIS_TRY_CTX(sys::uffd::RegisterMissing(own.get(), r.start, r.end),

@@ -519,6 +519,11 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
   result.session_command.assign(head.manifest.session_command().begin(),
                                 head.manifest.session_command().end());
   result.net = net.config();
+  // A lazily restored tree must die with its pager rather than fault in
+  // zero pages: the namespace init holds its userfaultfds (spawn.h).
+  if (lazy) {
+    for (int uffd : lazy->uffds()) STASIS_TRY(spawner.Hold(uffd));
+  }
   if (options.before_release) STASIS_TRY(options.before_release(result));
   env.Report("release");
   // The restorer's references must be gone before the tree runs: a reader
@@ -530,7 +535,7 @@ Result<RestoreResult> Restore(const sys::Env& env, const RestoreOptions& options
     if (t.leader) STASIS_TRY(t.leader->Detach());
   }
   guard.Release();
-  STASIS_TRY(spawner.Commit(result.pid));
+  result.page_guard = STASIS_TRY(spawner.Commit(result.pid, lazy != nullptr));
   net.Commit();
   if (lazy) lazy->Release();
   result.pager = std::move(lazy);

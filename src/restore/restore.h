@@ -23,6 +23,7 @@
 #include "net/isolated_net.h"
 #include "sys/env.h"
 #include "sys/result.h"
+#include "sys/unique_fd.h"
 
 namespace stasis::restore {
 
@@ -42,6 +43,10 @@ struct RestoreResult {
   // restore --lazy: the tree runs while this serves its pages; the caller
   // must keep it (and Wait for it) until every page is in.
   std::shared_ptr<mem::LazyPager> pager;
+  // With pager, in a new PID namespace: until PagesIn(page_guard) (once
+  // pager->Wait() succeeded), the namespace init kills the tree if this
+  // closes, i.e. if the restorer dies before every page is in (spawn.h).
+  sys::UniqueFd page_guard;
 };
 
 struct RestoreOptions {

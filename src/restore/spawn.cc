@@ -3,9 +3,11 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/sched.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -24,7 +26,10 @@
 namespace stasis::restore {
 namespace {
 
-enum class Op : uint32_t { kCreate = 1, kCommit = 2 };
+// kHold passes an fd for the init to hold (SCM_RIGHTS); kCommit with
+// slot 1 keeps the init guarding the tree until kPagesIn (spawn.h).
+enum class Op : uint32_t { kCreate = 1, kCommit = 2, kHold = 3, kPagesIn = 4 };
+constexpr int kMaxHeld = 4096;
 struct Request {
   Op op;
   int32_t pid;
@@ -98,13 +103,51 @@ int SpawnPuppet(pid_t pid, int slot, int restorer_pidfd, int time_ns) {
   return r < 0 ? -err : pidfd;
 }
 
+// A Request, and the fd that came with it (kHold), or -1. Returns false on
+// end of file or an error. Async-signal-safe.
+bool ReceiveRequest(int control, Request* req, int* fd) {
+  *fd = -1;
+  char cbuf[CMSG_SPACE(sizeof(int))];
+  struct iovec iov = {req, sizeof(*req)};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof(cbuf);
+  ssize_t n;
+  do {
+    n = recvmsg(control, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  if (c != nullptr && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+    memcpy(fd, CMSG_DATA(c), sizeof(int));
+  }
+  return n == sizeof(*req);
+}
+
 // After Commit: reap everything, pass termination signals to the root, and
 // exit with the root's status once the namespace is empty.
-[[noreturn]] void ReaperLoop(pid_t root) {
+//
+// Guarding (a lazy restore, whose pages the restorer still serves): the
+// init holds a copy of every userfaultfd (`held`), so that the restorer's
+// death does not unregister them, which would let a faulting thread go on
+// with a zero page where its data should be. When the restorer's end of
+// `control` closes before it said every page is in (kPagesIn), the init
+// kills every process of the namespace and only then lets the userfaultfds
+// go: the tree dies rather than run with memory it never had.
+[[noreturn]] void ReaperLoop(pid_t root, int control, int* held, int nheld) {
   sigset_t set;
   sigemptyset(&set);
   for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGHUP}) sigaddset(&set, sig);
   sigprocmask(SIG_BLOCK, &set, nullptr);
+  int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+  if (sfd < 0) _exit(1);
+  auto let_go = [&] {
+    for (int i = 0; i < nheld; ++i) close(held[i]);
+    nheld = 0;
+    close(control);
+    control = -1;
+  };
   int exit_code = 0;
   for (;;) {
     for (;;) {
@@ -114,9 +157,22 @@ int SpawnPuppet(pid_t pid, int slot, int restorer_pidfd, int time_ns) {
       if (p <= 0) break;
       if (p == root) exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
-    siginfo_t info;
-    int sig = sigwaitinfo(&set, &info);
-    if (sig > 0 && sig != SIGCHLD) kill(root, sig);
+    struct pollfd fds[2] = {{sfd, POLLIN, 0}, {control, POLLIN, 0}};
+    if (poll(fds, control >= 0 ? 2 : 1, -1) < 0) continue;
+    if (fds[0].revents & POLLIN) {
+      struct signalfd_siginfo info;
+      if (read(sfd, &info, sizeof(info)) == sizeof(info) && info.ssi_signo != SIGCHLD) {
+        kill(root, static_cast<int>(info.ssi_signo));
+      }
+    }
+    if (control >= 0 && fds[1].revents != 0) {
+      Request req;
+      int fd;
+      bool got = ReceiveRequest(control, &req, &fd);
+      if (fd >= 0) close(fd);
+      if (!got || req.op != Op::kPagesIn) kill(-1, SIGKILL);
+      let_go();
+    }
   }
 }
 
@@ -151,17 +207,36 @@ void SendReady(int control, InitStep step, int err) {
     SendReady(control, InitStep::kProcMount, errno);
   }
   SendReady(control, InitStep::kReady, 0);
+  static int held[kMaxHeld];
+  int nheld = 0;
   for (;;) {
     Request req;
-    if (recv(control, &req, sizeof(req), 0) != sizeof(req)) _exit(1);
+    int fd;
+    if (!ReceiveRequest(control, &req, &fd)) _exit(1);
+    if (req.op == Op::kHold) {
+      Reply reply = {fd < 0 ? EBADF : (nheld == kMaxHeld ? EMFILE : 0)};
+      if (reply.err == 0) {
+        held[nheld++] = fd;
+      } else if (fd >= 0) {
+        close(fd);
+      }
+      if (send(control, &reply, sizeof(reply), MSG_NOSIGNAL) != sizeof(reply)) _exit(1);
+      continue;
+    }
+    if (fd >= 0) close(fd);
     if (req.op == Op::kCommit) {
+      bool guard = req.slot == 1;
       prctl(PR_SET_PDEATHSIG, 0);
       // The restorer may exit as soon as it reads this: PDEATHSIG is off now.
       Reply ack = {0};
       if (send(control, &ack, sizeof(ack), MSG_NOSIGNAL) != sizeof(ack)) _exit(1);
-      close(control);
       close(restorer_pidfd);
-      ReaperLoop(req.pid);
+      if (!guard) {
+        close(control);
+        for (int i = 0; i < nheld; ++i) close(held[i]);
+        ReaperLoop(req.pid, -1, held, 0);
+      }
+      ReaperLoop(req.pid, control, held, nheld);
     }
     int pidfd = SpawnPuppet(req.pid, req.slot, restorer_pidfd, -1);
     Reply reply = {pidfd < 0 ? -pidfd : 0};
@@ -290,16 +365,37 @@ Result<Puppet> Spawner::CreatePuppet(pid_t pid, int pidfd_slot) {
   return puppet;
 }
 
-Status Spawner::Commit(pid_t root_pid) {
-  committed_ = true;
+Status Spawner::Hold(int fd) {
   if (!new_pid_ns_) return Ok();
-  Request req = {Op::kCommit, root_pid, 0};
+  Request req = {Op::kHold, 0, 0};
+  STASIS_TRY_CTX(sys::SendMessage(control_.get(), &req, sizeof(req), fd),
+                 "pass a userfaultfd to the restore init");
+  Reply reply;
+  STASIS_TRY_CTX(sys::ReceiveExactly(control_.get(), &reply, sizeof(reply)), "the restore init");
+  if (reply.err != 0) return Error::FromErrno("the restore init holding a userfaultfd", reply.err);
+  return Ok();
+}
+
+Result<sys::UniqueFd> Spawner::Commit(pid_t root_pid, bool guard) {
+  committed_ = true;
+  if (!new_pid_ns_) return sys::UniqueFd();
+  Request req = {Op::kCommit, root_pid, guard ? 1 : 0};
   if (send(control_.get(), &req, sizeof(req), MSG_NOSIGNAL) != sizeof(req)) {
     return Error::Errno("commit to the restore init");
   }
   Reply ack;
   if (recv(control_.get(), &ack, sizeof(ack), 0) != sizeof(ack)) {
     return Error(ErrorCode::kFailed, "the restore init did not acknowledge the commit");
+  }
+  if (!guard) return sys::UniqueFd();
+  return std::move(control_);
+}
+
+Status PagesIn(sys::UniqueFd guard) {
+  if (!guard.valid()) return Ok();
+  Request req = {Op::kPagesIn, 0, 0};
+  if (send(guard.get(), &req, sizeof(req), MSG_NOSIGNAL) != sizeof(req)) {
+    return Error::Errno("tell the restore init that every page is in");
   }
   return Ok();
 }

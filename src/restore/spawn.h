@@ -56,8 +56,15 @@ class Spawner {
   // A puppet with PID `pid` (as seen in its namespace) holding the
   // restorer's pidfd at fd number `pidfd_slot`.
   Result<Puppet> CreatePuppet(pid_t pid, int pidfd_slot);
-  // The restore succeeded: the init stops depending on the restorer.
-  Status Commit(pid_t root_pid);
+  // The init holds a copy of fd (a lazy restore's userfaultfd) until the
+  // guard Commit returns is told every page is in.
+  Status Hold(int fd);
+  // The restore succeeded: the init stops depending on the restorer. With
+  // guard (a lazy restore, new PID namespace), it returns the guard: the
+  // init kills the whole tree if the guard closes before PagesIn(guard),
+  // e.g. because the restorer died while pages were still to come. Without
+  // a new PID namespace there is no init and no guard (an invalid fd).
+  Result<sys::UniqueFd> Commit(pid_t root_pid, bool guard = false);
   pid_t init_host_pid() const { return init_pid_; }
 
  private:
@@ -69,5 +76,9 @@ class Spawner {
   sys::UniqueFd time_ns_;  // entered by each puppet without a new PID namespace
   bool committed_ = false;
 };
+
+// Every page of a lazy restore is in: the init lets the tree go on without
+// the restorer.
+Status PagesIn(sys::UniqueFd guard);
 
 }  // namespace stasis::restore

@@ -160,15 +160,20 @@ Result<abi::PtraceRseqConfiguration> Tracee::GetRseq() const {
   return conf;
 }
 
-Result<pid_t> Tracee::SingleStep() const {
+Result<pid_t> Tracee::RunSyscall() const {
+  // PTRACE_SYSCALL, not PTRACE_SINGLESTEP: a tracer that dies (kill -9 of
+  // stasis mid-dump) detaches its tracees without clearing a single-step
+  // flag, and the task then dies of SIGTRAP at its next instruction; the
+  // syscall-stop flag is cleared on that detach.
   pid_t child = 0;
+  bool entered = false;
   for (;;) {
-    if (ptrace(PTRACE_SINGLESTEP, tid_, nullptr, nullptr) < 0) {
-      return Error::Errno(fmt::format("ptrace(SINGLESTEP, {})", tid_));
+    if (ptrace(PTRACE_SYSCALL, tid_, nullptr, nullptr) < 0) {
+      return Error::Errno(fmt::format("ptrace(SYSCALL, {})", tid_));
     }
     int status = STASIS_TRY(WaitStop(tid_));
     int event = status >> 16;
-    bool trap = WIFSTOPPED(status) && WSTOPSIG(status) == SIGTRAP;
+    bool trap = WIFSTOPPED(status) && (WSTOPSIG(status) & 0x7f) == SIGTRAP;
     if (trap && (event == PTRACE_EVENT_CLONE || event == PTRACE_EVENT_FORK ||
                  event == PTRACE_EVENT_VFORK)) {
       unsigned long msg = 0;
@@ -176,12 +181,16 @@ Result<pid_t> Tracee::SingleStep() const {
         return Error::Errno(fmt::format("ptrace(GETEVENTMSG, {})", tid_));
       }
       child = static_cast<pid_t>(msg);
-      continue;  // the syscall is not finished yet: step on to its end
+      continue;  // the syscall is not finished yet: on to its exit stop
     }
     if (!trap || event != 0) {
       return Error(
           ErrorCode::kFailed,
-          fmt::format("task {}: unexpected stop 0x{:x} while single-stepping", tid_, status));
+          fmt::format("task {}: unexpected stop 0x{:x} in an injected syscall", tid_, status));
+    }
+    if (!entered) {
+      entered = true;  // the entry stop; the exit stop is next
+      continue;
     }
     return child;
   }
@@ -241,7 +250,7 @@ Result<long> Injector::Raw(long nr, uint64_t a1, uint64_t a2, uint64_t a3, uint6
   regs.orig_rax = ~0ull;
   regs.rip = syscall_ip_;
   STASIS_TRY(tracee_->SetRegs(regs));
-  last_child_ = STASIS_TRY(tracee_->SingleStep());
+  last_child_ = STASIS_TRY(tracee_->RunSyscall());
   Regs after = STASIS_TRY(tracee_->GetRegs());
   return static_cast<long>(after.rax);
 }

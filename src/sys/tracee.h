@@ -47,10 +47,11 @@ class Tracee {
   Result<std::vector<std::string>> PeekSiginfo(bool shared) const;
   Result<abi::PtraceRseqConfiguration> GetRseq() const;
 
-  // Steps one instruction and waits for the trap. A clone/fork event on the
+  // Runs the syscall instruction at the task's rip to its exit stop
+  // (PTRACE_SYSCALL: entry stop, then exit stop). A clone/fork event on the
   // way (an injected clone3) is passed through; its new task's id (as this
   // host sees it) is returned, else 0. Other stops are errors.
-  Result<pid_t> SingleStep() const;
+  Result<pid_t> RunSyscall() const;
   // Takes over a task already attached to us: one auto-attached by
   // PTRACE_O_TRACECLONE. Waits for its first stop.
   static Result<Tracee> Adopt(pid_t tid);

@@ -4,8 +4,12 @@ for the system tests, the benchmark and the demo.
 JupyterSession starts Debian's jupyter-server as an unprivileged user inside
 a `stasis run` session, talks to its REST API, and dumps and restores it by
 name. KernelSocket and TerminalSocket are websocket clients that stay open
-across dump and restore, as a browser tab does.
+across dump and restore, as a browser tab does. ClusterJupyterSession runs it
+on a node of tests/cluster.py's emulated machines, its clients on the
+cluster's client namespace, and moves it to another node (stasis migrate).
 """
+import contextlib
+import ctypes
 import json
 import os
 import pwd
@@ -19,6 +23,7 @@ import uuid
 import websocket  # Debian's python3-websocket
 
 TOKEN = "stasis-test-token"
+CLONE_NEWNET = 0x40000000
 
 
 class Failure(Exception):
@@ -103,11 +108,19 @@ class JupyterSession:
         as_user = ["/usr/bin/setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}",
                    "--clear-groups", "--"]
         with open(self.log, "w") as log:
-            subprocess.run([self.stasis, "run", "-d", "--name", self.name, "--state-dir", self.state,
-                            *self.run_args, "--", *as_user, *server],
-                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                           check=True, close_fds=True)
+            self._launch([self.stasis, "run", "-d", "--name", self.name, "--state-dir", self.state,
+                          *self.run_args, "--", *as_user, *server], env, log)
         self.wait_ready()
+
+    def _launch(self, argv, env, log):
+        subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                       env=env, check=True, close_fds=True)
+
+    @property
+    def isolated(self):
+        """The session has its own network (its kernels' ports are on its
+        own loopback)."""
+        return self.bridge is not None
 
     def wait_ready(self, timeout=60):
         deadline = time.time() + timeout
@@ -215,19 +228,22 @@ class KernelSocket:
         self.session = uuid.uuid4().hex
         self.streams = []  # (parent msg_id, text) of every stream message seen
 
-    def send_execute(self, code):
+    def send_execute(self, code, silent=False):
         msg_id = uuid.uuid4().hex
         msg = {"header": {"msg_id": msg_id, "username": "test", "session": self.session,
                           "msg_type": "execute_request", "version": "5.3"},
                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-               "content": {"code": code, "silent": False, "store_history": True,
+               "content": {"code": code, "silent": silent, "store_history": not silent,
                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}
         self.ws.send(json.dumps(msg))
         return msg_id
 
     def recv(self, timeout):
         self.ws.settimeout(timeout)
-        msg = json.loads(self.ws.recv())
+        data = self.ws.recv()
+        if not data:
+            raise Failure("the kernel's websocket was closed")
+        msg = json.loads(data)
         if msg.get("msg_type") == "stream":
             self.streams.append((msg["parent_header"].get("msg_id"), msg["content"]["text"]))
         return msg
@@ -251,6 +267,29 @@ class KernelSocket:
         if reply["status"] != "ok":
             raise Failure(f"cell {code!r} failed: {reply.get('ename')}: {reply.get('evalue')}")
         return "".join(text for mid, text in self.streams if mid == msg_id).strip()
+
+    def probe(self, running, after=0.5, interval=0.02, timeout=300):
+        """Runs empty silent cells one after another, as long as running()
+        is true and `after` seconds more; returns when each reply came
+        (time.monotonic()). The longest interval between two replies is the
+        pause a user at this websocket saw (max_gap)."""
+        times, end = [], None
+        deadline = time.monotonic() + timeout
+        while end is None or time.monotonic() < end:
+            if end is None and not running():
+                end = time.monotonic() + after
+            msg_id = self.send_execute("pass", silent=True)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Failure(f"the kernel did not answer for {timeout} s")
+                msg = self.recv(left)
+                if (msg["parent_header"].get("msg_id") == msg_id
+                        and msg["msg_type"] == "execute_reply"):
+                    break
+            times.append(time.monotonic())
+            time.sleep(interval)
+        return times
 
     def stream_lines(self, msg_id, count, timeout=60):
         """Waits until msg_id has printed at least count lines; returns them."""
@@ -298,6 +337,155 @@ class TerminalSocket:
 
     def close(self):
         self.ws.close()
+
+
+def max_gap(times):
+    """The longest interval between consecutive times (seconds)."""
+    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def _setns(fd):
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def in_netns(name):
+    """Runs the block with the calling thread in the network namespace
+    `name` (/run/netns/NAME, as `ip netns add` makes it), then puts it back.
+    Sockets made inside stay in that namespace wherever they are used, so a
+    client of an emulated machine (tests/cluster.py) lives in this process.
+    (Python 3.11 has no os.setns.)"""
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
+        _setns(target.fileno())
+        try:
+            yield
+        finally:
+            _setns(home.fileno())
+
+
+class ClusterJupyterSession(JupyterSession):
+    """jupyter-server in an isolated session (its own address, from the
+    session subnet) on a node of a tests/cluster.py Cluster. Its clients
+    (REST, websockets) connect from the cluster's client namespace, as a
+    browser elsewhere on the network would; migrate() moves it to another
+    node while they stay connected."""
+
+    def __init__(self, stasis, work, name, cluster, node, host=8, user="nobody"):
+        super().__init__(stasis, work, name, user=user)
+        self.cluster, self.node = cluster, node
+        address = cluster.session_address(host)
+        self.host, self.port = address.split("/")[0], 8888
+        self.run_args = ["--net=isolated", "--address", address]
+        self.state = node.state_dir
+
+    @property
+    def isolated(self):
+        return True
+
+    def _launch(self, argv, env, log):
+        # The node's Stasis variables and the run's mark (the cluster's
+        # tear-down finds the session by it), and nothing else of ours.
+        node_env = {k: v for k, v in self.node.env().items() if k.startswith("STASIS")}
+        r = self.node.run(argv, env={**node_env, **env}, stdout=log, stderr=subprocess.STDOUT,
+                          check=False, close_fds=True)
+        if r.returncode != 0:
+            raise Failure(f"stasis run on node {self.node.name} failed ({r.returncode}):\n"
+                          + self.log_tail())
+
+    def _stasis(self, *argv):
+        t0 = time.monotonic()
+        r = self.node.run([self.stasis, *argv], check=False, timeout=300)
+        wall = time.monotonic() - t0
+        if r.returncode != 0:
+            raise Failure(f"stasis {argv[0]} on node {self.node.name} failed ({r.returncode}):\n"
+                          f"{r.stderr}")
+        return wall, r.stderr.strip()
+
+    def api(self, path, method="GET", body=None):
+        with in_netns(self.cluster.client.netns):
+            return super().api(path, method, body)
+
+    def kernel_socket(self, kernel_id):
+        with in_netns(self.cluster.client.netns):
+            return super().kernel_socket(kernel_id)
+
+    def terminal_socket(self):
+        with in_netns(self.cluster.client.netns):
+            return super().terminal_socket()
+
+    def migrate(self, dst, token_file, probe=None, port=7700, extra=()):
+        """Moves the session from its node to `dst`: `stasis receive --once`
+        there, `stasis migrate --session` here. With probe (a KernelSocket),
+        runs empty cells through it all along (KernelSocket.probe). Returns
+        {"summary": migrate's JSON, "received": receive's JSON, "stderr":
+        migrate's summary line, "gap_s": the longest pause between two probe
+        replies}."""
+        src = self.node
+        files = {k: os.path.join(self.work, f"{k}-{src.name}-{dst.name}")
+                 for k in ("recv.out", "recv.err", "migrate.out", "migrate.err")}
+        with open(files["recv.out"], "w") as out, open(files["recv.err"], "w") as err:
+            recv = dst.popen([self.stasis, "receive", "--listen", f"{dst.address}:{port}", "--once",
+                              "--json", "--token-file", token_file], stdout=out, stderr=err)
+        try:
+            deadline = time.time() + 30
+            while "receiving on" not in _read(files["recv.err"]):
+                if recv.poll() is not None or time.time() > deadline:
+                    raise Failure(f"stasis receive on {dst.name}: {_read(files['recv.err'])}")
+                time.sleep(0.05)
+            with open(files["migrate.out"], "w") as out, open(files["migrate.err"], "w") as err:
+                mig = src.popen([self.stasis, "migrate", "--session", self.name, "--to",
+                                 f"{dst.address}:{port}", "--token-file", token_file, "--json",
+                                 *extra], stdout=out, stderr=err)
+            try:
+                times = probe.probe(lambda: mig.poll() is None) if probe else []
+                mig.wait(timeout=300)
+            except Failure as e:
+                mig.wait(timeout=300)
+                recv.wait(timeout=60)
+                raise Failure(f"{e}, migrating {self.name} from {src.name} to {dst.name}; "
+                              f"migrate exited {mig.returncode}:\n{_read(files['migrate.err'])}\n"
+                              f"receive exited {recv.returncode}:\n{_read(files['recv.err'])}")
+            finally:
+                if mig.poll() is None:
+                    mig.kill()
+                    mig.wait()
+            recv.wait(timeout=60)
+        finally:
+            if recv.poll() is None:
+                recv.kill()
+                recv.wait()
+        if mig.returncode != 0 or recv.returncode != 0:
+            raise Failure(f"migrating {self.name} from {src.name} to {dst.name}: migrate exited "
+                          f"{mig.returncode}:\n{_read(files['migrate.err'])}\nreceive exited "
+                          f"{recv.returncode}:\n{_read(files['recv.err'])}")
+        summary = json.loads(_read(files["migrate.out"]).strip().splitlines()[-1])
+        received = json.loads(_read(files["recv.out"]).strip().splitlines()[-1])
+        self.node, self.state = dst, dst.state_dir
+        self.name = received.get("session") or self.name
+        line = next((l for l in _read(files["migrate.err"]).splitlines() if "migrated" in l), "")
+        return {"summary": summary, "received": received, "stderr": line,
+                "gap_s": max_gap(times)}
+
+    def kill(self):
+        """Kills the session on whichever node holds it (cleanup, also after
+        a failure); the cluster's tear-down removes the rest."""
+        for node in self.cluster.nodes.values():
+            state = node.state_dir
+            for f in os.listdir(state) if state and os.path.isdir(state) else []:
+                if f.endswith(".json"):
+                    try:
+                        os.kill(json.load(open(os.path.join(state, f)))["init_pid"], 9)
+                    except (OSError, ValueError, KeyError):
+                        pass
+
+
+def _read(path):
+    try:
+        return open(path, errors="replace").read()
+    except OSError:
+        return ""
 
 
 def run_with_client(connection_file, code, timeout=60, netns_pid=None):

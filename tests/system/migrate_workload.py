@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import mmap
+import os
 import socket
 import sys
 import threading
@@ -57,16 +58,29 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=64)
     ap.add_argument("--write-mib-s", type=float, default=0)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--huge", action="store_true", help="MADV_HUGEPAGE, as numpy does")
+    ap.add_argument("--shared", action="store_true", help="shared anonymous memory")
+    ap.add_argument("--fork", action="store_true",
+                    help="fork a child that shares the memory copy-on-write and checks it")
     ap.add_argument("out")
     a = ap.parse_args()
     npages = a.mib * 256
     # Private anonymous memory, as a heap or a numpy array is (mmap(-1, n)
     # alone would be shared memory).
-    buf = mmap.mmap(-1, npages * PAGE, flags=mmap.MAP_PRIVATE)
+    buf = mmap.mmap(-1, npages * PAGE, flags=mmap.MAP_SHARED if a.shared else mmap.MAP_PRIVATE)
+    if a.huge:
+        buf.madvise(mmap.MADV_HUGEPAGE)
     values = bytearray(npages)
     for i in range(npages):
         values[i] = (i * 7 + 1) % 251 + 1
         buf[i * PAGE : (i + 1) * PAGE] = bytes([values[i]]) * PAGE
+    if a.fork and os.fork() == 0:
+        # The child keeps the parent's pages as they were at the fork.
+        child_out = open(a.out + ".child", "a", buffering=1)
+        while True:
+            check(buf, values, child_out)
+            child_out.write("child checked\n")
+            time.sleep(1)
     if a.port:
         threading.Thread(target=serve, args=(a.port,), daemon=True).start()
     out = open(a.out, "a", buffering=1)

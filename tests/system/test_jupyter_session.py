@@ -156,7 +156,7 @@ class Scenario:
         if rows != [(1, "committed"), (2, "pending"), (3, "after")]:
             raise jl.Failure(f"sqlite rows after commit: {rows}")
         out = jl.run_with_client(self.cf, "print(x, big_sum)",
-                                 netns_pid=self.s.pids()[0] if self.s.bridge else None)
+                                 netns_pid=self.s.pids()[0] if self.s.isolated else None)
         if out != f"{42 + self.cycles_done} {self.facts.split()[1]}":
             raise jl.Failure(f"a fresh jupyter_client saw {out!r}")
         log(f"fresh jupyter_client connection: x, big_sum = {out}")

@@ -12,6 +12,13 @@ Cases on this host's loopback (a tree, not a session: no own network):
                    converge, post-copy (auto) takes over, pages arrive on
                    fault and in the background; every page checked after.
   postcopy_always  --postcopy=always right after one round.
+  huge_postcopy    the same with the memory in MADV_HUGEPAGE (as numpy's):
+                   served on fault too, never a huge page of zeros over
+                   pages still to come.
+  postcopy_fork    post-copy of a tree whose child shares its parent's memory
+                   copy-on-write (a fork without exec): the pages the child
+                   inherits cross before the tree runs, the rest later; both
+                   check their memory after.
   busy_never       --postcopy=never: copies anyway, saying by how much the
                    budget was exceeded.
   wrong_token      the receiver has another token: refused before anything is
@@ -24,6 +31,10 @@ Cases on this host's loopback (a tree, not a session: no own network):
                    at the source, the receiver keeps nothing.
   kill_dest        the receiver is killed -9 during pre-copy: the source says
                    so, the tree runs on.
+  kill_dest_postcopy  the receiver is killed -9 during post-copy, pages still on
+                   the source: the tree is lost (the design says so: it ran on
+                   the destination already), and it dies there rather than run
+                   on with zero pages where its data was; nothing is left.
 
 Cases between two emulated machines (tests/cluster.py: nodes a and b, a
 client namespace on the same layer-2 segment):
@@ -32,6 +43,13 @@ client namespace on the same layer-2 segment):
                    through it while the session moves a -> b -> a over TLS:
                    every byte once, in order, no reset; the longest stall is
                    printed. Nothing of the run is left at the end.
+  address_in_use   the destination already has a session at the session's
+                   address: refused at hello, naming it; the session runs on.
+  postcopy_link_cut  post-copy between the machines, and the source's link is
+                   cut for 8 s with pages still on the source: the
+                   destination's faulting threads wait, the source
+                   reconnects and sends what is missing; the session runs on
+                   b with every page, nothing is left on a.
 
 The workload (migrate_workload.py) checks its own memory every second and
 its monotonic clock; the test reads its output file. Every process the test
@@ -87,9 +105,14 @@ class Run:
         self.procs: list[subprocess.Popen] = []
         self.pids: list[int] = []
 
-    def workload(self, mib: int = 64, rate: float = 0, port: int = 0) -> tuple[int, Path]:
+    def workload(self, mib: int = 64, rate: float = 0, port: int = 0,
+                 huge: bool = False, fork: bool = False) -> tuple[int, Path]:
         out = self.dir / f"workload{len(self.procs)}.out"
         argv = [PY, str(WORKLOAD), "--mib", str(mib), "--write-mib-s", str(rate)]
+        if huge:
+            argv.append("--huge")
+        if fork:
+            argv.append("--fork")
         if port:
             argv += ["--port", str(port)]
         p = subprocess.Popen(argv + [str(out)], stdin=subprocess.DEVNULL,
@@ -157,8 +180,9 @@ def tick(out: Path) -> int:
 
 
 def migrate_and_check(run: Run, mib: int, rate: float, chan: list[str], extra: list[str],
-                      expect: Optional[str] = None) -> dict:
-    pid, out = run.workload(mib, rate)
+                      expect: Optional[str] = None, huge: bool = False,
+                      fork: bool = False) -> dict:
+    pid, out = run.workload(mib, rate, huge=huge, fork=fork)
     receiver, addr = run.receiver("--once", "--json", *chan)
     before = tick(out)
     r = run.migrate("-t", str(pid), "--to", addr, "--json", *chan, *extra)
@@ -206,6 +230,26 @@ def case_postcopy_always(run: Run) -> None:
     s = migrate_and_check(run, 128, 5, ["--insecure"], ["--postcopy=always"])
     if not s["postcopy"]:
         fail("expected post-copy")
+
+
+def case_huge_postcopy(run: Run) -> None:
+    s = migrate_and_check(run, 128, 20, ["--insecure"], ["--postcopy=always", "--bandwidth", "400"],
+                          huge=True)
+    if not s["postcopy"]:
+        fail("expected post-copy")
+
+
+def case_postcopy_fork(run: Run) -> None:
+    s = migrate_and_check(run, 64, 20, ["--insecure"], ["--postcopy=always", "--bandwidth", "400"],
+                          fork=True)
+    if not s["postcopy"]:
+        fail("expected post-copy")
+    child = Path(str(run.dir / "workload0.out") + ".child")
+    size = child.stat().st_size
+    wait_for(lambda: child.read_text()[size:].count("child checked") >= 2,
+             "the child to check its memory after the migration", 30)
+    if "CORRUPT" in child.read_text():
+        fail("the child's memory: " + child.read_text()[-200:])
 
 
 def case_busy_never(run: Run) -> None:
@@ -311,7 +355,7 @@ STREAM_CLIENT = r"""
 import json, os, socket, sys, threading, time
 host, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 s = socket.create_connection((host, port), timeout=60)
-s.settimeout(60)
+s.settimeout(1)
 sent = [0]
 errors = []
 def send():
@@ -325,17 +369,27 @@ def send():
 threading.Thread(target=send, daemon=True).start()
 print("streaming", flush=True)
 buf, want, last, stall = b"", 0, time.monotonic(), 0.0
+reported = last
 while True:
     if os.path.exists(stop) and want == sent[0] and sent[0] > 0:
         break
     try:
         d = s.recv(65536)
+    except socket.timeout:
+        # The last echo may have come before the stop file: look again.
+        if time.monotonic() - last > 60:
+            errors.append("no echo for 60 s")
+            break
+        continue
     except OSError as e:
         errors.append("recv: %s" % e)
         break
     now = time.monotonic()
     stall = max(stall, now - last)
     last = now
+    if now - reported > 0.5:
+        reported = now
+        print("progress %d of %d" % (want, sent[0]), file=sys.stderr, flush=True)
     if not d:
         errors.append("connection closed by the server")
         break
@@ -367,8 +421,10 @@ def case_session_stream(run: Run) -> None:
         wait_for(lambda: out.exists() and "tick" in out.read_text(), "the session to start", 60)
         token = run.token()
         stop = run.dir / "stop"
+        progress = run.dir / "client.err"
         client = c.client.popen([PY, "-c", STREAM_CLIENT, c.session_address(10, False), "7000",
-                                 str(stop)], stdout=subprocess.PIPE, text=True)
+                                 str(stop)], stdout=subprocess.PIPE, text=True,
+                                stderr=open(progress, "w"))
         run.procs.append(client)
         if client.stdout.readline().strip() != "streaming":
             fail("the client could not connect to the session")
@@ -393,12 +449,122 @@ def case_session_stream(run: Run) -> None:
                 fail(f"the session is still listed on {src.name}")
             goes_on(out, out.stat().st_size, f"on {dst.name}")
             time.sleep(1)
+            print(f"client after the move to {dst.name}: "
+                  f"{progress.read_text().splitlines()[-1:]}", flush=True)
         stop.write_text("")
         result, _ = client.communicate(timeout=60)
         stream = json.loads(result.strip().splitlines()[-1])
         print(f"client: {json.dumps(stream)}", flush=True)
         if stream["errors"] or stream["words"] != stream["sent"]:
             fail(f"the client's stream broke: {stream}")
+    left = stale(run_id)
+    if left:
+        fail(f"left behind: {left}")
+
+
+def case_kill_dest_postcopy(run: Run) -> None:
+    pid, out = run.workload(128, 5)
+    receiver, addr = run.receiver("--once", "--insecure")
+    src = subprocess.Popen([run.stasis, "migrate", "-t", str(pid), "--to", addr, "--insecure",
+                            "--postcopy=always", "--bandwidth", "40", "--progress"],
+                           stderr=subprocess.PIPE, text=True)
+    run.procs.append(src)
+    for line in src.stderr:
+        if "progress: postcopy" in line:
+            break
+    time.sleep(0.3)
+    receiver.send_signal(signal.SIGKILL)
+    rest = src.stderr.read()
+    src.wait(timeout=60)
+    print(rest, flush=True)
+    if src.returncode == 0:
+        fail("the source reported success with its receiver killed during post-copy")
+    wait_for(lambda: not subprocess.run(["pgrep", "-f", str(WORKLOAD)],
+                                        capture_output=True).stdout, "every copy to be gone")
+    text = out.read_text()
+    if "CORRUPT" in text:
+        fail("a copy ran on with pages it never got: " + text[text.find("CORRUPT"):][:200])
+
+
+def case_postcopy_link_cut(run: Run) -> None:
+    sys.path.insert(0, str(HERE.parent))
+    from cluster import Cluster, stale  # noqa: E402  (tests/cluster.py)
+
+    with Cluster(["a", "b"], stasis=run.stasis) as c:
+        run_id = c.run_id
+        a, b = c.nodes["a"], c.nodes["b"]
+        out = run.dir / "session.out"
+        a.run(["stasis", "run", "-d", "--name", "web", "--net=isolated", "--address",
+               c.session_address(11), "--", PY, str(WORKLOAD), "--mib", "96", "--write-mib-s",
+               "2", str(out)])
+        wait_for(lambda: out.exists() and "tick" in out.read_text(), "the session to start", 60)
+        token = run.token()
+        err = run.dir / "receive.err"
+        recv = b.popen(["stasis", "receive", "--listen", f"{b.address}:7700", "--once", "--json",
+                        "--token-file", str(token)], stdout=subprocess.PIPE,
+                       stderr=open(err, "w"), text=True)
+        run.procs.append(recv)
+        wait_for(lambda: "receiving on" in err.read_text(), "the receiver to listen")
+        src = a.popen(["stasis", "migrate", "--session", "web", "--to", f"{b.address}:7700",
+                       "--token-file", str(token), "--postcopy=always", "--bandwidth", "60",
+                       "--progress", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      text=True)
+        run.procs.append(src)
+        for line in src.stderr:
+            if "progress: postcopy" in line:
+                break
+        time.sleep(1)
+        a.set_link(False)
+        time.sleep(8)
+        a.set_link(True)
+        rest = src.stderr.read()
+        src.wait(timeout=120)
+        print(rest, flush=True)
+        recv.wait(timeout=60)
+        print(err.read_text(), flush=True)
+        if src.returncode != 0:
+            fail("the migration did not survive the cut link")
+        summary = json.loads(src.stdout.read().strip().splitlines()[-1])
+        if summary["reconnects"] < 1:
+            fail(f"expected the link to break and come back: {summary}")
+        if "web" not in b.run(["stasis", "ps"]).stdout:
+            fail("the session is not running on b")
+        if "web" in a.run(["stasis", "ps"]).stdout:
+            fail("the session is still listed on a")
+        goes_on(out, out.stat().st_size, "on b after the cut link")
+    left = stale(run_id)
+    if left:
+        fail(f"left behind: {left}")
+
+
+def case_address_in_use(run: Run) -> None:
+    sys.path.insert(0, str(HERE.parent))
+    from cluster import Cluster, stale  # noqa: E402  (tests/cluster.py)
+
+    with Cluster(["a", "b"], stasis=run.stasis) as c:
+        run_id = c.run_id
+        a, b = c.nodes["a"], c.nodes["b"]
+        addr = c.session_address(12)
+        out = run.dir / "session.out"
+        a.run(["stasis", "run", "-d", "--name", "web", "--net=isolated", "--address", addr, "--",
+               PY, str(WORKLOAD), "--mib", "16", str(out)])
+        b.run(["stasis", "run", "-d", "--name", "squatter", "--net=isolated", "--address", addr,
+               "--", "sleep", "600"])
+        wait_for(lambda: out.exists() and "tick" in out.read_text(), "the session to start", 60)
+        err = run.dir / "receive.err"
+        recv = b.popen(["stasis", "receive", "--listen", f"{b.address}:7700", "--once",
+                        "--insecure"], stdout=subprocess.PIPE, stderr=open(err, "w"), text=True)
+        run.procs.append(recv)
+        wait_for(lambda: "receiving on" in err.read_text(), "the receiver to listen")
+        r = a.run(["stasis", "migrate", "--session", "web", "--to", f"{b.address}:7700",
+                   "--insecure"], check=False)
+        print(r.stderr, flush=True)
+        if r.returncode == 0 or "already in use on this node" not in r.stderr:
+            fail(f"expected a refusal naming the address in use: {r.stderr}")
+        recv.wait(timeout=30)
+        if "web" not in a.run(["stasis", "ps"]).stdout:
+            fail("the session does not run on a any more")
+        goes_on(out, out.stat().st_size, "on a after a refused migration")
     left = stale(run_id)
     if left:
         fail(f"left behind: {left}")
