@@ -135,6 +135,17 @@ BUGS = {
         "switch-over and kills its tree: zero copies (the source kills on any failure after "
         "sending Commit, without knowing that the destination released the tree)",
         r"expected exactly one running copy on a, found 0"),
+    "lock": (
+        "stasis migrate killed -9 after the freeze took the session's network lock (its host "
+        "link down, a packet keeper started): the tree runs on at the source, but nobody lifts "
+        "the lock, so the session no longer answers on its address and the keeper stays until "
+        "it gives up (kKeepFor, 120 s)",
+        r"does not answer on its address|stasis-netkeeper link/|process \d+ in node a's netns"),
+    "hang": (
+        "stasis receive waits on (post-copy recovery) for a source that was killed -9: the "
+        "destination's tree, whose pages died with the source, is neither given up nor killed "
+        "within the case's time",
+        r"still runs \d+ s after the fault"),
     "recovery": (
         "no post-copy recovery: a link down longer than 30 s in post-copy makes the "
         "destination give up ('stayed silent past the deadline') and its tree die, and the "
@@ -144,16 +155,17 @@ BUGS = {
         r"expected exactly one running copy on b, found 0"),
 }
 
-# case -> the bugs it shows (tests/system/test_migrate_faults.py runs).
+# case -> the bugs it shows: measured on m-lead 36ca601 (after the lead's
+# fixes of the single-step flag, the keeper after a move, the source killing
+# its tree when Done never came, a failed receive's record), with
+# postcopy-kill_source's hang seen once and cut_long not rerun there.
 KNOWN_BUGS: dict[str, list[str]] = {
-    **{f"{p}-cut_link": ["keeper"] for p in PHASES},
-    "image-kill_source": ["sigtrap", "keeper"],
-    "restoring-kill_source": ["sigtrap", "keeper", "record"],
-    "ready-kill_source": ["sigtrap", "keeper", "record"],
-    "ready-kill_dest": ["commit", "keeper", "record"],
-    "postcopy-kill_source": ["keeper", "record"],
-    "postcopy-kill_dest": ["keeper", "record"],
-    "postcopy-cut_long": ["recovery", "keeper", "record"],
+    "image-kill_source": ["lock"],
+    "restoring-kill_source": ["lock"],
+    "ready-kill_source": ["lock"],
+    "ready-kill_dest": ["record"],
+    "postcopy-kill_source": ["hang", "record"],
+    "postcopy-kill_dest": ["record"],
 }
 
 
@@ -362,7 +374,8 @@ class Case:
             try:
                 p.wait(timeout=max(deadline - time.time(), 1))
             except subprocess.TimeoutExpired:
-                fail(f"{what} still runs {timeout:.0f} s after the fault (a hang)\n{self.logs()}")
+                msg = f"{what} still runs {timeout:.0f} s after the fault (a hang)"
+                raise Failed(f"{msg}\n{self.logs()}", [msg])
         print(f"migrate exited {self.src.returncode}, receive exited {self.dst.returncode}",
               flush=True)
 
