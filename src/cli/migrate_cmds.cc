@@ -23,6 +23,9 @@ namespace {
 constexpr char kTokenHelp[] =
     "File holding the secret both ends share (mode 0600 or stricter); the stream is encrypted "
     "and authenticated with TLS 1.3 keyed from it";
+constexpr char kRecoveryHelp[] =
+    "Post-copy: seconds to wait for the other end after the link broke (default 300); the "
+    "destination's tree is then lost";
 constexpr char kInsecureHelp[] =
     "No token, no encryption: only on a link you trust (both ends must say it)";
 
@@ -112,6 +115,7 @@ MigrateCommands::MigrateCommands(CLI::App& app) {
   migrate_cmd_->add_option("--bandwidth", bandwidth_mbps_,
                            "Limit the migration's stream to this many Mbit/s");
   migrate_cmd_->add_option("--state-dir", state_dir_, "Where sessions are recorded");
+  migrate_cmd_->add_option("--recovery-timeout", recovery_s_, kRecoveryHelp);
   migrate_cmd_->add_flag("--json", json_, "Print the summary as JSON on stdout");
   migrate_cmd_->add_flag("--progress", progress_, "Print the phases on stderr as they go");
 
@@ -122,6 +126,7 @@ MigrateCommands::MigrateCommands(CLI::App& app) {
   receive_cmd_->add_option("--token-file", token_file_, kTokenHelp);
   receive_cmd_->add_flag("--insecure", insecure_, kInsecureHelp);
   receive_cmd_->add_option("--state-dir", state_dir_, "Where sessions are recorded");
+  receive_cmd_->add_option("--recovery-timeout", recovery_s_, kRecoveryHelp);
   receive_cmd_->add_flag("--json", json_, "Print each migration's summary as JSON on stdout");
   receive_cmd_->add_flag("--progress", progress_, "Print the phases on stderr as they go");
 }
@@ -142,6 +147,7 @@ int MigrateCommands::RunMigrate() const {
   options.channel = *channel;
   options.to = to_;
   options.downtime_ms = downtime_ms_;
+  options.recovery_ms = recovery_s_ * 1000;
   options.postcopy = postcopy_ == "never"    ? migrate::PostcopyMode::kNever
                      : postcopy_ == "always" ? migrate::PostcopyMode::kAlways
                                              : migrate::PostcopyMode::kAuto;
@@ -203,6 +209,7 @@ int MigrateCommands::RunReceive() const {
     migrate::ReceiveOptions options;
     const char* tmp = getenv("TMPDIR");
     options.restore.spool_dir = tmp != nullptr && *tmp != '\0' ? tmp : "/var/tmp";
+    options.recovery_ms = recovery_s_ * 1000;
     std::string registered;
     options.restore.before_release = SessionRegistrar(state_dir_, "", "", &registered);
     migrate::Listener& l = *listener;

@@ -23,6 +23,7 @@ class MigrateCommands {
   // Both.
   std::string token_file_, state_dir_;
   bool insecure_ = false, json_ = false, progress_ = false;
+  int recovery_s_ = 300;
   // migrate
   pid_t pid_ = 0;
   std::string session_, to_, postcopy_ = "auto";

@@ -159,6 +159,11 @@ BUGS = {
 # fixes of the single-step flag, the keeper after a move, the source killing
 # its tree when Done never came, a failed receive's record), with
 # postcopy-kill_source's hang seen once and cut_long not rerun there.
+# Post-copy: how long either end waits for the other after the link broke
+# (`--recovery-timeout`): longer than the long cut, short enough that a
+# killed end is given up on within the case's time.
+RECOVERY_S = 60
+
 KNOWN_BUGS: dict[str, list[str]] = {
     "image-kill_source": ["lock"],
     "restoring-kill_source": ["lock"],
@@ -274,7 +279,8 @@ class Case:
 
     def start_receiver(self) -> None:
         self.dst = self.b.popen(["stasis", "receive", "--listen", f"{self.b.address}:{PORT}",
-                                 "--once", "--json", "--progress", "--token-file", str(self.token)],
+                                 "--once", "--json", "--progress", "--token-file", str(self.token),
+                                 "--recovery-timeout", str(RECOVERY_S)],
                                 stdout=open(self.dir / "receive.out", "w"),
                                 stderr=open(self.dst_err, "w"), env=self.env(self.b))
         wait_for(lambda: "receiving on" in self.dst_err.read_text(), "the receiver to listen")
@@ -282,7 +288,8 @@ class Case:
     def start_source(self) -> None:
         self.src = self.a.popen(["stasis", "migrate", "--session", SESSION, "--to",
                                  f"{self.b.address}:{PORT}", "--token-file", str(self.token),
-                                 "--json", "--progress", *self.migrate_args()],
+                                 "--json", "--progress", "--recovery-timeout", str(RECOVERY_S),
+                                 *self.migrate_args()],
                                 stdout=open(self.dir / "migrate.out", "w"),
                                 stderr=open(self.src_err, "w"), env=self.env(self.a))
 
