@@ -1,5 +1,7 @@
 #include "checkpoint/dump.h"
 
+#include <sys/ptrace.h>
+
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/utsname.h>
@@ -506,6 +508,16 @@ Result<DumpStats> Dump(const sys::Env& env, const DumpOptions& options, image::I
     undo.Run();
     if (net) STASIS_TRY(net->Unlock());
   } else {
+    if (options.arm_exit_kill != nullptr) {
+      *options.arm_exit_kill = [&frozen]() -> Status {
+        for (const TreeTask& t : frozen) {
+          for (const sys::Tracee& thread : t.threads) {
+            STASIS_TRY(thread.SetOptions(PTRACE_O_EXITKILL));
+          }
+        }
+        return Ok();
+      };
+    }
     STASIS_TRY(image.Commit());
     undo.steps.clear();
     // A handoff's tree runs on the destination now: nothing here will take

@@ -70,6 +70,13 @@ struct DumpOptions {
   // the tree is still frozen (seized) then and until Commit() returns. A
   // failure fails the dump (the tree runs on).
   std::function<Status(const std::vector<DeferredPages>&)> on_deferred;
+  // With handoff: set before the sink's Commit() to what makes the frozen
+  // tree die with this process from then on (PTRACE_O_EXITKILL on every
+  // task). A migration calls it just before it sends its commit: from that
+  // point the tree must never run here again, even if this process dies
+  // (its tracees would otherwise be let go, and run beside the
+  // destination's copy).
+  std::function<Status()>* arm_exit_kill = nullptr;
 };
 
 struct DumpStats {

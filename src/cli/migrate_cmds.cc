@@ -45,11 +45,20 @@ Result<migrate::ChannelOptions> ChannelFrom(const std::string& token_file, bool 
 // gone (the restore killed it), its record and cgroup must go too.
 void DropRecord(const std::string& state_dir, const std::string& name) {
   std::string dir = session::ResolveStateDir(state_dir);
-  Result<session::StateDirLock> lock = session::StateDirLock::Acquire(dir);
-  if (!lock.ok()) return;
-  Result<session::SessionInfo> info = session::FindSession(dir, name);
-  if (info.ok() && info->state == session::SessionState::kGone) {
-    (void)session::CleanupSession(dir, *info);
+  // Its init kills the tree when the failed restore lets go of it: that
+  // takes a moment.
+  for (int i = 0; i < 100; ++i) {
+    {
+      Result<session::StateDirLock> lock = session::StateDirLock::Acquire(dir);
+      if (!lock.ok()) return;
+      Result<session::SessionInfo> info = session::FindSession(dir, name);
+      if (!info.ok()) return;
+      if (info->state == session::SessionState::kGone) {
+        (void)session::CleanupSession(dir, *info);
+        return;
+      }
+    }
+    usleep(50000);
   }
 }
 

@@ -71,11 +71,17 @@ struct SwitchOver {
   Clock::time_point frozen_at;
   MigrateSummary& summary;
   std::optional<Error> post_commit;
+  std::function<Status()> exit_kill;  // from the dump (DumpOptions::arm_exit_kill)
 
   Status Run() {
     channel.SetTimeout(options.restore_timeout_ms);
     Ready ready = STASIS_TRY(in.ExpectMessage<Ready>(Msg::kReady, "switch-over"));
     summary.restore_ms = ready.restore_ms();
+    // Before the commit can reach the destination: should this process die
+    // from now on, the frozen tree dies with it rather than run beside the
+    // destination's copy (and if it dies before the commit is sent, the
+    // destination, never told, drops its own: no copy, never two).
+    if (exit_kill) STASIS_TRY_CTX(exit_kill(), "switch-over: tie the tree to this process");
     STASIS_TRY_CTX(out.Send(Msg::kCommit), "switch-over: send commit");
     STASIS_TRY_CTX(out.Flush(), "switch-over: send commit");
     summary.frozen_ms = MsSince(frozen_at);
@@ -205,13 +211,14 @@ Result<MigrateSummary> Migrate(const sys::Env& env, const MigrateOptions& option
   // Without its own network, the tree's address stays here.
   dump.policy.moving_host = !dump.session_net.has_value();
   SwitchOver switchover{env, options, *channel, out, in, summary.postcopy, hello.migration_id(),
-                        {},  {},      summary,  {}};
+                        {},  {},      summary,  {},  {}};
   dump.on_deferred = [&](const std::vector<checkpoint::DeferredPages>& deferred) {
     for (const checkpoint::DeferredPages& d : deferred) {
       switchover.deferred.push_back({d.host_pid, d.pid, d.ranges});
     }
     return Ok();
   };
+  dump.arm_exit_kill = &switchover.exit_kill;
   ImageFramesSink sink(out, channel->peer(), [&] { return switchover.Run(); });
   sys::Env dump_env = env;
   dump_env.progress = [&](const Progress& p) {
