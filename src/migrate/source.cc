@@ -199,15 +199,16 @@ Result<MigrateSummary> Migrate(const sys::Env& env, const MigrateOptions& option
     if (!d.ok()) return abort(std::move(d).error());
     decision = *d;
   } else {
+    // Without tracking there is nothing to hand off: a stop-and-copy (and
+    // no post-copy, whose deferred pages come out of the same split).
     env.log.Info(decision.why);
-    if (options.postcopy == PostcopyMode::kAlways) decision.next = Next::kPostcopy;
   }
   summary.decision = decision.why;
   summary.postcopy = decision.next == Next::kPostcopy;
 
   checkpoint::DumpOptions dump = options.dump;
   checkpoint::PageHandoff handoff{precopy ? &*precopy : nullptr, summary.postcopy};
-  dump.handoff = &handoff;
+  if (precopy) dump.handoff = &handoff;
   // Without its own network, the tree's address stays here.
   dump.policy.moving_host = !dump.session_net.has_value();
   SwitchOver switchover{env, options, *channel, out, in, summary.postcopy, hello.migration_id(),
@@ -225,11 +226,9 @@ Result<MigrateSummary> Migrate(const sys::Env& env, const MigrateOptions& option
     if (p.phase == "freeze") switchover.frozen_at = Clock::now();
     if (env.progress) env.progress(p);
   };
-  uint64_t image_start = out.bytes();
   Result<checkpoint::DumpStats> stats = checkpoint::Dump(dump_env, dump, sink);
   if (!stats.ok()) return abort(std::move(stats).error());
   summary.image_bytes = sink.bytes();
-  (void)image_start;
   summary.resident_bytes = stats->resident_bytes;
   summary.total_bytes = channel->bytes_sent();
   summary.total_ms = MsSince(start);
