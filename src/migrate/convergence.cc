@@ -12,6 +12,7 @@ constexpr uint64_t kMinMeasuredBytes = 4u << 20;
 // two rounds in a row that do not are enough to give up.
 constexpr double kShrink = 0.9;
 constexpr int kStalledRounds = 2;
+constexpr double kLinkBound = 0.8;
 
 }  // namespace
 
@@ -32,7 +33,13 @@ Decision Convergence::After(const RoundSample& round) {
   double transfer = bandwidth_ > 0 ? static_cast<double>(round.dirty_bytes) / bandwidth_
                                    : (round.dirty_bytes == 0 ? 0 : 1e9);
   d.estimated_frozen_ms = fixed_ms_ + transfer;
-  if (rounds_ > 1 && static_cast<double>(round.dirty_bytes) > kShrink * last_dirty_) {
+  // Not converging: the dirty set did not shrink by a tenth, or the tree
+  // wrote nearly as much during the round as the round could send (a
+  // writer about as fast as the link: the set shrinks by little and by
+  // chance, round after round, each costing the link its whole length).
+  bool not_shrinking = static_cast<double>(round.dirty_bytes) > kShrink * last_dirty_;
+  bool link_bound = static_cast<double>(round.dirty_bytes) > kLinkBound * round.sent_bytes;
+  if (rounds_ > 1 && (not_shrinking || link_bound)) {
     ++stalled_;
   } else {
     stalled_ = 0;
