@@ -171,6 +171,22 @@ class Run:
         print(f"migrate {' '.join(args)} -> {r.returncode}\n{r.stderr}", flush=True)
         return r
 
+    def migrate_until(self, phase: str, *args: str) -> subprocess.Popen:
+        """Starts `stasis migrate ARGS --progress` and returns once it
+        reports `phase` (its stderr is left to read)."""
+        src = subprocess.Popen(
+            [self.stasis, "migrate", *args, "--progress"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(src)
+        for line in src.stderr:
+            if f"progress: {phase}" in line:
+                return src
+        src.wait()
+        fail(f"migrate ended (exit {src.returncode}) before its {phase} phase")
+        raise AssertionError  # fail() exits
+
     def cleanup(self) -> None:
         for pid in self.pids:
             try:
@@ -396,27 +412,9 @@ def case_outside_tcp(run: Run) -> None:
 def kill_during_precopy(run: Run, victim: str) -> None:
     pid, out = run.workload(512, 80)
     receiver, addr = run.receiver("--once", "--insecure")
-    src = subprocess.Popen(
-        [
-            run.stasis,
-            "migrate",
-            "-t",
-            str(pid),
-            "--to",
-            addr,
-            "--insecure",
-            "--bandwidth",
-            "200",
-            "--progress",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
+    src = run.migrate_until(
+        "precopy", "-t", str(pid), "--to", addr, "--insecure", "--bandwidth", "200"
     )
-    run.procs.append(src)
-    for line in src.stderr:
-        if "precopy" in line:
-            break
-    time.sleep(0.5)
     (src if victim == "source" else receiver).send_signal(signal.SIGKILL)
     src.wait(timeout=60)
     receiver.wait(timeout=60)
@@ -615,28 +613,17 @@ def case_session_stream(run: Run) -> None:
 def case_kill_dest_postcopy(run: Run) -> None:
     pid, out = run.workload(128, 5)
     receiver, addr = run.receiver("--once", "--insecure")
-    src = subprocess.Popen(
-        [
-            run.stasis,
-            "migrate",
-            "-t",
-            str(pid),
-            "--to",
-            addr,
-            "--insecure",
-            "--postcopy=always",
-            "--bandwidth",
-            "40",
-            "--progress",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
+    src = run.migrate_until(
+        "postcopy",
+        "-t",
+        str(pid),
+        "--to",
+        addr,
+        "--insecure",
+        "--postcopy=always",
+        "--bandwidth",
+        "40",
     )
-    run.procs.append(src)
-    for line in src.stderr:
-        if "progress: postcopy" in line:
-            break
-    time.sleep(0.3)
     receiver.send_signal(signal.SIGKILL)
     rest = src.stderr.read()
     src.wait(timeout=60)
